@@ -1,0 +1,1 @@
+"""The Moorage control plane: API servicers, the etcd store, scheduler and controllers."""

@@ -1,0 +1,294 @@
+"""Typed objects in etcd: `<prefix>/<plural>/[<namespace>/]<name>` -> protobuf bytes.
+
+Invariants: resourceVersion is the key's etcd mod_revision (filled on read, never stored);
+every write is one Txn comparing revisions, so a lost race is a `Conflict`, never a silent
+overwrite; `list` reads at one revision; `watch` yields events in revision order, never skips
+one, and re-lists (RESYNC) when its starting revision was compacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import aetcd
+import grpc
+from aetcd import rpc
+from aetcd.exceptions import RevisionCompactedError
+
+from moorage.kinds import Kind, kind_of
+
+DEFAULT_PREFIX = "/moorage"
+# An absent key compares as mod_revision 0.
+ABSENT = 0
+
+
+class StoreError(Exception):
+    """Base of the errors the API maps to gRPC status codes."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """A compare failed: someone else wrote first. Carries the current version (0 = absent)."""
+
+    def __init__(self, message: str, current: int = 0):
+        super().__init__(message)
+        self.current = current
+
+
+class StoreUnavailable(StoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One change in a transaction. `expect` is the mod_revision the key must have (ABSENT for a
+    create, None for "any"); `obj` None means delete; `guard_only` checks without writing."""
+
+    key: bytes
+    obj: object | None
+    expect: int | None
+    guard_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str                # ADDED, MODIFIED, DELETED, RESYNC, BOOKMARK
+    obj: object | None
+    revision: int
+    # For RESYNC: the full current list at `revision`.
+    items: Sequence[object] = field(default=())
+
+
+def _range_end(prefix: bytes) -> bytes:
+    return aetcd.utils.prefix_range_end(prefix)
+
+
+def _translate(err: grpc.aio.AioRpcError) -> StoreError:
+    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return StoreUnavailable(f"etcd is unavailable: {err.details()}")
+    return StoreError(f"etcd: {err.code().name}: {err.details()}")
+
+
+class Store:
+    def __init__(self, client: aetcd.Client, prefix: str = DEFAULT_PREFIX):
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+
+    # ---- keys ----
+
+    def key(self, kind: Kind, namespace: str, name: str) -> bytes:
+        if kind.namespaced:
+            return f"{self.prefix}/{kind.plural}/{namespace}/{name}".encode()
+        return f"{self.prefix}/{kind.plural}/{name}".encode()
+
+    def key_of(self, obj) -> bytes:
+        return self.key(kind_of(obj), obj.metadata.namespace, obj.metadata.name)
+
+    def range_prefix(self, kind: Kind, namespace: str | None = None) -> bytes:
+        if kind.namespaced and namespace:
+            return f"{self.prefix}/{kind.plural}/{namespace}/".encode()
+        return f"{self.prefix}/{kind.plural}/".encode()
+
+    @staticmethod
+    def decode(kind: Kind, kv) -> object:
+        obj = kind.message.FromString(kv.value)
+        obj.metadata.resource_version = str(kv.mod_revision)
+        return obj
+
+    @staticmethod
+    def encode(obj) -> bytes:
+        # resourceVersion is derived from etcd on every read; storing it would let it go stale.
+        if obj.metadata.resource_version:
+            obj = type(obj).FromString(obj.SerializeToString())
+            obj.metadata.ClearField("resource_version")
+        return obj.SerializeToString()
+
+    # ---- raw calls ----
+
+    async def _call(self, method: str, request):
+        await self.client.connect()
+        try:
+            return await getattr(self.client.kvstub, method)(
+                request, timeout=self.client._timeout, metadata=self.client.metadata)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from err
+
+    async def txn(self, compare, success, failure=()) -> rpc.TxnResponse:
+        return await self._call("Txn", rpc.TxnRequest(
+            compare=list(compare), success=list(success), failure=list(failure)))
+
+    # ---- reads ----
+
+    async def get(self, kind: Kind, namespace: str, name: str):
+        resp = await self._call("Range", rpc.RangeRequest(key=self.key(kind, namespace, name)))
+        if not resp.kvs:
+            raise NotFound(_not_found(kind, namespace, name))
+        return self.decode(kind, resp.kvs[0])
+
+    async def get_many(self, keys: Sequence[bytes]) -> tuple[dict[bytes, object], int]:
+        """Raw (mod_revision, value) for each present key, read at one revision."""
+        resp = await self.txn([], [rpc.RequestOp(request_range=rpc.RangeRequest(key=k))
+                                   for k in keys])
+        found = {}
+        for r in resp.responses:
+            for kv in r.response_range.kvs:
+                found[kv.key] = kv
+        return found, resp.header.revision
+
+    async def list(self, kind: Kind, namespace: str | None = None,
+                   revision: int = 0) -> tuple[list, int]:
+        """Every object of a kind (in one namespace, or all) at one etcd revision."""
+        start = self.range_prefix(kind, namespace)
+        resp = await self._call("Range", rpc.RangeRequest(
+            key=start, range_end=_range_end(start), revision=revision))
+        return [self.decode(kind, kv) for kv in resp.kvs], resp.header.revision
+
+    async def revision(self) -> int:
+        resp = await self._call("Range", rpc.RangeRequest(key=b"\0", limit=1,
+                                                          count_only=True))
+        return resp.header.revision
+
+    # ---- writes ----
+
+    async def commit(self, ops: Sequence[Op]) -> tuple[bool, int, dict[bytes, object]]:
+        """Applies `ops` in one Txn. Returns (succeeded, revision, current kvs by key); when a
+        compare fails nothing is written and the current kvs let the caller retry."""
+        compare, success, failure = [], [], []
+        for op in ops:
+            if op.expect is not None:
+                compare.append(rpc.Compare(key=op.key, target=rpc.Compare.MOD,
+                                           result=rpc.Compare.EQUAL, mod_revision=op.expect))
+            failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key)))
+            if op.guard_only:
+                continue
+            if op.obj is None:
+                success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+                    key=op.key, prev_kv=True)))
+            else:
+                success.append(rpc.RequestOp(request_put=rpc.PutRequest(
+                    key=op.key, value=self.encode(op.obj))))
+        resp = await self.txn(compare, success, failure)
+        current = {}
+        if not resp.succeeded:
+            for r in resp.responses:
+                for kv in r.response_range.kvs:
+                    current[kv.key] = kv
+        return resp.succeeded, resp.header.revision, current
+
+    async def create(self, obj):
+        key = self.key_of(obj)
+        ok, rev, current = await self.commit([Op(key, obj, ABSENT)])
+        if not ok:
+            kind = kind_of(obj)
+            raise AlreadyExists(
+                f'{kind.plural} "{obj.metadata.name}" already exists')
+        return self._stamped(obj, rev)
+
+    async def update(self, obj, expect: int | None = None):
+        """Writes `obj` if the stored one is still at `expect` (default: obj's resourceVersion)."""
+        if expect is None:
+            expect = int(obj.metadata.resource_version or 0)
+        key = self.key_of(obj)
+        ok, rev, current = await self.commit([Op(key, obj, expect)])
+        if not ok:
+            raise _conflict(kind_of(obj), obj.metadata.namespace, obj.metadata.name,
+                            expect, current.get(key))
+        return self._stamped(obj, rev)
+
+    async def delete(self, kind: Kind, namespace: str, name: str, expect: int | None = None):
+        key = self.key(kind, namespace, name)
+        compare = []
+        if expect is not None:
+            compare.append(rpc.Compare(key=key, target=rpc.Compare.MOD,
+                                       result=rpc.Compare.EQUAL, mod_revision=expect))
+        resp = await self.txn(
+            compare,
+            [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=True))],
+            [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))])
+        if not resp.succeeded:
+            kvs = resp.responses[0].response_range.kvs
+            if not kvs:
+                raise NotFound(_not_found(kind, namespace, name))
+            raise _conflict(kind, namespace, name, expect, kvs[0])
+        prev = resp.responses[0].response_delete_range.prev_kvs
+        if not prev:
+            raise NotFound(_not_found(kind, namespace, name))
+        return self.decode(kind, prev[0])
+
+    @staticmethod
+    def _stamped(obj, revision: int):
+        out = type(obj)()
+        out.CopyFrom(obj)
+        out.metadata.resource_version = str(revision)
+        return out
+
+    # ---- watch ----
+
+    async def watch(self, kind: Kind, namespace: str | None = None,
+                    after: int = 0) -> AsyncIterator[WatchEvent]:
+        """Changes after revision `after` (0: list first, as one RESYNC), in revision order.
+
+        When `after` has been compacted the events in the gap are gone, so the watcher gets a
+        RESYNC carrying the full list at a newer revision, then changes after it. Consumers
+        replace their state on RESYNC; nothing is silently skipped.
+        """
+        start = self.range_prefix(kind, namespace)
+        if after <= 0:
+            items, after = await self.list(kind, namespace)
+            yield WatchEvent("RESYNC", None, after, items)
+        while True:
+            try:
+                await self.client.connect()
+                watch = await self.client.watch(
+                    start, range_end=_range_end(start), start_revision=after + 1, prev_kv=True)
+            except RevisionCompactedError:
+                items, after = await self.list(kind, namespace)
+                yield WatchEvent("RESYNC", None, after, items)
+                continue
+            try:
+                async for ev in watch:
+                    kv = ev.kv
+                    after = kv.mod_revision
+                    if ev.kind == "DELETE":
+                        prev = ev.prev_kv
+                        obj = self.decode(kind, prev) if prev is not None else None
+                        if obj is not None:
+                            obj.metadata.resource_version = str(kv.mod_revision)
+                        yield WatchEvent("DELETED", obj, kv.mod_revision)
+                    else:
+                        typ = "ADDED" if kv.version == 1 else "MODIFIED"
+                        yield WatchEvent(typ, self.decode(kind, kv), kv.mod_revision)
+            except RevisionCompactedError:
+                items, after = await self.list(kind, namespace)
+                yield WatchEvent("RESYNC", None, after, items)
+            except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ClientError) as err:
+                if isinstance(err, RevisionCompactedError):
+                    raise
+                # The stream broke (etcd restarted, network): resume from the last revision.
+                await asyncio.sleep(0.2)
+            finally:
+                await watch.cancel()
+
+
+def _not_found(kind: Kind, namespace: str, name: str) -> str:
+    where = f' in namespace "{namespace}"' if kind.namespaced else ""
+    return f'{kind.plural} "{name}" not found{where}'
+
+
+def _conflict(kind: Kind, namespace: str, name: str, expect, kv) -> Conflict:
+    if kv is None:
+        return Conflict(f'{kind.plural} "{name}" was deleted meanwhile '
+                        f"(expected resourceVersion {expect})", 0)
+    return Conflict(
+        f'Operation cannot be fulfilled on {kind.plural} "{name}": the object has been '
+        f"modified (resourceVersion {expect} is stale, current is {kv.mod_revision}); "
+        "read it again and retry", kv.mod_revision)

@@ -1,0 +1,273 @@
+"""Converts between Kubernetes-shaped dicts (YAML/JSON) and the protobuf objects, strictly.
+
+`from_dict` walks a document alongside the message descriptor, so the schema is the .proto
+itself: every unknown field, Kubernetes field Moorage does not support, or wrong type becomes a
+`FieldError` naming its path; nothing is silently dropped. `to_dict` gives kubectl's shapes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import FieldDescriptor as FD
+
+from moorage.v1 import objects_pb2 as pb
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+# Maps whose values are quantities: Kubernetes accepts `cpu: 1` or `cpu: 0.5` there.
+_QUANTITY_MAPS = {
+    "moorage.v1.ResourceRequirements.limits",
+    "moorage.v1.ResourceRequirements.requests",
+    "moorage.v1.NodeStatus.capacity",
+    "moorage.v1.NodeStatus.allocatable",
+}
+
+# Read-only metadata that `moor get -o yaml` prints; accepted in manifests so that output can be
+# applied back, and ignored (resourceVersion is checked as a precondition by the server).
+SERVER_SET_METADATA = {"uid", "creationTimestamp", "generation", "resourceVersion"}
+
+# Valid Kubernetes fields that Moorage does not implement. Naming them gives a clearer error
+# than "unknown field" for a manifest that works on Kubernetes.
+K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
+    "moorage.v1.ObjectMeta": frozenset({
+        "generateName", "finalizers", "managedFields", "deletionTimestamp",
+        "deletionGracePeriodSeconds", "selfLink"}),
+    "moorage.v1.PodSpec": frozenset({
+        "volumes", "initContainers", "ephemeralContainers", "serviceAccountName",
+        "serviceAccount", "automountServiceAccountToken", "hostNetwork", "hostPID", "hostIPC",
+        "shareProcessNamespace", "securityContext", "imagePullSecrets", "subdomain",
+        "schedulerName", "priorityClassName", "dnsPolicy", "dnsConfig", "hostAliases",
+        "readinessGates", "runtimeClassName", "enableServiceLinks", "preemptionPolicy",
+        "overhead", "topologySpreadConstraints", "setHostnameAsFQDN", "os", "hostUsers",
+        "schedulingGates", "resourceClaims", "activeDeadlineSeconds", "resources"}),
+    "moorage.v1.Container": frozenset({
+        "volumeMounts", "volumeDevices", "envFrom", "securityContext", "lifecycle",
+        "terminationMessagePath", "terminationMessagePolicy", "stdinOnce", "resizePolicy",
+        "restartPolicy"}),
+    "moorage.v1.EnvVar": frozenset({"valueFrom"}),
+    "moorage.v1.Probe": frozenset({"grpc"}),
+    "moorage.v1.Affinity": frozenset({"podAffinity"}),
+    "moorage.v1.PodAffinityTerm": frozenset({
+        "namespaceSelector", "matchLabelKeys", "mismatchLabelKeys"}),
+    "moorage.v1.NodeSelectorTerm": frozenset({"matchFields"}),
+    "moorage.v1.ServiceSpec": frozenset({
+        "clusterIPs", "externalIPs", "sessionAffinity", "sessionAffinityConfig",
+        "loadBalancerIP", "loadBalancerSourceRanges", "externalName", "externalTrafficPolicy",
+        "internalTrafficPolicy", "healthCheckNodePort", "publishNotReadyAddresses",
+        "ipFamilies", "ipFamilyPolicy", "allocateLoadBalancerNodePorts",
+        "loadBalancerClass", "trafficDistribution"}),
+    "moorage.v1.ServicePort": frozenset({"appProtocol"}),
+    "moorage.v1.NodeSpec": frozenset({"podCIDRs", "providerID", "configSource", "externalID"}),
+    "moorage.v1.Namespace": frozenset({"spec"}),
+    "moorage.v1.Service": frozenset({"status"}),
+}
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def join(path: str, key: str) -> str:
+    if _PLAIN_KEY.match(key):
+        return f"{path}.{key}" if path else key
+    return f'{path}["{key}"]'
+
+
+def describe(value) -> str:
+    """A value as it would be quoted in an error message (JSON-like)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _type_name(field) -> str:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        return "an object (a map)"
+    if field.is_repeated:
+        return "a list"
+    if field.type == FD.TYPE_MESSAGE:
+        if field.message_type.full_name == "moorage.v1.IntOrString":
+            return "an integer or a string"
+        return "an object"
+    if field.type == FD.TYPE_STRING:
+        return "a string"
+    if field.type == FD.TYPE_BOOL:
+        return "true or false"
+    return "an integer"
+
+
+def from_dict(data, message, path: str, errors: list[FieldError]):
+    """Fills `message` from `data`; appends an error for every problem; returns `message`."""
+    desc = message.DESCRIPTOR
+    if not isinstance(data, dict):
+        errors.append(FieldError(path, f"expected an object, got {describe(data)}"))
+        return message
+    by_json = {f.json_name: f for f in desc.fields}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            errors.append(FieldError(path, f"field name {describe(key)} is not a string"))
+            continue
+        fpath = join(path, key)
+        field = by_json.get(key)
+        if field is None:
+            if desc.full_name == "moorage.v1.ObjectMeta" and key in ("managedFields",):
+                continue  # written by kubectl's server-side apply; carries no intent
+            if key in K8S_UNSUPPORTED.get(desc.full_name, ()):
+                errors.append(FieldError(
+                    fpath, "not supported by Moorage (a valid Kubernetes field); remove it"))
+            else:
+                hint = difflib.get_close_matches(key, list(by_json), n=1)
+                more = f' (did you mean "{hint[0]}"?)' if hint else ""
+                errors.append(FieldError(fpath, f"unknown field{more}"))
+            continue
+        if value is None:
+            continue  # `field: null` means "not set", as in Kubernetes
+        _set_field(message, field, value, fpath, errors)
+    return message
+
+
+def _set_field(message, field, value, path: str, errors: list[FieldError]) -> None:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if not isinstance(value, dict):
+            errors.append(FieldError(path, f"expected {_type_name(field)}, got {describe(value)}"))
+            return
+        target = getattr(message, field.name)
+        quantities = field.full_name in _QUANTITY_MAPS
+        for k, v in value.items():
+            kpath = join(path, str(k))
+            if not isinstance(k, str):
+                errors.append(FieldError(kpath, f"key {describe(k)} must be a string"))
+            elif isinstance(v, str):
+                target[k] = v
+            elif quantities and isinstance(v, (int, float)) and not isinstance(v, bool):
+                target[k] = repr(v)
+            elif v is None:
+                target[k] = ""
+            else:
+                hint = f" (quote it: \"{_yaml_scalar(v)}\")" if isinstance(v, (int, float, bool)) else ""
+                errors.append(FieldError(kpath, f"expected a string, got {describe(v)}{hint}"))
+        return
+    if field.is_repeated:
+        if not isinstance(value, list):
+            errors.append(FieldError(path, f"expected a list, got {describe(value)}"))
+            return
+        target = getattr(message, field.name)
+        for i, item in enumerate(value):
+            ipath = f"{path}[{i}]"
+            if field.type == FD.TYPE_MESSAGE:
+                from_dict(item, target.add(), ipath, errors)
+            else:
+                ok, converted = _scalar(field, item, ipath, errors)
+                if ok:
+                    target.append(converted)
+        return
+    if field.type == FD.TYPE_MESSAGE:
+        sub = getattr(message, field.name)
+        if field.message_type.full_name == "moorage.v1.IntOrString":
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                errors.append(FieldError(
+                    path, f"expected an integer or a string, got {describe(value)}"))
+            elif isinstance(value, int):
+                if not -INT32_MAX <= value <= INT32_MAX:
+                    errors.append(FieldError(path, f"{value} is out of range"))
+                else:
+                    sub.int_val = value
+            else:
+                sub.str_val = value
+            return
+        sub.SetInParent()
+        from_dict(value, sub, path, errors)
+        return
+    ok, converted = _scalar(field, value, path, errors)
+    if ok:
+        setattr(message, field.name, converted)
+
+
+def _yaml_scalar(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
+def _scalar(field, value, path, errors):
+    t = field.type
+    if t == FD.TYPE_STRING:
+        if isinstance(value, str):
+            return True, value
+        hint = f' (quote it: "{_yaml_scalar(value)}")' if isinstance(value, (int, float, bool)) else ""
+        errors.append(FieldError(path, f"expected a string, got {describe(value)}{hint}"))
+        return False, None
+    if t == FD.TYPE_BOOL:
+        if isinstance(value, bool):
+            return True, value
+        errors.append(FieldError(path, f"expected true or false, got {describe(value)}"))
+        return False, None
+    # integers
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            errors.append(FieldError(path, f"expected an integer, got {describe(value)}"))
+            return False, None
+    limit = INT32_MAX if t in (FD.TYPE_INT32, FD.TYPE_SINT32) else INT64_MAX
+    if not -limit - 1 <= value <= limit:
+        errors.append(FieldError(path, f"{value} is out of range"))
+        return False, None
+    return True, value
+
+
+def to_dict(message) -> dict:
+    """The Kubernetes-shaped dict of a message: set fields only, JSON names, IntOrString flat."""
+    out: dict = {}
+    for field, value in message.ListFields():
+        name = field.json_name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[name] = dict(sorted(value.items()))
+        elif field.is_repeated:
+            if field.type == FD.TYPE_MESSAGE:
+                out[name] = [to_dict(v) for v in value]
+            else:
+                out[name] = list(value)
+        elif field.type == FD.TYPE_MESSAGE:
+            if field.message_type.full_name == "moorage.v1.IntOrString":
+                which = value.WhichOneof("value")
+                if which is not None:
+                    out[name] = getattr(value, which)
+            else:
+                out[name] = to_dict(value)
+        else:
+            out[name] = value
+    return out
+
+
+def object_to_dict(obj) -> dict:
+    """A top-level object as kubectl prints it: apiVersion and kind first."""
+    from moorage.kinds import kind_of
+
+    kind = kind_of(obj)
+    body = to_dict(obj)
+    body.pop("apiVersion", None)
+    body.pop("kind", None)
+    return {"apiVersion": kind.api_version, "kind": kind.name, **body}
+
+
+__all__ = ["FieldError", "from_dict", "to_dict", "object_to_dict", "describe", "join", "pb"]
