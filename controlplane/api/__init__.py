@@ -1,0 +1,1 @@
+"""gRPC servicers: validate requests, apply them to the store, stream watches."""

@@ -1,0 +1,213 @@
+"""Apply: turns validated manifest documents into one all-or-nothing etcd transaction.
+
+Semantics follow `kubectl apply` for a single writer: the manifest replaces spec, labels and
+annotations; uid, creationTimestamp and status are kept; fields the cluster owns (a pod's
+nodeName, a service's clusterIP, a scaled Deployment's replicas when the manifest omits them)
+are preserved. Every object's key, and the namespace each lives in, is compared in the same
+Txn, so a concurrent writer makes the apply retry from fresh state instead of clobbering.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass
+
+from controlplane.store import Conflict, Op, Store
+from controlplane.store.store import ABSENT
+from moorage import kinds
+from moorage.manifest import Document, ManifestError, located
+from moorage.v1 import objects_pb2 as pb
+
+MAX_APPLY_BYTES = 3 * 1024 * 1024
+MAX_APPLY_OBJECTS = 1000
+MAX_ATTEMPTS = 5
+# Last known (mod_revision, bytes) per key: lets an apply go straight to its Txn. Only a hint:
+# the Txn compares every revision, and a miss refreshes from the failure branch.
+CACHE_LIMIT = 50_000
+
+NAMESPACE = kinds.BY_NAME["Namespace"]
+
+
+@dataclass(slots=True)
+class Planned:
+    doc: Document
+    key: bytes
+    action: str                  # created, configured, unchanged
+    obj: object
+    previous: object | None
+    expect: int                  # mod_revision to compare (ABSENT for a create)
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Applier:
+    def __init__(self, store: Store):
+        self.store = store
+        self.cache: dict[bytes, tuple[int, bytes]] = {}
+
+    def _remember(self, key: bytes, rev: int, value: bytes | None) -> None:
+        if value is None:
+            self.cache.pop(key, None)
+            return
+        if len(self.cache) >= CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[key] = (rev, value)
+
+    async def apply(self, docs: list[Document], dry_run: bool = False
+                    ) -> tuple[list[Planned], int]:
+        if len(docs) > MAX_APPLY_OBJECTS:
+            raise ManifestError([f"{len(docs)} objects in one apply is over the limit of "
+                                 f"{MAX_APPLY_OBJECTS}; split them into several applies"])
+        keys = [self.store.key_of(d.obj) for d in docs]
+        in_request = {d.obj.metadata.name for d in docs if kinds.kind_of(d.obj) is NAMESPACE}
+        ns_keys = sorted({self.store.key(NAMESPACE, "", d.obj.metadata.namespace)
+                          for d in docs if kinds.kind_of(d.obj).namespaced
+                          and d.obj.metadata.namespace not in in_request})
+        if dry_run:
+            # No Txn will check the answer, so read the truth rather than the hint cache.
+            found, _ = await self.store.get_many(keys + ns_keys)
+            for key in keys + ns_keys:
+                kv = found.get(key)
+                self._remember(key, kv.mod_revision if kv else 0, kv.value if kv else None)
+        else:
+            missing = [k for k in ns_keys if k not in self.cache]
+            if missing:
+                found, _ = await self.store.get_many(missing)
+                for key in missing:
+                    kv = found.get(key)
+                    self._remember(key, kv.mod_revision if kv else 0, kv.value if kv else None)
+        for _ in range(MAX_ATTEMPTS):
+            plans = self._plan(docs, keys, ns_keys)
+            if dry_run:
+                return plans, 0
+            ops = [Op(p.key, p.obj, p.expect, guard_only=p.action == "unchanged") for p in plans]
+            ops += [Op(k, None, self.cache[k][0], guard_only=True) for k in ns_keys]
+            ok, revision, current = await self.store.commit(ops)
+            if ok:
+                for p in plans:
+                    if p.action != "unchanged":
+                        encoded = self.store.encode(p.obj)
+                        self._remember(p.key, revision, encoded)
+                        p.obj.metadata.resource_version = str(revision)
+                changed = any(p.action != "unchanged" for p in plans)
+                return plans, revision if changed else 0
+            for op in ops:
+                kv = current.get(op.key)
+                self._remember(op.key, kv.mod_revision if kv else 0,
+                               kv.value if kv else None)
+        raise Conflict("the objects kept changing while applying; try again")
+
+    def _current(self, kind, key: bytes):
+        hit = self.cache.get(key)
+        if hit is None:
+            return None, ABSENT
+        obj = kind.message.FromString(hit[1])
+        obj.metadata.resource_version = str(hit[0])
+        return obj, hit[0]
+
+    def _plan(self, docs: list[Document], keys: list[bytes], ns_keys: list[bytes]
+              ) -> list[Planned]:
+        problems = []
+        for key in ns_keys:
+            if key not in self.cache:
+                name = key.decode().rsplit("/", 1)[1]
+                for d in docs:
+                    if d.obj.metadata.namespace == name and kinds.kind_of(d.obj).namespaced:
+                        problems.append(located(d.source, d.index, (
+                            f'metadata.namespace: namespace "{name}" not found (create it '
+                            "first, or apply its Namespace in the same request)")))
+        plans = []
+        for doc, key in zip(docs, keys):
+            kind = kinds.kind_of(doc.obj)
+            current, rev = self._current(kind, key)
+            try:
+                obj, action = merge(doc, current)
+            except ValueError as err:
+                problems.append(located(doc.source, doc.index, str(err)))
+                continue
+            plans.append(Planned(doc, key, action, obj, current, rev))
+        if problems:
+            raise ManifestError(problems)
+        return plans
+
+
+def merge(doc: Document, current) -> tuple[object, str]:
+    """The object to store for `doc` given what is stored, and the apply action."""
+    new = type(doc.obj)()
+    new.CopyFrom(doc.obj)
+    kind = kinds.kind_of(new)
+    wanted_rv = new.metadata.resource_version
+    new.metadata.ClearField("resource_version")
+    has_status = "status" in new.DESCRIPTOR.fields_by_name
+    if has_status:
+        new.ClearField("status")  # status is the cluster's to report, never the manifest's
+    if current is None:
+        if wanted_rv:
+            raise Conflict(f'{kind.plural} "{new.metadata.name}" does not exist, but the '
+                           f"manifest expects resourceVersion {wanted_rv}")
+        new.metadata.uid = str(uuid.uuid4())
+        new.metadata.creation_timestamp = now_rfc3339()
+        new.metadata.generation = 1
+        if kind.name == "Pod":
+            new.status.phase = "Pending"
+        elif kind.name == "Namespace":
+            new.status.phase = "Active"
+        return new, "created"
+    if wanted_rv and wanted_rv != current.metadata.resource_version:
+        raise Conflict(
+            f'Operation cannot be fulfilled on {kind.plural} "{new.metadata.name}": the manifest '
+            f"has resourceVersion {wanted_rv} but the object is now at "
+            f"{current.metadata.resource_version}; read it again",
+            int(current.metadata.resource_version))
+    _preserve_owned_fields(new, current, doc.raw)
+    meta = new.metadata
+    meta.uid = current.metadata.uid
+    meta.creation_timestamp = current.metadata.creation_timestamp
+    if not meta.owner_references:
+        meta.owner_references.extend(current.metadata.owner_references)
+    if has_status and current.HasField("status"):
+        new.status.CopyFrom(current.status)
+    spec_changed = hasattr(new, "spec") and new.spec != current.spec
+    meta.generation = current.metadata.generation + (1 if spec_changed else 0)
+    stored = type(current)()
+    stored.CopyFrom(current)
+    stored.metadata.ClearField("resource_version")
+    return new, ("unchanged" if new == stored else "configured")
+
+
+def _preserve_owned_fields(new, current, raw: dict) -> None:
+    kind = kinds.kind_of(new).name
+    spec_raw = raw.get("spec") if isinstance(raw.get("spec"), dict) else {}
+    if kind == "Deployment" and "replicas" not in spec_raw:
+        new.spec.replicas = current.spec.replicas
+    elif kind == "Pod":
+        if not new.spec.node_name:
+            new.spec.node_name = current.spec.node_name
+        _check_pod_update(new.spec, current.spec)
+    elif kind == "Service":
+        if not new.spec.cluster_ip:
+            new.spec.cluster_ip = current.spec.cluster_ip
+        elif current.spec.cluster_ip and new.spec.cluster_ip != current.spec.cluster_ip:
+            raise ValueError(f"spec.clusterIP: is immutable (it is {current.spec.cluster_ip})")
+        for port, old in zip(new.spec.ports, current.spec.ports):
+            if not port.node_port and port.port == old.port and new.spec.type == "NodePort":
+                port.node_port = old.node_port
+    elif kind == "Node":
+        if not new.spec.pod_cidr:
+            new.spec.pod_cidr = current.spec.pod_cidr
+
+
+def _check_pod_update(new: pb.PodSpec, current: pb.PodSpec) -> None:
+    """As in Kubernetes, a pod's spec is fixed once created, except its containers' images."""
+    probe = pb.PodSpec()
+    probe.CopyFrom(new)
+    if len(probe.containers) == len(current.containers):
+        for c, old in zip(probe.containers, current.containers):
+            c.image = old.image
+    if probe != current:
+        raise ValueError("spec: a pod's spec cannot change after creation except "
+                         "spec.containers[*].image; delete and re-create the pod, or use a "
+                         "Deployment")

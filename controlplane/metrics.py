@@ -1,0 +1,54 @@
+"""Prometheus metrics of the control plane, and the decorator that times every API method."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+API_LATENCY = Histogram(
+    "moorage_api_request_duration_seconds", "Latency of Cluster API calls.",
+    ["method", "code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+API_REQUESTS = Counter(
+    "moorage_api_requests_total", "Cluster API calls by method and status code.",
+    ["method", "code"])
+WATCHES = Gauge("moorage_api_watches", "Watch streams open now.", ["kind"])
+ETCD_LATENCY = Histogram(
+    "moorage_etcd_request_duration_seconds", "Latency of etcd requests made by the API.",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+def observed(method_name: str):
+    """Times a unary servicer method and counts it under the status code it ended with."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def handler(self, request, context):
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await fn(self, request, context)
+            except Exception:
+                code = _code(context)
+                raise
+            finally:
+                if code == "OK":
+                    code = _code(context)
+                API_LATENCY.labels(method_name, code).observe(time.perf_counter() - start)
+                API_REQUESTS.labels(method_name, code).inc()
+        return handler
+    return wrap
+
+
+def _code(context) -> str:
+    try:
+        code = context.code()
+    except Exception:  # not every context exposes the code before the call ends
+        return "UNKNOWN"
+    if code is None:
+        return "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)

@@ -1,0 +1,145 @@
+"""`moor-controlplane`: serves the Cluster API over grpc.aio, backed by etcd.
+
+Without --etcd-endpoints it starts and owns a local etcd under its state dir. It serves the gRPC
+health service and Prometheus metrics, and shuts down gracefully on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import uuid
+
+import aetcd
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from prometheus_client import start_http_server
+
+from controlplane.api.servicer import ClusterServicer
+from controlplane.etcd_local import LocalEtcd
+from controlplane.store import AlreadyExists, Store
+from moorage import kinds
+from moorage.v1 import api_pb2_grpc, objects_pb2 as pb
+
+log = logging.getLogger("moorage.controlplane")
+
+DEFAULT_LISTEN = "127.0.0.1:7440"
+DEFAULT_METRICS = "127.0.0.1:7441"
+# Above the API's own apply cap, so an oversized apply gets our clear error, not gRPC's.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="moor-controlplane",
+        description="Run a Moorage control plane: the Cluster API over gRPC, state in etcd.")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"gRPC address to serve (default {DEFAULT_LISTEN})")
+    p.add_argument("--state-dir", default="/var/lib/moorage/controlplane", metavar="DIR",
+                   help="where the local etcd keeps its data (and, later, the cluster CA)")
+    p.add_argument("--etcd-endpoints", default="", metavar="URL,...",
+                   help="external etcd, e.g. http://10.0.0.5:2379; default: a local etcd")
+    p.add_argument("--metrics-listen", default=DEFAULT_METRICS, metavar="HOST:PORT",
+                   help=f"Prometheus /metrics address (default {DEFAULT_METRICS}; '' disables)")
+    p.add_argument("--etcd-prefix", default="/moorage", help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p.parse_args(argv)
+
+
+def _endpoint(url: str) -> tuple[str, int]:
+    hostport = url.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"moor-controlplane: --etcd-endpoints: {url!r} is not HOST:PORT or a URL")
+    return host, int(port)
+
+
+async def ensure_namespaces(store: Store) -> None:
+    from controlplane.api.apply import now_rfc3339
+
+    for name in kinds.SYSTEM_NAMESPACES:
+        ns = pb.Namespace(api_version="v1", kind="Namespace")
+        ns.metadata.name = name
+        ns.metadata.creation_timestamp = now_rfc3339()
+        ns.metadata.uid = str(uuid.uuid4())
+        ns.metadata.generation = 1
+        ns.status.phase = "Active"
+        try:
+            await store.create(ns)
+        except AlreadyExists:
+            pass
+
+
+async def serve(args: argparse.Namespace) -> int:
+    etcd = None
+    if args.etcd_endpoints:
+        host, port = _endpoint(args.etcd_endpoints.split(",")[0])
+    else:
+        os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
+        etcd = LocalEtcd(os.path.join(args.state_dir, "etcd"))
+        await asyncio.to_thread(etcd.start)
+        host, port = etcd.host, etcd.client_port
+        log.info("local etcd serving on %s", etcd.endpoint)
+    client = aetcd.Client(host=host, port=port, timeout=10)
+    try:
+        await client.connect()
+        store = Store(client, prefix=args.etcd_prefix)
+        await ensure_namespaces(store)
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ])
+        api_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(store), server)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        try:
+            server.add_insecure_port(args.listen)
+        except RuntimeError as err:
+            log.error("cannot listen on %s: %s", args.listen, err)
+            return 1
+        if args.metrics_listen:
+            mhost, _, mport = args.metrics_listen.rpartition(":")
+            start_http_server(int(mport), addr=mhost or "0.0.0.0")
+        await server.start()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health.set("moorage.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving the Cluster API on %s", args.listen)
+        print(f"moor-controlplane: serving on {args.listen}", flush=True)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await health.enter_graceful_shutdown()
+        await server.stop(SHUTDOWN_GRACE_SECONDS)
+        return 0
+    finally:
+        await client.close()
+        if etcd is not None:
+            await asyncio.to_thread(etcd.stop)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sys.exit(asyncio.run(serve(args)))
+    except RuntimeError as err:  # etcd failed to start, and the like
+        print(f"moor-controlplane: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Reads manifests: strict YAML/JSON documents into validated, defaulted protobuf objects.
+
+Every problem becomes one line naming the file, the document index and the field path, e.g.
+`web.yaml[1] spec.template.spec.containers[0].resources.limits.memory: "12XB" is not a quantity`.
+All documents are checked before any result is returned, so a caller can reject a whole apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+from moorage import convert, kinds, validate
+from moorage.convert import FieldError, describe
+
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):
+    """SafeLoader without YAML 1.1 timestamps: Kubernetes keeps `2024-01-01T00:00:00Z` a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    source: str
+    index: int
+    obj: object          # a protobuf object, validated and defaulted
+    # The document as written, for callers that need to know what the user left out.
+    raw: dict
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}[{self.index}]"
+
+
+class ManifestError(ValueError):
+    """One or more problems, each a full one-line message."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def located(source: str, index: int, err: FieldError | str) -> str:
+    where = f"{source}[{index}]"
+    if isinstance(err, str):
+        return f"{where}: {err}"
+    return f"{where} {err.path}: {err.message}" if err.path else f"{where}: {err.message}"
+
+
+def _duplicates(node, path: str, out: list[FieldError]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            kpath = convert.join(path, str(key))
+            if key is not None:
+                if key in seen:
+                    out.append(FieldError(kpath, f"duplicate field (line {key_node.start_mark.line + 1})"))
+                seen.add(key)
+            _duplicates(value_node, kpath, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicates(item, f"{path}[{i}]", out)
+
+
+def load_documents(source: str, text: str) -> tuple[list[tuple[int, object]], list[str]]:
+    """Splits a file into (index, data) documents; empty documents are skipped but counted."""
+    docs, problems = [], []
+    loader = _Loader(text)
+    index = 0
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            dups: list[FieldError] = []
+            _duplicates(node, "", dups)
+            data = loader.construct_document(node)
+            if dups:
+                problems += [located(source, index, d) for d in dups]
+            elif data is not None:
+                docs.append((index, data))
+            index += 1
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problems.append(f"{source}[{index}]: not valid YAML{line}: {what}")
+    finally:
+        loader.dispose()
+    return docs, problems
+
+
+def decode(data, path: str = "") -> tuple[list[object], list[FieldError]]:
+    """One document's data into objects (a `kind: List` gives several)."""
+    errors: list[FieldError] = []
+    if not isinstance(data, dict):
+        return [], [FieldError(path, f"expected an object with apiVersion and kind, got "
+                                     f"{describe(data)}")]
+    kind_name, api_version = data.get("kind"), data.get("apiVersion")
+    for field, value in (("apiVersion", api_version), ("kind", kind_name)):
+        if value is None:
+            errors.append(FieldError(convert.join(path, field), "is required"))
+        elif not isinstance(value, str):
+            errors.append(FieldError(convert.join(path, field),
+                                     f"expected a string, got {describe(value)}"))
+    if errors:
+        return [], errors
+    if kind_name == "List" and api_version == "v1":
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            return [], [FieldError(convert.join(path, "items"), "expected a list")]
+        objs = []
+        for i, item in enumerate(items):
+            got, errs = decode(item, f"{convert.join(path, 'items')}[{i}]")
+            objs += got
+            errors += errs
+        return objs, errors
+    kind = kinds.BY_NAME.get(kind_name)
+    if kind is None:
+        served = ", ".join(k.name for k in kinds.KINDS)
+        return [], [FieldError(convert.join(path, "kind"),
+                               f"{describe(kind_name)} is not a kind Moorage serves "
+                               f"(supported: {served})")]
+    if api_version != kind.api_version:
+        return [], [FieldError(convert.join(path, "apiVersion"),
+                               f"{describe(api_version)} is not served for {kind.name}; "
+                               f"use {describe(kind.api_version)}")]
+    obj = kind.message()
+    body = {k: val for k, val in data.items() if k not in ("apiVersion", "kind")}
+    meta = body.get("metadata")
+    if isinstance(meta, dict):
+        # Server-set fields as `moor get -o yaml` prints them: accepted, then replaced.
+        body["metadata"] = {k: val for k, val in meta.items()
+                            if k not in convert.SERVER_SET_METADATA or k == "resourceVersion"}
+    convert.from_dict(body, obj, path, errors)
+    obj.api_version, obj.kind = kind.api_version, kind.name
+    if not errors:
+        if path:
+            errors += [FieldError(convert.join(path, e.path), e.message)
+                       for e in validate.validate(obj)]
+        else:
+            errors += validate.validate(obj)
+    return [obj], errors
+
+
+def parse(manifests: list[tuple[str, str]], default_namespace: str = kinds.DEFAULT_NAMESPACE
+          ) -> list[Document]:
+    """Every document of every (source, text) pair, or ManifestError listing all problems."""
+    problems: list[str] = []
+    out: list[Document] = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for source, text in manifests:
+        docs, load_problems = load_documents(source, text)
+        problems += load_problems
+        for index, data in docs:
+            objs, errors = decode(data)
+            problems += [located(source, index, e) for e in errors]
+            if errors:
+                continue
+            for obj in objs:
+                kind = kinds.kind_of(obj)
+                if kind.namespaced and not obj.metadata.namespace:
+                    obj.metadata.namespace = default_namespace
+                validate.default(obj)
+                ident = (kind.name, obj.metadata.namespace, obj.metadata.name)
+                here = f"{source}[{index}]"
+                if ident in seen:
+                    problems.append(located(source, index, FieldError(
+                        "metadata.name", f"{kind.name.lower()} {describe(obj.metadata.name)} is "
+                                         f"also defined in {seen[ident]}")))
+                    continue
+                seen[ident] = here
+                out.append(Document(source, index, obj, data if isinstance(data, dict) else {}))
+    if not out and not problems:
+        problems.append("no objects found in the given manifests")
+    if problems:
+        raise ManifestError(problems)
+    return out
