@@ -66,7 +66,7 @@ K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
     "moorage.v1.Service": frozenset({"status"}),
 }
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True, slots=True)

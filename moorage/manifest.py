@@ -143,7 +143,7 @@ def decode(data, path: str = "") -> tuple[list[object], list[FieldError]]:
     obj.api_version, obj.kind = kind.api_version, kind.name
     if not errors:
         if path:
-            errors += [FieldError(convert.join(path, e.path), e.message)
+            errors += [FieldError(f"{path}.{e.path}" if e.path else path, e.message)
                        for e in validate.validate(obj)]
         else:
             errors += validate.validate(obj)

@@ -107,3 +107,80 @@ def pytest_sessionfinish(session, exitstatus):
         if reporter:
             reporter.write_line(msg, red=True)
         session.exitstatus = 1
+
+
+# ---- a real control plane process ----
+
+class ControlPlane:
+    def __init__(self, address: str, metrics: str, prefix: str, etcd: str, proc):
+        self.address, self.metrics, self.prefix, self.etcd, self.proc = (
+            address, metrics, prefix, etcd, proc)
+
+    def stub(self):
+        import grpc
+
+        from moorage.v1 import api_pb2_grpc
+
+        return api_pb2_grpc.ClusterStub(grpc.insecure_channel(self.address))
+
+    def snapshot(self) -> list[tuple[bytes, bytes, int]]:
+        """Every key under this control plane's prefix with its value and mod_revision."""
+        async def read():
+            client = etcd_client(self.etcd)
+            try:
+                resp = await client.get_prefix(self.prefix.encode() + b"/")
+                return [(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs]
+            finally:
+                await client.close()
+        return asyncio.run(read())
+
+
+def start_controlplane(etcd: str, state_dir: str, prefix: str | None = None) -> ControlPlane:
+    import sys
+    import time
+
+    import grpc
+
+    from controlplane.etcd_local import free_port
+
+    prefix = prefix or "/" + unique("cp-")
+    port, mport = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controlplane.server", "--listen", f"127.0.0.1:{port}",
+         "--metrics-listen", f"127.0.0.1:{mport}", "--state-dir", state_dir,
+         "--etcd-endpoints", f"http://{etcd}", "--etcd-prefix", prefix, "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"control plane exited: {proc.stdout.read()}")
+        try:
+            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=0.2)
+            break
+        except grpc.FutureTimeoutError:
+            continue
+    else:
+        proc.kill()
+        raise RuntimeError("control plane did not start")
+    return ControlPlane(address, f"127.0.0.1:{mport}", prefix, etcd, proc)
+
+
+def stop_process(proc, timeout: float = 10) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture(scope="session")
+def controlplane(etcd_endpoint):
+    state = tempfile.mkdtemp(prefix=TEST_PREFIX + "cp-")
+    cp = start_controlplane(etcd_endpoint, state)
+    yield cp
+    stop_process(cp.proc)
+    shutil.rmtree(state, ignore_errors=True)

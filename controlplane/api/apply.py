@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from controlplane.store import Conflict, Op, Store
 from controlplane.store.store import ABSENT
 from moorage import kinds
+from moorage.convert import FieldError
 from moorage.manifest import Document, ManifestError, located
 from moorage.v1 import objects_pb2 as pb
 
@@ -27,6 +28,14 @@ MAX_ATTEMPTS = 5
 CACHE_LIMIT = 50_000
 
 NAMESPACE = kinds.BY_NAME["Namespace"]
+
+
+class Invalid(ValueError):
+    """An update the manifest asks for that the object's rules forbid."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.error = FieldError(path, message)
 
 
 @dataclass(slots=True)
@@ -116,8 +125,8 @@ class Applier:
                 name = key.decode().rsplit("/", 1)[1]
                 for d in docs:
                     if d.obj.metadata.namespace == name and kinds.kind_of(d.obj).namespaced:
-                        problems.append(located(d.source, d.index, (
-                            f'metadata.namespace: namespace "{name}" not found (create it '
+                        problems.append(located(d.source, d.index, FieldError(
+                            "metadata.namespace", f'namespace "{name}" not found (create it '
                             "first, or apply its Namespace in the same request)")))
         plans = []
         for doc, key in zip(docs, keys):
@@ -125,9 +134,11 @@ class Applier:
             current, rev = self._current(kind, key)
             try:
                 obj, action = merge(doc, current)
-            except ValueError as err:
-                problems.append(located(doc.source, doc.index, str(err)))
+            except Invalid as err:
+                problems.append(located(doc.source, doc.index, err.error))
                 continue
+            except Conflict as err:
+                raise Conflict(f"{doc.where}: {err}", err.current) from None
             plans.append(Planned(doc, key, action, obj, current, rev))
         if problems:
             raise ManifestError(problems)
@@ -191,7 +202,7 @@ def _preserve_owned_fields(new, current, raw: dict) -> None:
         if not new.spec.cluster_ip:
             new.spec.cluster_ip = current.spec.cluster_ip
         elif current.spec.cluster_ip and new.spec.cluster_ip != current.spec.cluster_ip:
-            raise ValueError(f"spec.clusterIP: is immutable (it is {current.spec.cluster_ip})")
+            raise Invalid("spec.clusterIP", f"is immutable (it is {current.spec.cluster_ip})")
         for port, old in zip(new.spec.ports, current.spec.ports):
             if not port.node_port and port.port == old.port and new.spec.type == "NodePort":
                 port.node_port = old.node_port
@@ -206,8 +217,9 @@ def _check_pod_update(new: pb.PodSpec, current: pb.PodSpec) -> None:
     probe.CopyFrom(new)
     if len(probe.containers) == len(current.containers):
         for c, old in zip(probe.containers, current.containers):
-            c.image = old.image
+            # The pull policy's default follows the tag, so it may change with the image.
+            c.image, c.image_pull_policy = old.image, old.image_pull_policy
     if probe != current:
-        raise ValueError("spec: a pod's spec cannot change after creation except "
-                         "spec.containers[*].image; delete and re-create the pod, or use a "
-                         "Deployment")
+        raise Invalid("spec", "a pod's spec cannot change after creation except "
+                              "spec.containers[*].image; delete and re-create the pod, or use "
+                              "a Deployment")
