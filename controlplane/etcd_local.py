@@ -47,7 +47,7 @@ class LocalEtcd:
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
-    def start(self, timeout: float = 20.0) -> "LocalEtcd":
+    def start(self, timeout: float = 20.0) -> LocalEtcd:
         binary = shutil.which("etcd") or "/usr/bin/etcd"
         if not os.path.exists(binary):
             raise RuntimeError("etcd is not installed (Debian: apt-get install etcd-server)")

@@ -24,7 +24,8 @@ from controlplane.api.servicer import ClusterServicer
 from controlplane.etcd_local import LocalEtcd
 from controlplane.store import AlreadyExists, Store
 from moorage import kinds
-from moorage.v1 import api_pb2_grpc, objects_pb2 as pb
+from moorage.v1 import api_pb2_grpc
+from moorage.v1 import objects_pb2 as pb
 
 log = logging.getLogger("moorage.controlplane")
 

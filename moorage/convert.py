@@ -8,6 +8,7 @@ itself: every unknown field, Kubernetes field Moorage does not support, or wrong
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -121,7 +122,7 @@ def from_dict(data, message, path: str, errors: list[FieldError]):
     if not isinstance(data, dict):
         errors.append(FieldError(path, f"expected an object, got {describe(data)}"))
         return message
-    by_json = {f.json_name: f for f in desc.fields}
+    by_json = _fields_by_json(desc)
     for key, value in data.items():
         if not isinstance(key, str):
             errors.append(FieldError(path, f"field name {describe(key)} is not a string"))
@@ -143,6 +144,11 @@ def from_dict(data, message, path: str, errors: list[FieldError]):
             continue  # `field: null` means "not set", as in Kubernetes
         _set_field(message, field, value, fpath, errors)
     return message
+
+
+@functools.cache
+def _fields_by_json(desc) -> dict:
+    return {f.json_name: f for f in desc.fields}
 
 
 def _set_field(message, field, value, path: str, errors: list[FieldError]) -> None:
@@ -270,4 +276,4 @@ def object_to_dict(obj) -> dict:
     return {"apiVersion": kind.api_version, "kind": kind.name, **body}
 
 
-__all__ = ["FieldError", "from_dict", "to_dict", "object_to_dict", "describe", "join", "pb"]
+__all__ = ["FieldError", "describe", "from_dict", "join", "object_to_dict", "pb", "to_dict"]

@@ -49,7 +49,7 @@ def mapped(fn):
             try:
                 async for item in fn(self, request, context):
                     yield item
-            except Exception as err:  # noqa: BLE001 - mapped or re-raised
+            except Exception as err:
                 code = _status_for(err)
                 if code is None:
                     raise
@@ -60,7 +60,7 @@ def mapped(fn):
     async def handler(self, request, context):
         try:
             return await fn(self, request, context)
-        except Exception as err:  # noqa: BLE001 - mapped or logged, never a silent drop
+        except Exception as err:
             code = _status_for(err)
             if code is None:
                 raise
@@ -119,7 +119,8 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the manifests are {size / 2**20:.1f} MiB in total, over the "
                 f"{MAX_APPLY_BYTES // 2**20} MiB limit of one apply; split them")
-        docs = manifest.parse([(m.source or "<request>", m.content) for m in request.manifests])
+        docs = manifest.parse([(m.source or "<request>", m.content, m.index)
+                               for m in request.manifests])
         plans, revision = await self.applier.apply(docs, dry_run=request.dry_run)
         resp = api_pb2.ApplyResponse(revision=revision)
         for p in plans:

@@ -5,33 +5,28 @@ copies what it is given and hands back fresh frozen results, so callers see a pu
 Its verdicts agree exactly with `filters` and `scores` (the property tests check this):
 
 - static filter verdicts come from the reference filters themselves, cached per pod shape
-  (node selector, required affinity, tolerations) and node signature (its static facts plus
-  the label values the shape reads), since one Deployment's pods share a shape;
-- free resources, used host ports, spread counts per node and zone, and anti-affinity domains
-  are kept as counters, updated after every placement, and checked with the same arithmetic;
-- like kube-scheduler's percentageOfNodesToScore, the search stops once `k` feasible nodes are
-  found and the next search resumes where it stopped, so nodes are visited round-robin. A pod
-  found unschedulable has been checked against every node, and its explanation covers them all.
+  (node selector, required affinity, tolerations) and node signature (`index.Shape`);
+- per (shape, request) it keeps the sorted list of nodes that also have room, and per request
+  the weighted resource score of every node; both are brought up to date lazily from a log
+  of the nodes bound since they were last used, because one Deployment's pods arrive together;
+- used host ports, spread counts per node and zone, and anti-affinity domains are counters
+  updated after every placement;
+- like kube-scheduler's percentageOfNodesToScore, a decision scores only `k` feasible nodes and
+  the next one resumes after the last node it looked at, so nodes are visited round-robin. A
+  pod found unschedulable has been checked against every node, and its explanation covers
+  them all.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from random import Random
 
 from controlplane.scheduler.config import SchedulerConfig, feasible_nodes_to_find
-from controlplane.scheduler.filters import (
-    DYNAMIC_FILTERS,
-    STATIC_FILTERS,
-    FilterContext,
-    Reason,
-    first_failure,
-    ports_conflict,
-    used_host_ports,
-)
-from controlplane.scheduler.model import ZONE_LABEL, HostPort, NodeInfo, PodInfo
+from controlplane.scheduler.filters import DYNAMIC_FILTERS, FilterContext, first_failure
+from controlplane.scheduler.index import ClusterIndex, Shape
+from controlplane.scheduler.model import NodeInfo, PodInfo
 from controlplane.scheduler.outcome import (
     BatchResult,
     Decision,
@@ -45,21 +40,12 @@ from controlplane.scheduler.scores import (
     UNKNOWN_ZONE_SCORE,
     ScoreContext,
     free_fraction,
-    prefer_node_affinity,
     score_node,
 )
 
 _NEG_INF = float("-inf")
-
-
-class _Shape:
-    """Static-filter verdicts for every node, for pods sharing one shape."""
-
-    __slots__ = ("ok", "rejected")
-
-    def __init__(self, ok: list[int], rejected: dict[int, Reason]) -> None:
-        self.ok = ok  # indices of nodes passing every static filter, ascending
-        self.rejected = rejected
+# Caches keyed by pod request are dropped oldest-first beyond this many, bounding memory.
+_MAX_REQUEST_CACHES = 256
 
 
 class BatchEngine:
@@ -70,265 +56,209 @@ class BatchEngine:
         self.weights = config.resolved_weights
         self.binpack = config.strategy == BINPACK
         self.rng = Random(config.seed) if config.seed is not None else None
-        self.nodes: list[NodeInfo] = list(nodes)
-        n = self.n = len(self.nodes)
+        self.index = index = ClusterIndex(nodes)
+        n = self.n = index.n
         self.k = feasible_nodes_to_find(n, config)
         self.cursor = start % n if n else 0
         self.rank = [0] * n
-        for position, i in enumerate(sorted(range(n), key=lambda i: self.nodes[i].name)):
+        for position, i in enumerate(sorted(range(n), key=lambda i: index.nodes[i].name)):
             self.rank[i] = position
-        self.alloc_cpu = [node.allocatable.cpu for node in self.nodes]
-        self.alloc_mem = [node.allocatable.memory for node in self.nodes]
-        self.free_cpu = [node.allocatable.cpu - node.requested.cpu for node in self.nodes]
-        self.free_mem = [node.allocatable.memory - node.requested.memory for node in self.nodes]
-        self.free_pods = [node.allocatable.pods - node.requested.pods for node in self.nodes]
-        # Placements keep free >= 0, so with sane nodes the score needs no clamping.
+        # Placements keep free >= 0, so with sane nodes the resource score needs no clamping.
         self.exact = all(
             a > 0 and 0 <= f <= a
-            for alloc, free in ((self.alloc_cpu, self.free_cpu), (self.alloc_mem, self.free_mem))
-            for a, f in zip(alloc, free)
+            for alloc, free in (
+                (index.alloc_cpu, index.free_cpu),
+                (index.alloc_mem, index.free_mem),
+            )
+            for a, f in zip(alloc, free, strict=True)
         )
-        static_ids: dict[tuple, int] = {}
-        self.static_id = [
-            static_ids.setdefault((node.ready, node.unschedulable, node.taints), len(static_ids))
-            for node in self.nodes
-        ]
-        self.topology: dict[str, list[str | None]] = {}
-        self.zone = self._topology(ZONE_LABEL)
-        self.zone_values = set(self.zone)
-        self.shapes: dict[tuple, _Shape] = {}
-        self.affinity: dict[tuple, list[float]] = {}
-        self.ones = [NO_PREFERENCE] * n
+        self.bound: list[int] = []  # node index of every bind, in order
+        self.fits: dict[tuple, list] = {}  # (shape, request) -> [sorted node indices, synced]
+        self.resource_scores: dict[tuple, list] = {}  # request -> [weighted score, synced]
+        self.affinity_scores: dict[tuple, list[float]] = {}
+        self.no_affinity = [self.weights.prefer_node_affinity * NO_PREFERENCE] * n
         self.zeros = [0] * n
-        self.spread: dict[str, list[int]] = {}
-        self.zone_counts: dict[str, dict[str, int]] = {}
-        self.own_terms: dict[tuple, Counter[str]] = {}
-        self.holders: dict[tuple, Counter[str]] = {}
-        self.ports: dict[int, tuple[HostPort, ...]] = {}
-        self.generation = 0
-        self.memo_generation = 0
+        self.memo_synced = 0
         self.memo: dict[tuple, tuple[str, tuple[tuple[str, str], ...]]] = {}
-        for i, node in enumerate(self.nodes):
-            for pod in node.pods:
-                self._count(pod, i)
-
-    # -- indexes -------------------------------------------------------------------------
-
-    def _topology(self, key: str) -> list[str | None]:
-        values = self.topology.get(key)
-        if values is None:
-            values = self.topology[key] = [node.labels.get(key) for node in self.nodes]
-        return values
-
-    def _spread_counts(self, key: str) -> list[int]:
-        counts = self.spread.get(key)
-        if counts is None:
-            counts = self.spread[key] = [0] * self.n
-        return counts
-
-    def _count(self, pod: PodInfo, i: int) -> None:
-        """Add a pod bound to node i to the spread and anti-affinity counters."""
-        key = pod.spread_key
-        if key is not None:
-            self._spread_counts(key)[i] += 1
-            zone = self.zone[i]
-            if zone is not None:
-                per_zone = self.zone_counts.setdefault(key, {})
-                per_zone[zone] = per_zone.get(zone, 0) + 1
-        for term in pod.anti_affinity:
-            domain = self._topology(term.topology_key)[i]
-            if domain is not None:
-                self.holders.setdefault((term, pod.namespace), Counter())[domain] += 1
-
-    def _shape(self, pod: PodInfo) -> tuple[tuple, _Shape]:
-        key = (pod.node_selector, pod.required_affinity, pod.tolerations)
-        shape = self.shapes.get(key)
-        if shape is None:
-            shape = self.shapes[key] = self._build_shape(pod)
-        return key, shape
-
-    def _build_shape(self, pod: PodInfo) -> _Shape:
-        # The static filters read only these label keys and the node's static facts, so
-        # nodes with the same signature share a verdict (and a detail text).
-        keys = set(pod.node_selector)
-        keys.update(r.key for term in pod.required_affinity for r in term.requirements)
-        columns = [self._topology(key) for key in sorted(keys)]
-        verdicts: dict[tuple, Reason | None] = {}
-        ok: list[int] = []
-        rejected: dict[int, Reason] = {}
-        for i, signature in enumerate(zip(self.static_id, *columns)):
-            if signature in verdicts:
-                reason = verdicts[signature]
-            else:
-                reason = verdicts[signature] = first_failure(
-                    pod, self.nodes[i], None, STATIC_FILTERS
-                )
-            if reason is None:
-                ok.append(i)
-            else:
-                rejected[i] = reason
-        return _Shape(ok, rejected)
-
-    def _affinity_scores(self, pod: PodInfo) -> list[float]:
-        terms = pod.preferred_affinity
-        if not terms:
-            return self.ones
-        scores = self.affinity.get(terms)
-        if scores is None:
-            keys = sorted({r.key for p in terms for r in p.term.requirements})
-            columns = [self._topology(key) for key in keys]
-            by_signature: dict[tuple, float] = {}
-            ctx = ScoreContext()
-            scores = []
-            for i, signature in enumerate(zip(*columns) if columns else ((),) * self.n):
-                value = by_signature.get(signature)
-                if value is None:
-                    value = by_signature[signature] = prefer_node_affinity(pod, self.nodes[i], ctx)
-                scores.append(value)
-            self.affinity[terms] = scores
-        return scores
-
-    def _own_term_counts(self, term, namespace: str) -> Counter[str]:
-        """Pods selected by `term` (held in `namespace`) per domain of its topology key."""
-        counts = self.own_terms.get((term, namespace))
-        if counts is None:
-            counts = self.own_terms[(term, namespace)] = Counter()
-            domains = self._topology(term.topology_key)
-            for i, node in enumerate(self.nodes):
-                if domains[i] is not None:
-                    for other in node.pods:
-                        if term.selects(namespace, other):
-                            counts[domains[i]] += 1
-        return counts
-
-    def _blocked_domains(self, pod: PodInfo) -> list[tuple[list[str | None], set[str]]]:
-        """(domain of each node, forbidden domains) per anti-affinity rule touching `pod`."""
-        blocked = []
-        for term in pod.anti_affinity:
-            counts = self._own_term_counts(term, pod.namespace)
-            forbidden = {domain for domain, count in counts.items() if count}
-            if forbidden:
-                blocked.append((self._topology(term.topology_key), forbidden))
-        for (term, namespace), counts in self.holders.items():
-            if term.selects(namespace, pod):
-                forbidden = {domain for domain, count in counts.items() if count}
-                if forbidden:
-                    blocked.append((self._topology(term.topology_key), forbidden))
-        return blocked
-
-    def _ports_taken(self, ports: tuple[HostPort, ...], i: int) -> bool:
-        used = self.ports.get(i)
-        if used is None:
-            used = self.ports[i] = used_host_ports(self.nodes[i])
-        return ports_conflict(ports, used) is not None
-
-    # -- one decision --------------------------------------------------------------------
 
     def decide(self, pod: PodInfo) -> Decision:
-        shape_key, shape = self._shape(pod)
-        feasible = self._find_feasible(pod, shape)
+        shape_key, shape = self.index.shape(pod)
+        feasible = self._find_feasible(pod, shape_key, shape)
         if not feasible:
             return self._unschedulable(pod, shape_key, shape)
         i, ctx = self._choose(pod, feasible)
-        score, breakdown = score_node(pod, self.nodes[i], ctx, self.weights)
-        self._bind(pod, i)
-        return Placement(pod, self.nodes[i].name, score, breakdown)
+        node = self.index.nodes[i]
+        score, breakdown = score_node(pod, node, ctx, self.weights)
+        self.index.bind(pod, i)
+        self.bound.append(i)
+        return Placement(pod, node.name, score, breakdown)
 
-    def _find_feasible(self, pod: PodInfo, shape: _Shape) -> list[int]:
-        ok = shape.ok
-        if not ok:
-            return []
-        k = self.k
-        if k >= len(ok):
-            order = ok
-        else:
-            split = bisect_left(ok, self.cursor)
-            order = ok[split:] + ok[:split]
+    def result(self, decisions: list[Decision]) -> BatchResult:
+        return BatchResult(tuple(decisions), tuple(self.index.nodes), self.cursor)
+
+    # -- filtering -----------------------------------------------------------------------
+
+    def _fitting(self, shape_key: tuple, shape: Shape, pod: PodInfo) -> list[int]:
+        """Sorted indices of nodes passing the static filters with room for `pod`."""
+        need = pod.requests
+        key = (shape_key, need.cpu, need.memory, need.pods)
+        entry = self.fits.get(key)
+        if entry is None:
+            if len(self.fits) >= _MAX_REQUEST_CACHES:
+                del self.fits[next(iter(self.fits))]
+            entry = self.fits[key] = [self._room_for(pod)(shape.ok), len(self.bound)]
+        elif entry[1] < len(self.bound):
+            # Binds only take room away, so the list only ever loses nodes.
+            nodes, changed = entry[0], sorted(set(self.bound[entry[1] :]))
+            still = set(self._room_for(pod)(changed))
+            for j in changed:
+                if j not in still:
+                    at = bisect_left(nodes, j)
+                    if at < len(nodes) and nodes[at] == j:
+                        del nodes[at]
+            entry[1] = len(self.bound)
+        return entry[0]
+
+    def _room_for(self, pod: PodInfo) -> Callable[[list[int]], list[int]]:
+        """Keeps the nodes (of a list of indices) with free cpu, memory and a pod slot."""
         need = pod.requests
         # A zero request fits anywhere, even on an overcommitted node.
-        need_cpu = need.cpu if need.cpu > 0 else _NEG_INF
-        need_mem = need.memory if need.memory > 0 else _NEG_INF
-        need_pods = need.pods
-        free_cpu, free_mem, free_pods = self.free_cpu, self.free_mem, self.free_pods
-        ports = pod.host_ports
-        blocked = self._blocked_domains(pod) if pod.anti_affinity or self.holders else []
+        cpu = need.cpu if need.cpu > 0 else _NEG_INF
+        mem = need.memory if need.memory > 0 else _NEG_INF
+        slots = need.pods
+        free_cpu, free_mem, free_pods = (
+            self.index.free_cpu,
+            self.index.free_mem,
+            self.index.free_pods,
+        )
+        return lambda nodes: [
+            i for i in nodes if free_cpu[i] >= cpu and free_mem[i] >= mem and free_pods[i] >= slots
+        ]
+
+    def _find_feasible(self, pod: PodInfo, shape_key: tuple, shape: Shape) -> list[int]:
+        """Up to `k` feasible node indices, searching round-robin from the cursor."""
+        fitting = self._fitting(shape_key, shape, pod)
+        size = len(fitting)
+        if not size:
+            return []
+        excluded = self.index.excluded_nodes(pod)
+        k = self.k
+        if not excluded:
+            if k >= size:
+                return list(fitting)
+            at = bisect_left(fitting, self.cursor)
+            window = fitting[at : at + k]
+            if len(window) < k:
+                window += fitting[: k - len(window)]
+            self.cursor = (window[-1] + 1) % self.n
+            return window
+
+        def passes(nodes: list[int]) -> list[int]:
+            return [i for i in nodes if i not in excluded]
+
+        if k >= size:
+            return passes(fitting)
         found: list[int] = []
-        remaining = k
-        i = -1
-        for i in order:
-            if free_cpu[i] < need_cpu or free_mem[i] < need_mem or free_pods[i] < need_pods:
-                continue
-            if ports and self._ports_taken(ports, i):
-                continue
-            if blocked and any(domains[i] in forbidden for domains, forbidden in blocked):
-                continue
-            found.append(i)
-            remaining -= 1
-            if not remaining:
-                self.cursor = (i + 1) % self.n
-                break
+        pos = bisect_left(fitting, self.cursor) % size
+        scanned = 0
+        while scanned < size:
+            # Chunks a little larger than what is missing: a comprehension costs much less
+            # per node than a loop that stops at exactly the k-th feasible node.
+            want = k - len(found)
+            step = min(max(want + want // 4, 64), size - scanned)
+            end = pos + step
+            chunk = fitting[pos:end] if end <= size else fitting[pos:] + fitting[: end - size]
+            passed = passes(chunk)
+            if len(passed) >= want:
+                del passed[want:]
+                found += passed
+                self.cursor = (passed[-1] + 1) % self.n
+                return found
+            found += passed
+            scanned += step
+            pos = end % size
         return found
 
+    # -- scoring -------------------------------------------------------------------------
+
+    def _resource_value(self, i: int, cpu: int, mem: int) -> float:
+        """Weighted resource score of node i; the operations of `scores.least_allocated`."""
+        index = self.index
+        if self.exact:
+            res = (
+                (index.free_cpu[i] - cpu) / index.alloc_cpu[i]
+                + (index.free_mem[i] - mem) / index.alloc_mem[i]
+            ) / 2
+        else:
+            res = (
+                free_fraction(index.alloc_cpu[i], index.free_cpu[i] - cpu)
+                + free_fraction(index.alloc_mem[i], index.free_mem[i] - mem)
+            ) / 2
+        if self.binpack:
+            res = 1.0 - res
+        return self.weights.resources * res
+
+    def _resource_scores(self, pod: PodInfo) -> list[float]:
+        """Weighted resource score of every node for `pod`'s request, kept up to date."""
+        key = (pod.requests.cpu, pod.requests.memory)
+        entry = self.resource_scores.get(key)
+        if entry is None:
+            if len(self.resource_scores) >= _MAX_REQUEST_CACHES:
+                del self.resource_scores[next(iter(self.resource_scores))]
+            values = [self._resource_value(i, *key) for i in range(self.n)]
+            entry = self.resource_scores[key] = [values, len(self.bound)]
+        elif entry[1] < len(self.bound):
+            values = entry[0]
+            for j in set(self.bound[entry[1] :]):
+                values[j] = self._resource_value(j, *key)
+            entry[1] = len(self.bound)
+        return entry[0]
+
+    def _affinity(self, pod: PodInfo) -> list[float]:
+        terms = pod.preferred_affinity
+        if not terms:
+            return self.no_affinity
+        scores = self.affinity_scores.get(terms)
+        if scores is None:
+            weight = self.weights.prefer_node_affinity
+            raw = self.index.affinity_scores(pod)
+            scores = self.affinity_scores[terms] = [weight * value for value in raw]
+        return scores
+
     def _choose(self, pod: PodInfo, feasible: list[int]) -> tuple[int, ScoreContext]:
-        need = pod.requests
-        need_cpu, need_mem = need.cpu, need.memory
-        w = self.weights
-        w_res, w_spread, w_zone, w_aff = (
-            w.resources,
-            w.prefer_spread,
-            w.prefer_zone_spread,
-            w.prefer_node_affinity,
-        )
-        zone = self.zone
+        """The best-scoring feasible node (ties by name, or a seeded draw) and its context.
+
+        Every term is weighted before it is summed, in `scores.score_node`'s order, so the
+        totals are bit-for-bit the reference ones and ties are the same ties.
+        """
+        index, w = self.index, self.weights
+        zone = index.zone
         key = pod.spread_key
         if key is None:
             counts, top, zone_counts, zone_top = self.zeros, 0, {}, 0
-            by_count = [NO_PREFERENCE]
-            by_zone = dict.fromkeys(self.zone_values, NO_PREFERENCE)
+            by_count = [w.prefer_spread * NO_PREFERENCE]
+            by_zone = dict.fromkeys(index.zone_values, w.prefer_zone_spread * NO_PREFERENCE)
         else:
-            counts = self._spread_counts(key)
+            counts = index.spread_counts(key)
             top = max(map(counts.__getitem__, feasible))
-            by_count = [(top - c) / top for c in range(top + 1)] if top else [NO_PREFERENCE]
-            zone_counts = self.zone_counts.get(key, {})
+            by_count = [
+                w.prefer_spread * ((top - c) / top if top else NO_PREFERENCE)
+                for c in range(top + 1)
+            ]
+            zone_counts = index.zone_counts.get(key, {})
             zones = set(map(zone.__getitem__, feasible))
             zones.discard(None)
             zone_top = max((zone_counts.get(z, 0) for z in zones), default=0)
             by_zone = {
-                z: (zone_top - zone_counts.get(z, 0)) / zone_top if zone_top else NO_PREFERENCE
-                for z in self.zone_values
+                z: w.prefer_zone_spread
+                * ((zone_top - zone_counts.get(z, 0)) / zone_top if zone_top else NO_PREFERENCE)
+                for z in index.zone_values
             }
-            by_zone[None] = UNKNOWN_ZONE_SCORE
-        affinity = self._affinity_scores(pod)
-        free_cpu, free_mem = self.free_cpu, self.free_mem
-        alloc_cpu, alloc_mem = self.alloc_cpu, self.alloc_mem
-        exact, binpack = self.exact, self.binpack
-        best = _NEG_INF
-        ties: list[int] = []
-        for i in feasible:
-            # Same operations, in the same order, as scores.least_allocated and score_node.
-            if exact:
-                res = (
-                    (free_cpu[i] - need_cpu) / alloc_cpu[i]
-                    + (free_mem[i] - need_mem) / alloc_mem[i]
-                ) / 2
-            else:
-                res = (
-                    free_fraction(alloc_cpu[i], free_cpu[i] - need_cpu)
-                    + free_fraction(alloc_mem[i], free_mem[i] - need_mem)
-                ) / 2
-            if binpack:
-                res = 1.0 - res
-            total = (
-                w_res * res
-                + w_spread * by_count[counts[i]]
-                + w_zone * by_zone[zone[i]]
-                + w_aff * affinity[i]
-            )
-            if total > best:
-                best = total
-                ties = [i]
-            elif total == best:
-                ties.append(i)
+            by_zone[None] = w.prefer_zone_spread * UNKNOWN_ZONE_SCORE
+        res, aff = self._resource_scores(pod), self._affinity(pod)
+        totals = [res[i] + by_count[counts[i]] + by_zone[zone[i]] + aff[i] for i in feasible]
+        best = max(totals)
+        ties = [i for i, total in zip(feasible, totals, strict=True) if total == best]
         rank = self.rank
         if self.rng is None or len(ties) == 1:
             chosen = min(ties, key=rank.__getitem__)
@@ -336,27 +266,13 @@ class BatchEngine:
             chosen = self.rng.choice(sorted(ties, key=rank.__getitem__))
         return chosen, ScoreContext(self.config.strategy, top, dict(zone_counts), zone_top)
 
-    def _bind(self, pod: PodInfo, i: int) -> None:
-        self.nodes[i] = self.nodes[i].with_pod(pod)
-        need = pod.requests
-        self.free_cpu[i] -= need.cpu
-        self.free_mem[i] -= need.memory
-        self.free_pods[i] -= need.pods
-        if pod.host_ports:
-            self.ports.pop(i, None)
-        for (term, namespace), counts in self.own_terms.items():
-            if term.selects(namespace, pod):
-                domain = self._topology(term.topology_key)[i]
-                if domain is not None:
-                    counts[domain] += 1
-        self._count(pod, i)
-        self.generation += 1
+    # -- no node fits --------------------------------------------------------------------
 
-    def _unschedulable(self, pod: PodInfo, shape_key: tuple, shape: _Shape) -> Unschedulable:
-        # Same pod constraints, same cluster state (no bind since): same verdict.
-        if self.memo_generation != self.generation:
+    def _unschedulable(self, pod: PodInfo, shape_key: tuple, shape: Shape) -> Unschedulable:
+        # Same constraints against the same cluster state (nothing bound since): same verdict.
+        if self.memo_synced != len(self.bound):
             self.memo.clear()
-            self.memo_generation = self.generation
+            self.memo_synced = len(self.bound)
         memo_key = (
             pod.namespace,
             pod.labels,
@@ -367,15 +283,13 @@ class BatchEngine:
         )
         known = self.memo.get(memo_key)
         if known is None:
-            ctx = FilterContext(self.nodes)
+            nodes = self.index.nodes
+            ctx = FilterContext(nodes)
             rejections = []
-            for i, node in enumerate(self.nodes):
+            for i, node in enumerate(nodes):
                 reason = shape.rejected.get(i) or first_failure(pod, node, ctx, DYNAMIC_FILTERS)
                 if reason is None:
                     raise AssertionError(f"engine missed feasible node {node.name} for {pod.key}")
                 rejections.append((node.name, reason))
             known = self.memo[memo_key] = summarize(self.n, rejections)
         return Unschedulable(pod, *known)
-
-    def result(self, decisions: list[Decision]) -> BatchResult:
-        return BatchResult(tuple(decisions), tuple(self.nodes), self.cursor)

@@ -78,10 +78,63 @@ def _translate(err: grpc.aio.AioRpcError) -> StoreError:
     return StoreError(f"etcd: {err.code().name}: {err.details()}")
 
 
+# Group commit: while one Txn is in flight, commits that arrive are sent together as the
+# sub-transactions of one outer Txn. Each keeps its own compares and outcome; they share a
+# revision. Disjoint keys only, and few enough to stay under etcd's default --max-txn-ops 128.
+MAX_GROUP = 64
+
+
+class _GroupCommit:
+    def __init__(self, send):
+        self.send = send
+        self.queue: list[tuple[rpc.TxnRequest, frozenset, asyncio.Future]] = []
+        self.running = False
+
+    async def submit(self, request: rpc.TxnRequest, keys: frozenset):
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.append((request, keys, fut))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch, rest, used = [], [], set()
+                for item in self.queue:
+                    if len(batch) >= MAX_GROUP or not used.isdisjoint(item[1]):
+                        rest.append(item)
+                    else:
+                        batch.append(item)
+                        used |= item[1]
+                self.queue = rest
+                try:
+                    if len(batch) == 1:
+                        resp = await self.send(batch[0][0])
+                        results = [(resp, resp.header.revision)]
+                    else:
+                        outer = await self.send(rpc.TxnRequest(success=[
+                            rpc.RequestOp(request_txn=req) for req, _, _ in batch]))
+                        results = [(r.response_txn, outer.header.revision)
+                                   for r in outer.responses]
+                except BaseException as err:  # noqa: BLE001 - handed to every waiter
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(err)
+                    continue
+                for (_, _, fut), result in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(result)
+        finally:
+            self.running = False
+
+
 class Store:
     def __init__(self, client: aetcd.Client, prefix: str = DEFAULT_PREFIX):
         self.client = client
         self.prefix = prefix.rstrip("/")
+        self._group = _GroupCommit(lambda req: self._call("Txn", req))
 
     # ---- keys ----
 
@@ -176,13 +229,14 @@ class Store:
             else:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(
                     key=op.key, value=self.encode(op.obj))))
-        resp = await self.txn(compare, success, failure)
+        request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        resp, revision = await self._group.submit(request, frozenset(op.key for op in ops))
         current = {}
         if not resp.succeeded:
             for r in resp.responses:
                 for kv in r.response_range.kvs:
                     current[kv.key] = kv
-        return resp.succeeded, resp.header.revision, current
+        return resp.succeeded, revision, current
 
     async def create(self, obj):
         key = self.key_of(obj)

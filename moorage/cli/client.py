@@ -1,0 +1,180 @@
+"""Talks to the control plane over gRPC and turns every failure into a one-line `CliError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from moorage.cli.config import Config
+    from moorage.kinds import Kind
+
+# Responses carry whole objects (an apply returns each object and its previous version), so
+# gRPC's default 4 MiB receive limit would fail large lists and applies near the 3 MiB cap.
+MAX_RECEIVE_BYTES = 256 * 1024 * 1024
+
+# gRPC status name -> the reason kubectl shows in `Error from server (<Reason>): ...`.
+_REASONS = {
+    "NOT_FOUND": "NotFound",
+    "ALREADY_EXISTS": "AlreadyExists",
+    "ABORTED": "Conflict",
+    "INVALID_ARGUMENT": "Invalid",
+    "PERMISSION_DENIED": "Forbidden",
+    "UNAUTHENTICATED": "Unauthorized",
+    "RESOURCE_EXHAUSTED": "TooManyRequests",
+    "DEADLINE_EXCEEDED": "Timeout",
+    "FAILED_PRECONDITION": "BadRequest",
+    "OUT_OF_RANGE": "BadRequest",
+    "UNAVAILABLE": "ServiceUnavailable",
+    "INTERNAL": "InternalError",
+    "UNKNOWN": "InternalError",
+    "DATA_LOSS": "InternalError",
+}
+
+# How gRPC core words a failure to connect, as opposed to a server that answered UNAVAILABLE.
+_CONNECT_FAILURES = (
+    "failed to connect", "connection refused", "dns resolution failed", "socket closed",
+    "connections to all backends failing", "name resolution", "no route to host",
+    "connection reset", "network is unreachable", "timeout occurred", "connect failed",
+    "errors resolving", "lookup failed",
+)
+
+
+class CliError(Exception):
+    """A failure to report: `message` holds finished lines for stderr, `code` the exit status."""
+
+    def __init__(self, message: str, code: int = 1, reason: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        # kubectl's reason ("NotFound", ...) for errors from the server; empty for local ones.
+        self.reason = reason
+
+
+def qualified_plural(kind: Kind) -> str:
+    """`deployments.apps`, `pods`: how kubectl names a resource type in error messages."""
+    group = kind.api_version.split("/")[0] if "/" in kind.api_version else ""
+    return f"{kind.plural}.{group}" if group else kind.plural
+
+
+def rpc_error(exc, server: str, timeout: float | None = None) -> CliError:
+    """Maps a grpc.RpcError to the line(s) a user should read."""
+    code = exc.code()
+    name = getattr(code, "name", str(code))
+    details = (exc.details() or "").strip()
+    if name == "UNAVAILABLE" and _is_connect_failure(details):
+        return CliError(f"error: cannot reach the Moorage control plane at {server} "
+                        "(is it running? set --server, MOOR_SERVER or the config file)")
+    if name == "DEADLINE_EXCEEDED" and details.lower() in ("", "deadline exceeded"):
+        # The client's own deadline: say which knob controls it.
+        limit = f" within {timeout:g}s" if timeout else ""
+        return CliError(f"Error from server (Timeout): no answer from {server}{limit} "
+                        "(raise --request-timeout)", reason="Timeout")
+    if name == "INVALID_ARGUMENT":
+        lines = [line.strip() for line in details.splitlines() if line.strip()]
+        if len(lines) > 1:
+            # One validation error per line, so each becomes its own `error:` line.
+            return CliError("\n".join(f"error: {line}" for line in lines), reason="Invalid")
+    if name == "UNIMPLEMENTED":
+        return CliError(f"error: the server at {server} does not support this request "
+                        f"(an older Moorage version?): {details or 'unimplemented'}")
+    if name == "CANCELLED":
+        return CliError(f"error: the request was cancelled: {details or 'cancelled'}")
+    reason = _REASONS.get(name, name.title().replace("_", ""))
+    text = " ".join(details.split()) or name.lower().replace("_", " ")
+    return CliError(f"Error from server ({reason}): {text}", reason=reason)
+
+
+def _is_connect_failure(details: str) -> bool:
+    lowered = details.lower()
+    return not lowered or any(marker in lowered for marker in _CONNECT_FAILURES)
+
+
+class Client:
+    """One channel to one control plane, with the token and deadline applied to every call."""
+
+    def __init__(self, config: Config, timeout: float | None = 30.0):
+        import grpc
+
+        from moorage.v1 import api_pb2_grpc
+
+        self._grpc = grpc
+        self.server = config.server
+        self.timeout = timeout if timeout and timeout > 0 else None
+        self._metadata = (("authorization", f"Bearer {config.token}"),) if config.token else None
+        self._channel = grpc.insecure_channel(
+            config.server, options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+        self._stub = api_pb2_grpc.ClusterStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _call(self, method: str, request, not_found: tuple[Kind, str] | None = None):
+        try:
+            return getattr(self._stub, method)(
+                request, timeout=self.timeout, metadata=self._metadata)
+        except self._grpc.RpcError as exc:
+            raise self._error(exc, not_found) from None
+
+    def _error(self, exc, not_found: tuple[Kind, str] | None = None) -> CliError:
+        if not_found is not None and exc.code() == self._grpc.StatusCode.NOT_FOUND:
+            # Named like kubectl, whichever way the server words it, so scripts can match.
+            kind, name = not_found
+            return CliError(
+                f'Error from server (NotFound): {qualified_plural(kind)} "{name}" not found',
+                reason="NotFound")
+        return rpc_error(exc, self.server, self.timeout)
+
+    def apply(self, manifests, dry_run: bool = False):
+        from moorage.v1 import api_pb2
+
+        return self._call("Apply", api_pb2.ApplyRequest(manifests=manifests, dry_run=dry_run))
+
+    def get(self, kind: Kind, namespace: str, name: str):
+        """The object itself (unwrapped from `Object`)."""
+        from moorage import kinds
+        from moorage.v1 import api_pb2
+
+        request = api_pb2.GetRequest(kind=kind.name, namespace=namespace, name=name)
+        return kinds.unwrap(self._call("Get", request, not_found=(kind, name)))
+
+    def list(self, kind: Kind, namespace: str = "", all_namespaces: bool = False,
+             label_selector: str = "", field_selector: str = ""):
+        from moorage.v1 import api_pb2
+
+        return self._call("List", api_pb2.ListRequest(
+            kind=kind.name, namespace=namespace, all_namespaces=all_namespaces,
+            label_selector=label_selector, field_selector=field_selector))
+
+    def delete(self, kind: Kind, namespace: str, name: str):
+        from moorage.v1 import api_pb2
+
+        request = api_pb2.DeleteRequest(kind=kind.name, namespace=namespace, name=name)
+        return self._call("Delete", request, not_found=(kind, name))
+
+    def version(self):
+        from moorage.v1 import api_pb2
+
+        return self._call("Version", api_pb2.VersionRequest())
+
+    def watch(self, kind: Kind, namespace: str = "", all_namespaces: bool = False,
+              resource_version: str = "", label_selector: str = ""):
+        """Yields WatchEvents until the server ends the stream; cancels it when abandoned."""
+        from moorage.v1 import api_pb2
+
+        request = api_pb2.WatchRequest(
+            kind=kind.name, namespace=namespace, all_namespaces=all_namespaces,
+            resource_version=resource_version, label_selector=label_selector)
+        # No deadline: a watch is meant to run until the user stops it.
+        stream = self._stub.Watch(request, metadata=self._metadata)
+        try:
+            yield from stream
+        except self._grpc.RpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            stream.cancel()

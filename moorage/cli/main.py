@@ -1,0 +1,240 @@
+"""The `moor` entry point: builds the argument parser, dispatches subcommands, reports errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from moorage.cli.client import CliError
+
+# kubectl's `diff` exits 1 when objects differ, so its errors need a distinct code.
+DIFF_ERROR_CODE = 2
+
+DESCRIPTION = """\
+moor controls a Moorage cluster: apply manifests, inspect objects, follow changes.
+Objects have Kubernetes' shapes, and the commands read like kubectl's."""
+
+EPILOG = """\
+examples:
+  moor apply -f web.yaml                 create or update the objects in web.yaml
+  moor diff -f manifests/                show what an apply of a directory would change
+  moor get pods -o wide                  list pods in "default" with their IPs and nodes
+  moor get deploy web -o yaml            print one deployment as YAML
+  moor get pods -A -w                    follow pods in every namespace
+  moor describe node node-1              conditions, capacity and events of a node
+  moor delete deployment web             delete one object
+  moor --server 10.0.0.5:7440 version    talk to another control plane
+
+The control plane is found from --server, else $MOOR_SERVER, else the config file
+($MOOR_CONFIG or ~/.config/moorage/config.yaml, keys `server:` and `token:`),
+else 127.0.0.1:7440. Set MOOR_DEBUG=1 to see tracebacks of unexpected errors."""
+
+KIND_HELP = ("pods (po), deployments (deploy), services (svc), nodes (no), namespaces (ns) "
+             "or events (ev); KIND/NAME also works")
+
+
+class Parser(argparse.ArgumentParser):
+    """Reports usage mistakes in one line, as every other `moor` error."""
+
+    error_code = 1
+
+    def error(self, message: str):
+        sys.stderr.write(f'error: {message} (see "{self.prog} --help")\n')
+        raise SystemExit(self.error_code)
+
+
+def _seconds(text: str) -> float:
+    """`30`, `30s`, `2m` or `1h`; 0 means no deadline."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    scale = units.get(text[-1:].lower()) if text else None
+    number = text[:-1] if scale else text
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a duration like 30, 30s or 2m') \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the request timeout cannot be negative")
+    return value
+
+
+def _add_globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    # Subcommands repeat the options with SUPPRESS so a value given before the subcommand
+    # is not overwritten by the subcommand's default.
+    group = parser.add_argument_group("global options")
+    group.add_argument("--server", metavar="HOST:PORT",
+                       default=argparse.SUPPRESS if suppress else None,
+                       help="control plane address (default: $MOOR_SERVER, the config file, "
+                            "or 127.0.0.1:7440)")
+    group.add_argument("--request-timeout", metavar="SECONDS", type=_seconds,
+                       default=argparse.SUPPRESS if suppress else 30.0,
+                       help="give up on a request after this long; 0 waits forever "
+                            "(default: 30)")
+
+
+def _add_files(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("-f", "--filename", metavar="PATH", action="append",
+                        required=required, default=[] if not required else None,
+                        help="a manifest file, a directory of *.yaml/*.yml/*.json files, "
+                             "or - for stdin; repeatable")
+    parser.add_argument("-R", "--recursive", action="store_true",
+                        help="also read the subdirectories of directories given with -f")
+
+
+def _add_namespace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace", metavar="NS",
+                        help='the namespace of namespaced kinds (default: "default")')
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="moor", description=DESCRIPTION, epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_globals(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def command(name: str, help_text: str, examples: str, description: str = ""):
+        cmd = sub.add_parser(name, help=help_text, description=description or help_text,
+                             epilog="examples:\n" + examples,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_globals(cmd, suppress=True)
+        return cmd
+
+    cmd = command("apply", "create or update objects from manifests", """\
+  moor apply -f web.yaml
+  moor apply -f manifests/ -R
+  cat web.yaml | moor apply -f -
+  moor apply -f web.yaml --dry-run       validate and show what would change""",
+                  "Create or update the objects in manifest files, all in one transaction: "
+                  "either every object is written or none is.")
+    _add_files(cmd, required=True)
+    cmd.add_argument("--dry-run", action="store_true",
+                     help="validate and report the outcome without storing anything")
+    cmd.add_argument("-o", "--output", choices=("name", "yaml", "json"),
+                     help="print names or the resulting objects instead of the outcome")
+
+    cmd = command("diff", "show what an apply would change", """\
+  moor diff -f web.yaml
+  moor diff -f manifests/ -R | less""",
+                  "Show a unified diff between the stored objects and what applying the "
+                  "manifests would make of them. Exits 0 with no differences, 1 with some, "
+                  "2 on errors.")
+    _add_files(cmd, required=True)
+    cmd.error_code = DIFF_ERROR_CODE
+
+    cmd = command("get", "list objects or show some of them", """\
+  moor get pods
+  moor get deploy web -o yaml
+  moor get svc -A -o wide
+  moor get pods -l app=web --field-selector spec.nodeName=node-1
+  moor get pods -w                        list, then print a row for every change
+  moor get nodes -o name""")
+    cmd.add_argument("kind", metavar="KIND", help=KIND_HELP)
+    cmd.add_argument("names", metavar="NAME", nargs="*", help="objects to show (default: all)")
+    _add_namespace(cmd)
+    cmd.add_argument("-A", "--all-namespaces", action="store_true",
+                     help="list across every namespace")
+    cmd.add_argument("-l", "--selector", metavar="SELECTOR", default="",
+                     help="label selector, e.g. app=web,tier in (a,b),!canary")
+    cmd.add_argument("--field-selector", metavar="SELECTOR", default="",
+                     help="field selector, e.g. spec.nodeName=node-1, status.phase!=Running")
+    cmd.add_argument("-o", "--output", choices=("wide", "yaml", "json", "name"),
+                     help="output format (default: a table)")
+    cmd.add_argument("-w", "--watch", action="store_true",
+                     help="after listing, print changes as they happen (Ctrl-C to stop)")
+
+    cmd = command("describe", "show an object in detail, with its events", """\
+  moor describe pod web-7c9f8d-x2k4q
+  moor describe deploy/web -n shop
+  moor describe node node-1""")
+    cmd.add_argument("kind", metavar="KIND", help=KIND_HELP)
+    cmd.add_argument("names", metavar="NAME", nargs="*", help="the object(s) to describe")
+    _add_namespace(cmd)
+
+    cmd = command("delete", "delete objects by name or by manifest", """\
+  moor delete deployment web
+  moor delete pods web-1 web-2 -n shop
+  moor delete -f web.yaml
+  moor delete svc/web --ignore-not-found""")
+    cmd.add_argument("kind", metavar="KIND", nargs="?", help=KIND_HELP)
+    cmd.add_argument("names", metavar="NAME", nargs="*", help="the objects to delete")
+    _add_namespace(cmd)
+    _add_files(cmd, required=False)
+    cmd.add_argument("--ignore-not-found", action="store_true",
+                     help="treat an object that does not exist as deleted")
+
+    command("version", "print the client and server versions", """\
+  moor version
+  moor --server 10.0.0.5:7440 version""")
+    return parser
+
+
+def _parse(parser: Parser, argv: list[str] | None):
+    args, extras = parser.parse_known_args(argv)
+    # argparse fills a `NAME...` positional before options, so in `get pods -A web` the name
+    # arrives as an extra; names may come anywhere, as with kubectl.
+    stray = [e for e in extras if e.startswith("-") and e != "-"]
+    if extras and (stray or not hasattr(args, "names")):
+        prog = f"moor {args.command}" if args.command else "moor"
+        sys.stderr.write(f'error: unrecognized arguments: {" ".join(stray or extras)} '
+                         f'(see "{prog} --help")\n')
+        raise SystemExit(DIFF_ERROR_CODE if args.command == "diff" else 1)
+    if extras:
+        args.names.extend(extras)
+    return args
+
+
+def _dispatch(args) -> int:
+    from moorage.cli import commands
+
+    handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
+               "describe": commands.describe, "delete": commands.delete,
+               "version": commands.version}[args.command]
+    ctx = commands.Context(args)
+    try:
+        return handler(ctx)
+    finally:
+        ctx.close()
+
+
+def _report(message: str) -> None:
+    for line in message.splitlines() or [message]:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    command = None
+    try:
+        args = _parse(parser, argv)
+        command = args.command
+        if command is None:
+            parser.print_help()
+            return 0
+        return _dispatch(args)
+    except SystemExit as exc:  # from argparse: --help (0) or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 1
+    except CliError as exc:
+        _report(exc.message)
+        return DIFF_ERROR_CODE if command == "diff" and exc.code == 1 else exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (`| head`) went away; silence the flush at exit that would complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last resort still prints one line
+        if os.environ.get("MOOR_DEBUG") == "1":
+            import traceback
+
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _report(f"error: {type(exc).__name__}: {first}" if first
+                else f"error: {type(exc).__name__}")
+        return DIFF_ERROR_CODE if command == "diff" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
