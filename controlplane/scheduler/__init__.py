@@ -19,6 +19,7 @@ from controlplane.scheduler.filters import (
     FilterContext,
     FilterFn,
     Reason,
+    first_failure,
     fits_resources,
     host_ports_free,
     matches_node_selector,
@@ -44,6 +45,7 @@ from controlplane.scheduler.model import (
 )
 from controlplane.scheduler.outcome import (
     BatchResult,
+    Decision,
     Explanation,
     NodeVerdict,
     Placement,
@@ -82,6 +84,7 @@ __all__ = [
     "UNTOLERATED_TAINT",
     "ZONE_LABEL",
     "BatchResult",
+    "Decision",
     "Explanation",
     "FilterContext",
     "FilterFn",
@@ -107,6 +110,7 @@ __all__ = [
     "batch_order",
     "explain",
     "feasible_nodes_to_find",
+    "first_failure",
     "fits_resources",
     "host_ports_free",
     "least_allocated",

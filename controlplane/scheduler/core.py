@@ -41,8 +41,9 @@ def schedule_batch(
 ) -> BatchResult:
     """Decide `pods` in `batch_order`, each against the nodes as earlier decisions left them.
 
-    `start` is the node index where the round-robin search begins; pass the previous
-    result's `next_start` so successive batches keep visiting every node.
+    `start` is where the round-robin search begins (a position in the nodes sorted by
+    name); pass the previous result's `next_start` so successive batches keep visiting
+    every node.
     """
     engine = BatchEngine(nodes, config, start)
     decisions = [engine.decide(pod) for pod in sorted(pods, key=batch_order)]
@@ -56,7 +57,8 @@ def place(
     config: SchedulerConfig = DEFAULT_CONFIG,
     start: int = 0,
 ) -> Placement | Unschedulable:
-    """Decide one pod: the best feasible node, or why none fits."""
+    """Decide one pod: the best feasible node, or why none fits (a batch of one, so node
+    sampling applies as in `schedule_batch`)."""
     return schedule_batch((pod,), nodes, config=config, start=start).decisions[0]
 
 

@@ -56,13 +56,13 @@ class BatchEngine:
         self.weights = config.resolved_weights
         self.binpack = config.strategy == BINPACK
         self.rng = Random(config.seed) if config.seed is not None else None
-        self.index = index = ClusterIndex(nodes)
+        # Node positions follow node names: ties go to the first name, and round-robin
+        # windows walk the nodes in name order.
+        self.order = sorted(range(len(nodes)), key=lambda i: nodes[i].name)
+        self.index = index = ClusterIndex([nodes[i] for i in self.order])
         n = self.n = index.n
         self.k = feasible_nodes_to_find(n, config)
         self.cursor = start % n if n else 0
-        self.rank = [0] * n
-        for position, i in enumerate(sorted(range(n), key=lambda i: index.nodes[i].name)):
-            self.rank[i] = position
         # Placements keep free >= 0, so with sane nodes the resource score needs no clamping.
         self.exact = all(
             a > 0 and 0 <= f <= a
@@ -94,7 +94,8 @@ class BatchEngine:
         return Placement(pod, node.name, score, breakdown)
 
     def result(self, decisions: list[Decision]) -> BatchResult:
-        return BatchResult(tuple(decisions), tuple(self.index.nodes), self.cursor)
+        nodes = dict(zip(self.order, self.index.nodes, strict=True))
+        return BatchResult(tuple(decisions), tuple(nodes[i] for i in range(self.n)), self.cursor)
 
     # -- filtering -----------------------------------------------------------------------
 
@@ -258,12 +259,14 @@ class BatchEngine:
         res, aff = self._resource_scores(pod), self._affinity(pod)
         totals = [res[i] + by_count[counts[i]] + by_zone[zone[i]] + aff[i] for i in feasible]
         best = max(totals)
-        ties = [i for i, total in zip(feasible, totals, strict=True) if total == best]
-        rank = self.rank
-        if self.rng is None or len(ties) == 1:
-            chosen = min(ties, key=rank.__getitem__)
+        # `feasible` is in window order, so the first tie is the first node by name at or
+        # after the round-robin cursor. Unlike a global first-by-name, this keeps one
+        # Deployment's pods within one of each other per node even when sampling.
+        if self.rng is None:
+            chosen = feasible[totals.index(best)]
         else:
-            chosen = self.rng.choice(sorted(ties, key=rank.__getitem__))
+            ties = [i for i, total in zip(feasible, totals, strict=True) if total == best]
+            chosen = self.rng.choice(ties)
         return chosen, ScoreContext(self.config.strategy, top, dict(zone_counts), zone_top)
 
     # -- no node fits --------------------------------------------------------------------

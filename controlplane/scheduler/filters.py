@@ -50,12 +50,13 @@ class FilterContext:
 
     Built from the node snapshot the filters are asked about. Indexes are computed lazily on
     first use and never change afterwards, so one context serves every node of a decision.
+    They walk the nodes by name, so a reason names the same pod whatever the input order.
     """
 
     __slots__ = ("_domains", "_holders", "nodes")
 
     def __init__(self, nodes: Iterable[NodeInfo]) -> None:
-        self.nodes: tuple[NodeInfo, ...] = tuple(nodes)
+        self.nodes: tuple[NodeInfo, ...] = tuple(sorted(nodes, key=lambda node: node.name))
         self._domains: dict[str, dict[str, list[PodInfo]]] = {}
         self._holders: tuple[tuple[PodInfo, PodAntiAffinityTerm, str], ...] | None = None
 
