@@ -52,3 +52,12 @@ def _code(context) -> str:
     if code is None:
         return "OK"
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+SCHEDULE_ATTEMPTS = Counter(
+    "moorage_scheduler_schedule_attempts_total",
+    "Scheduling attempts by result (scheduled, unschedulable, conflict, error).", ["result"])
+SCHEDULING_LATENCY = Histogram(
+    "moorage_scheduler_e2e_scheduling_duration_seconds",
+    "From a pod entering the scheduling queue to its binding being written.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+PENDING_PODS = Gauge("moorage_scheduler_pending_pods", "Pods waiting to be scheduled.")

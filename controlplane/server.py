@@ -22,6 +22,8 @@ from prometheus_client import start_http_server
 
 from controlplane.api.servicer import ClusterServicer
 from controlplane.etcd_local import LocalEtcd
+from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
+from controlplane.scheduler.service import Scheduler
 from controlplane.store import AlreadyExists, Store
 from moorage import kinds
 from moorage.v1 import api_pb2_grpc
@@ -48,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="external etcd, e.g. http://10.0.0.5:2379; default: a local etcd")
     p.add_argument("--metrics-listen", default=DEFAULT_METRICS, metavar="HOST:PORT",
                    help=f"Prometheus /metrics address (default {DEFAULT_METRICS}; '' disables)")
+    p.add_argument("--scheduler", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the scheduler in this process (default: yes)")
+    p.add_argument("--scheduler-strategy", choices=[SPREAD, BINPACK], default=SPREAD,
+                   help="spread pods over nodes (default) or bin-pack them onto few nodes")
     p.add_argument("--etcd-prefix", default="/moorage", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
@@ -97,7 +103,10 @@ async def serve(args: argparse.Namespace) -> int:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
-        api_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(store), server)
+        scheduler_config = SchedulerConfig(strategy=args.scheduler_strategy)
+        servicer = ClusterServicer(store)
+        servicer.scheduler_config = scheduler_config
+        api_pb2_grpc.add_ClusterServicer_to_server(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         try:
@@ -114,12 +123,28 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("serving the Cluster API on %s", args.listen)
         print(f"moor-controlplane: serving on {args.listen}", flush=True)
 
+        background = []
+        if args.scheduler:
+            background.append(asyncio.create_task(Scheduler(store, scheduler_config).run()))
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+        def failed(task: asyncio.Task) -> None:
+            # A dead scheduler must not leave a control plane that looks healthy.
+            if not task.cancelled() and task.exception() is not None:
+                log.error("background task failed: %r", task.exception())
+                stop.set()
+
+        for task in background:
+            task.add_done_callback(failed)
         await stop.wait()
         log.info("shutting down")
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await health.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         return 0

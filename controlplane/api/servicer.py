@@ -218,6 +218,27 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         finally:
             WATCHES.labels(kind.plural).dec()
 
+    @observed("Explain")
+    @mapped
+    async def Explain(self, request, context):
+        from controlplane.api.explain import TooLarge, explain_manifests
+        from controlplane.scheduler import SchedulerConfig
+
+        size = sum(len(m.content) for m in request.manifests)
+        if size > MAX_APPLY_BYTES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the manifests are {size / 2**20:.1f} MiB in total, over the "
+                f"{MAX_APPLY_BYTES // 2**20} MiB limit of one explain; split them")
+        docs = manifest.parse([(m.source or "<request>", m.content, m.index)
+                               for m in request.manifests])
+        # The strategy the running scheduler uses, when the server configured one.
+        config = getattr(self, "scheduler_config", SchedulerConfig())
+        try:
+            return await explain_manifests(self.store, docs, config)
+        except TooLarge as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+
     @observed("Version")
     @mapped
     async def Version(self, request, context):

@@ -57,6 +57,8 @@ class Op:
     obj: object | None
     expect: int | None
     guard_only: bool = False
+    # An etcd lease the key is attached to (it disappears when the lease expires).
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +230,7 @@ class Store:
                     key=op.key, prev_kv=True)))
             else:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(
-                    key=op.key, value=self.encode(op.obj))))
+                    key=op.key, value=self.encode(op.obj), lease=op.lease)))
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
         resp, revision = await self._group.submit(request, frozenset(op.key for op in ops))
         current = {}

@@ -136,3 +136,47 @@ class VersionResponse(_message.Message):
     etcd_version: str
     git_commit: str
     def __init__(self, version: _Optional[str] = ..., etcd_version: _Optional[str] = ..., git_commit: _Optional[str] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("manifests",)
+    MANIFESTS_FIELD_NUMBER: _ClassVar[int]
+    manifests: _containers.RepeatedCompositeFieldContainer[Manifest]
+    def __init__(self, manifests: _Optional[_Iterable[_Union[Manifest, _Mapping]]] = ...) -> None: ...
+
+class NodeScore(_message.Message):
+    __slots__ = ("node", "score")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    score: float
+    def __init__(self, node: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class PodExplanation(_message.Message):
+    __slots__ = ("kind", "namespace", "name", "pod", "node", "score", "message", "rejected", "candidates")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    name: str
+    pod: str
+    node: str
+    score: float
+    message: str
+    rejected: _containers.RepeatedCompositeFieldContainer[_objects_pb2.NodeReason]
+    candidates: _containers.RepeatedCompositeFieldContainer[NodeScore]
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., pod: _Optional[str] = ..., node: _Optional[str] = ..., score: _Optional[float] = ..., message: _Optional[str] = ..., rejected: _Optional[_Iterable[_Union[_objects_pb2.NodeReason, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[NodeScore, _Mapping]]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("pods", "nodes")
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    pods: _containers.RepeatedCompositeFieldContainer[PodExplanation]
+    nodes: int
+    def __init__(self, pods: _Optional[_Iterable[_Union[PodExplanation, _Mapping]]] = ..., nodes: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class ClusterStub:
                 request_serializer=moorage_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
                 response_deserializer=moorage_dot_v1_dot_api__pb2.VersionResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/moorage.v1.Cluster/Explain',
+                request_serializer=moorage_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -111,6 +116,13 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Where the manifests' pods would land and why not elsewhere; writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +155,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Version,
                     request_deserializer=moorage_dot_v1_dot_api__pb2.VersionRequest.FromString,
                     response_serializer=moorage_dot_v1_dot_api__pb2.VersionResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.ExplainRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +324,33 @@ class Cluster:
             '/moorage.v1.Cluster/Version',
             moorage_dot_v1_dot_api__pb2.VersionRequest.SerializeToString,
             moorage_dot_v1_dot_api__pb2.VersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Cluster/Explain',
+            moorage_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

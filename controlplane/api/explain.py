@@ -1,0 +1,145 @@
+"""Explain: where the pods of some manifests would land, and why not on the other nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+
+from controlplane.scheduler import (
+    NodeInfo,
+    Placement,
+    SchedulerConfig,
+    batch_order,
+    explain,
+)
+from controlplane.scheduler.objects import node_info, pod_info
+from controlplane.store import Store
+from moorage import kinds
+from moorage.manifest import Document
+from moorage.v1 import api_pb2
+from moorage.v1 import objects_pb2 as pb
+
+NODE = kinds.BY_NAME["Node"]
+POD = kinds.BY_NAME["Pod"]
+# Pods that have finished hold no resources on their node any more.
+FINISHED_PHASES = ("Succeeded", "Failed")
+# Every pod is checked against every node, and the answer lists every node per pod, so this
+# bounds both the work and the response (well under the server's 16 MiB message limit).
+MAX_POD_NODE_PAIRS = 250_000
+
+
+class TooLarge(ValueError):
+    """More pods times nodes than one explain may consider."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewPod:
+    """A pod the manifests would create, with the manifest object it comes from."""
+
+    kind: str
+    namespace: str
+    name: str
+    pod: pb.Pod
+
+
+def expand(docs: list[Document]) -> list[NewPod]:
+    """The pods the documents would create, in manifest order (replicas in order)."""
+    out: list[NewPod] = []
+    for doc in docs:
+        obj = doc.obj
+        kind = kinds.kind_of(obj).name
+        meta = obj.metadata
+        if kind == "Pod":
+            out.append(NewPod(kind, meta.namespace, meta.name, obj))
+        elif kind == "Deployment":
+            for i in range(1, obj.spec.replicas + 1):
+                out.append(NewPod(kind, meta.namespace, meta.name, replica(obj, i)))
+    return out
+
+
+def replica(deployment: pb.Deployment, index: int) -> pb.Pod:
+    """Replica `index` of a Deployment, as its controller would create it."""
+    template = deployment.spec.template
+    pod = pb.Pod(api_version="v1", kind="Pod")
+    pod.metadata.name = f"{deployment.metadata.name}-{index}"
+    pod.metadata.namespace = deployment.metadata.namespace
+    pod.metadata.labels.update(template.metadata.labels)
+    pod.metadata.annotations.update(template.metadata.annotations)
+    # The controller reference is what makes the scheduler spread replicas over each other.
+    pod.metadata.owner_references.add(api_version="apps/v1", kind="Deployment",
+                                      name=deployment.metadata.name, controller=True)
+    pod.spec.CopyFrom(template.spec)
+    pod.status.phase = "Pending"
+    return pod
+
+
+def is_bound(pod: pb.Pod) -> bool:
+    return bool(pod.spec.node_name) and pod.status.phase not in FINISHED_PHASES
+
+
+def cluster_nodes(nodes: list[pb.Node], pods: list[pb.Pod],
+                  replaced: set[tuple[str, str]] = frozenset()) -> list[NodeInfo]:
+    """NodeInfos with their bound pods; pods named in `replaced` are left out, since the
+    manifests' pods of those names would take their place."""
+    on_node: dict[str, list] = {n.metadata.name: [] for n in nodes}
+    for pod in pods:
+        held = on_node.get(pod.spec.node_name)
+        if held is None or not is_bound(pod):
+            continue
+        if (pod.metadata.namespace, pod.metadata.name) in replaced:
+            continue
+        held.append(pod_info(pod))
+    return [node_info(n, tuple(on_node[n.metadata.name])) for n in nodes]
+
+
+def plan(new: list[NewPod], nodes: list[NodeInfo], config: SchedulerConfig
+         ) -> list[api_pb2.PodExplanation]:
+    """Decides the new pods one at a time in the scheduler's batch order, each against the
+    nodes as the earlier ones left them, so the outcomes are those of `schedule_batch` with
+    every node scored; answers in the order of `new`."""
+    infos = [dataclasses.replace(pod_info(p.pod), creation_index=i)
+             for i, p in enumerate(new)]
+    # Explain always scores every node, so ask for the same of the config it is given.
+    config = dataclasses.replace(config, percentage_of_nodes_to_score=100)
+    state = {n.name: n for n in nodes}
+    answers: list[api_pb2.PodExplanation | None] = [None] * len(new)
+    for i in sorted(range(len(new)), key=lambda j: batch_order(infos[j])):
+        exp = explain(infos[i], tuple(state.values()), config)
+        source = new[i]
+        answer = api_pb2.PodExplanation(kind=source.kind, namespace=source.namespace,
+                                        name=source.name, pod=source.pod.metadata.name)
+        outcome = exp.outcome
+        if isinstance(outcome, Placement):
+            answer.node, answer.score = outcome.node, outcome.score
+            state[outcome.node] = state[outcome.node].with_pod(infos[i])
+        else:
+            answer.message = outcome.message
+        for verdict in exp.verdicts:  # already sorted by node
+            if verdict.reason is not None:
+                answer.rejected.add(node=verdict.node, reason=verdict.reason.detail)
+        feasible = [v for v in exp.verdicts if v.reason is None]
+        feasible.sort(key=lambda v: (-v.score, v.node))
+        for verdict in feasible:
+            answer.candidates.add(node=verdict.node, score=verdict.score)
+        answers[i] = answer
+    return answers
+
+
+async def explain_manifests(store: Store, docs: list[Document], config: SchedulerConfig
+                            ) -> api_pb2.ExplainResponse:
+    """Where the documents' pods would land given the stored nodes and pods; writes nothing."""
+    new = expand(docs)
+    nodes, revision = await store.list(NODE, None)
+    # Pods at the nodes' revision: one consistent picture of the cluster.
+    pods, _ = await store.list(POD, None, revision=revision)
+    pairs = len(new) * max(len(nodes), 1)
+    if pairs > MAX_POD_NODE_PAIRS:
+        raise TooLarge(f"{len(new)} pods over {len(nodes)} nodes is more than one explain "
+                       f"considers ({MAX_POD_NODE_PAIRS} pod-node pairs); explain fewer "
+                       "manifests or fewer replicas at a time")
+    replaced = {(p.namespace, p.pod.metadata.name) for p in new}
+    state = cluster_nodes(nodes, pods, replaced)
+    # Pure CPU work: a thread keeps the event loop serving other calls meanwhile.
+    answers = await asyncio.to_thread(plan, new, state, config)
+    return api_pb2.ExplainResponse(pods=answers, nodes=len(nodes))

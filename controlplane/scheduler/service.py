@@ -1,0 +1,348 @@
+"""The scheduler shell: watches pods and nodes, decides in batches with the pure core, and binds.
+
+Its cache (nodes, and the pods bound to each) is rebuilt from etcd by the watches' initial
+lists. A binding is a Txn comparing the pod's revision, so a pod is never bound twice even with
+two schedulers running: the loser sees a conflict and re-reads. A placed pod is counted on its
+node at once ("assumed"), before the watch confirms it, so the next batch sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from controlplane.events import NORMAL, WARNING, EventRecorder
+from controlplane.metrics import PENDING_PODS, SCHEDULE_ATTEMPTS, SCHEDULING_LATENCY
+from controlplane.scheduler.config import SchedulerConfig
+from controlplane.scheduler.core import batch_order, schedule_batch
+from controlplane.scheduler.model import NodeInfo, PodInfo
+from controlplane.scheduler.objects import node_info, pod_info
+from controlplane.scheduler.outcome import Placement, Unschedulable
+from controlplane.store import Op, Store, StoreError
+from moorage import kinds
+from moorage.v1 import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+POD = kinds.BY_NAME["Pod"]
+NODE = kinds.BY_NAME["Node"]
+BATCH_SIZE = 1000
+INITIAL_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+# An unschedulable pod's status lists at most this many per-node reasons.
+MAX_DETAILS = 50
+TERMINAL_PHASES = ("Succeeded", "Failed")
+SCHEDULED_CONDITION = "PodScheduled"
+
+
+@dataclass(slots=True)
+class Queued:
+    pod: pb.Pod
+    info: PodInfo
+    first_seen: float
+    attempts: int = 0
+    next_try: float = 0.0
+    last_try: float = 0.0
+    last_message: str = ""
+
+
+def _key(obj) -> str:
+    return f"{obj.metadata.namespace}/{obj.metadata.name}"
+
+
+def _set_condition(pod: pb.Pod, status: str, reason: str, message: str, now: str) -> None:
+    for cond in pod.status.conditions:
+        if cond.type == SCHEDULED_CONDITION:
+            if cond.status != status:
+                cond.last_transition_time = now
+            cond.status, cond.reason, cond.message = status, reason, message
+            return
+    pod.status.conditions.add(type=SCHEDULED_CONDITION, status=status, reason=reason,
+                              message=message, last_transition_time=now)
+
+
+class Scheduler:
+    def __init__(self, store: Store, config: SchedulerConfig | None = None, *,
+                 name: str = "default-scheduler", clock=time.monotonic,
+                 batch_size: int = BATCH_SIZE, record_events: bool = True):
+        self.store = store
+        self.config = config or SchedulerConfig()
+        self.clock = clock
+        self.batch_size = batch_size
+        self.events = EventRecorder(store, name) if record_events else None
+        self.nodes: dict[str, pb.Node] = {}
+        self._node_base: dict[str, tuple[str, NodeInfo]] = {}
+        self.bound: dict[str, dict[str, PodInfo]] = {}
+        self.pod_node: dict[str, str] = {}
+        self.queue: dict[str, Queued] = {}
+        self.seen_rv: dict[str, int] = {}
+        self.start = 0
+        self.bindings = 0
+        self.synced = asyncio.Event()
+        self._pods_synced = self._nodes_synced = False
+        self._wake = asyncio.Event()
+
+    # ---- cache maintenance (from the watches) ----
+
+    def _forget(self, key: str) -> bool:
+        node = self.pod_node.pop(key, None)
+        if node is not None:
+            self.bound.get(node, {}).pop(key, None)
+        return node is not None
+
+    def on_pod(self, pod: pb.Pod) -> None:
+        key, rv = _key(pod), int(pod.metadata.resource_version or 0)
+        if rv <= self.seen_rv.get(key, 0):
+            return  # not newer than what we know (e.g. our own binding, seen before its event)
+        self.seen_rv[key] = rv
+        if pod.spec.node_name or pod.status.phase in TERMINAL_PHASES:
+            self.queue.pop(key, None)
+            freed = self._forget(key)
+            if pod.spec.node_name and pod.status.phase not in TERMINAL_PHASES:
+                self.pod_node[key] = pod.spec.node_name
+                self.bound.setdefault(pod.spec.node_name, {})[key] = pod_info(pod)
+            elif freed:
+                self._cluster_changed()
+            return
+        queued = self.queue.get(key)
+        if queued is None:
+            now = self.clock()
+            self.queue[key] = Queued(pod, pod_info(pod), first_seen=now, next_try=now)
+            self._wake.set()
+        else:
+            queued.pod, queued.info = pod, pod_info(pod)
+
+    def on_pod_deleted(self, pod: pb.Pod) -> None:
+        key = _key(pod)
+        self.queue.pop(key, None)
+        self.seen_rv.pop(key, None)
+        if self._forget(key):
+            self._cluster_changed()
+
+    def on_node(self, node: pb.Node) -> None:
+        self.nodes[node.metadata.name] = node
+        self._cluster_changed()
+
+    def on_node_deleted(self, node: pb.Node) -> None:
+        self.nodes.pop(node.metadata.name, None)
+        self._node_base.pop(node.metadata.name, None)
+
+    def _cluster_changed(self) -> None:
+        """Something may now fit: retry unschedulable pods, but not sooner than their backoff
+        floor, so a busy cluster does not make them spin."""
+        now = self.clock()
+        for q in self.queue.values():
+            if q.attempts:
+                q.next_try = min(q.next_try, max(now, q.last_try + INITIAL_BACKOFF_SECONDS))
+        self._wake.set()
+
+    def _replace_pods(self, pods) -> None:
+        self.queue.clear()
+        self.bound.clear()
+        self.pod_node.clear()
+        self.seen_rv.clear()
+        for pod in pods:
+            self.on_pod(pod)
+
+    # ---- deciding ----
+
+    def snapshot(self) -> list[NodeInfo]:
+        infos = []
+        for name in sorted(self.nodes):
+            node = self.nodes[name]
+            cached = self._node_base.get(name)
+            if cached is None or cached[0] != node.metadata.resource_version:
+                cached = (node.metadata.resource_version, node_info(node))
+                self._node_base[name] = cached
+            base = cached[1]
+            pods = tuple(self.bound.get(name, {}).values())
+            requested = base.requested
+            for p in pods:
+                requested = requested + p.requests
+            infos.append(NodeInfo(base.name, base.labels, base.ready, base.unschedulable,
+                                  base.taints, base.allocatable, requested, pods))
+        return infos
+
+    def due(self) -> list[Queued]:
+        now = self.clock()
+        ready = [q for q in self.queue.values() if q.next_try <= now]
+        ready.sort(key=lambda q: batch_order(q.info))
+        return ready[: self.batch_size]
+
+    async def schedule_once(self) -> int:
+        """Decides and binds one batch of due pods; returns how many were decided."""
+        batch = self.due()
+        PENDING_PODS.set(len(self.queue))
+        if not batch:
+            return 0
+        result = schedule_batch([q.info for q in batch], self.snapshot(), config=self.config,
+                                start=self.start)
+        self.start = result.next_start
+        now = self.clock()
+        writes = []
+        for decision in result.decisions:
+            key = decision.pod.key
+            q = self.queue.get(key)
+            if q is None:
+                continue
+            q.last_try = now
+            if isinstance(decision, Placement):
+                del self.queue[key]
+                self.pod_node[key] = decision.node
+                self.bound.setdefault(decision.node, {})[key] = decision.pod
+                writes.append(self._bind(q, decision))
+            else:
+                q.attempts += 1
+                backoff = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2 ** (q.attempts - 1))
+                q.next_try = now + backoff
+                SCHEDULE_ATTEMPTS.labels("unschedulable").inc()
+                if decision.message != q.last_message:
+                    writes.append(self._mark_unschedulable(q, decision))
+        await asyncio.gather(*writes)
+        PENDING_PODS.set(len(self.queue))
+        return len(result.decisions)
+
+    async def _bind(self, q: Queued, placement: Placement) -> None:
+        pod = pb.Pod()
+        pod.CopyFrom(q.pod)
+        pod.spec.node_name = placement.node
+        pod.status.ClearField("scheduling_details")
+        _set_condition(pod, "True", "", "", _now())
+        ops = [Op(self.store.key_of(pod), pod, int(q.pod.metadata.resource_version))]
+        if self.events:
+            ops.append(await self.events.op(
+                pod, NORMAL, "Scheduled",
+                f"Successfully assigned {_key(pod)} to {placement.node}"))
+        try:
+            ok, revision, current = await self.store.commit(ops)
+        except StoreError as err:
+            log.warning("binding %s failed: %s", _key(pod), err)
+            SCHEDULE_ATTEMPTS.labels("error").inc()
+            self._unassume(q)
+            return
+        if ok:
+            self.seen_rv[_key(pod)] = max(self.seen_rv.get(_key(pod), 0), revision)
+            self.bindings += 1
+            SCHEDULE_ATTEMPTS.labels("scheduled").inc()
+            SCHEDULING_LATENCY.observe(self.clock() - q.first_seen)
+            return
+        SCHEDULE_ATTEMPTS.labels("conflict").inc()
+        self._unassume(q)
+        self._refresh(q, current.get(ops[0].key))
+
+    def _unassume(self, q: Queued) -> None:
+        key = _key(q.pod)
+        self._forget(key)
+        q.next_try = self.clock()
+        self.queue[key] = q
+        self._wake.set()
+
+    def _refresh(self, q: Queued, kv) -> None:
+        """After a lost race: drop the pod if it is gone, or take the stored version."""
+        key = _key(q.pod)
+        if kv is None:
+            self.queue.pop(key, None)
+            return
+        fresh = self.store.decode(POD, kv)
+        self.seen_rv[key] = max(self.seen_rv.get(key, 0), kv.mod_revision)
+        if fresh.spec.node_name or fresh.status.phase in TERMINAL_PHASES:
+            # Someone else bound it (or it finished): never queue a bound pod again.
+            self.queue.pop(key, None)
+            self._forget(key)
+            if fresh.spec.node_name and fresh.status.phase not in TERMINAL_PHASES:
+                self.pod_node[key] = fresh.spec.node_name
+                self.bound.setdefault(fresh.spec.node_name, {})[key] = pod_info(fresh)
+            return
+        q.pod, q.info = fresh, pod_info(fresh)
+        self.queue[key] = q
+
+    async def _mark_unschedulable(self, q: Queued, verdict: Unschedulable) -> None:
+        pod = pb.Pod()
+        pod.CopyFrom(q.pod)
+        _set_condition(pod, "False", "Unschedulable", verdict.message, _now())
+        pod.status.ClearField("scheduling_details")
+        for node, detail in verdict.details[:MAX_DETAILS]:
+            pod.status.scheduling_details.add(node=node, reason=detail)
+        if len(verdict.details) > MAX_DETAILS:
+            pod.status.scheduling_details.add(
+                node="...", reason=f"and {len(verdict.details) - MAX_DETAILS} more nodes")
+        ops = [Op(self.store.key_of(pod), pod, int(q.pod.metadata.resource_version))]
+        if self.events:
+            ops.append(await self.events.op(pod, WARNING, "FailedScheduling", verdict.message))
+        try:
+            ok, revision, current = await self.store.commit(ops)
+        except StoreError as err:
+            log.warning("recording why %s is unschedulable failed: %s", _key(pod), err)
+            return
+        if ok:
+            q.last_message = verdict.message
+            pod.metadata.resource_version = str(revision)
+            q.pod = pod
+            self.seen_rv[_key(pod)] = max(self.seen_rv.get(_key(pod), 0), revision)
+        else:
+            self._refresh(q, current.get(ops[0].key))
+
+    # ---- the loop ----
+
+    async def _watch_pods(self) -> None:
+        async for ev in self.store.watch(POD):
+            if ev.type == "RESYNC":
+                self._replace_pods(ev.items)
+                self._pods_synced = True
+                self._maybe_synced()
+            elif ev.type == "DELETED":
+                if ev.obj is not None:
+                    self.on_pod_deleted(ev.obj)
+            else:
+                self.on_pod(ev.obj)
+
+    async def _watch_nodes(self) -> None:
+        async for ev in self.store.watch(NODE):
+            if ev.type == "RESYNC":
+                self.nodes = {n.metadata.name: n for n in ev.items}
+                self._node_base.clear()
+                self._nodes_synced = True
+                self._cluster_changed()
+                self._maybe_synced()
+            elif ev.type == "DELETED":
+                if ev.obj is not None:
+                    self.on_node_deleted(ev.obj)
+            else:
+                self.on_node(ev.obj)
+
+    def _maybe_synced(self) -> None:
+        if self._pods_synced and self._nodes_synced:
+            self.synced.set()
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Runs until cancelled."""
+        watchers = [asyncio.create_task(self._watch_pods()),
+                    asyncio.create_task(self._watch_nodes())]
+        try:
+            await self.synced.wait()
+            while True:
+                decided = await self.schedule_once()
+                if decided:
+                    await asyncio.sleep(0)  # let watch events in between batches
+                    continue
+                self._wake.clear()
+                waits = [q.next_try for q in self.queue.values()]
+                timeout = max(0.0, min(waits) - self.clock()) if waits else None
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                for w in watchers:
+                    if w.done() and w.exception():
+                        raise w.exception()
+        finally:
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
