@@ -80,6 +80,7 @@ class Scheduler:
         self.seen_rv: dict[str, int] = {}
         self.start = 0
         self.bindings = 0
+        self.conflicts = 0
         self.synced = asyncio.Event()
         self._pods_synced = self._nodes_synced = False
         self._wake = asyncio.Event()
@@ -229,6 +230,7 @@ class Scheduler:
             SCHEDULING_LATENCY.observe(self.clock() - q.first_seen)
             return
         SCHEDULE_ATTEMPTS.labels("conflict").inc()
+        self.conflicts += 1
         self._unassume(q)
         self._refresh(q, current.get(ops[0].key))
 

@@ -119,7 +119,8 @@ def test_two_schedulers_racing_never_bind_a_pod_twice(store_factory):
             await stop(ta)
             await stop(tb)
         assert a.bindings + b.bindings == 200
-        assert a.bindings > 0 and b.bindings > 0, (a.bindings, b.bindings)
+        # They really raced: both bound some, or one lost binds to the other.
+        assert (a.bindings and b.bindings) or a.conflicts + b.conflicts > 0
         # The etcd history itself: each pod's nodeName was set exactly once, never changed.
         history = collections.defaultdict(list)
         gen = store_a.watch(POD, "default", after=start_rev)
