@@ -127,8 +127,13 @@ def from_dict(data, message, path: str, errors: list[FieldError]):
         if not isinstance(key, str):
             errors.append(FieldError(path, f"field name {describe(key)} is not a string"))
             continue
-        fpath = join(path, key)
         field = by_json.get(key)
+        # Fast path for the common case: a plain string where a string belongs.
+        if field is not None and field.type == FD.TYPE_STRING and not field.is_repeated \
+                and type(value) is str:
+            setattr(message, field.name, value)
+            continue
+        fpath = join(path, key)
         if field is None:
             if desc.full_name == "moorage.v1.ObjectMeta" and key in ("managedFields",):
                 continue  # written by kubectl's server-side apply; carries no intent

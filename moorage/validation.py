@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -104,6 +105,19 @@ _RESOURCES = {"cpu": cpu_millicores, "memory": memory_bytes,
 
 def parse_resource(name: str, value: object) -> int:
     """Parse a resources.requests/limits entry into its integer unit (millicores, bytes, pods)."""
+    if type(name) is str and type(value) is str:
+        return _parse_resource_cached(name, value)
+    return _parse_resource(name, value)
+
+
+# Manifests repeat the same few quantities ("100m", "64Mi") endlessly; exact Fraction parsing is
+# the costliest part of validating them, and the answer never changes.
+@functools.lru_cache(maxsize=4096)
+def _parse_resource_cached(name: str, value: str) -> int:
+    return _parse_resource(name, value)
+
+
+def _parse_resource(name: str, value: object) -> int:
     parser = _RESOURCES.get(name) if isinstance(name, str) else None
     if parser is None:
         raise QuantityError(f"unsupported resource {_show(name)} "
@@ -207,6 +221,15 @@ _MAX_IMAGE_NAME = 255
 
 
 def _split_image(ref: object) -> tuple[str | None, str, str | None, str | None]:
+    return _split_image_cached(ref) if type(ref) is str else _split_image_uncached(ref)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_image_cached(ref: str) -> tuple[str | None, str, str | None, str | None]:
+    return _split_image_uncached(ref)
+
+
+def _split_image_uncached(ref: object) -> tuple[str | None, str, str | None, str | None]:
     """(domain or None, path, tag, digest) exactly as written; ValueError says why not."""
     if ref == "":
         raise ValueError('"" is not a valid image reference')

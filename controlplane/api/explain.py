@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Set
 from dataclasses import dataclass
 
 from controlplane.scheduler import (
@@ -79,7 +80,7 @@ def is_bound(pod: pb.Pod) -> bool:
 
 
 def cluster_nodes(nodes: list[pb.Node], pods: list[pb.Pod],
-                  replaced: set[tuple[str, str]] = frozenset()) -> list[NodeInfo]:
+                  replaced: Set[tuple[str, str]] = frozenset()) -> list[NodeInfo]:
     """NodeInfos with their bound pods; pods named in `replaced` are left out, since the
     manifests' pods of those names would take their place."""
     on_node: dict[str, list] = {n.metadata.name: [] for n in nodes}
@@ -100,7 +101,8 @@ def plan(new: list[NewPod], nodes: list[NodeInfo], config: SchedulerConfig
     every node scored; answers in the order of `new`."""
     infos = [dataclasses.replace(pod_info(p.pod), creation_index=i)
              for i, p in enumerate(new)]
-    # Explain always scores every node, so ask for the same of the config it is given.
+    # Explain always scores every node, so ask for the same of the config it is given. (With
+    # a `seed`, ties may still break otherwise than in one batch, which shares one Random.)
     config = dataclasses.replace(config, percentage_of_nodes_to_score=100)
     state = {n.name: n for n in nodes}
     answers: list[api_pb2.PodExplanation | None] = [None] * len(new)

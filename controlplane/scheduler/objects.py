@@ -6,9 +6,6 @@ resources (else its capacity, else nothing) and carries its name as `kubernetes.
 
 from __future__ import annotations
 
-from moorage import validation as v
-from moorage.v1 import objects_pb2 as pb
-
 from controlplane.scheduler.model import (
     HOSTNAME_LABEL,
     HostPort,
@@ -22,6 +19,8 @@ from controlplane.scheduler.model import (
     Taint,
     Toleration,
 )
+from moorage import validation as v
+from moorage.v1 import objects_pb2 as pb
 
 DEFAULT_MAX_PODS = 110
 

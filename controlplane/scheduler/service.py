@@ -335,7 +335,7 @@ class Scheduler:
                 timeout = max(0.0, min(waits) - self.clock()) if waits else None
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 for w in watchers:
                     if w.done() and w.exception():

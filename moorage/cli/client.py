@@ -135,6 +135,11 @@ class Client:
 
         return self._call("Apply", api_pb2.ApplyRequest(manifests=manifests, dry_run=dry_run))
 
+    def explain(self, manifests):
+        from moorage.v1 import api_pb2
+
+        return self._call("Explain", api_pb2.ExplainRequest(manifests=manifests))
+
     def get(self, kind: Kind, namespace: str, name: str):
         """The object itself (unwrapped from `Object`)."""
         from moorage import kinds

@@ -185,6 +185,20 @@ def diff(ctx: Context) -> int:
     return 1 if changed else 0
 
 
+def explain(ctx: Context) -> int:
+    """Exit 0 when every pod would be placed, 1 when some would not (or on errors)."""
+    from moorage.cli import explain as render
+
+    response = ctx.client().explain(read_manifests(ctx.args))
+    if not response.pods:
+        out("no pods to place: the manifests hold no Pod and no Deployment with replicas")
+        return 0
+    lines, placed = render.render(response)
+    for line in lines:
+        out(line)
+    return 0 if placed else 1
+
+
 # ---- get -----------------------------------------------------------------------------------
 
 class RowPrinter:

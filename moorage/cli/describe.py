@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from moorage.cli import printers as p
 
 PADDING = 2
+# A big cluster rejects a pod on many nodes; the first ones show the pattern.
+MAX_SCHEDULING_DETAILS = 20
 
 
 def align(rows: list[list[str]], padding: int = PADDING) -> list[str]:
@@ -193,6 +195,8 @@ def _pod(w: Writer, pod) -> None:
             w.field(0, "Reason", pod.status.reason)
         if pod.status.message:
             w.field(0, "Message", pod.status.message)
+    if pod.status.scheduling_details:
+        _scheduling(w, pod, scheduled)
     w.field(0, "IP", pod.status.pod_ip)
     _containers(w, 0, pod.spec.containers, pod.status.container_statuses)
     _conditions(w, pod.status.conditions, [("Type", "type"), ("Status", "status")])
@@ -206,6 +210,17 @@ def _pod(w: Writer, pod) -> None:
             text += f" for {t.toleration_seconds}s"
         tolerations.append(text.strip())
     w.multi(0, "Tolerations", tolerations)
+
+
+def _scheduling(w: Writer, pod, scheduled) -> None:
+    """The scheduler's verdict per node, so "why is it Pending" needs no log reading."""
+    message = scheduled.message if scheduled is not None and scheduled.status == "False" else ""
+    w.field(0, "Scheduling", message)
+    details = pod.status.scheduling_details
+    for d in details[:MAX_SCHEDULING_DETAILS]:
+        w.line(1, f"{d.node}:", d.reason)
+    if len(details) > MAX_SCHEDULING_DETAILS:
+        w.line(1, f"... and {len(details) - MAX_SCHEDULING_DETAILS} more")
 
 
 def _deployment(w: Writer, deploy) -> None:

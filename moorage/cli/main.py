@@ -19,6 +19,7 @@ EPILOG = """\
 examples:
   moor apply -f web.yaml                 create or update the objects in web.yaml
   moor diff -f manifests/                show what an apply of a directory would change
+  moor explain -f web.yaml               where the pods would land, and why not elsewhere
   moor get pods -o wide                  list pods in "default" with their IPs and nodes
   moor get deploy web -o yaml            print one deployment as YAML
   moor get pods -A -w                    follow pods in every namespace
@@ -106,7 +107,8 @@ def build_parser() -> Parser:
   cat web.yaml | moor apply -f -
   moor apply -f web.yaml --dry-run       validate and show what would change""",
                   "Create or update the objects in manifest files, all in one transaction: "
-                  "either every object is written or none is.")
+                  "either every object is written or none is.\n"
+                  'To see first where their pods would land, use "moor explain -f".')
     _add_files(cmd, required=True)
     cmd.add_argument("--dry-run", action="store_true",
                      help="validate and report the outcome without storing anything")
@@ -121,6 +123,18 @@ def build_parser() -> Parser:
                   "2 on errors.")
     _add_files(cmd, required=True)
     cmd.error_code = DIFF_ERROR_CODE
+
+    cmd = command("explain", "show where the manifests' pods would land, and why", """\
+  moor explain -f web.yaml
+  moor explain -f manifests/ -R
+  cat web.yaml | moor explain -f -""",
+                  "Show where the pods of the manifests (each Pod, and each Deployment's\n"
+                  "replicas) would land given the cluster's nodes and pods now: the node the\n"
+                  "scheduler would pick and its score, the runners-up, and why every other\n"
+                  "node was ruled out. Nothing is written.\n\n"
+                  "exit status: 0 when every pod would be placed, 1 when some would not\n"
+                  "(or on errors).")
+    _add_files(cmd, required=True)
 
     cmd = command("get", "list objects or show some of them", """\
   moor get pods
@@ -189,6 +203,7 @@ def _dispatch(args) -> int:
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
                "describe": commands.describe, "delete": commands.delete,
+               "explain": commands.explain,
                "version": commands.version}[args.command]
     ctx = commands.Context(args)
     try:

@@ -11,7 +11,8 @@ import yaml
 
 from moorage import kinds, protogen
 from moorage.convert import object_to_dict
-from moorage.v1 import api_pb2, objects_pb2 as pb
+from moorage.v1 import api_pb2
+from moorage.v1 import objects_pb2 as pb
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "k8s"
 

@@ -153,7 +153,7 @@ CASES = [
     ("bad-toleration-effect", edit(DEPLOY, "      containers:", "      tolerations: [{key: a, operator: Exists, effect: Sometimes}]\n      containers:"),
      'web.yaml[0] spec.template.spec.tolerations[0].effect: "Sometimes" is not one of NoSchedule'),
     ("duplicate-container-name", edit(DEPLOY, "      - name: nginx\n", "      - name: nginx\n        image: busybox\n      - name: nginx\n"),
-     f'web.yaml[0] spec.template.spec.containers[1].name: duplicate container name "nginx"'),
+     'web.yaml[0] spec.template.spec.containers[1].name: duplicate container name "nginx"'),
     ("env-value-number", edit(DEPLOY, "        ports:", "        env: [{name: PORT, value: 8080}]\n        ports:"),
      f'web.yaml[0] {C}.env[0].value: expected a string, got 8080 (quote it: "8080")'),
     ("probe-without-handler", edit(DEPLOY, "        ports:", "        livenessProbe: {periodSeconds: 5}\n        ports:"),
