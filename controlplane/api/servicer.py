@@ -127,9 +127,9 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
             kind = kinds.kind_of(p.obj)
             r = resp.results.add(kind=kind.name, namespace=p.obj.metadata.namespace,
                                  name=p.obj.metadata.name, action=p.action)
-            r.object.CopyFrom(kinds.wrap(p.obj))
-            if p.previous is not None:
-                r.previous.CopyFrom(kinds.wrap(p.previous))
+            getattr(r.object, kind.field).CopyFrom(p.obj)
+            if request.dry_run and p.previous is not None:
+                getattr(r.previous, kind.field).CopyFrom(p.previous)
         return resp
 
     @observed("Get")

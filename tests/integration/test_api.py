@@ -80,10 +80,13 @@ def test_apply_configure_keeps_identity_and_bumps_generation(controlplane):
                                                      name="nginx-deployment")))
     assert first.metadata.generation == 1 and first.spec.replicas == 3
     changed = text.replace("nginx:1.14.2", "nginx:1.16.1").replace("  replicas: 3\n", "")
-    resp = apply(stub, ("nginx.yaml", changed.replace("labels:\n    app: nginx\nspec",
-                                                      "labels:\n    app: nginx\n  namespace: gen\nspec")))
+    changed = changed.replace("labels:\n    app: nginx\nspec",
+                              "labels:\n    app: nginx\n  namespace: gen\nspec")
+    dry = apply(stub, ("nginx.yaml", changed), dry_run=True)
+    assert dry.results[0].previous.deployment.spec.template.spec.containers[0].image == "nginx:1.14.2"
+    resp = apply(stub, ("nginx.yaml", changed))
     assert [r.action for r in resp.results] == ["configured"]
-    assert resp.results[0].previous.deployment.spec.template.spec.containers[0].image == "nginx:1.14.2"
+    assert not resp.results[0].HasField("previous")
     second = kinds.unwrap(stub.Get(api_pb2.GetRequest(kind="deployments", namespace="gen",
                                                       name="nginx-deployment")))
     assert second.metadata.uid == first.metadata.uid
