@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client busybox-static iproute2 nftables python3-venv
+APT_PACKAGES := etcd-server etcd-client busybox-static iproute2 nftables python3-venv docker-registry runc
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PY  := $(VENV)/.py-stamp
 

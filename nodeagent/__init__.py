@@ -1,0 +1,1 @@
+"""The Moorage node agent: runs the pods assigned to its node, reports their status."""

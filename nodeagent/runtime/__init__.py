@@ -1,0 +1,1 @@
+"""The container runtime: images, overlay rootfs, namespaces, cgroups, supervision, logs, exec."""
