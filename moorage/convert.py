@@ -174,7 +174,7 @@ def _set_field(message, field, value, path: str, errors: list[FieldError]) -> No
             elif v is None:
                 target[k] = ""
             else:
-                hint = f" (quote it: \"{_yaml_scalar(v)}\")" if isinstance(v, (int, float, bool)) else ""
+                hint = _quote_hint(v)
                 errors.append(FieldError(kpath, f"expected a string, got {describe(v)}{hint}"))
         return
     if field.is_repeated:
@@ -213,6 +213,11 @@ def _set_field(message, field, value, path: str, errors: list[FieldError]) -> No
         setattr(message, field.name, converted)
 
 
+def _quote_hint(v) -> str:
+    """YAML turned an unquoted 1, 1.5 or yes into a number or bool where a string belongs."""
+    return f' (quote it: "{_yaml_scalar(v)}")' if isinstance(v, (int, float, bool)) else ""
+
+
 def _yaml_scalar(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -224,7 +229,7 @@ def _scalar(field, value, path, errors):
     if t == FD.TYPE_STRING:
         if isinstance(value, str):
             return True, value
-        hint = f' (quote it: "{_yaml_scalar(value)}")' if isinstance(value, (int, float, bool)) else ""
+        hint = _quote_hint(value)
         errors.append(FieldError(path, f"expected a string, got {describe(value)}{hint}"))
         return False, None
     if t == FD.TYPE_BOOL:

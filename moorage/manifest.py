@@ -64,7 +64,8 @@ def _duplicates(node, path: str, out: list[FieldError]) -> None:
             kpath = convert.join(path, str(key))
             if key is not None:
                 if key in seen:
-                    out.append(FieldError(kpath, f"duplicate field (line {key_node.start_mark.line + 1})"))
+                    line = key_node.start_mark.line + 1
+                    out.append(FieldError(kpath, f"duplicate field (line {line})"))
                 seen.add(key)
             _duplicates(value_node, kpath, out)
     elif isinstance(node, yaml.SequenceNode):

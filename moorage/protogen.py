@@ -1,4 +1,4 @@
-"""Regenerates the committed protobuf and gRPC modules from proto/ (run by `make proto`; they land in moorage/v1/).
+"""Regenerates the committed protobuf and gRPC modules from proto/ into moorage/v1/ (`make proto`).
 
 `check()` regenerates into a temporary directory and reports files that differ, so a test can
 fail when the committed code is stale.

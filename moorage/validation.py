@@ -445,7 +445,8 @@ def requirements_from_label_selector(
         missing = [f for f in ("key", "operator") if f not in expr]
         values = () if expr.get("values") is None else expr["values"]
         if unknown or missing:
-            what = f"unknown field {_show(unknown[0])}" if unknown else f"missing {_show(missing[0])}"
+            what = (f"unknown field {_show(unknown[0])}" if unknown
+                    else f"missing {_show(missing[0])}")
             raise SelectorError(f"{where}: {what} (expected key, operator, values)")
         if not isinstance(values, (list, tuple)):
             raise SelectorError(f"{where}: values must be a list of strings")

@@ -206,9 +206,8 @@ def _preserve_owned_fields(new, current, raw: dict) -> None:
         for port, old in zip(new.spec.ports, current.spec.ports):
             if not port.node_port and port.port == old.port and new.spec.type == "NodePort":
                 port.node_port = old.node_port
-    elif kind == "Node":
-        if not new.spec.pod_cidr:
-            new.spec.pod_cidr = current.spec.pod_cidr
+    elif kind == "Node" and not new.spec.pod_cidr:
+        new.spec.pod_cidr = current.spec.pod_cidr
 
 
 def _check_pod_update(new: pb.PodSpec, current: pb.PodSpec) -> None:

@@ -62,9 +62,10 @@ def pod_info(pod: pb.Pod) -> PodInfo:
     preferred = tuple(
         PreferredTerm(p.weight, NodeSelectorTerm(_requirements(p.preference.match_expressions)))
         for p in na.preferred_during_scheduling_ignored_during_execution)
+    anti_terms = spec.affinity.pod_anti_affinity.required_during_scheduling_ignored_during_execution
     anti = tuple(
         PodAntiAffinityTerm(_selector(t.label_selector), t.topology_key, tuple(t.namespaces))
-        for t in spec.affinity.pod_anti_affinity.required_during_scheduling_ignored_during_execution)
+        for t in anti_terms)
     tolerations = tuple(
         Toleration(t.key, t.operator or "Equal", t.value, t.effect) for t in spec.tolerations)
     ports = tuple(HostPort(p.host_port, p.protocol or "TCP", p.host_ip)

@@ -1,4 +1,4 @@
-"""Finds which control plane `moor` talks to and with what token: flags, environment, config file."""
+"""Finds the control plane `moor` talks to, and its token: flags, environment, config file."""
 
 from __future__ import annotations
 

@@ -246,3 +246,33 @@ def test_health_service_reports_serving(controlplane):
     stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(controlplane.address))
     resp = stub.Check(health_pb2.HealthCheckRequest(service="moorage.v1.Cluster"))
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_watch_from_a_compacted_version_resyncs_through_the_api(controlplane):
+    import asyncio
+
+    from tests.conftest import etcd_client
+
+    stub = controlplane.stub()
+    apply(stub, ns_doc("compacted"))
+    pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: compacted}\n"
+           "spec: {containers: [{name: c, image: busybox}]}\n")
+    apply(stub, ("a.yaml", pod % "a"))
+    old = stub.List(api_pb2.ListRequest(kind="pods", namespace="compacted")).resource_version
+    apply(stub, ("b.yaml", pod % "b"))
+    stub.Delete(api_pb2.DeleteRequest(kind="pod", namespace="compacted", name="a"))
+    now = stub.List(api_pb2.ListRequest(kind="pods", namespace="compacted")).resource_version
+
+    async def compact():
+        client = etcd_client(controlplane.etcd)
+        await client.connect()
+        await client.compact(int(now), physical=True)
+        await client.close()
+    asyncio.run(compact())
+    call = stub.Watch(api_pb2.WatchRequest(kind="pods", namespace="compacted",
+                                           resource_version=old))
+    first, second, third = next(call), next(call), next(call)
+    call.cancel()
+    assert first.type == "RESYNC"
+    assert (second.type, kinds.unwrap(second.object).metadata.name) == ("ADDED", "b")
+    assert third.type == "BOOKMARK" and int(third.resource_version) >= int(now)
