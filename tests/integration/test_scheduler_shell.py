@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
+from controlplane.metrics import PENDING_PODS, SCHEDULE_ATTEMPTS, SCHEDULING_LATENCY
 from controlplane.scheduler import SchedulerConfig
 from controlplane.scheduler.service import Scheduler
 from controlplane.store import Store
@@ -74,6 +75,7 @@ def test_200_pods_over_20_nodes_are_bound_within_capacity_and_spread(store_facto
         store = await store_factory()
         await create_all(store, [node(f"node-{i:02d}") for i in range(20)])
         await create_all(store, [pod(f"web-{i:03d}", owner="web") for i in range(200)])
+        scheduled_before = SCHEDULE_ATTEMPTS.labels("scheduled")._value.get()
         sched, task = started(store, config=SchedulerConfig(strategy="spread"))
         try:
             async def all_bound():
@@ -92,6 +94,9 @@ def test_200_pods_over_20_nodes_are_bound_within_capacity_and_spread(store_facto
         for p in pods:
             cond = [c for c in p.status.conditions if c.type == "PodScheduled"]
             assert cond and cond[0].status == "True"
+        assert SCHEDULE_ATTEMPTS.labels("scheduled")._value.get() - scheduled_before == 200
+        assert SCHEDULING_LATENCY._sum.get() > 0
+        assert PENDING_PODS._value.get() == 0
         events, _ = await store.list(EVENT, "default")
         scheduled = [e for e in events if e.reason == "Scheduled"]
         assert len(scheduled) == 200
