@@ -1,0 +1,211 @@
+"""The agent's door to containers: create/start/stop/remove/status/list/exec/stats over a state
+dir, where each container's shim keeps its own files, so a restarted agent re-adopts them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+from nodeagent.runtime.cgroups import Cgroup, Stats
+from nodeagent.runtime.spec import (
+    CREATED,
+    EXITED,
+    RUNNING,
+    ContainerSpec,
+    Status,
+    alive,
+    read_json,
+    write_json_atomic,
+)
+
+REASON_SHIM_LOST = "ShimLost"  # the shim died without recording an exit
+START_TIMEOUT = 30.0
+
+
+# The shim and nsexec need only the stdlib and this package, so they skip site (-S) and find
+# the package through PYTHONPATH: that saves a third of a shim's start-up on a venv install.
+_FAST_PYTHON = ("-S",)
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _helper_env() -> dict[str, str]:
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
+    # Every container start imports the runtime afresh; without cached bytecode that compile
+    # is most of the shim's start-up (~70ms here), so helpers may write and use .pyc files.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+class StartError(RuntimeError):
+    """The container could not be started; the message says why (from the shim)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    id: str
+    status: Status
+
+
+def _signal(pid: int, start: int, sig: int) -> bool:
+    """Signal pid only if it is still the process we started (guards against pid reuse)."""
+    if not alive(pid, start):
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def read_status(cdir: str) -> Status:
+    """status.json, corrected when the shim died without writing the final state."""
+    try:
+        st = Status.from_json(read_json(os.path.join(cdir, "status.json")))
+    except FileNotFoundError:
+        return Status(CREATED)
+    if st.state == RUNNING and not alive(st.shim_pid, st.shim_start):
+        # Re-read: the shim may have written its exit between our two reads.
+        st = Status.from_json(read_json(os.path.join(cdir, "status.json")))
+        if st.state == RUNNING:
+            st = replace(st, state=EXITED, exit_code=st.exit_code or 137,
+                         reason=REASON_SHIM_LOST)
+    return st
+
+
+def stop(cdir: str, grace: float, poll: float = 0.02) -> Status:
+    """SIGTERM the container's init, SIGKILL it after `grace` seconds; wait for the exit record.
+
+    As PID 1 of its namespace, init only sees SIGTERM if it installed a handler, like in Docker.
+    """
+    st = read_status(cdir)
+    if st.state != RUNNING:
+        return st
+    _signal(st.pid, st.pid_start, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and alive(st.pid, st.pid_start):
+        time.sleep(poll)
+    _signal(st.pid, st.pid_start, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = read_status(cdir)
+        if now.state != RUNNING:
+            return now
+        time.sleep(poll)
+    return read_status(cdir)
+
+
+class Runtime:
+    """Containers under state_dir/<id>/; cgroups under <cgroup mount>/<cgroup_root>/<id>."""
+
+    def __init__(self, state_dir: str, cgroup_root: str = "moorage",
+                 python: str = sys.executable) -> None:
+        self.state_dir, self.cgroup_root, self.python = state_dir, cgroup_root, python
+        os.makedirs(state_dir, exist_ok=True)
+
+    def _dir(self, cid: str) -> str:
+        if not cid or "/" in cid or cid.startswith("."):
+            raise ValueError(f"bad container id {cid!r}: use letters, digits, '-' and '_'")
+        return os.path.join(self.state_dir, cid)
+
+    def _config(self, cid: str) -> dict:
+        return read_json(os.path.join(self._dir(cid), "config.json"))
+
+    def spec(self, cid: str) -> ContainerSpec:
+        return ContainerSpec.from_json(self._config(cid)["spec"])
+
+    def cgroup(self, cid: str) -> Cgroup:
+        return Cgroup.for_container(self.cgroup_root, cid)
+
+    def create(self, spec: ContainerSpec) -> str:
+        cdir = self._dir(spec.id)
+        os.makedirs(cdir)  # fails if it exists: ids are unique per node
+        for sub in ("upper", "work", "rootfs"):
+            os.mkdir(os.path.join(cdir, sub))
+        write_json_atomic(os.path.join(cdir, "config.json"),
+                          {"spec": spec.to_json(), "cgroup_root": self.cgroup_root})
+        write_json_atomic(os.path.join(cdir, "status.json"), asdict(Status(CREATED)))
+        return spec.id
+
+    def start(self, cid: str) -> Status:
+        """Launch the detached shim and return once the command is exec'd (or failed)."""
+        cdir = self._dir(cid)
+        if read_status(cdir).state != CREATED:
+            raise StartError(f"container {cid} was already started; create a new one")
+        proc = subprocess.run(
+            [self.python, *_FAST_PYTHON, "-m", "nodeagent.runtime.shim", "--detach",
+             os.path.join(cdir, "config.json")],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=START_TIMEOUT,
+            env=_helper_env())
+        if proc.returncode != 0:
+            raise StartError(f"container {cid}: {(proc.stdout + proc.stderr).strip()}")
+        return read_status(cdir)
+
+    def stop(self, cid: str, grace: float = 10.0) -> Status:
+        return stop(self._dir(cid), grace)
+
+    def status(self, cid: str) -> Status:
+        return read_status(self._dir(cid))
+
+    def list(self) -> list[ContainerInfo]:
+        """Every container in the state dir; those whose shim lives are reported running."""
+        out = []
+        for cid in sorted(os.listdir(self.state_dir)):
+            if os.path.exists(os.path.join(self.state_dir, cid, "config.json")):
+                out.append(ContainerInfo(cid, read_status(self._dir(cid))))
+        return out
+
+    def wait(self, cid: str, timeout: float = 30.0, poll: float = 0.02) -> Status:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(cid)
+            if st.state == EXITED or time.monotonic() > deadline:
+                return st
+            time.sleep(poll)
+
+    def remove(self, cid: str) -> None:
+        """Stop (no grace) if running, wait for the shim to go, then delete cgroup and files."""
+        cdir = self._dir(cid)
+        if not os.path.isdir(cdir):
+            return
+        st = read_status(cdir)
+        if st.state == RUNNING:
+            st = stop(cdir, 0)
+        deadline = time.monotonic() + 10
+        while alive(st.shim_pid, st.shim_start) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.cgroup(cid).remove()
+        # The overlay lives in the container's own mount namespace, gone with its init; a
+        # leftover here would mean an exec'd process still pins it, so detach it to be safe.
+        rootfs = os.path.join(cdir, "rootfs")
+        if os.path.ismount(rootfs):
+            subprocess.run(["umount", "-l", rootfs], check=False)
+        shutil.rmtree(cdir)
+
+    def exec(self, cid: str, argv: list[str], tty: bool = False, stdin=None,
+             stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+        """Run argv inside the running container. With tty, the pty master is `.pty_master`."""
+        cdir = self._dir(cid)
+        st = read_status(cdir)
+        if st.state != RUNNING:
+            raise RuntimeError(f"container {cid} is {st.state}, not running; cannot exec")
+        cmd = [self.python, *_FAST_PYTHON, "-m", "nodeagent.runtime.nsexec",
+               os.path.join(cdir, "config.json"), "--", *argv]
+        if tty:
+            master, slave = os.openpty()
+            proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave,
+                                    env={**_helper_env(), "MOORAGE_EXEC_TTY": "1"})
+            os.close(slave)
+            proc.pty_master = master
+            return proc
+        return subprocess.Popen(cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr, env=_helper_env())
+
+    def stats(self, cid: str) -> Stats:
+        return self.cgroup(cid).stats()
