@@ -1,0 +1,158 @@
+"""Join tokens `MOOR1-<ca digest>-<secret>`, stored in etcd only as a hash with an expiry lease.
+
+The digest half lets an agent pin the cluster CA before it trusts anything the control plane
+says (like Swarm's SWMTKN); the secret half proves the agent was invited. etcd holds
+`<prefix>/tokens/<id>` -> JSON {id, secret_sha256, created, expires}, where id is the first
+8 hex chars of the secret's sha256, attached to a lease with the token's TTL so expired tokens
+vanish by themselves. The secret itself is never stored: an etcd dump cannot be used to join.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+TOKEN_PREFIX = "MOOR1"
+_DIGEST_LEN = 32          # sha256
+_SECRET_BYTES = 16        # 128 bits -> 26 base32 chars
+_SECRET_CHARS = 26
+_ID_CHARS = 8
+_B32 = re.compile(r"^[a-z2-7]+$")
+
+
+class TokenError(Exception):
+    """A join token that cannot be used; the message is safe to show to the joining agent."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: str
+    created: float      # unix seconds
+    expires: float      # unix seconds
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").lower()
+
+
+def _unb32(text: str) -> bytes:
+    pad = "=" * (-len(text) % 8)
+    return base64.b32decode(text.upper() + pad)
+
+
+def format_token(ca_digest: bytes, secret: str) -> str:
+    return f"{TOKEN_PREFIX}-{_b32(ca_digest)}-{secret}"
+
+
+def parse_token(token: str) -> tuple[bytes, str]:
+    """(CA digest, secret) of a token, or TokenError("malformed join token: ...")."""
+    parts = (token or "").strip().split("-")
+    if len(parts) != 3:
+        raise TokenError(f"malformed join token: expected {TOKEN_PREFIX}-<ca digest>-<secret>")
+    prefix, digest_text, secret = parts[0].upper(), parts[1].lower(), parts[2].lower()
+    if prefix != TOKEN_PREFIX:
+        raise TokenError(f"malformed join token: unknown version {parts[0]!r}")
+    if not _B32.match(digest_text):
+        raise TokenError("malformed join token: the CA digest is not base32")
+    try:
+        digest = _unb32(digest_text)
+    except (binascii.Error, ValueError):
+        raise TokenError("malformed join token: the CA digest is not base32") from None
+    if len(digest) != _DIGEST_LEN:
+        raise TokenError("malformed join token: the CA digest has the wrong length")
+    if len(secret) != _SECRET_CHARS or not _B32.match(secret):
+        raise TokenError(f"malformed join token: the secret must be {_SECRET_CHARS} base32 chars")
+    return digest, secret
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def token_id(token_or_secret: str) -> str:
+    """The public id of a token (or of its secret): safe to print, log and pass to revoke."""
+    secret = token_or_secret
+    if token_or_secret.upper().startswith(TOKEN_PREFIX + "-"):
+        secret = parse_token(token_or_secret)[1]
+    return _secret_hash(secret.lower())[:_ID_CHARS]
+
+
+def _key(store, tid: str) -> bytes:
+    return f"{store.prefix}/tokens/{tid}".encode()
+
+
+async def create_token(store, ttl_seconds: float, ca_digest: bytes,
+                       now: float | None = None) -> str:
+    """A new token valid for `ttl_seconds`; only its hash reaches etcd."""
+    if ttl_seconds <= 0:
+        raise ValueError("token TTL must be positive")
+    if len(ca_digest) != _DIGEST_LEN:
+        raise ValueError("ca_digest must be a sha256 digest (32 bytes)")
+    now = time.time() if now is None else now
+    secret = _b32(secrets.token_bytes(_SECRET_BYTES))
+    digest = _secret_hash(secret)
+    tid = digest[:_ID_CHARS]
+    record = {"id": tid, "secret_sha256": digest, "created": now, "expires": now + ttl_seconds}
+    # The lease only garbage-collects; verify_token still checks `expires` itself, because a
+    # lease can outlive its TTL by a little while etcd's leader changes.
+    lease = await store.client.lease(max(1, math.ceil(ttl_seconds)))
+    await store.client.put(_key(store, tid), json.dumps(record).encode(), lease=lease)
+    return format_token(ca_digest, secret)
+
+
+async def _load(store, tid: str) -> dict | None:
+    got = await store.client.get(_key(store, tid))
+    if got is None:
+        return None
+    try:
+        return json.loads(got.value)
+    except ValueError:
+        return None
+
+
+async def verify_token(store, token: str, ca_digest: bytes, now: float | None = None) -> None:
+    """Returns if the token may join this cluster now; raises TokenError saying why not."""
+    digest, secret = parse_token(token)
+    if not hmac.compare_digest(digest, ca_digest):
+        raise TokenError("join token is for another cluster (CA digest mismatch)")
+    want = _secret_hash(secret)
+    record = await _load(store, want[:_ID_CHARS])
+    # The id is only 32 bits, so the full hash must match too; compare in constant time.
+    if record is None or not hmac.compare_digest(str(record.get("secret_sha256", "")), want):
+        raise TokenError("unknown join token")
+    now = time.time() if now is None else now
+    if now >= float(record.get("expires", 0)):
+        raise TokenError("join token expired")
+
+
+async def list_tokens(store, now: float | None = None) -> list[TokenInfo]:
+    """Tokens that have not expired yet, soonest expiry first."""
+    now = time.time() if now is None else now
+    resp = await store.client.get_prefix(f"{store.prefix}/tokens/".encode())
+    out = []
+    for kv in resp.kvs if resp else ():
+        try:
+            rec = json.loads(kv.value)
+            info = TokenInfo(str(rec["id"]), float(rec["created"]), float(rec["expires"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a corrupt record cannot be used to join either; don't break the listing
+        if info.expires > now:
+            out.append(info)
+    return sorted(out, key=lambda t: (t.expires, t.id))
+
+
+async def revoke_token(store, token_or_id: str) -> bool:
+    """Deletes a token given the token itself or its id; False when there was none."""
+    text = token_or_id.strip()
+    tid = token_id(text) if text.upper().startswith(TOKEN_PREFIX + "-") else text.lower()
+    if not re.fullmatch(rf"[0-9a-f]{{{_ID_CHARS}}}", tid):
+        raise TokenError(f"malformed token id {token_or_id!r}")
+    return await store.client.delete(_key(store, tid)) is not None
