@@ -1,0 +1,270 @@
+"""`moor-agent`: the node agent. `run` keeps this node's pods running; the other commands look
+at and manage the node's images and containers directly, as `crictl` does for a kubelet.
+
+Until the agent joins a control plane, `run --pod-manifests DIR` runs the pods described in DIR
+(as the kubelet's static pods): add a file and its pod starts, change it and its containers
+restart, remove it and the pod goes. Containers outlive the agent: stopping or killing
+`moor-agent run` leaves them running, and the next `run` adopts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+
+from moorage import manifest
+from moorage.v1 import objects_pb2 as pb
+from nodeagent.podworker import PodWorker, parse_container_id
+from nodeagent.runtime.images.registry import Progress, RegistryConfig, RegistryError
+from nodeagent.runtime.images.store import Store
+from nodeagent.runtime.logs import follow
+from nodeagent.runtime.runtime import Runtime
+
+log = logging.getLogger("moorage.agent")
+
+DEFAULT_STATE_DIR = "/var/lib/moorage/agent"
+SYNC_SECONDS = 1.0
+
+
+class AgentError(Exception):
+    """A one-line error for the operator."""
+
+
+def registry_config(mirrors: list[str], insecure: list[str]) -> RegistryConfig:
+    table: dict[str, list[str]] = {}
+    for item in mirrors:
+        registry, sep, url = item.partition("=")
+        if not sep or not registry or not url:
+            raise AgentError(f"--registry-mirror {item!r}: want REGISTRY=URL, e.g. "
+                             "docker.io=http://10.0.0.5:5000")
+        table.setdefault(registry, []).append(url)
+    try:
+        return RegistryConfig(mirrors=table, insecure=frozenset(insecure))
+    except RegistryError as err:
+        raise AgentError(str(err)) from None
+
+
+class Node:
+    """The agent's stores, all under one state dir."""
+
+    def __init__(self, state_dir: str, cgroup_root: str = "moorage"):
+        self.state_dir = state_dir
+        self.images = Store(os.path.join(state_dir, "images"))
+        self.runtime = Runtime(os.path.join(state_dir, "containers"), cgroup_root=cgroup_root)
+
+
+def static_pods(directory: str) -> dict[str, pb.Pod]:
+    """The Pods in a manifest dir, keyed by namespace/name, with stable uids from their names.
+
+    A file that does not validate is logged and skipped, so one bad file never stops the others.
+    """
+    pods: dict[str, pb.Pod] = {}
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith((".yaml", ".yml", ".json")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                docs = manifest.parse([(path, f.read())])
+        except (OSError, manifest.ManifestError) as err:
+            log.error("skipping %s: %s", path, err)
+            continue
+        for doc in docs:
+            if not isinstance(doc.obj, pb.Pod):
+                log.error("skipping %s: only Pods run from a manifest dir", doc.where)
+                continue
+            pod = doc.obj
+            key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+            pod.metadata.uid = str(uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32]))
+            pods[key] = pod
+    return pods
+
+
+def run(node: Node, manifest_dir: str, registry: RegistryConfig, stop: threading.Event,
+        netns_prefix: str = "moorage-") -> None:
+    workers: dict[str, PodWorker] = {}
+    last_phase: dict[str, str] = {}
+    while not stop.is_set():
+        desired = static_pods(manifest_dir)
+        for key in sorted(set(workers) - set(desired)):
+            log.info("pod %s removed from %s: stopping it", key, manifest_dir)
+            workers.pop(key).teardown()
+            last_phase.pop(key, None)
+        for key, pod in desired.items():
+            worker = workers.get(key)
+            if worker is None or worker.pod != pod:
+                if worker is None:
+                    worker = PodWorker(pod, node.runtime, node.images, registry,
+                                       netns_prefix=netns_prefix)
+                    workers[key] = worker
+                worker.pod = pod
+            try:
+                plan = worker.sync()
+            except Exception as err:  # noqa: BLE001 - one pod's failure must not stop the rest
+                log.error("pod %s: %s", key, err)
+                continue
+            if last_phase.get(key) != plan.phase:
+                log.info("pod %s is %s", key, plan.phase)
+                last_phase[key] = plan.phase
+        stop.wait(SYNC_SECONDS)
+
+
+# ---- crictl-like commands ----
+
+def _progress_printer(out=sys.stderr):
+    seen: dict[str, tuple[int, int]] = {}
+
+    def show(p: Progress) -> None:
+        seen[p.digest] = (p.done, p.total)
+        done = sum(d for d, _ in seen.values())
+        total = sum(t for _, t in seen.values())
+        pct = f"{100 * done / total:5.1f}%" if total else "     "
+        out.write(f"\r{pct}  {done / 2**20:7.1f} / {total / 2**20:.1f} MiB  "
+                  f"({len(seen)} layers)")
+        out.flush()
+    return show
+
+
+def cmd_pull(node: Node, args) -> int:
+    show = _progress_printer() if sys.stderr.isatty() or args.progress else None
+    image = node.images.pull(args.image, registry_config(args.registry_mirror,
+                                                         args.insecure_registry), show)
+    if show:
+        sys.stderr.write("\n")
+    print(f"{image.reference} {image.manifest_digest}")
+    return 0
+
+
+def cmd_images(node: Node, args) -> int:
+    rows = [("IMAGE", "DIGEST", "LAYERS")]
+    rows += [(i.reference, i.manifest_digest[:19], str(len(i.layer_digests)))
+             for i in node.images.list()]
+    _table(rows)
+    return 0
+
+
+def cmd_ps(node: Node, args) -> int:
+    rows = [("CONTAINER", "NAME", "ATTEMPT", "STATE", "EXIT", "REASON")]
+    for info in node.runtime.list():
+        parsed = parse_container_id(info.id)
+        st = info.status
+        rows.append((info.id, parsed[1] if parsed else "-", str(parsed[2]) if parsed else "-",
+                     st.state, "" if st.exit_code is None else str(st.exit_code), st.reason))
+    _table(rows)
+    return 0
+
+
+def cmd_logs(node: Node, args) -> int:
+    path = os.path.join(node.runtime.state_dir, args.container, "container.log")
+    if not os.path.exists(path):
+        raise AgentError(f"container {args.container!r} has no logs here "
+                         f"(see `moor-agent ps --state-dir {node.state_dir}`)")
+    done = (lambda: node.runtime.status(args.container).state != "running") \
+        if args.follow else (lambda: True)
+    for line in follow(path, done=done):
+        sys.stdout.write(line if line.endswith("\n") else line + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_exec(node: Node, args) -> int:
+    proc = node.runtime.exec(args.container, args.argv, stdout=None, stderr=None,
+                             stdin=sys.stdin if args.stdin else None)
+    return proc.wait()
+
+
+def cmd_gc(node: Node, args) -> int:
+    in_use = [d for info in node.runtime.list()
+              for d in node.runtime.spec(info.id).lower_dirs]
+    freed = node.images.gc(args.keep, in_use_layer_dirs=in_use)
+    print(f"freed {freed / 2**20:.1f} MiB")
+    return 0
+
+
+def _table(rows) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="moor-agent", description="The Moorage node agent: runs this node's pods, and "
+        "shows and manages its images and containers.")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR")
+    p.add_argument("--cgroup-root", default="moorage", metavar="NAME",
+                   help="parent cgroup of this agent's containers (default moorage)")
+    p.add_argument("--netns-prefix", default="moorage-", help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def registry_flags(sp):
+        sp.add_argument("--registry-mirror", action="append", default=[],
+                        metavar="REGISTRY=URL",
+                        help="try URL before REGISTRY, e.g. docker.io=http://10.0.0.5:5000")
+        sp.add_argument("--insecure-registry", action="append", default=[],
+                        metavar="HOST:PORT", help="allow plain HTTP to this registry only")
+
+    sp = sub.add_parser("run", help="keep this node's pods running")
+    sp.add_argument("--pod-manifests", required=True, metavar="DIR",
+                    help="run the Pods described in DIR (static pods)")
+    registry_flags(sp)
+    sp = sub.add_parser("pull", help="pull an image, showing progress")
+    sp.add_argument("image")
+    sp.add_argument("--progress", action="store_true", help="show progress even without a TTY")
+    registry_flags(sp)
+    sp = sub.add_parser("import", help="import a `docker save` tarball or an OCI layout")
+    sp.add_argument("path")
+    sub.add_parser("images", help="list images")
+    sub.add_parser("ps", help="list containers")
+    sp = sub.add_parser("logs", help="print a container's log")
+    sp.add_argument("container")
+    sp.add_argument("-f", "--follow", action="store_true")
+    sp = sub.add_parser("exec", help="run a command in a running container")
+    sp.add_argument("-i", "--stdin", action="store_true")
+    sp.add_argument("container")
+    sp.add_argument("argv", nargs="+", metavar="COMMAND")
+    sp = sub.add_parser("gc", help="remove images not kept and layers no container uses")
+    sp.add_argument("--keep", action="append", default=[], metavar="IMAGE")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node = Node(args.state_dir, cgroup_root=args.cgroup_root)
+    try:
+        if args.command == "run":
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            run(node, args.pod_manifests,
+                registry_config(args.registry_mirror, args.insecure_registry), stop,
+                netns_prefix=args.netns_prefix)
+            sys.exit(0)
+        if args.command == "import":
+            for image in node.images.import_archive(args.path):
+                print(f"{image.reference} {image.manifest_digest}")
+            sys.exit(0)
+        handlers = {"pull": cmd_pull, "images": cmd_images, "ps": cmd_ps, "logs": cmd_logs,
+                    "exec": cmd_exec, "gc": cmd_gc}
+        sys.exit(handlers[args.command](node, args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - one line for the operator, never a traceback
+        if os.environ.get("MOOR_DEBUG"):
+            raise
+        print(f"moor-agent: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Runs one pod on this node: its sandbox, its images and its containers, as `pods.reconcile`
+decides; one `sync()` observes the runtime, plans and applies, and reports the pod's status.
+
+Container ids say what they are (`<pod uid>-<container>-<attempt>-<spec hash>`), so a
+restarted agent rebuilds everything it needs from the runtime's own records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from moorage import validation as v
+from moorage.v1 import objects_pb2 as pb
+from nodeagent import sandbox
+from nodeagent.pods import (
+    DesiredContainer,
+    DesiredPod,
+    ObservedContainer,
+    Plan,
+    RemoveContainer,
+    StartContainer,
+    StopContainer,
+    reconcile,
+)
+from nodeagent.runtime.images.registry import RegistryConfig
+from nodeagent.runtime.images.store import Image, Store
+from nodeagent.runtime.restart import backoff
+from nodeagent.runtime.runtime import Runtime, StartError
+from nodeagent.runtime.spec import RUNNING, ContainerSpec
+
+log = logging.getLogger(__name__)
+
+UID_CHARS = 12
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF = "ErrImagePull", "ImagePullBackOff"
+ERR_IMAGE_NEVER_PULL, CREATE_ERROR = "ErrImageNeverPull", "CreateContainerError"
+
+
+def spec_hash(container: pb.Container) -> str:
+    return hashlib.sha256(container.SerializeToString(deterministic=True)).hexdigest()[:8]
+
+
+def container_id(pod_uid: str, name: str, attempt: int, hash_: str) -> str:
+    return f"{pod_uid.replace('-', '')[:UID_CHARS]}-{name}-{attempt}-{hash_}"
+
+
+def parse_container_id(cid: str) -> tuple[str, str, int, str] | None:
+    """(uid prefix, container name, attempt, spec hash), or None if not one of ours."""
+    head, _, rest = cid.partition("-")
+    name, _, tail = rest.rpartition("-")
+    name, _, attempt = name.rpartition("-")
+    if len(head) != UID_CHARS or not name or not attempt.isdigit():
+        return None
+    return head, name, int(attempt), tail
+
+
+def desired_pod(pod: pb.Pod) -> DesiredPod:
+    grace = pod.spec.termination_grace_period_seconds if pod.spec.HasField(
+        "termination_grace_period_seconds") else 30
+    return DesiredPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid,
+                      pod.spec.restart_policy or "Always", grace,
+                      tuple(DesiredContainer(c.name, c.image, spec_hash(c))
+                            for c in pod.spec.containers))
+
+
+def container_spec(cid: str, pod: pb.Pod, c: pb.Container, image: Image,
+                   netns_path: str | None) -> ContainerSpec:
+    """Kubernetes' rules: command replaces the image's Entrypoint, args its Cmd."""
+    cfg = image.config
+    entrypoint = list(c.command) or list(cfg.entrypoint or ())
+    args = list(c.args) if (c.args or c.command) else list(cfg.cmd or ())
+    argv = tuple(entrypoint + args)
+    if not argv:
+        raise ValueError(f"container {c.name}: no command, and image {c.image} sets none")
+    env = dict(e.split("=", 1) for e in (cfg.env or ()) if "=" in e)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["HOSTNAME"] = pod.spec.hostname or pod.metadata.name
+    env.update({e.name: e.value for e in c.env})
+    limits, requests = c.resources.limits, c.resources.requests
+    cpu_request = requests.get("cpu") or limits.get("cpu")
+    return ContainerSpec(
+        id=cid, args=argv, lower_dirs=tuple(image.layer_dirs()),
+        env=tuple(sorted(env.items())), cwd=c.working_dir or cfg.working_dir or "/",
+        user=cfg.user or "0:0", hostname=pod.spec.hostname or pod.metadata.name,
+        netns_path=netns_path,
+        memory_limit=v.memory_bytes(limits["memory"]) if "memory" in limits else None,
+        cpu_quota_millicores=v.cpu_millicores(limits["cpu"]) if "cpu" in limits else None,
+        cpu_request_millicores=v.cpu_millicores(cpu_request) if cpu_request else None,
+        tty=c.tty, stdin=c.stdin)
+
+
+@dataclass
+class _Waiting:
+    reason: str
+    message: str
+    failures: int
+    until: float
+
+
+class PodWorker:
+    def __init__(self, pod: pb.Pod, runtime: Runtime, images: Store,
+                 registry: RegistryConfig | None = None, *,
+                 netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time):
+        self.pod = pod
+        self.runtime, self.images, self.registry = runtime, images, registry
+        self.netns = sandbox.sandbox_name(pod.metadata.uid, netns_prefix)
+        self.clock = clock
+        self.uid_prefix = pod.metadata.uid.replace("-", "")[:UID_CHARS]
+        # Containers that could not start (image pull, bad spec), with their own back-off.
+        self.waiting: dict[str, _Waiting] = {}
+
+    def observe(self) -> list[ObservedContainer]:
+        out = []
+        for info in self.runtime.list():
+            parsed = parse_container_id(info.id)
+            if parsed is None or parsed[0] != self.uid_prefix:
+                continue
+            _, name, attempt, hash_ = parsed
+            st = info.status
+            out.append(ObservedContainer(
+                info.id, name, hash_, attempt, st.state == RUNNING,
+                st.exit_code, st.reason, st.started_at or 0.0, st.finished_at or 0.0))
+        return out
+
+    def sync(self) -> Plan:
+        """One pass: make the runtime match the pod; returns the plan with the pod's status."""
+        path = sandbox.ensure(self.netns)
+        now = self.clock()
+        plan = reconcile(desired_pod(self.pod), self.observe(), now)
+        wake = [plan.wake_at] if plan.wake_at else []
+        for action in plan.actions:
+            if isinstance(action, StopContainer):
+                self.runtime.stop(action.id, action.grace_seconds)
+            elif isinstance(action, RemoveContainer):
+                self.runtime.remove(action.id)
+            elif isinstance(action, StartContainer):
+                until = self._start(action, path, now)
+                if until:
+                    wake.append(until)
+        return Plan(plan.actions, plan.phase, plan.containers, min(wake) if wake else None)
+
+    def _start(self, action: StartContainer, netns_path: str, now: float) -> float | None:
+        """Starts a container; on failure records why and returns when to try again."""
+        held = self.waiting.get(action.name)
+        if held and held.until > now:
+            return held.until
+        c = next(c for c in self.pod.spec.containers if c.name == action.name)
+        cid = container_id(self.pod.metadata.uid, c.name, action.attempt, spec_hash(c))
+        try:
+            image = self._image(c)
+        except Exception as err:  # noqa: BLE001 - reported in the pod status, retried
+            return self._hold(c.name, ERR_IMAGE_PULL, str(err), now)
+        try:
+            self.runtime.create(container_spec(cid, self.pod, c, image, netns_path))
+            self.runtime.start(cid)
+        except (StartError, ValueError, OSError) as err:
+            return self._hold(c.name, CREATE_ERROR, str(err), now)
+        self.waiting.pop(c.name, None)
+        return None
+
+    def _hold(self, name: str, reason: str, message: str, now: float) -> float:
+        prev = self.waiting.get(name)
+        failures = prev.failures + 1 if prev else 1
+        if reason == ERR_IMAGE_PULL and failures > 1:
+            reason = IMAGE_PULL_BACKOFF
+        until = now + max(1.0, backoff(failures))
+        self.waiting[name] = _Waiting(reason, message, failures, until)
+        log.warning("pod %s/%s container %s: %s: %s", self.pod.metadata.namespace,
+                    self.pod.metadata.name, name, reason, message)
+        return until
+
+    def _image(self, c: pb.Container) -> Image:
+        policy = c.image_pull_policy or "IfNotPresent"
+        have = self.images.get(c.image)
+        if policy == "Never":
+            if have is None:
+                raise LookupError(f"image {c.image} is not present and imagePullPolicy is Never")
+            return have
+        if have is not None and policy == "IfNotPresent":
+            return have
+        return self.images.pull(c.image, self.registry)
+
+    def status(self, plan: Plan) -> pb.PodStatus:
+        """The pod's status as the API shows it (phase, per-container states, restarts)."""
+        out = pb.PodStatus(phase=plan.phase)
+        for cs in plan.containers:
+            held = self.waiting.get(cs.name)
+            state, reason = cs.state, cs.reason
+            if held and cs.state == "waiting":
+                reason = held.reason
+            image = next((c.image for c in self.pod.spec.containers if c.name == cs.name), "")
+            out.container_statuses.add(
+                name=cs.name, state=state, reason=reason, restart_count=cs.restarts,
+                exit_code=cs.exit_code or 0, ready=state == "running", image=image,
+                started_at=_ts(cs.started_at), finished_at=_ts(cs.finished_at))
+        return out
+
+    def teardown(self, grace_seconds: int | None = None) -> None:
+        """Stops and removes every container of the pod, then its sandbox."""
+        observed = self.observe()
+        for c in observed:
+            if c.running:
+                self.runtime.stop(c.id, desired_pod(self.pod).grace_seconds
+                                  if grace_seconds is None else grace_seconds)
+            self.runtime.remove(c.id)
+        sandbox.remove(self.netns)
+
+
+def _ts(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else ""

@@ -1,0 +1,119 @@
+"""`moor-agent` as a process: static pods start, survive `kill -9` of the agent, are adopted by
+the next agent, and go when their manifest goes; plus the crictl-like commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from nodeagent import sandbox
+from nodeagent.runtime import cgroups
+from nodeagent.runtime.runtime import Runtime
+from tests import imagebuild
+from tests.conftest import TEST_PREFIX
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1   # sh as PID 1 ignores SIGTERM: SIGKILL after 1s
+  containers:
+  - name: app
+    image: busybox:test
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo started; while true; do sleep 1; done"]
+"""
+
+
+@pytest.fixture
+def agent_env():
+    root = tempfile.mkdtemp(prefix=TEST_PREFIX + "agentd-")
+    state, manifests = os.path.join(root, "state"), os.path.join(root, "manifests")
+    os.makedirs(manifests)
+    cgroup_root = TEST_PREFIX + "agentd"
+    base = [sys.executable, "-m", "nodeagent.agent", "--state-dir", state,
+            "--cgroup-root", cgroup_root, "--netns-prefix", TEST_PREFIX]
+
+    def cli(*args, check=True):
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=60,
+                              check=check)
+
+    def start():
+        return subprocess.Popen([*base, "run", "--pod-manifests", manifests],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = []
+    yield cli, lambda: procs.append(start()) or procs[-1], manifests, root
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    runtime = Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root)
+    for info in runtime.list():
+        runtime.remove(info.id)
+    cgroups.remove_parent(cgroup_root)
+    for name in sandbox.existing(TEST_PREFIX):
+        sandbox.remove(name)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def running_containers(cli):
+    rows = cli("ps").stdout.splitlines()[1:]
+    return [r.split() for r in rows if r.split()[3] == "running"]
+
+
+def wait_until(fn, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_static_pod_lifecycle_and_agent_crash(agent_env):
+    cli, start, manifests, root = agent_env
+    tar = os.path.join(root, "busybox.tar")
+    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    assert "busybox:test" in cli("import", tar).stdout
+    assert "busybox:test" in cli("images").stdout
+    with open(os.path.join(manifests, "web.yaml"), "w") as f:
+        f.write(POD)
+    agent = start()
+    (first,) = wait_until(lambda: running_containers(cli))
+    cid = first[0]
+    assert "started" in wait_until(lambda: cli("logs", cid).stdout)
+    assert cli("exec", cid, "hostname").stdout.strip() == "web"
+
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    time.sleep(1)
+    assert [r[0] for r in running_containers(cli)] == [cid]   # outlived its agent
+
+    start()                                                   # adopts, does not duplicate
+    time.sleep(3)
+    assert [r[0] for r in running_containers(cli)] == [cid]
+
+    os.remove(os.path.join(manifests, "web.yaml"))
+    wait_until(lambda: cli("ps").stdout.count("\n") == 1)     # header only: all gone
+    assert not sandbox.existing(TEST_PREFIX)
+
+
+def test_bad_manifest_is_skipped_and_errors_are_one_line(agent_env):
+    cli, start, manifests, root = agent_env
+    bad = cli("logs", "nope", check=False)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith("moor-agent: container 'nope' has no logs here")
+    mirror = cli("pull", "busybox", "--registry-mirror", "nonsense", check=False)
+    assert mirror.returncode == 1
+    assert "--registry-mirror 'nonsense': want REGISTRY=URL" in mirror.stderr
