@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controlplane.identity.tokens import parse_token
+from moorage.fsutil import write_atomic
+from moorage.jointoken import parse_token
 
 NODE_CN_PREFIX = "system:node:"
 # Renew once less than this fraction of the certificate's lifetime remains.
@@ -39,22 +40,6 @@ RENEW_FRACTION = 1 / 3
 
 class IdentityError(Exception):
     """The CA or certificate we were given cannot be trusted; the message says why."""
-
-
-def _write(path: str, data: bytes, mode: int) -> None:
-    # Open with the final mode: the key must never exist on disk with wider permissions.
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read(path: str) -> bytes | None:
@@ -111,7 +96,7 @@ class NodeIdentity:
         key_pem = _read(key_path)
         if key_pem is None:
             key = ec.generate_private_key(ec.SECP256R1())
-            _write(key_path, key.private_bytes(
+            write_atomic(key_path, key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption()), 0o600)
         else:
@@ -175,8 +160,8 @@ class NodeIdentity:
         if not cns or cns[0].value != NODE_CN_PREFIX + self.node_name:
             raise IdentityError(f"the certificate is not for node {self.node_name!r}")
         # CA first: a cert on disk without its CA would be unusable after a crash.
-        _write(os.path.join(self.pki_dir, "ca.crt"), ca_pem, 0o644)
-        _write(os.path.join(self.pki_dir, "node.crt"), cert_pem, 0o644)
+        write_atomic(os.path.join(self.pki_dir, "ca.crt"), ca_pem, 0o644)
+        write_atomic(os.path.join(self.pki_dir, "node.crt"), cert_pem, 0o644)
         self.cert_pem, self.ca_pem = cert_pem, ca_pem
 
     def needs_renewal(self, now: dt.datetime | None = None) -> bool:

@@ -105,6 +105,18 @@ class FieldSelector:
         return True
 
 
+async def _documents(request, context, what: str) -> list[manifest.Document]:
+    """The request's manifests, validated; an oversized request is refused before parsing."""
+    size = sum(len(m.content) for m in request.manifests)
+    if size > MAX_APPLY_BYTES:
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the manifests are {size / 2**20:.1f} MiB in total, over the "
+            f"{MAX_APPLY_BYTES // 2**20} MiB limit of one {what}; split them")
+    return manifest.parse([(m.source or "<request>", m.content, m.index)
+                           for m in request.manifests])
+
+
 class ClusterServicer(api_pb2_grpc.ClusterServicer):
     def __init__(self, store: Store):
         self.store = store
@@ -113,14 +125,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     @observed("Apply")
     @mapped
     async def Apply(self, request, context):
-        size = sum(len(m.content) for m in request.manifests)
-        if size > MAX_APPLY_BYTES:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the manifests are {size / 2**20:.1f} MiB in total, over the "
-                f"{MAX_APPLY_BYTES // 2**20} MiB limit of one apply; split them")
-        docs = manifest.parse([(m.source or "<request>", m.content, m.index)
-                               for m in request.manifests])
+        docs = await _documents(request, context, "apply")
         plans, revision = await self.applier.apply(docs, dry_run=request.dry_run)
         resp = api_pb2.ApplyResponse(revision=revision)
         for p in plans:
@@ -224,14 +229,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         from controlplane.api.explain import TooLarge, explain_manifests
         from controlplane.scheduler import SchedulerConfig
 
-        size = sum(len(m.content) for m in request.manifests)
-        if size > MAX_APPLY_BYTES:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the manifests are {size / 2**20:.1f} MiB in total, over the "
-                f"{MAX_APPLY_BYTES // 2**20} MiB limit of one explain; split them")
-        docs = manifest.parse([(m.source or "<request>", m.content, m.index)
-                               for m in request.manifests])
+        docs = await _documents(request, context, "explain")
         # The strategy the running scheduler uses, when the server configured one.
         config = getattr(self, "scheduler_config", SchedulerConfig())
         try:

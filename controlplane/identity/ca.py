@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from moorage.fsutil import write_atomic
+
 NODE_ORG = "moorage:nodes"
 ADMIN_ORG = "moorage:admins"
 NODE_CN_PREFIX = "system:node:"
@@ -48,22 +50,6 @@ def node_common_name(node_name: str) -> str:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _write_private(path: str, data: bytes, mode: int = 0o600) -> None:
-    # Create the temp file with the final mode so the key is never world-readable, even briefly.
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _key_pem(key) -> bytes:
@@ -139,8 +125,8 @@ class ClusterCA:
         )
         # Key first: a crash between the two writes leaves "key without cert", which we refuse
         # above rather than pairing a new cert with nothing.
-        _write_private(key_path, _key_pem(key))
-        _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(key_path, _key_pem(key), 0o600)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cls(state_dir, key, cert)
 
     @classmethod
@@ -238,8 +224,8 @@ class ClusterCA:
         cert = self._issue(subject, key.public_key(), SERVER_VALIDITY, sans=sans, now=now,
                            usage=[ExtendedKeyUsageOID.SERVER_AUTH])
         cert_pem, key_pem = cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-        _write_private(key_path, key_pem)
-        _write_private(cert_path, cert_pem, 0o644)
+        write_atomic(key_path, key_pem, 0o600)
+        write_atomic(cert_path, cert_pem, 0o644)
         return cert_pem, key_pem
 
     def _reusable_server_cert(self, cert_path: str, key_path: str, names: list[str],
@@ -285,7 +271,7 @@ class ClusterCA:
                            usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
         # Certificate first: load_pem_x509_certificate above reads the first PEM block.
         bundle = cert.public_bytes(serialization.Encoding.PEM) + _key_pem(key) + self.cert_pem
-        _write_private(path, bundle)
+        write_atomic(path, bundle, 0o600)
         return path
 
 

@@ -9,8 +9,6 @@ vanish by themselves. The secret itself is never stored: an etcd dump cannot be 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -20,16 +18,18 @@ import secrets
 import time
 from dataclasses import dataclass
 
-TOKEN_PREFIX = "MOOR1"
-_DIGEST_LEN = 32          # sha256
-_SECRET_BYTES = 16        # 128 bits -> 26 base32 chars
-_SECRET_CHARS = 26
+from moorage.jointoken import (  # noqa: F401 - re-exported for callers of this module
+    _DIGEST_LEN,
+    _SECRET_BYTES,
+    _SECRET_CHARS,
+    TOKEN_PREFIX,
+    TokenError,
+    _b32,
+    format_token,
+    parse_token,
+)
+
 _ID_CHARS = 8
-_B32 = re.compile(r"^[a-z2-7]+$")
-
-
-class TokenError(Exception):
-    """A join token that cannot be used; the message is safe to show to the joining agent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,40 +37,6 @@ class TokenInfo:
     id: str
     created: float      # unix seconds
     expires: float      # unix seconds
-
-
-def _b32(data: bytes) -> str:
-    return base64.b32encode(data).decode().rstrip("=").lower()
-
-
-def _unb32(text: str) -> bytes:
-    pad = "=" * (-len(text) % 8)
-    return base64.b32decode(text.upper() + pad)
-
-
-def format_token(ca_digest: bytes, secret: str) -> str:
-    return f"{TOKEN_PREFIX}-{_b32(ca_digest)}-{secret}"
-
-
-def parse_token(token: str) -> tuple[bytes, str]:
-    """(CA digest, secret) of a token, or TokenError("malformed join token: ...")."""
-    parts = (token or "").strip().split("-")
-    if len(parts) != 3:
-        raise TokenError(f"malformed join token: expected {TOKEN_PREFIX}-<ca digest>-<secret>")
-    prefix, digest_text, secret = parts[0].upper(), parts[1].lower(), parts[2].lower()
-    if prefix != TOKEN_PREFIX:
-        raise TokenError(f"malformed join token: unknown version {parts[0]!r}")
-    if not _B32.match(digest_text):
-        raise TokenError("malformed join token: the CA digest is not base32")
-    try:
-        digest = _unb32(digest_text)
-    except (binascii.Error, ValueError):
-        raise TokenError("malformed join token: the CA digest is not base32") from None
-    if len(digest) != _DIGEST_LEN:
-        raise TokenError("malformed join token: the CA digest has the wrong length")
-    if len(secret) != _SECRET_CHARS or not _B32.match(secret):
-        raise TokenError(f"malformed join token: the secret must be {_SECRET_CHARS} base32 chars")
-    return digest, secret
 
 
 def _secret_hash(secret: str) -> str:
