@@ -21,12 +21,23 @@ from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
 from controlplane.api.servicer import ClusterServicer
+from controlplane.dispatcher.assignments import AssignmentIndex
+from controlplane.dispatcher.lifecycle import (
+    EVICTION_SECONDS,
+    STARTUP_GRACE_SECONDS,
+    NodeLifecycle,
+)
+from controlplane.dispatcher.service import (
+    HEARTBEAT_SECONDS,
+    NOT_READY_SECONDS,
+    DispatcherServicer,
+)
 from controlplane.etcd_local import LocalEtcd
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.service import Scheduler
 from controlplane.store import AlreadyExists, Store
 from moorage import kinds
-from moorage.v1 import api_pb2_grpc
+from moorage.v1 import agent_pb2_grpc, api_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 
 log = logging.getLogger("moorage.controlplane")
@@ -54,6 +65,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run the scheduler in this process (default: yes)")
     p.add_argument("--scheduler-strategy", choices=[SPREAD, BINPACK], default=SPREAD,
                    help="spread pods over nodes (default) or bin-pack them onto few nodes")
+    p.add_argument("--node-lifecycle", action=argparse.BooleanOptionalAction, default=True,
+                   help="mark nodes that stop heartbeating NotReady and replace their pods "
+                        "(default: yes)")
+    p.add_argument("--heartbeat-period", type=float, default=HEARTBEAT_SECONDS, metavar="S",
+                   help=f"how often agents heartbeat (default {HEARTBEAT_SECONDS:g}s)")
+    p.add_argument("--node-not-ready-after", type=int, default=NOT_READY_SECONDS, metavar="S",
+                   help="a node without a heartbeat for this long goes NotReady "
+                        f"(default {NOT_READY_SECONDS}s)")
+    p.add_argument("--pod-eviction-after", type=float, default=EVICTION_SECONDS, metavar="S",
+                   help="a NotReady node's pods are deleted, to be replaced elsewhere, after "
+                        f"this long (default {EVICTION_SECONDS:g}s)")
+    p.add_argument("--eviction-startup-grace", type=float, default=STARTUP_GRACE_SECONDS,
+                   help=argparse.SUPPRESS)
     p.add_argument("--etcd-prefix", default="/moorage", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
@@ -107,6 +131,9 @@ async def serve(args: argparse.Namespace) -> int:
         servicer = ClusterServicer(store)
         servicer.scheduler_config = scheduler_config
         api_pb2_grpc.add_ClusterServicer_to_server(servicer, server)
+        assignments = AssignmentIndex(store)
+        agent_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(
+            store, assignments, args.heartbeat_period, args.node_not_ready_after), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         try:
@@ -123,7 +150,11 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("serving the Cluster API on %s", args.listen)
         print(f"moor-controlplane: serving on {args.listen}", flush=True)
 
-        background = []
+        background = [asyncio.create_task(assignments.run())]
+        if args.node_lifecycle:
+            background.append(asyncio.create_task(NodeLifecycle(
+                store, eviction_seconds=args.pod_eviction_after,
+                startup_grace_seconds=args.eviction_startup_grace).run()))
         if args.scheduler:
             background.append(asyncio.create_task(Scheduler(store, scheduler_config).run()))
 

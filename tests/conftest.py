@@ -183,7 +183,8 @@ def stop_process(proc, timeout: float = 10) -> int:
 def controlplane(etcd_endpoint):
     state = tempfile.mkdtemp(prefix=TEST_PREFIX + "cp-")
     # The API tests watch exact event sequences; a scheduler's status writes would add to them.
-    cp = start_controlplane(etcd_endpoint, state, extra_args=("--no-scheduler",))
+    cp = start_controlplane(etcd_endpoint, state,
+                            extra_args=("--no-scheduler", "--no-node-lifecycle"))
     yield cp
     stop_process(cp.proc)
     shutil.rmtree(state, ignore_errors=True)

@@ -184,7 +184,8 @@ EXPECTED_REJECTIONS = {
 @pytest.fixture(scope="module")
 def cluster(etcd_endpoint):
     state = tempfile.mkdtemp(prefix=TEST_PREFIX + "explain-")
-    cp = start_controlplane(etcd_endpoint, state)
+    # Nodes here are written straight to etcd with no agent behind them: no lifecycle.
+    cp = start_controlplane(etcd_endpoint, state, extra_args=("--no-node-lifecycle",))
 
     async def seed():
         client = etcd_client(cp.etcd)

@@ -1,0 +1,1 @@
+"""Agent sessions: node registration and liveness, pod assignments out, pod status in."""

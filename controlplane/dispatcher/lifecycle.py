@@ -1,0 +1,101 @@
+"""Node lifecycle: a node whose lease expired goes NotReady; its pods are deleted after a grace.
+
+Deleting them lets their Deployments make replacements, which the scheduler puts elsewhere;
+when the agent comes back, its next full assignment no longer has them, so it stops them. For
+a while after the control plane starts nothing is evicted, since agents are still reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from controlplane.dispatcher.service import lease_key, set_condition
+from controlplane.events import NORMAL, WARNING, EventRecorder
+from controlplane.store import Conflict, NotFound, Op, Store
+from moorage import kinds
+from moorage.v1 import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+NODE = kinds.BY_NAME["Node"]
+POD = kinds.BY_NAME["Pod"]
+MONITOR_SECONDS = 1.0
+EVICTION_SECONDS = 4.0
+STARTUP_GRACE_SECONDS = 20.0
+TERMINAL = ("Succeeded", "Failed")
+
+
+def is_ready(node: pb.Node) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+
+
+class NodeLifecycle:
+    def __init__(self, store: Store, *, eviction_seconds: float = EVICTION_SECONDS,
+                 startup_grace_seconds: float = STARTUP_GRACE_SECONDS,
+                 period: float = MONITOR_SECONDS, clock=time.monotonic):
+        self.store = store
+        self.eviction_seconds = eviction_seconds
+        self.period = period
+        self.clock = clock
+        self.started = clock()
+        self.startup_grace = startup_grace_seconds
+        self.down_since: dict[str, float] = {}
+        self.events = EventRecorder(store, "node-lifecycle-controller")
+
+    async def _alive(self) -> set[str]:
+        prefix = lease_key(self.store, "")
+        resp = await self.store.client.get_prefix(prefix)
+        return {kv.key[len(prefix):].decode() for kv in resp}
+
+    async def check(self) -> None:
+        nodes, _ = await self.store.list(NODE)
+        alive = await self._alive()
+        now = self.clock()
+        for node in nodes:
+            name = node.metadata.name
+            if name in alive:
+                self.down_since.pop(name, None)
+                continue
+            if is_ready(node):
+                await self._mark_not_ready(node)
+            since = self.down_since.setdefault(name, now)
+            if now - since >= self.eviction_seconds and \
+                    now - self.started >= self.startup_grace:
+                await self._evict(name)
+
+    async def _mark_not_ready(self, node: pb.Node) -> None:
+        set_condition(node.status.conditions, "Ready", "Unknown", "NodeStatusUnknown",
+                      "the agent stopped heartbeating")
+        try:
+            await self.store.commit([
+                Op(self.store.key_of(node), node, int(node.metadata.resource_version)),
+                await self.events.op(node, WARNING, "NodeNotReady",
+                                     f"Node {node.metadata.name} is NotReady: the agent "
+                                     "stopped heartbeating")])
+            log.warning("node %s is NotReady", node.metadata.name)
+        except Conflict:
+            pass  # re-checked next period
+
+    async def _evict(self, name: str) -> None:
+        pods, _ = await self.store.list(POD)
+        for pod in pods:
+            if pod.spec.node_name != name or pod.status.phase in TERMINAL:
+                continue
+            ok, _, _ = await self.store.commit([
+                Op(self.store.key_of(pod), None, int(pod.metadata.resource_version)),
+                await self.events.op(pod, NORMAL, "NodeNotReady",
+                                     f"Deleting pod {pod.metadata.namespace}/"
+                                     f"{pod.metadata.name}: node {name} is NotReady")])
+            if ok:
+                log.warning("evicted %s/%s from NotReady node %s", pod.metadata.namespace,
+                            pod.metadata.name, name)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except (NotFound, Conflict) as err:
+                log.info("node lifecycle: %s", err)
+            await asyncio.sleep(self.period)

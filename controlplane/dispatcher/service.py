@@ -1,0 +1,223 @@
+"""The Dispatcher service: one bidirectional session per node agent.
+
+Hello registers (or refreshes) the Node and takes an etcd lease that heartbeats keep alive;
+the node lifecycle controller reads those leases. The session then streams the node's full pod
+set and each change to it, and writes the pod statuses the agent reports — only for pods bound
+to that node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import grpc
+
+from controlplane.dispatcher.assignments import AssignmentIndex
+from controlplane.store import Conflict, NotFound, Store
+from moorage import kinds
+from moorage import validation as v
+from moorage.v1 import agent_pb2, agent_pb2_grpc
+from moorage.v1 import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+NODE = kinds.BY_NAME["Node"]
+POD = kinds.BY_NAME["Pod"]
+HEARTBEAT_SECONDS = 2.0
+# A node whose agent has not heartbeated for this long loses its lease and goes NotReady.
+NOT_READY_SECONDS = 6
+WRITE_ATTEMPTS = 5
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def lease_key(store: Store, node: str) -> bytes:
+    return f"{store.prefix}/node-leases/{node}".encode()
+
+
+def set_condition(conditions, type_: str, status: str, reason: str, message: str) -> None:
+    now = now_rfc3339()
+    for c in conditions:
+        if c.type == type_:
+            if c.status != status:
+                c.last_transition_time = now
+            c.status, c.reason, c.message, c.last_heartbeat_time = status, reason, message, now
+            return
+    conditions.add(type=type_, status=status, reason=reason, message=message,
+                   last_heartbeat_time=now, last_transition_time=now)
+
+
+def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None) -> pb.Node:
+    node = pb.Node(api_version="v1", kind="Node")
+    if current is not None:
+        node.CopyFrom(current)
+    else:
+        node.metadata.name = hello.node_name
+        node.metadata.uid = str(uuid.uuid4())
+        node.metadata.creation_timestamp = now_rfc3339()
+        node.metadata.generation = 1
+    # Labels the agent reports win; labels an operator added stay.
+    node.metadata.labels.update(hello.labels)
+    node.metadata.labels["kubernetes.io/hostname"] = hello.node_name
+    node.status.capacity.clear()
+    node.status.capacity.update(hello.capacity)
+    node.status.allocatable.clear()
+    node.status.allocatable.update(hello.capacity)
+    del node.status.addresses[:]
+    node.status.addresses.extend(hello.addresses)
+    node.status.node_info.CopyFrom(hello.node_info)
+    set_condition(node.status.conditions, "Ready", "True", "AgentReady",
+                  "the agent is connected and heartbeating")
+    return node
+
+
+def merge_pod_status(pod: pb.Pod, reported: pb.PodStatus) -> pb.PodStatus:
+    """The agent owns phase, containers and addresses; the scheduler's condition stays."""
+    status = pb.PodStatus()
+    status.CopyFrom(reported)
+    del status.conditions[:]
+    for c in pod.status.conditions:
+        if c.type == "PodScheduled":
+            status.conditions.add().CopyFrom(c)
+    ready = bool(reported.container_statuses) and all(
+        c.ready for c in reported.container_statuses) and reported.phase == "Running"
+    old = {c.type: c for c in pod.status.conditions}
+    for type_ in ("ContainersReady", "Ready"):
+        value = "True" if ready else "False"
+        prev = old.get(type_)
+        moved = prev is None or prev.status != value
+        status.conditions.add(type=type_, status=value,
+                              last_transition_time=now_rfc3339() if moved
+                              else prev.last_transition_time)
+    return status
+
+
+class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
+    def __init__(self, store: Store, index: AssignmentIndex,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS,
+                 not_ready_seconds: int = NOT_READY_SECONDS):
+        self.store = store
+        self.index = index
+        self.heartbeat_seconds = heartbeat_seconds
+        self.not_ready_seconds = not_ready_seconds
+        self.sessions: dict[str, int] = {}
+
+    async def _register(self, hello: agent_pb2.Hello) -> int:
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                current = await self.store.get(NODE, "", hello.node_name)
+            except NotFound:
+                current = None
+            node = node_from_hello(hello, current)
+            try:
+                if current is None:
+                    await self.store.create(node)
+                else:
+                    await self.store.update(node)
+                break
+            except Conflict:
+                continue
+        else:
+            raise Conflict(f"node {hello.node_name} kept changing while registering it")
+        await self.store.client.connect()
+        lease = await self.store.client.lease(self.not_ready_seconds)
+        await self.store.client.put(lease_key(self.store, hello.node_name),
+                                    hello.node_name.encode(), lease=lease)
+        return lease.id
+
+    async def _heartbeat(self, node: str, lease_id: int) -> int:
+        reply = await self.store.client.refresh_lease(lease_id)
+        if reply is None or reply.TTL <= 0:
+            # The lease expired (a long pause): the node is back, take a new one.
+            lease = await self.store.client.lease(self.not_ready_seconds)
+            await self.store.client.put(lease_key(self.store, node), node.encode(), lease=lease)
+            await self._mark_ready(node)
+            return lease.id
+        return lease_id
+
+    async def _mark_ready(self, name: str) -> None:
+        for _ in range(WRITE_ATTEMPTS):
+            node = await self.store.get(NODE, "", name)
+            set_condition(node.status.conditions, "Ready", "True", "AgentReady",
+                          "the agent is connected and heartbeating")
+            try:
+                await self.store.update(node)
+                return
+            except Conflict:
+                continue
+
+    async def _pod_status(self, node: str, report: agent_pb2.PodStatusReport) -> None:
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                pod = await self.store.get(POD, report.namespace, report.name)
+            except NotFound:
+                return
+            if pod.metadata.uid != report.uid or pod.spec.node_name != node:
+                log.warning("node %s reported status for pod %s/%s it does not run; ignored",
+                            node, report.namespace, report.name)
+                return
+            status = merge_pod_status(pod, report.status)
+            if status == pod.status:
+                return
+            pod.status.CopyFrom(status)
+            try:
+                await self.store.update(pod)
+                return
+            except Conflict:
+                continue
+
+    async def Session(self, request_iterator, context):
+        first = await request_iterator.__anext__()
+        if first.WhichOneof("message") != "hello":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "a session must start with Hello")
+        hello = first.hello
+        reason = v.dns1123_subdomain(hello.node_name)
+        if reason:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"node name: {reason}")
+        name = hello.node_name
+        lease_id = await self._register(hello)
+        log.info("node %s connected", name)
+        await self.index.synced.wait()
+        pods, queue = self.index.subscribe(name)
+        closed = asyncio.Event()
+
+        async def read():
+            nonlocal lease_id
+            try:
+                async for msg in request_iterator:
+                    kind = msg.WhichOneof("message")
+                    if kind == "heartbeat":
+                        lease_id = await self._heartbeat(name, lease_id)
+                    elif kind == "pod_status":
+                        await self._pod_status(name, msg.pod_status)
+            finally:
+                closed.set()
+                queue.put_nowait(False)
+        reader = asyncio.create_task(read())
+        try:
+            yield agent_pb2.DispatcherMessage(settings=agent_pb2.SessionSettings(
+                heartbeat_period_ms=int(self.heartbeat_seconds * 1000)))
+            yield agent_pb2.DispatcherMessage(assignments=agent_pb2.Assignments(
+                full=True, pods=pods))
+            while not closed.is_set():
+                change = await queue.get()
+                if change is False:
+                    break
+                if change is None:   # the index re-listed: send the whole set again
+                    msg = agent_pb2.Assignments(full=True, pods=self.index.pods_on(name))
+                else:
+                    msg = agent_pb2.Assignments(pods=change.pods, removed_uids=change.removed)
+                yield agent_pb2.DispatcherMessage(assignments=msg)
+        finally:
+            self.index.unsubscribe(name, queue)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            log.info("node %s disconnected", name)

@@ -1,0 +1,165 @@
+"""The Dispatcher against a real control plane and etcd, with an in-test agent on the stream:
+registration, liveness, assignments, status reports, NotReady and eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+
+import grpc
+import pytest
+
+from moorage import kinds
+from moorage.v1 import agent_pb2, agent_pb2_grpc, api_pb2
+from moorage.v1 import objects_pb2 as pb
+from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
+
+POD_YAML = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: default}
+spec:
+  containers: [{name: app, image: busybox}]
+"""
+
+
+@pytest.fixture(scope="module")
+def cp(etcd_endpoint):
+    state = tempfile.mkdtemp(prefix=TEST_PREFIX + "dispatch-")
+    plane = start_controlplane(etcd_endpoint, state, extra_args=(
+        "--heartbeat-period", "0.5", "--node-not-ready-after", "3",
+        "--pod-eviction-after", "1", "--eviction-startup-grace", "0"))
+    yield plane
+    stop_process(plane.proc)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+class FakeAgent:
+    """Speaks the agent side of the session like a real agent would, and records what came."""
+
+    def __init__(self, address: str, name: str):
+        self.address, self.name = address, name
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.received: list[agent_pb2.DispatcherMessage] = []
+        self.desired: dict[str, pb.Pod] = {}
+        self.beating = True
+
+    async def messages(self):
+        hello = agent_pb2.Hello(node_name=self.name, labels={"zone": "a"},
+                                capacity={"cpu": "4", "memory": "8Gi", "pods": "110"})
+        hello.addresses.add(type="InternalIP", address="192.0.2.10")
+        yield agent_pb2.AgentMessage(hello=hello)
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.outbox.get(), 0.3)
+                yield msg
+            except TimeoutError:
+                if self.beating:
+                    yield agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())
+
+    async def run(self):
+        async with grpc.aio.insecure_channel(self.address) as ch:
+            stub = agent_pb2_grpc.DispatcherStub(ch)
+            async for msg in stub.Session(self.messages()):
+                self.received.append(msg)
+                if msg.WhichOneof("message") == "assignments":
+                    a = msg.assignments
+                    if a.full:
+                        self.desired.clear()
+                    for p in a.pods:
+                        self.desired[p.metadata.uid] = p
+                    for uid in a.removed_uids:
+                        self.desired.pop(uid, None)
+
+
+async def eventually(fn, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.1)
+
+
+def get(stub, kind, name, ns=""):
+    return kinds.unwrap(stub.Get(api_pb2.GetRequest(kind=kind, namespace=ns, name=name)))
+
+
+def test_session_registers_assigns_reports_and_evicts(cp):
+    stub = cp.stub()
+
+    async def go():
+        agent = FakeAgent(cp.address, "node-a")
+        task = asyncio.create_task(agent.run())
+        try:
+            await eventually(lambda: any(m.WhichOneof("message") == "settings"
+                                         for m in agent.received))
+            settings = agent.received[0].settings
+            assert settings.heartbeat_period_ms == 500
+            node = get(stub, "node", "node-a")
+            ready = [c for c in node.status.conditions if c.type == "Ready"][0]
+            assert ready.status == "True"
+            assert node.status.allocatable["memory"] == "8Gi"
+            assert node.metadata.labels["zone"] == "a"
+            assert node.metadata.labels["kubernetes.io/hostname"] == "node-a"
+
+            stub.Apply(api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
+                source="p.yaml", content=POD_YAML % "web")]))
+            pod = await eventually(lambda: next(iter(agent.desired.values()), None))
+            assert pod.metadata.name == "web" and pod.spec.node_name == "node-a"
+
+            status = pb.PodStatus(phase="Running", pod_ip="10.244.1.5", host_ip="192.0.2.10")
+            status.container_statuses.add(name="app", state="running", ready=True)
+            await agent.outbox.put(agent_pb2.AgentMessage(pod_status=agent_pb2.PodStatusReport(
+                namespace="default", name="web", uid=pod.metadata.uid, status=status)))
+
+            def reported():
+                p = get(stub, "pod", "web", "default")
+                return p if p.status.phase == "Running" else None
+            p = await eventually(reported)
+            conds = {c.type: c.status for c in p.status.conditions}
+            assert conds == {"PodScheduled": "True", "ContainersReady": "True", "Ready": "True"}
+            assert p.status.pod_ip == "10.244.1.5"
+
+            # A report about someone else's pod is ignored.
+            stub.Apply(api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
+                source="q.yaml", content=POD_YAML % "other")]))
+            await agent.outbox.put(agent_pb2.AgentMessage(pod_status=agent_pb2.PodStatusReport(
+                namespace="default", name="other", uid="not-its-uid",
+                status=pb.PodStatus(phase="Failed"))))
+            await asyncio.sleep(1)
+            assert get(stub, "pod", "other", "default").status.phase != "Failed"
+
+            # Deleting the pod takes it off the node's assignments.
+            stub.Delete(api_pb2.DeleteRequest(kind="pod", namespace="default", name="other"))
+            stub.Delete(api_pb2.DeleteRequest(kind="pod", namespace="default", name="web"))
+            await eventually(lambda: not agent.desired)
+
+            # Silence: the node goes NotReady, then its pods are deleted.
+            stub.Apply(api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
+                source="p.yaml", content=POD_YAML % "stranded")]))
+            await eventually(lambda: any(p.metadata.name == "stranded"
+                                         for p in agent.desired.values()))
+            agent.beating = False
+
+            def not_ready():
+                n = get(stub, "node", "node-a")
+                return any(c.type == "Ready" and c.status == "Unknown"
+                           for c in n.status.conditions)
+            await eventually(not_ready)
+
+            def evicted():
+                try:
+                    get(stub, "pod", "stranded", "default")
+                    return False
+                except grpc.RpcError as err:
+                    return err.code() == grpc.StatusCode.NOT_FOUND
+            await eventually(evicted)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(go())
