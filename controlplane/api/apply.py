@@ -75,6 +75,9 @@ class Applier:
         ns_keys = sorted({self.store.key(NAMESPACE, "", d.obj.metadata.namespace)
                           for d in docs if kinds.kind_of(d.obj).namespaced
                           and d.obj.metadata.namespace not in in_request})
+        # A manifest's resourceVersion is compared with the stored one, so it must be read,
+        # not taken from the hint cache, or a stale entry would fail the apply every time.
+        pinned = [k for d, k in zip(docs, keys) if d.obj.metadata.resource_version]
         if dry_run:
             # No Txn will check the answer, so read the truth rather than the hint cache.
             found, _ = await self.store.get_many(keys + ns_keys)
@@ -82,7 +85,7 @@ class Applier:
                 kv = found.get(key)
                 self._remember(key, kv.mod_revision if kv else 0, kv.value if kv else None)
         else:
-            missing = [k for k in ns_keys if k not in self.cache]
+            missing = [k for k in ns_keys if k not in self.cache] + pinned
             if missing:
                 found, _ = await self.store.get_many(missing)
                 for key in missing:
@@ -189,7 +192,15 @@ def merge(doc: Document, current) -> tuple[object, str]:
     return new, ("unchanged" if new == stored else "configured")
 
 
+# Annotations the cluster writes (a Deployment's revision and history); a manifest that does
+# not mention them leaves them alone, as kubectl apply leaves keys it never set.
+SYSTEM_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/", "moorage.io/")
+
+
 def _preserve_owned_fields(new, current, raw: dict) -> None:
+    for key, value in current.metadata.annotations.items():
+        if key.startswith(SYSTEM_ANNOTATION_PREFIXES) and key not in new.metadata.annotations:
+            new.metadata.annotations[key] = value
     kind = kinds.kind_of(new).name
     spec_raw = raw.get("spec") if isinstance(raw.get("spec"), dict) else {}
     if kind == "Deployment" and "replicas" not in spec_raw:

@@ -276,3 +276,56 @@ def test_watch_from_a_compacted_version_resyncs_through_the_api(controlplane):
     assert first.type == "RESYNC"
     assert (second.type, kinds.unwrap(second.object).metadata.name) == ("ADDED", "b")
     assert third.type == "BOOKMARK" and int(third.resource_version) >= int(now)
+
+
+def test_apply_with_a_fresh_resource_version_succeeds_after_an_outside_write(controlplane):
+    import asyncio
+
+    from controlplane.store import Store
+    from tests.conftest import etcd_client
+
+    stub = controlplane.stub()
+    apply(stub, ("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: pinned}\n"))
+
+    async def outside_write():   # a writer that is not this API server (its cache goes stale)
+        store = Store(etcd_client(controlplane.etcd), prefix=controlplane.prefix)
+        ns = await store.get(kinds.lookup("ns"), "", "pinned")
+        ns.metadata.labels["by"] = "controller"
+        await store.update(ns)
+        await store.client.close()
+    asyncio.run(outside_write())
+    fresh = kinds.unwrap(stub.Get(api_pb2.GetRequest(kind="ns", name="pinned")))
+    text = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: pinned, resourceVersion: "
+            f"'{fresh.metadata.resource_version}', labels: {{by: me}}}}\n")
+    resp = apply(stub, ("ns.yaml", text))
+    assert resp.results[0].action == "configured"
+    with pytest.raises(grpc.RpcError) as err:       # the old version is now stale
+        apply(stub, ("ns.yaml", text))
+    assert err.value.code() == grpc.StatusCode.ABORTED
+
+
+def test_apply_keeps_annotations_the_cluster_owns(controlplane):
+    import asyncio
+
+    from controlplane.store import Store
+    from tests.conftest import etcd_client
+
+    stub = controlplane.stub()
+    text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: owned, annotations: {mine: x}}\n"
+    apply(stub, ("ns.yaml", text))
+
+    async def controller_writes():
+        store = Store(etcd_client(controlplane.etcd), prefix=controlplane.prefix)
+        ns = await store.get(kinds.lookup("ns"), "", "owned")
+        ns.metadata.annotations["deployment.kubernetes.io/revision"] = "3"
+        await store.update(ns)
+        await store.client.close()
+    asyncio.run(controller_writes())
+    assert apply(stub, ("ns.yaml", text)).results[0].action == "unchanged"
+    got = kinds.unwrap(stub.Get(api_pb2.GetRequest(kind="ns", name="owned")))
+    assert dict(got.metadata.annotations) == {"mine": "x",
+                                              "deployment.kubernetes.io/revision": "3"}
+    # Annotations the user set are still the manifest's to remove.
+    apply(stub, ("ns.yaml", text.replace("mine: x", "other: y")))
+    got = kinds.unwrap(stub.Get(api_pb2.GetRequest(kind="ns", name="owned")))
+    assert "mine" not in got.metadata.annotations
