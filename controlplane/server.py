@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"Prometheus /metrics address (default {DEFAULT_METRICS}; '' disables)")
     p.add_argument("--scheduler", action=argparse.BooleanOptionalAction, default=True,
                    help="run the scheduler in this process (default: yes)")
+    p.add_argument("--controllers", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the Deployment controller in this process (default: as --scheduler)")
     p.add_argument("--scheduler-strategy", choices=[SPREAD, BINPACK], default=SPREAD,
                    help="spread pods over nodes (default) or bin-pack them onto few nodes")
     p.add_argument("--node-lifecycle", action=argparse.BooleanOptionalAction, default=True,
@@ -157,6 +159,10 @@ async def serve(args: argparse.Namespace) -> int:
                 startup_grace_seconds=args.eviction_startup_grace).run()))
         if args.scheduler:
             background.append(asyncio.create_task(Scheduler(store, scheduler_config).run()))
+        if args.scheduler if args.controllers is None else args.controllers:
+            from controlplane.controllers.service import DeploymentController
+
+            background.append(asyncio.create_task(DeploymentController(store).run()))
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

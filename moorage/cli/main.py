@@ -177,10 +177,45 @@ def build_parser() -> Parser:
     cmd.add_argument("--ignore-not-found", action="store_true",
                      help="treat an object that does not exist as deleted")
 
+    _add_rollout_commands(sub, command)
+
     command("version", "print the client and server versions", """\
   moor version
   moor --server 10.0.0.5:7440 version""")
     return parser
+
+
+def _add_rollout_commands(sub, command) -> None:
+    cmd = command("scale", "set the number of replicas of a deployment", """\
+  moor scale deployment/web --replicas 5
+  moor scale deploy web --replicas=0 -n shop""")
+    cmd.add_argument("kind", metavar="KIND", help="deployment (deploy); KIND/NAME also works")
+    cmd.add_argument("names", metavar="NAME", nargs="*", help="the deployment")
+    _add_namespace(cmd)
+    cmd.add_argument("--replicas", type=int, required=True, help="the new number of replicas")
+
+    cmd = command("rollout", "follow, list or undo a deployment's rollouts", """\
+  moor rollout status deploy/web --timeout 5m
+  moor rollout history deploy/web
+  moor rollout undo deploy/web --to-revision 2""")
+    actions = cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
+                                 required=True)
+    for name, help_text in (("status", "wait for a rollout to finish, showing progress"),
+                            ("history", "list a deployment's revisions"),
+                            ("undo", "roll back to the previous (or a given) revision")):
+        act = actions.add_parser(name, help=help_text, description=help_text)
+        _add_globals(act, suppress=True)
+        act.add_argument("kind", metavar="KIND", help="deployment (deploy); KIND/NAME also works")
+        act.add_argument("names", metavar="NAME", nargs="*", help="the deployment")
+        _add_namespace(act)
+        if name == "status":
+            act.add_argument("--timeout", type=_seconds, default=0.0,
+                             help="give up (exit 1) after this long, e.g. 5m; 0 waits forever")
+            act.add_argument("-w", "--watch", action=argparse.BooleanOptionalAction,
+                             default=True, help="wait until the rollout finishes (default)")
+        if name == "undo":
+            act.add_argument("--to-revision", type=int, default=0, metavar="N",
+                             help="the revision to go back to (default: the previous one)")
 
 
 def _parse(parser: Parser, argv: list[str] | None):
@@ -199,11 +234,11 @@ def _parse(parser: Parser, argv: list[str] | None):
 
 
 def _dispatch(args) -> int:
-    from moorage.cli import commands
+    from moorage.cli import commands, rollout
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
                "describe": commands.describe, "delete": commands.delete,
-               "explain": commands.explain,
+               "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
                "version": commands.version}[args.command]
     ctx = commands.Context(args)
     try:

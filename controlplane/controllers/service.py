@@ -1,0 +1,313 @@
+"""The Deployment controller shell: watches Deployments and pods, reconciles, writes in Txns.
+
+Its cache is rebuilt from etcd by the watches' initial lists. Every write for a Deployment is
+one Txn that compares the Deployment's revision (and each deleted pod's), so a concurrent
+change (a scale, an apply) makes it re-read and retry rather than act on a stale spec. Its own
+writes are applied to the cache at once, so the next pass never re-creates pods the watch has
+not delivered yet; older watch events for those keys are then ignored by revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+
+from controlplane.controllers.deployment import (
+    HISTORY_ANNOTATION,
+    REVISION_ANNOTATION,
+    Plan,
+    is_owned_by,
+    reconcile,
+)
+from controlplane.events import NORMAL, EventRecorder
+from controlplane.store import Op, Store, StoreError
+from controlplane.store.store import ABSENT
+from moorage import kinds
+from moorage.v1 import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+POD = kinds.BY_NAME["Pod"]
+DEPLOYMENT = kinds.BY_NAME["Deployment"]
+# Pods created or deleted per Txn: each also carries an Event, and etcd caps a Txn at 128 ops.
+BURST = 40
+RETRY_SECONDS = 0.5
+# A periodic pass catches progress deadlines and anything a lost write left undone.
+SWEEP_SECONDS = 15.0
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_OWNED_ANNOTATIONS = (REVISION_ANNOTATION, HISTORY_ANNOTATION)
+
+
+def _key(obj) -> str:
+    return f"{obj.metadata.namespace}/{obj.metadata.name}"
+
+
+def owner_key(pod: pb.Pod) -> str | None:
+    for ref in pod.metadata.owner_references:
+        if ref.controller and ref.kind == "Deployment":
+            return f"{pod.metadata.namespace}/{ref.name}"
+    return None
+
+
+class DeploymentController:
+    def __init__(self, store: Store, *, clock=time.time, rng: random.Random | None = None,
+                 record_events: bool = True):
+        self.store = store
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.events = EventRecorder(store, "deployment-controller") if record_events else None
+        self.deployments: dict[str, pb.Deployment] = {}
+        self.pods: dict[str, pb.Pod] = {}
+        self.owned: dict[str, set[str]] = {}
+        self.seen_rv: dict[str, int] = {}
+        # The controller's annotations by Deployment uid: an apply replaces all annotations,
+        # so they are carried over from here when a manifest drops them.
+        self.saved: dict[str, dict[str, str]] = {}
+        self.dirty: set[str] = set()
+        self.later: dict[str, float] = {}
+        self.synced = asyncio.Event()
+        self._pods_synced = self._deployments_synced = False
+        self._wake = asyncio.Event()
+
+    # ---- cache (from the watches and our own writes) ----
+
+    def _newer(self, key: str, rv: int) -> bool:
+        if rv <= self.seen_rv.get(key, 0):
+            return False
+        self.seen_rv[key] = rv
+        return True
+
+    def _mark(self, key: str | None) -> None:
+        if key is not None:
+            self.dirty.add(key)
+            self._wake.set()
+
+    def put_pod(self, pod: pb.Pod) -> None:
+        key = "pod:" + _key(pod)
+        if not self._newer(key, int(pod.metadata.resource_version or 0)):
+            return
+        self.pods[_key(pod)] = pod
+        owner = owner_key(pod)
+        if owner is not None:
+            self.owned.setdefault(owner, set()).add(_key(pod))
+        self._mark(owner)
+
+    def drop_pod(self, pod: pb.Pod, forget: bool = True) -> None:
+        self.pods.pop(_key(pod), None)
+        if forget:
+            self.seen_rv.pop("pod:" + _key(pod), None)
+        owner = owner_key(pod)
+        if owner is not None:
+            self.owned.get(owner, set()).discard(_key(pod))
+        self._mark(owner)
+
+    def put_deployment(self, d: pb.Deployment) -> None:
+        key = "deploy:" + _key(d)
+        if not self._newer(key, int(d.metadata.resource_version or 0)):
+            return
+        self.deployments[_key(d)] = d
+        if REVISION_ANNOTATION in d.metadata.annotations:
+            self.saved[d.metadata.uid] = {a: d.metadata.annotations[a]
+                                          for a in _OWNED_ANNOTATIONS
+                                          if a in d.metadata.annotations}
+        self._mark(_key(d))
+
+    def drop_deployment(self, d: pb.Deployment) -> None:
+        self.deployments.pop(_key(d), None)
+        self.seen_rv.pop("deploy:" + _key(d), None)
+        self.saved.pop(d.metadata.uid, None)
+        self._mark(_key(d))
+
+    # ---- one pass for one Deployment ----
+
+    def _suffixes(self):
+        while True:
+            yield "".join(self.rng.choice(_SUFFIX_ALPHABET) for _ in range(5))
+
+    def _effective(self, stored: pb.Deployment) -> pb.Deployment:
+        d = pb.Deployment()
+        d.CopyFrom(stored)
+        saved = self.saved.get(d.metadata.uid, {})
+        if REVISION_ANNOTATION not in d.metadata.annotations:
+            d.metadata.annotations.update(saved)
+        return d
+
+    async def sync(self, key: str) -> None:
+        pods = [self.pods[k] for k in sorted(self.owned.get(key, ())) if k in self.pods]
+        stored = self.deployments.get(key)
+        if stored is None:
+            # Cascade: a deleted Deployment's pods go too.
+            if pods:
+                await self._write(key, None, None, [], pods, ())
+            return
+        d = self._effective(stored)
+        plan = reconcile(d, pods, self.clock(), self._suffixes())
+        strays = [p for p in pods if not is_owned_by(p, d)]  # from an older same-named one
+        updated = pb.Deployment()
+        updated.CopyFrom(d)
+        updated.status.CopyFrom(plan.status)
+        if plan.annotations:
+            updated.metadata.annotations.update(plan.annotations)
+        unchanged = updated == stored
+        if unchanged and not plan.changes_pods and not strays:
+            return
+        await self._write(key, stored, None if unchanged else updated,
+                          list(plan.create), list(plan.delete) + strays, self._events(plan))
+
+    @staticmethod
+    def _events(plan: Plan) -> list[tuple[str, str]]:
+        out = list(plan.events)
+        out += [("SuccessfulCreate", f"Created pod: {p.metadata.name}") for p in plan.create]
+        out += [("SuccessfulDelete", f"Deleted pod: {p.metadata.name}") for p in plan.delete]
+        return out
+
+    async def _write(self, key: str, stored: pb.Deployment | None,
+                     updated: pb.Deployment | None, create: list[pb.Pod], delete: list[pb.Pod],
+                     events) -> None:
+        more = len(create) > BURST or len(delete) > BURST
+        create, delete = create[:BURST], delete[:BURST]
+        for pod in create:
+            pod.metadata.uid = str(uuid.uuid4())
+        ops = []
+        if stored is not None:
+            # Guards every pod write with the spec it was planned from.
+            ops.append(Op(self.store.key_of(stored), updated,
+                          int(stored.metadata.resource_version), guard_only=updated is None))
+        ops += [Op(self.store.key_of(p), p, ABSENT) for p in create]
+        # A cascade deletes whatever state the pod is in; a planned delete must match the plan.
+        ops += [Op(self.store.key_of(p), None,
+                   int(p.metadata.resource_version) if stored is not None else None)
+                for p in delete]
+        if self.events and stored is not None:
+            for reason, message in events[:BURST]:
+                ops.append(await self.events.op(stored, NORMAL, reason, message))
+        try:
+            ok, revision, current = await self.store.commit(ops)
+        except StoreError as err:
+            log.warning("syncing deployment %s failed: %s", key, err)
+            self._retry(key)
+            return
+        if not ok:
+            self._refresh(ops, current)
+            self._retry(key)
+            return
+        if updated is not None:
+            updated.metadata.resource_version = str(revision)
+            self.put_deployment(updated)
+        for pod in create:
+            pod.metadata.resource_version = str(revision)
+            self.put_pod(pod)
+        for pod in delete:
+            self.seen_rv["pod:" + _key(pod)] = revision
+            self.drop_pod(pod, forget=False)
+        if more:
+            self._mark(key)
+
+    def _refresh(self, ops: list[Op], current: dict) -> None:
+        """After a lost race: take the stored versions of everything the Txn compared."""
+        for op in ops:
+            text = op.key.decode()
+            plural = text[len(self.store.prefix) + 1:].split("/", 1)[0]
+            if plural not in (POD.plural, DEPLOYMENT.plural):
+                continue
+            kind = POD if plural == POD.plural else DEPLOYMENT
+            kv = current.get(op.key)
+            if kv is not None:
+                obj = self.store.decode(kind, kv)
+                (self.put_pod if kind is POD else self.put_deployment)(obj)
+            elif op.expect != ABSENT:
+                ns, name = text.rsplit("/", 2)[-2:]
+                cached = (self.pods if kind is POD else self.deployments).get(f"{ns}/{name}")
+                if cached is not None:
+                    (self.drop_pod if kind is POD else self.drop_deployment)(cached)
+
+    def _retry(self, key: str) -> None:
+        self.later[key] = asyncio.get_running_loop().time() + RETRY_SECONDS
+        self._wake.set()
+
+    # ---- the loop ----
+
+    async def _watch_pods(self) -> None:
+        async for ev in self.store.watch(POD):
+            if ev.type == "RESYNC":
+                for pod in list(self.pods.values()):
+                    self.drop_pod(pod)
+                self.seen_rv = {k: v for k, v in self.seen_rv.items() if not k.startswith("pod:")}
+                for pod in ev.items:
+                    self.put_pod(pod)
+                self._pods_synced = True
+                self._maybe_synced()
+            elif ev.type == "DELETED":
+                if ev.obj is not None:
+                    self.drop_pod(ev.obj)
+            else:
+                self.put_pod(ev.obj)
+
+    async def _watch_deployments(self) -> None:
+        async for ev in self.store.watch(DEPLOYMENT):
+            if ev.type == "RESYNC":
+                for d in list(self.deployments.values()):
+                    self.drop_deployment(d)
+                for d in ev.items:
+                    self.put_deployment(d)
+                self._deployments_synced = True
+                self._maybe_synced()
+            elif ev.type == "DELETED":
+                if ev.obj is not None:
+                    self.drop_deployment(ev.obj)
+            else:
+                self.put_deployment(ev.obj)
+
+    def _maybe_synced(self) -> None:
+        if self._pods_synced and self._deployments_synced:
+            self.synced.set()
+            self._wake.set()
+
+    def _sweep(self) -> None:
+        for key in list(self.deployments) + list(self.owned):
+            self._mark(key)
+
+    async def run(self) -> None:
+        """Runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        watchers = [asyncio.create_task(self._watch_pods()),
+                    asyncio.create_task(self._watch_deployments())]
+        try:
+            await self.synced.wait()
+            next_sweep = loop.time()
+            while True:
+                now = loop.time()
+                if now >= next_sweep:
+                    self._sweep()
+                    next_sweep = now + SWEEP_SECONDS
+                for key, due in list(self.later.items()):
+                    if due <= now:
+                        del self.later[key]
+                        self.dirty.add(key)
+                keys, self.dirty = sorted(self.dirty), set()
+                self._wake.clear()
+                for key in keys:
+                    try:
+                        await self.sync(key)
+                    except Exception:  # noqa: BLE001 - one bad Deployment must not stop the rest
+                        log.exception("syncing deployment %s failed", key)
+                        self._retry(key)
+                self.owned = {k: v for k, v in self.owned.items() if v}
+                if self.dirty:
+                    await asyncio.sleep(0)  # let watch events in between passes
+                    continue
+                wake_at = min([next_sweep, *self.later.values()])
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - loop.time()))
+                except TimeoutError:
+                    pass
+                for w in watchers:
+                    if w.done() and w.exception():
+                        raise w.exception()
+        finally:
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)

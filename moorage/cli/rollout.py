@@ -1,0 +1,204 @@
+"""`moor scale` and `moor rollout status|history|undo`: Deployment changes made by Get + Apply.
+
+Writes go through Apply with the object's resourceVersion, so a change made meanwhile is a
+Conflict that is retried from a fresh read, never a lost update. The revision history is the
+Deployment controller's (controlplane/controllers/deployment.py owns the annotation format).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+
+from moorage.cli.client import CliError
+from moorage.cli.commands import Context, namespace_for, out, resolve_target
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+HISTORY_ANNOTATION = "moorage.io/revision-history"
+MAX_ATTEMPTS = 5
+
+
+def _target(args):
+    """`deploy/web`, `deploy web` or `deployment web` -> (Kind, namespace, name)."""
+    kind, names = resolve_target(args.kind, list(args.names))
+    if kind.name != "Deployment":
+        raise CliError(f'error: {args.command} works on deployments, not {kind.plural}')
+    if len(names) != 1:
+        raise CliError("error: give exactly one deployment, e.g. deploy/web")
+    return kind, namespace_for(kind, args.namespace), names[0]
+
+
+def _history(d) -> dict[int, dict]:
+    try:
+        raw = json.loads(d.metadata.annotations.get(HISTORY_ANNOTATION, "") or "{}")
+        return {int(rev): entry for rev, entry in raw.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _write(ctx: Context, kind, namespace: str, name: str, edit) -> str:
+    """Applies `edit(deployment)` -> message (or None: nothing to do), retrying conflicts."""
+    from moorage.cli import printers
+    from moorage.v1 import api_pb2
+
+    client = ctx.client()
+    for _ in range(MAX_ATTEMPTS):
+        d = client.get(kind, namespace, name)
+        message = edit(d)
+        if message is None or message.startswith("skipped"):
+            return message or "unchanged"
+        content = json.dumps(printers.object_dict(d), separators=(",", ":"))
+        manifest = api_pb2.Manifest(source=f"{kind.name.lower()}/{name}", index=0,
+                                    content=content)
+        try:
+            client.apply([manifest])
+            return message
+        except CliError as exc:
+            if exc.reason != "Conflict":
+                raise
+            # The server's apply checks resourceVersion against a cache it only refreshes on a
+            # failed Txn or a dry run; a dry run makes the next attempt see the truth.
+            with contextlib.suppress(CliError):
+                client.apply([manifest], dry_run=True)
+    raise CliError(f'error: deployment "{name}" kept changing; try again')
+
+
+def scale(ctx: Context) -> int:
+    args = ctx.args
+    if args.replicas < 0:
+        raise CliError("error: --replicas must be 0 or more")
+    kind, namespace, name = _target(args)
+
+    def edit(d):
+        d.spec.replicas = args.replicas
+        return "scaled"
+    out(f"deployment.apps/{name} {_write(ctx, kind, namespace, name, edit)}")
+    return 0
+
+
+def history(ctx: Context) -> int:
+    kind, namespace, name = _target(ctx.args)
+    d = ctx.client().get(kind, namespace, name)
+    entries = _history(d)
+    out(f"deployment.apps/{name}")
+    if not entries:
+        out("No rollout history found.")
+        return 0
+    rows = [["REVISION", "IMAGES"]]
+    for rev in sorted(entries):
+        spec = entries[rev].get("template", {}).get("spec", {})
+        images = ",".join(c.get("image", "") for c in spec.get("containers", []))
+        rows.append([str(rev), images or "<none>"])
+    from moorage.cli import printers
+
+    for line in printers.render_table(rows):
+        out(line)
+    return 0
+
+
+def undo(ctx: Context) -> int:
+    from google.protobuf import json_format
+
+    from moorage.v1 import objects_pb2 as pb
+
+    args = ctx.args
+    kind, namespace, name = _target(args)
+
+    def edit(d):
+        entries = _history(d)
+        current = int(d.metadata.annotations.get(REVISION_ANNOTATION, "0") or 0)
+        target = args.to_revision or max((r for r in entries if r < current), default=0)
+        if target not in entries:
+            if args.to_revision:
+                raise CliError(f"error: unable to find the specified revision {target} "
+                               f'in the history of deployment "{name}" '
+                               f'(see "moor rollout history deploy/{name}")')
+            raise CliError(f'error: no rollout history found for deployment "{name}"')
+        template = json_format.ParseDict(entries[target]["template"], pb.PodTemplateSpec())
+        if template == d.spec.template:
+            return f"skipped rollback (current template already matches revision {target})"
+        d.spec.template.CopyFrom(template)
+        return "rolled back"
+    out(f"deployment.apps/{name} {_write(ctx, kind, namespace, name, edit)}")
+    return 0
+
+
+def rollout_message(d) -> tuple[str, bool]:
+    """kubectl's rollout status wording for one Deployment, and whether it is done."""
+    name, s = d.metadata.name, d.status
+    replicas = d.spec.replicas if d.spec.HasField("replicas") else 1
+    if d.metadata.generation > s.observed_generation:
+        return "Waiting for deployment spec update to be observed...", False
+    for cond in s.conditions:
+        if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
+            raise CliError(f'error: deployment "{name}" exceeded its progress deadline')
+    if s.updated_replicas < replicas:
+        return (f'Waiting for deployment "{name}" rollout to finish: {s.updated_replicas} out '
+                f"of {replicas} new replicas have been updated..."), False
+    if s.replicas > s.updated_replicas:
+        return (f'Waiting for deployment "{name}" rollout to finish: '
+                f"{s.replicas - s.updated_replicas} old replicas are pending termination..."), False
+    if s.available_replicas < s.updated_replicas:
+        return (f'Waiting for deployment "{name}" rollout to finish: {s.available_replicas} of '
+                f"{s.updated_replicas} updated replicas are available..."), False
+    return f'deployment "{name}" successfully rolled out', True
+
+
+def status(ctx: Context) -> int:
+    from moorage import kinds
+
+    args = ctx.args
+    kind, namespace, name = _target(args)
+    client = ctx.client()
+    message, done = rollout_message(client.get(kind, namespace, name))
+    out(message)
+    if done or not args.watch:
+        return 0
+    # The watch runs in a thread so the main one can give up at --timeout; the stream is
+    # cancelled when the command closes its channel.
+    events: queue.Queue = queue.Queue()
+
+    def follow():
+        try:
+            for ev in client.watch(kind, namespace):
+                events.put(ev)
+        except CliError as exc:
+            events.put(exc)
+        events.put(None)
+
+    threading.Thread(target=follow, daemon=True).start()
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    last = message
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        try:
+            if left is not None and left <= 0:
+                raise queue.Empty
+            ev = events.get(timeout=left)
+        except queue.Empty:
+            raise CliError(f'error: timed out waiting for deployment "{name}" to roll out') \
+                from None
+        if isinstance(ev, CliError):
+            raise ev
+        if ev is None:
+            raise CliError("error: the watch ended before the rollout finished")
+        if ev.type not in ("ADDED", "MODIFIED", "DELETED") or not ev.HasField("object"):
+            continue
+        d = kinds.unwrap(ev.object)
+        if d.metadata.name != name:
+            continue
+        if ev.type == "DELETED":
+            raise CliError(f'error: deployment "{name}" was deleted')
+        message, done = rollout_message(d)
+        if message != last:
+            out(message)
+            last = message
+        if done:
+            return 0
+
+
+def rollout(ctx: Context) -> int:
+    return {"status": status, "history": history, "undo": undo}[ctx.args.action](ctx)
