@@ -1,30 +1,41 @@
 """`moor-agent`: the node agent. `run` keeps this node's pods running; the other commands look
 at and manage the node's images and containers directly, as `crictl` does for a kubelet.
 
-Until the agent joins a control plane, `run --pod-manifests DIR` runs the pods described in DIR
-(as the kubelet's static pods): add a file and its pod starts, change it and its containers
-restart, remove it and the pod goes. Containers outlive the agent: stopping or killing
-`moor-agent run` leaves them running, and the next `run` adopts them.
+`run --join HOST:PORT` runs the pods a control plane assigns to this node (see session.py);
+`run --pod-manifests DIR` runs the pods described in DIR (as the kubelet's static pods): add a
+file and its pod starts, change it and its containers restart, remove it and the pod goes.
+Containers outlive the agent: stopping or killing `moor-agent run` leaves them running, and the
+next `run` adopts them.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 
 from moorage import manifest
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.podworker import PodWorker, parse_container_id
+from nodeagent.podworker import UID_CHARS, PodWorker, parse_container_id
 from nodeagent.runtime.images.registry import Progress, RegistryConfig, RegistryError
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.logs import follow
 from nodeagent.runtime.runtime import Runtime
+from nodeagent.session import (
+    Checkpoints,
+    Session,
+    StatusReporter,
+    parse_labels,
+    read_host_facts,
+)
 
 log = logging.getLogger("moorage.agent")
 
@@ -86,33 +97,109 @@ def static_pods(directory: str) -> dict[str, pb.Pod]:
     return pods
 
 
-def run(node: Node, manifest_dir: str, registry: RegistryConfig, stop: threading.Event,
-        netns_prefix: str = "moorage-") -> None:
+def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: RegistryConfig,
+        stop: threading.Event, netns_prefix: str = "moorage-",
+        report: Callable[[pb.Pod, pb.PodStatus], None] | None = None,
+        removed: Callable[[pb.Pod], None] | None = None,
+        wake: threading.Event | None = None) -> None:
+    """Keeps the pods `desired()` returns (keyed by uid) running until `stop` is set.
+
+    `report` gets each pod's status after every sync, `removed` each pod once torn down; `wake`
+    (set along with `stop`) ends the wait between passes early, e.g. when assignments arrive.
+    """
     workers: dict[str, PodWorker] = {}
     last_phase: dict[str, str] = {}
     while not stop.is_set():
-        desired = static_pods(manifest_dir)
-        for key in sorted(set(workers) - set(desired)):
-            log.info("pod %s removed from %s: stopping it", key, manifest_dir)
-            workers.pop(key).teardown()
+        want = desired()
+        for key in sorted(set(workers) - set(want)):
+            worker = workers.pop(key)
+            log.info("pod %s is no longer wanted here: stopping it", _name(worker.pod))
+            try:
+                worker.teardown()
+            except Exception as err:  # noqa: BLE001 - retried: the worker goes back in the map
+                log.error("pod %s: teardown: %s", _name(worker.pod), err)
+                workers[key] = worker
+                continue
             last_phase.pop(key, None)
-        for key, pod in desired.items():
+            if removed:
+                removed(worker.pod)
+        for key, pod in want.items():
             worker = workers.get(key)
-            if worker is None or worker.pod != pod:
-                if worker is None:
-                    worker = PodWorker(pod, node.runtime, node.images, registry,
-                                       netns_prefix=netns_prefix)
-                    workers[key] = worker
-                worker.pod = pod
+            if worker is None:
+                worker = PodWorker(pod, node.runtime, node.images, registry,
+                                   netns_prefix=netns_prefix)
+                workers[key] = worker
+            worker.pod = pod
             try:
                 plan = worker.sync()
             except Exception as err:  # noqa: BLE001 - one pod's failure must not stop the rest
-                log.error("pod %s: %s", key, err)
+                log.error("pod %s: %s", _name(pod), err)
                 continue
             if last_phase.get(key) != plan.phase:
-                log.info("pod %s is %s", key, plan.phase)
+                log.info("pod %s is %s", _name(pod), plan.phase)
                 last_phase[key] = plan.phase
-        stop.wait(SYNC_SECONDS)
+            if report:
+                report(pod, worker.status(plan))
+        (wake or stop).wait(SYNC_SECONDS)
+        if wake:
+            wake.clear()
+
+
+def _name(pod: pb.Pod) -> str:
+    return f"{pod.metadata.namespace}/{pod.metadata.name}"
+
+
+def static_source(directory: str) -> Callable[[], dict[str, pb.Pod]]:
+    return lambda: {p.metadata.uid: p for p in static_pods(directory).values()}
+
+
+# ---- joined to a control plane ----
+
+def running_uids(node: Node, known: Callable[[], list[str]]) -> list[str]:
+    """Of the pod uids we know, those with a running container in the runtime."""
+    prefixes = set()
+    for info in node.runtime.list():
+        parsed = parse_container_id(info.id)
+        if parsed and info.status.state == "running":
+            prefixes.add(parsed[0])
+    return [uid for uid in known() if uid.replace("-", "")[:UID_CHARS] in prefixes]
+
+
+def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event,
+               wake: threading.Event) -> None:
+    """Runs a Session in a thread of its own (asyncio) while this thread syncs pods."""
+    try:
+        labels = parse_labels(args.labels or "")
+    except ValueError as err:
+        raise AgentError(str(err)) from None
+    if args.token:
+        log.warning("--token is not used yet: the session is not authenticated")
+    facts = read_host_facts(args.advertise_address)
+    checkpoints = Checkpoints(node.state_dir)
+    session = Session(args.join, args.node_name or socket.gethostname().lower(), facts,
+                      labels=labels, desired=checkpoints.load(),
+                      on_assignments=lambda pods: (checkpoints.save(pods), wake.set()))
+    session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
+    reporter = StatusReporter(session, facts.internal_ip)
+    static = static_source(args.pod_manifests) if args.pod_manifests else dict
+
+    def removed(pod: pb.Pod) -> None:
+        reporter.forget(pod.metadata.uid)
+        if pod.metadata.uid not in session.desired:
+            checkpoints.drop(pod.metadata.uid)
+
+    loop = asyncio.new_event_loop()
+    astop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(session.run(astop),),
+                              name="session", daemon=True)
+    thread.start()
+    log.info("joining %s as node %s", args.join, session.node_name)
+    try:
+        run(node, lambda: {**static(), **session.desired}, registry, stop,
+            netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake)
+    finally:
+        loop.call_soon_threadsafe(astop.set)
+        thread.join(5)
 
 
 # ---- crictl-like commands ----
@@ -211,9 +298,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         sp.add_argument("--insecure-registry", action="append", default=[],
                         metavar="HOST:PORT", help="allow plain HTTP to this registry only")
 
-    sp = sub.add_parser("run", help="keep this node's pods running")
-    sp.add_argument("--pod-manifests", required=True, metavar="DIR",
+    sp = sub.add_parser("run", help="keep this node's pods running",
+                        description="Runs static pods (--pod-manifests), the pods a control "
+                        "plane assigns (--join), or both.")
+    sp.add_argument("--pod-manifests", metavar="DIR",
                     help="run the Pods described in DIR (static pods)")
+    sp.add_argument("--join", metavar="HOST:PORT",
+                    help="join the control plane at HOST:PORT and run the pods it assigns")
+    sp.add_argument("--node-name", metavar="NAME",
+                    help="this node's name (default: the hostname, lowercased)")
+    sp.add_argument("--advertise-address", metavar="IP",
+                    help="this node's InternalIP (default: the address of the default route)")
+    sp.add_argument("--labels", metavar="K=V,...", help="labels for this node")
+    sp.add_argument("--token", metavar="TOKEN",
+                    help="accepted but not used yet (a warning says so): the session is "
+                    "insecure until mTLS comes")
     registry_flags(sp)
     sp = sub.add_parser("pull", help="pull an image, showing progress")
     sp.add_argument("image")
@@ -242,12 +341,17 @@ def main(argv=None) -> None:
     node = Node(args.state_dir, cgroup_root=args.cgroup_root)
     try:
         if args.command == "run":
-            stop = threading.Event()
+            if not args.pod_manifests and not args.join:
+                raise AgentError("run: give --pod-manifests DIR, --join HOST:PORT, or both")
+            stop, wake = threading.Event(), threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            run(node, args.pod_manifests,
-                registry_config(args.registry_mirror, args.insecure_registry), stop,
-                netns_prefix=args.netns_prefix)
+                signal.signal(sig, lambda *_: (stop.set(), wake.set()))
+            registry = registry_config(args.registry_mirror, args.insecure_registry)
+            if args.join:
+                run_joined(node, args, registry, stop, wake)
+            else:
+                run(node, static_source(args.pod_manifests), registry, stop,
+                    netns_prefix=args.netns_prefix)
             sys.exit(0)
         if args.command == "import":
             for image in node.images.import_archive(args.path):

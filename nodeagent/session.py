@@ -1,0 +1,345 @@
+"""The agent's side of the `Dispatcher.Session` stream: it says Hello, heartbeats, reports pod
+status, and keeps the pod set the control plane assigns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+# The sync loop forks (pyroute2's NetNS, the runtime) while this session's gRPC threads run, and
+# gRPC's fork handlers then crash those children (SIGSEGV). They never use gRPC, so fork support
+# is not needed; it has to be off before grpc first loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402
+
+import moorage
+from moorage.v1 import agent_pb2, agent_pb2_grpc
+from moorage.v1 import objects_pb2 as pb
+
+log = logging.getLogger("moorage.agent.session")
+
+DEFAULT_HEARTBEAT_SECONDS = 2.0
+BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
+MAX_PODS = "110"
+
+
+# ---- pure parts ----
+
+def apply_assignments(desired: dict[str, pb.Pod], msg: agent_pb2.Assignments) -> dict[str, pb.Pod]:
+    """The desired set (keyed by pod uid) after `msg`; a new dict, so readers of the old one in
+    other threads never see it half-changed."""
+    out = {} if msg.full else dict(desired)
+    if not msg.full:
+        for uid in msg.removed_uids:
+            out.pop(uid, None)
+    for pod in msg.pods:
+        if pod.metadata.uid:
+            out[pod.metadata.uid] = pod
+        else:
+            log.error("ignoring assigned pod %s/%s without a uid", pod.metadata.namespace,
+                      pod.metadata.name)
+    return out
+
+
+def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_MAX) -> Iterator[float]:
+    """0.5, 1, 2, 4, 8, 10, 10, ...: seconds to wait before each reconnect attempt."""
+    delay = start
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """`k=v,k2=v2` as given to --labels; raises ValueError naming the bad item."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--labels {item!r}: want KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What Hello says about the machine; read once by `read_host_facts`, or made up in tests."""
+
+    cpus: int
+    memory_bytes: int
+    internal_ip: str
+    hostname: str
+    kernel_version: str = ""
+    os_image: str = ""
+    architecture: str = ""
+    extra_capacity: dict[str, str] = field(default_factory=dict)
+
+
+def build_hello(node_name: str, labels: dict[str, str], facts: HostFacts,
+                running_pod_uids: list[str]) -> agent_pb2.AgentMessage:
+    capacity = {"cpu": str(facts.cpus), "memory": str(facts.memory_bytes), "pods": MAX_PODS,
+                **facts.extra_capacity}
+    hello = agent_pb2.Hello(
+        node_name=node_name, labels=labels, capacity=capacity,
+        addresses=[pb.NodeAddress(type="InternalIP", address=facts.internal_ip),
+                   pb.NodeAddress(type="Hostname", address=facts.hostname)],
+        node_info=pb.NodeSystemInfo(
+            kernel_version=facts.kernel_version, os_image=facts.os_image,
+            architecture=facts.architecture, operating_system="linux",
+            agent_version=moorage.__version__),
+        running_pod_uids=sorted(running_pod_uids))
+    return agent_pb2.AgentMessage(hello=hello)
+
+
+def meminfo_total(text: str) -> int:
+    """MemTotal from /proc/meminfo's text, in bytes (the file says kB)."""
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError("no MemTotal in /proc/meminfo")
+
+
+def os_release_name(text: str) -> str:
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "PRETTY_NAME":
+            return value.strip().strip('"')
+    return "Linux"
+
+
+# ---- reading the host ----
+
+def default_route_address() -> str:
+    """The address this host's default route leaves from; connecting a UDP socket sends
+    nothing but makes the kernel pick the source address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))   # TEST-NET-1: never routed anywhere real
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def read_host_facts(advertise_address: str | None = None) -> HostFacts:
+    uname = os.uname()
+    return HostFacts(
+        cpus=os.cpu_count() or 1, memory_bytes=meminfo_total(_read("/proc/meminfo")),
+        internal_ip=advertise_address or default_route_address(), hostname=socket.gethostname(),
+        kernel_version=uname.release, os_image=os_release_name(_read("/etc/os-release")),
+        architecture=platform.machine())
+
+
+# ---- the stream ----
+
+class Session:
+    """Keeps one session to the control plane open, reconnecting with back-off.
+
+    `desired` is the node's pod set (uid -> Pod), replaced as a whole on each Assignments (so
+    another thread may read it any time); it survives reconnects until the next full set.
+    `generation` counts sessions that have sent Hello, so the sync loop knows to report every
+    pod's status again to a (possibly restarted) control plane.
+    """
+
+    def __init__(self, address: str, node_name: str, facts: HostFacts, *,
+                 labels: dict[str, str] | None = None,
+                 running_pod_uids: Callable[[], list[str]] = list,
+                 on_assignments: Callable[[dict[str, pb.Pod]], None] | None = None,
+                 channel_factory: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
+                 desired: dict[str, pb.Pod] | None = None):
+        self.address, self.node_name, self.facts = address, node_name, facts
+        self.labels = labels or {}
+        self.running_pod_uids = running_pod_uids
+        self.on_assignments = on_assignments
+        # The seam for mTLS: anything that makes a grpc.aio channel for an address.
+        self.channel_factory = channel_factory
+        self.desired: dict[str, pb.Pod] = dict(desired or {})
+        self.heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
+        self.generation = 0
+        self.connected = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
+
+    def report(self, namespace: str, name: str, uid: str, status: pb.PodStatus) -> None:
+        """Queues a PodStatusReport; safe from any thread. Dropped if the session is not running."""
+        msg = agent_pb2.AgentMessage(pod_status=agent_pb2.PodStatusReport(
+            namespace=namespace, name=name, uid=uid, status=status))
+        if self._loop is not None and self._outbox is not None:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Runs sessions until `stop` is set."""
+        self._loop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue()
+        delays = backoff_delays()
+        while not stop.is_set():
+            good = await self._once(stop)
+            if stop.is_set():
+                break
+            if good:
+                delays = backoff_delays()   # a session that worked starts the back-off afresh
+            delay = next(delays)
+            log.info("session to %s ended; reconnecting in %.1fs", self.address, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _once(self, stop: asyncio.Event) -> bool:
+        """One session; True if the control plane answered at all (a good session)."""
+        answered = False
+        channel = self.channel_factory(self.address)
+        try:
+            call = agent_pb2_grpc.DispatcherStub(channel).Session()
+            hello = build_hello(self.node_name, self.labels, self.facts,
+                                await asyncio.to_thread(self.running_pod_uids))
+            # Reports queued for the old session are stale: the sync loop resends every pod's
+            # status when it sees the new generation.
+            while not self._outbox.empty():
+                self._outbox.get_nowait()
+            await call.write(hello)
+            self.generation += 1
+            self.connected = True
+
+            async def receive() -> None:
+                nonlocal answered
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        return
+                    answered = True
+                    self._handle(msg)
+
+            tasks = [asyncio.create_task(receive()), asyncio.create_task(self._send(call)),
+                     asyncio.create_task(stop.wait())]
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for t in done:
+                if t.exception() is not None:
+                    raise t.exception()
+            call.cancel()
+        except grpc.aio.AioRpcError as err:
+            log.warning("session to %s: %s %s", self.address, err.code().name, err.details())
+        except Exception as err:  # noqa: BLE001 - any failure means: reconnect, never exit
+            log.warning("session to %s: %s", self.address, err)
+        finally:
+            self.connected = False
+            await channel.close()
+        return answered
+
+    async def _send(self, call) -> None:
+        """The only writer on the stream: queued reports, and a Heartbeat whenever the period
+        passes with nothing else sent (any message counts as a sign of life, but the control
+        plane only renews the lease on Heartbeats, so they go out on time regardless)."""
+        loop = asyncio.get_running_loop()
+        last_beat = None
+        while True:
+            # Recomputed each time round, so a period from SessionSettings applies at once.
+            timeout = 0 if last_beat is None else last_beat + self.heartbeat_seconds - loop.time()
+            if timeout <= 0:
+                await call.write(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat()))
+                last_beat = loop.time()
+                continue
+            try:
+                msg = await asyncio.wait_for(self._outbox.get(), timeout)
+            except TimeoutError:
+                continue
+            await call.write(msg)
+
+    def _handle(self, msg: agent_pb2.DispatcherMessage) -> None:
+        kind = msg.WhichOneof("message")
+        if kind == "settings":
+            period = msg.settings.heartbeat_period_ms
+            self.heartbeat_seconds = period / 1000 if period > 0 else DEFAULT_HEARTBEAT_SECONDS
+        elif kind == "assignments":
+            a = msg.assignments
+            self.desired = apply_assignments(self.desired, a)
+            log.info("assignments (%s): %d pods, %d removed; node now has %d",
+                     "full" if a.full else "change", len(a.pods), len(a.removed_uids),
+                     len(self.desired))
+            if self.on_assignments is not None:
+                self.on_assignments(self.desired)
+
+
+class Checkpoints:
+    """The session's pods as last assigned, one file per uid under <state>/pods.
+
+    They let a restarted agent name the pods it runs in Hello (container ids carry only a uid
+    prefix) and keep running them, or tear them down, once the control plane says.
+    """
+
+    def __init__(self, state_dir: str):
+        self.dir = os.path.join(state_dir, "pods")
+
+    def load(self) -> dict[str, pb.Pod]:
+        pods: dict[str, pb.Pod] = {}
+        for name in sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else ():
+            try:
+                with open(os.path.join(self.dir, name), "rb") as f:
+                    pod = pb.Pod.FromString(f.read())
+            except (OSError, ValueError) as err:
+                log.error("skipping pod checkpoint %s: %s", name, err)
+                continue
+            pods[pod.metadata.uid] = pod
+        return pods
+
+    def save(self, pods: dict[str, pb.Pod]) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        for uid, pod in pods.items():
+            path = os.path.join(self.dir, uid)
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(pod.SerializeToString(deterministic=True))
+            os.replace(tmp, path)
+
+    def drop(self, uid: str) -> None:
+        try:
+            os.remove(os.path.join(self.dir, uid))
+        except FileNotFoundError:
+            pass
+
+
+class StatusReporter:
+    """Sends a pod's status through the session when it differs from what was last sent, and
+    everything again on each new session (the control plane may have restarted)."""
+
+    def __init__(self, session: Session, host_ip: str, clock=time.time):
+        self.session, self.host_ip, self.clock = session, host_ip, clock
+        self.sent: dict[str, bytes] = {}
+        self.start_time: dict[str, str] = {}
+        self.generation = -1
+
+    def __call__(self, pod: pb.Pod, status: pb.PodStatus) -> None:
+        uid = pod.metadata.uid
+        if uid not in self.session.desired or not self.session.connected:
+            return   # a static pod, or nobody to tell: a new session resends anyway
+        if self.session.generation != self.generation:
+            self.generation, self.sent = self.session.generation, {}
+        # Kept from the assigned pod when the control plane has one, so it survives restarts.
+        start = pod.status.start_time or self.start_time.setdefault(
+            uid, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())))
+        status.start_time, status.host_ip = start, self.host_ip
+        blob = status.SerializeToString(deterministic=True)
+        if self.sent.get(uid) == blob:
+            return
+        self.sent[uid] = blob
+        self.session.report(pod.metadata.namespace, pod.metadata.name, uid, status)
+
+    def forget(self, uid: str) -> None:
+        self.sent.pop(uid, None)
+        self.start_time.pop(uid, None)
