@@ -178,11 +178,23 @@ def build_parser() -> Parser:
                      help="treat an object that does not exist as deleted")
 
     _add_rollout_commands(sub, command)
+    _add_node_commands(sub, command)
 
     command("version", "print the client and server versions", """\
   moor version
   moor --server 10.0.0.5:7440 version""")
     return parser
+
+
+def _add_node_commands(sub, command) -> None:
+    for name, summary, example in (
+            ("cordon", "mark nodes unschedulable: new pods go elsewhere",
+             "  moor cordon node-2"),
+            ("uncordon", "make nodes schedulable again", "  moor uncordon node-2"),
+            ("drain", "cordon nodes, then delete their pods so they are replaced elsewhere",
+             "  moor drain node-2")):
+        cmd = command(name, summary, example)
+        cmd.add_argument("nodes", metavar="NODE", nargs="+", help="node names")
 
 
 def _add_rollout_commands(sub, command) -> None:
@@ -234,11 +246,12 @@ def _parse(parser: Parser, argv: list[str] | None):
 
 
 def _dispatch(args) -> int:
-    from moorage.cli import commands, rollout
+    from moorage.cli import commands, nodes, rollout
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
                "describe": commands.describe, "delete": commands.delete,
                "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
+               "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
                "version": commands.version}[args.command]
     ctx = commands.Context(args)
     try:

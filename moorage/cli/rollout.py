@@ -7,7 +7,6 @@ Deployment controller's (controlplane/controllers/deployment.py owns the annotat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import threading
@@ -39,8 +38,9 @@ def _history(d) -> dict[int, dict]:
         return {}
 
 
-def _write(ctx: Context, kind, namespace: str, name: str, edit) -> str:
-    """Applies `edit(deployment)` -> message (or None: nothing to do), retrying conflicts."""
+def write_object(ctx: Context, kind, namespace: str, name: str, edit) -> str:
+    """Applies `edit(obj)` -> message (or None: nothing to do) with the object's
+    resourceVersion, retrying from a fresh read on a conflict."""
     from moorage.cli import printers
     from moorage.v1 import api_pb2
 
@@ -59,11 +59,7 @@ def _write(ctx: Context, kind, namespace: str, name: str, edit) -> str:
         except CliError as exc:
             if exc.reason != "Conflict":
                 raise
-            # The server's apply checks resourceVersion against a cache it only refreshes on a
-            # failed Txn or a dry run; a dry run makes the next attempt see the truth.
-            with contextlib.suppress(CliError):
-                client.apply([manifest], dry_run=True)
-    raise CliError(f'error: deployment "{name}" kept changing; try again')
+    raise CliError(f'error: {kind.name.lower()} "{name}" kept changing; try again')
 
 
 def scale(ctx: Context) -> int:
@@ -75,7 +71,7 @@ def scale(ctx: Context) -> int:
     def edit(d):
         d.spec.replicas = args.replicas
         return "scaled"
-    out(f"deployment.apps/{name} {_write(ctx, kind, namespace, name, edit)}")
+    out(f"deployment.apps/{name} {write_object(ctx, kind, namespace, name, edit)}")
     return 0
 
 
@@ -122,7 +118,7 @@ def undo(ctx: Context) -> int:
             return f"skipped rollback (current template already matches revision {target})"
         d.spec.template.CopyFrom(template)
         return "rolled back"
-    out(f"deployment.apps/{name} {_write(ctx, kind, namespace, name, edit)}")
+    out(f"deployment.apps/{name} {write_object(ctx, kind, namespace, name, edit)}")
     return 0
 
 

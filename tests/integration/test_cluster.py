@@ -151,3 +151,17 @@ def test_deployment_runs_on_agents_and_survives_losing_one(cluster):
     runtime = Runtime(os.path.join(victim.state, "containers"), cgroup_root=victim.cgroup_root)
     wait_for(lambda: not any(i.status.state == "running" for i in runtime.list()))
     assert len(running_on(moor)) == 3
+
+    # Drain the survivor: it is cordoned, its pods go, and the replacements land on node-1.
+    drained = moor("drain", "node-2")
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stdout.splitlines()[0] == "node/node-2 cordoned"
+    assert drained.stdout.splitlines()[-1] == "node/node-2 drained"
+    assert node_states(moor)["node-2"] == "Ready,SchedulingDisabled"
+
+    def all_on_node_1():
+        r = running_on(moor)
+        return r if len(r) == 3 and set(r.values()) == {"node-1"} else None
+    wait_for(all_on_node_1)
+    assert moor("uncordon", "node-2").stdout.strip() == "node/node-2 uncordoned"
+    assert node_states(moor)["node-2"] == "Ready"
