@@ -123,15 +123,17 @@ def run(sysc: Syscalls, spec: ContainerSpec, cdir: str, out_w: int, err_w: int, 
         os.setsid()
         # If the shim dies, nobody could record our exit: go with it.
         sysc.prctl(PR_SET_PDEATHSIG, 9)
-        if os.read(sync_r, 1) != b"g":  # the shim has put us into the cgroup
-            os._exit(127)
         os.umask(0)
+        # Joining a v1 cgroup waits out an RCU grace period (~8 ms here), so the shim makes and
+        # joins it while we build the rootfs; nothing of the workload runs before we are in.
         prepare(sysc, spec, cdir, netns_fd)
         os.umask(0o022)
         ident = resolve_user(spec.user, _read_or_empty("/etc/passwd"),
                              _read_or_empty("/etc/group"))
         cap_last = last_cap()
         env = environment(spec)
+        if os.read(sync_r, 1) != b"g":  # the shim has put us into the cgroup
+            os._exit(127)
         if spec.tty:
             out_w = err_w = open_console(out_w)
         setup_stdio(out_w, err_w, spec.tty)

@@ -4,12 +4,16 @@ dir, where each container's shim keeps its own files, so a restarted agent re-ad
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, replace
+import weakref
+from dataclasses import dataclass, replace
 
 from nodeagent.runtime.cgroups import Cgroup, Stats
 from nodeagent.runtime.spec import (
@@ -41,6 +45,89 @@ def _helper_env() -> dict[str, str]:
     # is most of the shim's start-up (~70ms here), so helpers may write and use .pyc files.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+class Zygote:
+    """The agent's handle on its fork server: started on first use, restarted once if it died."""
+
+    def __init__(self, python: str, env: dict[str, str], log_path: str) -> None:
+        self.python, self.env, self.log_path = python, env, log_path
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+
+    def _ensure(self) -> socket.socket:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None and self._sock is not None:
+                return self._sock
+            self._close_locked()
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                with open(self.log_path, "ab") as log:
+                    self._proc = subprocess.Popen(
+                        [self.python, *_FAST_PYTHON, "-m", "nodeagent.runtime.zygote",
+                         str(theirs.fileno())],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                        pass_fds=(theirs.fileno(),), env=self.env, cwd="/",
+                        start_new_session=True)
+            except BaseException:
+                mine.close()
+                raise
+            finally:
+                theirs.close()
+            self._sock = mine
+            return mine
+
+    def start_shim(self, config_path: str) -> str:
+        """Ask for a shim on config_path; return its one-line report ('' if nobody reported)."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            for attempt in (0, 1):
+                sock = self._ensure()
+                try:
+                    socket.send_fds(sock, [config_path.encode()], [w], socket.MSG_NOSIGNAL)
+                    break
+                except OSError:
+                    if attempt:
+                        raise
+                    self.close()  # died since last use: start a fresh one
+        finally:
+            os.close(w)
+        try:
+            # A wedged server or shim must not hang the agent's start() forever.
+            report, deadline = b"", time.monotonic() + START_TIMEOUT
+            poller = select.poll()
+            poller.register(r, select.POLLIN)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not poller.poll(left * 1000):
+                    return f"error no report from the shim within {START_TIMEOUT:.0f}s"
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    return report.decode(errors="replace")
+                report += chunk
+        finally:
+            os.close(r)
+
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def _close_locked(self) -> None:
+        if self._sock is not None:
+            self._sock.close()  # EOF makes the server exit
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
 
 
 class StartError(RuntimeError):
@@ -108,6 +195,14 @@ class Runtime:
                  python: str = sys.executable) -> None:
         self.state_dir, self.cgroup_root, self.python = state_dir, cgroup_root, python
         os.makedirs(state_dir, exist_ok=True)
+        # "." names are never container ids, so the fork server's log cannot clash with one.
+        self.zygote = Zygote(python, _helper_env(), os.path.join(state_dir, ".zygote.log"))
+        # The fork server exits when its socket closes: with the agent, or with this object.
+        weakref.finalize(self, self.zygote.close)
+
+    def close(self) -> None:
+        """Stop the fork server; running containers are not affected."""
+        self.zygote.close()
 
     def _dir(self, cid: str) -> str:
         if not cid or "/" in cid or cid.startswith("."):
@@ -130,7 +225,8 @@ class Runtime:
             os.mkdir(os.path.join(cdir, sub))
         write_json_atomic(os.path.join(cdir, "config.json"),
                           {"spec": spec.to_json(), "cgroup_root": self.cgroup_root})
-        write_json_atomic(os.path.join(cdir, "status.json"), asdict(Status(CREATED)))
+        # No status.json yet: read_status takes its absence as "created", and the shim writes
+        # the first one, which saves a synced write per container.
         return spec.id
 
     def start(self, cid: str) -> Status:
@@ -138,14 +234,29 @@ class Runtime:
         cdir = self._dir(cid)
         if read_status(cdir).state != CREATED:
             raise StartError(f"container {cid} was already started; create a new one")
+        config = os.path.join(cdir, "config.json")
+        try:
+            report = self.zygote.start_shim(config)
+        except OSError:
+            report = ""
+        if not report and read_status(cdir).state == CREATED and \
+                not os.path.exists(os.path.join(cdir, "shim.pid")):
+            report = self._start_by_exec(cid, config)  # the fork server is unavailable
+        if not report.startswith("running"):
+            raise StartError(f"container {cid}: "
+                             f"{report.removeprefix('error ').strip() or 'shim died'}")
+        return read_status(cdir)
+
+    def _start_by_exec(self, cid: str, config: str) -> str:
+        """The slow path: a fresh interpreter runs the shim, which detaches itself."""
         proc = subprocess.run(
             [self.python, *_FAST_PYTHON, "-m", "nodeagent.runtime.shim", "--detach",
-             os.path.join(cdir, "config.json")],
+             config],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=START_TIMEOUT,
             env=_helper_env())
         if proc.returncode != 0:
-            raise StartError(f"container {cid}: {(proc.stdout + proc.stderr).strip()}")
-        return read_status(cdir)
+            return "error " + (proc.stdout + proc.stderr).strip().removeprefix("error ")
+        return proc.stdout
 
     def stop(self, cid: str, grace: float = 10.0) -> Status:
         return stop(self._dir(cid), grace)

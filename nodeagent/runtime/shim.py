@@ -44,6 +44,13 @@ def container_cgroup(config: dict, cid: str) -> Cgroup:
     return Cgroup.for_container(config["cgroup_root"], cid)
 
 
+def _remove_quietly(cg: Cgroup) -> None:
+    try:
+        cg.remove()
+    except OSError as e:
+        print(f"cgroup remove: {e}", file=sys.stderr)
+
+
 def _detach() -> int | None:
     """Fork into a new session; the original process waits for a one-line report and exits.
 
@@ -81,12 +88,9 @@ def run(config_path: str, report_fd: int | None) -> int:
     config = read_json(config_path)
     cdir = os.path.dirname(os.path.abspath(config_path))
     spec = ContainerSpec.from_json(config["spec"])
-    _quiet_stdio(cdir)
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     me = os.getpid()
-    with open(os.path.join(cdir, "shim.pid"), "w") as f:
-        f.write(f"{me} {proc_start_time(me)}\n")
 
     def report(line: str) -> None:
         if report_fd is not None:
@@ -102,12 +106,6 @@ def run(config_path: str, report_fd: int | None) -> int:
 
     started = time.time()
     cg = container_cgroup(config, spec.id)
-    try:
-        cg.create(Limits(spec.memory_limit, spec.cpu_quota_millicores,
-                         spec.cpu_request_millicores, spec.pids_limit))
-    except OSError as e:
-        return fail(f"cgroup: {e}", started)
-
     sysc = LibcSyscalls()
     netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC) if spec.netns_path else -1
     if spec.tty:
@@ -128,13 +126,22 @@ def run(config_path: str, report_fd: int | None) -> int:
     for fd in (out_w, err_w, sync_r, errp_w, netns_fd):
         if fd >= 0:
             os.close(fd)
+    # Book-keeping the init does not need waits until it is forked and building its rootfs.
+    _quiet_stdio(cdir)
+    shim_start = proc_start_time(me) or 0
+    with open(os.path.join(cdir, "shim.pid"), "w") as f:
+        f.write(f"{me} {shim_start}\n")
+    # The init builds its rootfs meanwhile and waits for "g" before running anything of the
+    # workload: cgroup setup (a v1 join waits out an RCU grace period) is off the critical path.
     try:
+        cg.create(Limits(spec.memory_limit, spec.cpu_quota_millicores,
+                         spec.cpu_request_millicores, spec.pids_limit))
         cg.add(pid)
     except OSError as e:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        cg.remove()
-        return fail(f"cgroup join: {e}", started)
+        _remove_quietly(cg)
+        return fail(f"cgroup: {e}", started)
     os.write(sync_w, b"g")
     os.close(sync_w)
     if spec.tty:
@@ -151,9 +158,8 @@ def run(config_path: str, report_fd: int | None) -> int:
         cg.remove()
         return fail(err.decode(errors="replace"), started)
 
-    pid_start = proc_start_time(pid) or 0
-    running = Status(RUNNING, pid=pid, started_at=started, shim_pid=me, pid_start=pid_start,
-                     shim_start=proc_start_time(me) or 0)
+    running = Status(RUNNING, pid=pid, started_at=started, shim_pid=me,
+                     pid_start=proc_start_time(pid) or 0, shim_start=shim_start)
     write_status(cdir, running)
     report(f"running {pid}")
     if report_fd is not None:
@@ -168,10 +174,7 @@ def run(config_path: str, report_fd: int | None) -> int:
     from dataclasses import replace
     write_status(cdir, replace(running, state=EXITED, exit_code=code, reason=reason,
                                finished_at=time.time()))
-    try:
-        cg.remove()
-    except OSError as e:
-        print(f"cgroup remove: {e}", file=sys.stderr)
+    _remove_quietly(cg)
     return 0
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import ctypes
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+
+# typing costs every shim ~0.5 MiB of heap, and Protocol matters only to type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object
 
 # Namespace flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -72,6 +73,7 @@ def rt():
     yield runtime
     for info in runtime.list():
         runtime.remove(info.id)
+    runtime.close()
     cgroups.remove_parent(root)
     shutil.rmtree(state, ignore_errors=True)
 
@@ -217,35 +219,71 @@ from nodeagent.runtime.spec import ContainerSpec
 rt = Runtime(sys.argv[1], cgroup_root=sys.argv[2])
 spec = ContainerSpec(id=sys.argv[3], args=("sleep", "60"), lower_dirs=(sys.argv[4],))
 rt.create(spec)
-print(rt.start(spec.id).pid, flush=True)
+st = rt.start(spec.id)
+print(st.pid, st.shim_pid, rt.zygote.pid(), flush=True)
 sys.stdin.read()
 """
 
 
-def test_container_survives_agent_sigkill_and_is_readopted(rt, rootfs):
+def test_container_survives_sigkill_of_zygote_and_agent_and_is_readopted(rt, rootfs):
     cid = unique("c-")
     agent = subprocess.Popen([sys.executable, "-c", AGENT, rt.state_dir, rt.cgroup_root, cid,
                               rootfs], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    pid = int(agent.stdout.readline())
+    pid, shim, zygote = map(int, agent.stdout.readline().split())
+    with open(f"/proc/{shim}/cmdline", "rb") as f:
+        assert b"nodeagent.runtime.zygote" in f.read()  # the fast path: forked, not exec'd
+    os.kill(zygote, signal.SIGKILL)
+    time.sleep(0.2)
+    assert Runtime(rt.state_dir, cgroup_root=rt.cgroup_root).status(cid).state == RUNNING
     agent.send_signal(signal.SIGKILL)
     agent.wait()
     time.sleep(0.2)
     again = Runtime(rt.state_dir, cgroup_root=rt.cgroup_root)
     [info] = again.list()
     assert (info.id, info.status.state, info.status.pid) == (cid, RUNNING, pid)
-    assert alive(info.status.pid, info.status.pid_start)
+    assert (info.status.shim_pid, alive(info.status.pid, info.status.pid_start)) == (shim, True)
     assert again.stop(cid, grace=0).exit_code == 137
 
 
+def test_zygote_restarted_after_it_died(rt, rootfs):
+    run(rt, make(rootfs, "exit 0"))
+    first = rt.zygote.pid()
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while rt.zygote.pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st, out = run(rt, make(rootfs, "echo again"))
+    assert (st.exit_code, out) == (0, ["again"])
+    assert rt.zygote.pid() not in (None, first)
+
+
+def test_exec_fallback_when_zygote_unavailable(rt, rootfs, monkeypatch):
+    monkeypatch.setattr(rt.zygote, "start_shim", lambda _config: "")  # as if it died
+    st, out = run(rt, make(rootfs, "echo slow path"))
+    assert (st.exit_code, out) == (0, ["slow path"])
+
+
+def test_concurrent_starts(rt, rootfs):
+    specs = [make(rootfs, f"echo {i}") for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda s: run(rt, s), specs))
+    assert [(st.exit_code, out) for st, out in results] == [(0, [str(i)]) for i in range(12)]
+
+
 def test_stop_grace_trapped_term_exits_early(rt, rootfs):
-    spec = make(rootfs, 'trap "echo bye; exit 0" TERM; while true; do sleep 0.1; done')
+    spec = make(rootfs, 'trap "echo bye; exit 0" TERM; echo ready; while true; do sleep 0.1; done')
     rt.create(spec)
     rt.start(spec.id)
+    # start() returns at exec; PID 1 drops a TERM that comes before its trap is set.
+    deadline = time.monotonic() + 10
+    log = os.path.join(rt.state_dir, spec.id, "container.log")
+    while not (os.path.exists(log) and logged(rt, spec.id)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     t0 = time.monotonic()
     st = rt.stop(spec.id, grace=10)
     assert time.monotonic() - t0 < 5
     assert st.exit_code == 0
-    assert logged(rt, spec.id) == ["bye"]
+    assert logged(rt, spec.id) == ["ready", "bye"]
 
 
 def test_stop_grace_ignored_term_is_killed_after_grace(rt, rootfs):
