@@ -41,7 +41,16 @@ proto: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The benchmarks' peers: Docker Swarm (Debian's docker.io) and runc; tests need neither.
+BENCH_APT_PACKAGES := docker.io
+
 bench: install
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
