@@ -73,14 +73,16 @@ class LocalEtcd:
             "--logger", "zap", "--log-outputs", self.log_path,
         ]
         env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env)
+        # A panic goes to stderr, not the zap log: keep it next to the log for diagnosis.
+        with open(os.path.join(self.data_dir, "etcd.stderr"), "ab") as stderr:
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                preexec_fn=_die_with_parent, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.process.returncode}; "
-                                   f"see {self.log_path}")
+                raise RuntimeError(f"etcd exited with {self.process.returncode}; see "
+                                   f"{self.log_path} and etcd.stderr beside it")
             try:
                 with urllib.request.urlopen(f"{client_url}/health", timeout=1) as resp:
                     if json.load(resp).get("health") in ("true", True):

@@ -33,9 +33,8 @@ class EventRecorder:
     async def _lease_id(self) -> int:
         now = self.clock()
         if not self._lease or now - self._lease_at > LEASE_ROTATE_SECONDS:
-            await self.store.client.connect()
-            lease = await self.store.client.lease(EVENT_TTL_SECONDS + LEASE_ROTATE_SECONDS)
-            self._lease, self._lease_at = lease.id, now
+            lease = await self.store.lease(EVENT_TTL_SECONDS + LEASE_ROTATE_SECONDS)
+            self._lease, self._lease_at = lease, now
         return self._lease
 
     def build(self, obj, type_: str, reason: str, message: str) -> pb.Event:

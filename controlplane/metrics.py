@@ -61,3 +61,6 @@ SCHEDULING_LATENCY = Histogram(
     "From a pod entering the scheduling queue to its binding being written.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 PENDING_PODS = Gauge("moorage_scheduler_pending_pods", "Pods waiting to be scheduled.")
+LEADER = Gauge(
+    "moorage_leader", "1 while this replica leads (runs the scheduler and controllers), else 0.",
+    ["replica"])

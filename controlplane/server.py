@@ -33,6 +33,7 @@ from controlplane.dispatcher.service import (
     DispatcherServicer,
 )
 from controlplane.etcd_local import LocalEtcd
+from controlplane.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.service import Scheduler
 from controlplane.store import AlreadyExists, Store
@@ -47,6 +48,11 @@ DEFAULT_METRICS = "127.0.0.1:7441"
 # Above the API's own apply cap, so an oversized apply gets our clear error, not gRPC's.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 5
+# gRPC's reconnect back-off grows to two minutes by default; after an etcd restart the control
+# plane should be back within seconds.
+ETCD_CHANNEL_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 200,
+                        "grpc.min_reconnect_backoff_ms": 200,
+                        "grpc.max_reconnect_backoff_ms": 2000}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,6 +84,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pod-eviction-after", type=float, default=EVICTION_SECONDS, metavar="S",
                    help="a NotReady node's pods are deleted, to be replaced elsewhere, after "
                         f"this long (default {EVICTION_SECONDS:g}s)")
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the scheduler, controllers and node lifecycle only while this "
+                        "replica holds the etcd leader lease, so several replicas can share "
+                        "one etcd (default: yes)")
+    p.add_argument("--leader-lease-ttl", type=int, default=DEFAULT_TTL, metavar="S",
+                   help="a dead leader is replaced after this long (default "
+                        f"{DEFAULT_TTL}s; at least {MIN_TTL}s)")
+    p.add_argument("--replica-name", default="", metavar="NAME",
+                   help="this replica's name in the leader key and the moorage_leader metric "
+                        "(default: HOSTNAME-PID)")
     p.add_argument("--eviction-startup-grace", type=float, default=STARTUP_GRACE_SECONDS,
                    help=argparse.SUPPRESS)
     p.add_argument("--etcd-prefix", default="/moorage", help=argparse.SUPPRESS)
@@ -119,7 +135,7 @@ async def serve(args: argparse.Namespace) -> int:
         await asyncio.to_thread(etcd.start)
         host, port = etcd.host, etcd.client_port
         log.info("local etcd serving on %s", etcd.endpoint)
-    client = aetcd.Client(host=host, port=port, timeout=10)
+    client = aetcd.Client(host=host, port=port, timeout=10, options=ETCD_CHANNEL_OPTIONS)
     try:
         await client.connect()
         store = Store(client, prefix=args.etcd_prefix)
@@ -153,16 +169,29 @@ async def serve(args: argparse.Namespace) -> int:
         print(f"moor-controlplane: serving on {args.listen}", flush=True)
 
         background = [asyncio.create_task(assignments.run())]
-        if args.node_lifecycle:
-            background.append(asyncio.create_task(NodeLifecycle(
-                store, eviction_seconds=args.pod_eviction_after,
-                startup_grace_seconds=args.eviction_startup_grace).run()))
-        if args.scheduler:
-            background.append(asyncio.create_task(Scheduler(store, scheduler_config).run()))
-        if args.scheduler if args.controllers is None else args.controllers:
-            from controlplane.controllers.service import DeploymentController
 
-            background.append(asyncio.create_task(DeploymentController(store).run()))
+        def leader_tasks(store: Store) -> list:
+            # Built afresh on every election, so a new term starts from etcd, not old caches.
+            tasks = []
+            if args.node_lifecycle:
+                tasks.append(NodeLifecycle(
+                    store, eviction_seconds=args.pod_eviction_after,
+                    startup_grace_seconds=args.eviction_startup_grace).run())
+            if args.scheduler:
+                tasks.append(Scheduler(store, scheduler_config).run())
+            if args.scheduler if args.controllers is None else args.controllers:
+                from controlplane.controllers.service import DeploymentController
+
+                tasks.append(DeploymentController(store).run())
+            return tasks
+
+        wanted = bool(args.node_lifecycle or args.scheduler or args.controllers)
+        if args.leader_elect and wanted:
+            election = Election(store, name=args.replica_name or None,
+                                ttl=args.leader_lease_ttl)
+            background.append(asyncio.create_task(run_while_leader(election, leader_tasks)))
+        else:
+            background += [asyncio.create_task(t) for t in leader_tasks(store)]
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -146,17 +146,23 @@ def start_controlplane(etcd: str, state_dir: str, prefix: str | None = None,
 
     prefix = prefix or "/" + unique("cp-")
     port, mport = free_port(), free_port()
+    # Its log goes to a file: a pipe nobody reads fills up and freezes a chatty server.
+    os.makedirs(state_dir, exist_ok=True)
+    log_path = os.path.join(state_dir, "controlplane.log")
+    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it; closed when this returns
     proc = subprocess.Popen(
         [sys.executable, "-m", "controlplane.server", "--listen", f"127.0.0.1:{port}",
          "--metrics-listen", f"127.0.0.1:{mport}", "--state-dir", state_dir,
          "--etcd-endpoints", f"http://{etcd}", "--etcd-prefix", prefix, "--log-level", "warning",
          *extra_args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"control plane exited: {proc.stdout.read()}")
+            with open(log_path) as f:
+                raise RuntimeError(f"control plane exited: {f.read()[-2000:]}")
         try:
             grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=0.2)
             break

@@ -24,7 +24,7 @@ from controlplane.controllers.deployment import (
 )
 from controlplane.events import NORMAL, EventRecorder
 from controlplane.store import Op, Store, StoreError
-from controlplane.store.store import ABSENT
+from controlplane.store.store import ABSENT, NotLeader
 from moorage import kinds
 from moorage.v1 import objects_pb2 as pb
 
@@ -186,6 +186,8 @@ class DeploymentController:
                 ops.append(await self.events.op(stored, NORMAL, reason, message))
         try:
             ok, revision, current = await self.store.commit(ops)
+        except NotLeader:
+            raise  # deposed: the run loop must end, the new leader takes over
         except StoreError as err:
             log.warning("syncing deployment %s failed: %s", key, err)
             self._retry(key)
@@ -292,6 +294,8 @@ class DeploymentController:
                 for key in keys:
                     try:
                         await self.sync(key)
+                    except NotLeader:
+                        raise
                     except Exception:  # noqa: BLE001 - one bad Deployment must not stop the rest
                         log.exception("syncing deployment %s failed", key)
                         self._retry(key)

@@ -13,7 +13,8 @@ import time
 
 from controlplane.dispatcher.service import lease_key, set_condition
 from controlplane.events import NORMAL, WARNING, EventRecorder
-from controlplane.store import Conflict, NotFound, Op, Store
+from controlplane.store import Conflict, Op, Store, StoreError
+from controlplane.store.store import NotLeader
 from moorage import kinds
 from moorage.v1 import objects_pb2 as pb
 
@@ -46,8 +47,7 @@ class NodeLifecycle:
 
     async def _alive(self) -> set[str]:
         prefix = lease_key(self.store, "")
-        resp = await self.store.client.get_prefix(prefix)
-        return {kv.key[len(prefix):].decode() for kv in resp}
+        return {key[len(prefix):].decode() for key in await self.store.raw_keys(prefix)}
 
     async def check(self) -> None:
         nodes, _ = await self.store.list(NODE)
@@ -96,6 +96,8 @@ class NodeLifecycle:
         while True:
             try:
                 await self.check()
-            except (NotFound, Conflict) as err:
+            except NotLeader:
+                raise  # deposed: end the loop so the new leader's lifecycle takes over
+            except StoreError as err:  # etcd down, or a race: look again next period
                 log.info("node lifecycle: %s", err)
             await asyncio.sleep(self.period)

@@ -21,6 +21,7 @@ from controlplane.scheduler.model import NodeInfo, PodInfo
 from controlplane.scheduler.objects import node_info, pod_info
 from controlplane.scheduler.outcome import Placement, Unschedulable
 from controlplane.store import Op, Store, StoreError
+from controlplane.store.store import NotLeader
 from moorage import kinds
 from moorage.v1 import objects_pb2 as pb
 
@@ -212,16 +213,19 @@ class Scheduler:
         pod.status.ClearField("scheduling_details")
         _set_condition(pod, "True", "", "", _now())
         ops = [Op(self.store.key_of(pod), pod, int(q.pod.metadata.resource_version))]
-        if self.events:
-            ops.append(await self.events.op(
-                pod, NORMAL, "Scheduled",
-                f"Successfully assigned {_key(pod)} to {placement.node}"))
         try:
+            if self.events:
+                ops.append(await self.events.op(
+                    pod, NORMAL, "Scheduled",
+                    f"Successfully assigned {_key(pod)} to {placement.node}"))
             ok, revision, current = await self.store.commit(ops)
+        except NotLeader:
+            raise  # deposed: the run loop must end, the new leader takes over
         except StoreError as err:
             log.warning("binding %s failed: %s", _key(pod), err)
             SCHEDULE_ATTEMPTS.labels("error").inc()
-            self._unassume(q)
+            # etcd trouble: retry later, not in a tight loop against a store that is down.
+            self._unassume(q, INITIAL_BACKOFF_SECONDS)
             return
         if ok:
             self.seen_rv[_key(pod)] = max(self.seen_rv.get(_key(pod), 0), revision)
@@ -234,10 +238,10 @@ class Scheduler:
         self._unassume(q)
         self._refresh(q, current.get(ops[0].key))
 
-    def _unassume(self, q: Queued) -> None:
+    def _unassume(self, q: Queued, delay: float = 0.0) -> None:
         key = _key(q.pod)
         self._forget(key)
-        q.next_try = self.clock()
+        q.next_try = self.clock() + delay
         self.queue[key] = q
         self._wake.set()
 
@@ -271,10 +275,13 @@ class Scheduler:
             pod.status.scheduling_details.add(
                 node="...", reason=f"and {len(verdict.details) - MAX_DETAILS} more nodes")
         ops = [Op(self.store.key_of(pod), pod, int(q.pod.metadata.resource_version))]
-        if self.events:
-            ops.append(await self.events.op(pod, WARNING, "FailedScheduling", verdict.message))
         try:
+            if self.events:
+                ops.append(await self.events.op(pod, WARNING, "FailedScheduling",
+                                                verdict.message))
             ok, revision, current = await self.store.commit(ops)
+        except NotLeader:
+            raise
         except StoreError as err:
             log.warning("recording why %s is unschedulable failed: %s", _key(pod), err)
             return

@@ -9,6 +9,9 @@ one, and re-lists (RESYNC) when its starting revision was compacted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +22,12 @@ from aetcd.exceptions import RevisionCompactedError
 
 from moorage.kinds import Kind, kind_of
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PREFIX = "/moorage"
+# Watches ride out an etcd restart, retrying with this back-off.
+RETRY_INITIAL_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
 # An absent key compares as mod_revision 0.
 ABSENT = 0
 
@@ -46,6 +54,10 @@ class Conflict(StoreError):
 
 class StoreUnavailable(StoreError):
     pass
+
+
+class NotLeader(StoreError):
+    """A guarded write found the leadership key changed: this replica no longer leads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +149,15 @@ class Store:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self._group = _GroupCommit(lambda req: self._call("Txn", req))
+        # (key, mod_revision) every commit must also compare; set on views by `with_guard`.
+        self.guard: tuple[bytes, int] | None = None
+
+    def with_guard(self, key: bytes, revision: int) -> Store:
+        """A view sharing this client whose every `commit` also requires `key` to still be at
+        `revision` (the leader's key), failing with NotLeader otherwise."""
+        view = copy.copy(self)
+        view.guard = (key, revision)
+        return view
 
     # ---- keys ----
 
@@ -207,6 +228,20 @@ class Store:
             key=start, range_end=_range_end(start), revision=revision))
         return [self.decode(kind, kv) for kv in resp.kvs], resp.header.revision
 
+    async def lease(self, ttl: int) -> int:
+        """A new etcd lease of `ttl` seconds; its id."""
+        try:
+            await self.client.connect()
+            return (await self.client.lease(ttl)).id
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as err:
+            raise StoreUnavailable(f"etcd is unavailable: {err}") from err
+
+    async def raw_keys(self, prefix: bytes) -> list[bytes]:
+        """Keys under a raw prefix (for records that are not API objects, such as leases)."""
+        resp = await self._call("Range", rpc.RangeRequest(
+            key=prefix, range_end=_range_end(prefix), keys_only=True))
+        return [kv.key for kv in resp.kvs]
+
     async def revision(self) -> int:
         resp = await self._call("Range", rpc.RangeRequest(key=b"\0", limit=1,
                                                           count_only=True))
@@ -214,10 +249,18 @@ class Store:
 
     # ---- writes ----
 
-    async def commit(self, ops: Sequence[Op]) -> tuple[bool, int, dict[bytes, object]]:
+    async def commit(self, ops: Sequence[Op], guard: tuple[bytes, int] | None = None
+                     ) -> tuple[bool, int, dict[bytes, object]]:
         """Applies `ops` in one Txn. Returns (succeeded, revision, current kvs by key); when a
-        compare fails nothing is written and the current kvs let the caller retry."""
+        compare fails nothing is written and the current kvs let the caller retry. With a
+        guard (key, mod_revision), or on a `with_guard` view, the Txn also compares that key
+        and raises NotLeader when it moved, whatever the other compares found."""
         compare, success, failure = [], [], []
+        guard = guard or self.guard
+        if guard is not None:
+            compare.append(rpc.Compare(key=guard[0], target=rpc.Compare.MOD,
+                                       result=rpc.Compare.EQUAL, mod_revision=guard[1]))
+            failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=guard[0])))
         for op in ops:
             if op.expect is not None:
                 compare.append(rpc.Compare(key=op.key, target=rpc.Compare.MOD,
@@ -238,6 +281,12 @@ class Store:
             for r in resp.responses:
                 for kv in r.response_range.kvs:
                     current[kv.key] = kv
+            if guard is not None:
+                held = current.pop(guard[0], None)
+                if held is None or held.mod_revision != guard[1]:
+                    raise NotLeader(f"not the leader any more: {guard[0].decode()} is at "
+                                    f"revision {held.mod_revision if held else 0}, not "
+                                    f"{guard[1]}")
         return resp.succeeded, revision, current
 
     async def create(self, obj):
@@ -298,8 +347,9 @@ class Store:
         replace their state on RESYNC; nothing is silently skipped.
         """
         start = self.range_prefix(kind, namespace)
+        backoff = RETRY_INITIAL_SECONDS
         if after <= 0:
-            items, after = await self.list(kind, namespace)
+            items, after = await self._list_retrying(kind, namespace)
             yield WatchEvent("RESYNC", None, after, items)
         while True:
             try:
@@ -307,11 +357,18 @@ class Store:
                 watch = await self.client.watch(
                     start, range_end=_range_end(start), start_revision=after + 1, prev_kv=True)
             except RevisionCompactedError:
-                items, after = await self.list(kind, namespace)
+                items, after = await self._list_retrying(kind, namespace)
                 yield WatchEvent("RESYNC", None, after, items)
+                continue
+            except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as err:
+                # etcd is down or restarting: keep trying, then resume where we stopped.
+                log.warning("watching %s: %s; retrying in %.1fs", kind.plural, err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(RETRY_MAX_SECONDS, backoff * 2)
                 continue
             try:
                 async for ev in watch:
+                    backoff = RETRY_INITIAL_SECONDS
                     kv = ev.kv
                     after = kv.mod_revision
                     if ev.kind == "DELETE":
@@ -324,15 +381,26 @@ class Store:
                         typ = "ADDED" if kv.version == 1 else "MODIFIED"
                         yield WatchEvent(typ, self.decode(kind, kv), kv.mod_revision)
             except RevisionCompactedError:
-                items, after = await self.list(kind, namespace)
+                items, after = await self._list_retrying(kind, namespace)
                 yield WatchEvent("RESYNC", None, after, items)
-            except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ClientError) as err:
-                if isinstance(err, RevisionCompactedError):
-                    raise
+            except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as err:
                 # The stream broke (etcd restarted, network): resume from the last revision.
-                await asyncio.sleep(0.2)
+                log.warning("watch of %s broke: %s; resuming", kind.plural, err)
+                await asyncio.sleep(backoff)
+                backoff = min(RETRY_MAX_SECONDS, backoff * 2)
             finally:
-                await watch.cancel()
+                with contextlib.suppress(Exception):
+                    await watch.cancel()
+
+    async def _list_retrying(self, kind: Kind, namespace: str | None) -> tuple[list, int]:
+        backoff = RETRY_INITIAL_SECONDS
+        while True:
+            try:
+                return await self.list(kind, namespace)
+            except StoreUnavailable as err:
+                log.warning("listing %s: %s; retrying in %.1fs", kind.plural, err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(RETRY_MAX_SECONDS, backoff * 2)
 
 
 def _not_found(kind: Kind, namespace: str, name: str) -> str:
