@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from moorage import manifest
 from moorage.v1 import objects_pb2 as pb
+from nodeagent.pods import StartContainer
 from nodeagent.podworker import UID_CHARS, PodWorker, parse_container_id
 from nodeagent.runtime.images.registry import Progress, RegistryConfig, RegistryError
 from nodeagent.runtime.images.store import Store
@@ -41,6 +42,7 @@ log = logging.getLogger("moorage.agent")
 
 DEFAULT_STATE_DIR = "/var/lib/moorage/agent"
 SYNC_SECONDS = 1.0
+QUICK_RESYNC_SECONDS = 0.1
 
 
 class AgentError(Exception):
@@ -110,6 +112,7 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
     workers: dict[str, PodWorker] = {}
     last_phase: dict[str, str] = {}
     while not stop.is_set():
+        started = False
         want = desired()
         for key in sorted(set(workers) - set(want)):
             worker = workers.pop(key)
@@ -135,12 +138,14 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
             except Exception as err:  # noqa: BLE001 - one pod's failure must not stop the rest
                 log.error("pod %s: %s", _name(pod), err)
                 continue
+            started = started or any(isinstance(a, StartContainer) for a in plan.actions)
             if last_phase.get(key) != plan.phase:
                 log.info("pod %s is %s", _name(pod), plan.phase)
                 last_phase[key] = plan.phase
             if report:
                 report(pod, worker.status(plan))
-        (wake or stop).wait(SYNC_SECONDS)
+        # Containers just started: look again soon, so they are reported Running at once.
+        (wake or stop).wait(QUICK_RESYNC_SECONDS if started else SYNC_SECONDS)
         if wake:
             wake.clear()
 
