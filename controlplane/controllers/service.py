@@ -16,8 +16,6 @@ import time
 import uuid
 
 from controlplane.controllers.deployment import (
-    HISTORY_ANNOTATION,
-    REVISION_ANNOTATION,
     Plan,
     is_owned_by,
     reconcile,
@@ -38,7 +36,6 @@ RETRY_SECONDS = 0.5
 # A periodic pass catches progress deadlines and anything a lost write left undone.
 SWEEP_SECONDS = 15.0
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-_OWNED_ANNOTATIONS = (REVISION_ANNOTATION, HISTORY_ANNOTATION)
 
 
 def _key(obj) -> str:
@@ -63,9 +60,6 @@ class DeploymentController:
         self.pods: dict[str, pb.Pod] = {}
         self.owned: dict[str, set[str]] = {}
         self.seen_rv: dict[str, int] = {}
-        # The controller's annotations by Deployment uid: an apply replaces all annotations,
-        # so they are carried over from here when a manifest drops them.
-        self.saved: dict[str, dict[str, str]] = {}
         self.dirty: set[str] = set()
         self.later: dict[str, float] = {}
         self.synced = asyncio.Event()
@@ -109,16 +103,11 @@ class DeploymentController:
         if not self._newer(key, int(d.metadata.resource_version or 0)):
             return
         self.deployments[_key(d)] = d
-        if REVISION_ANNOTATION in d.metadata.annotations:
-            self.saved[d.metadata.uid] = {a: d.metadata.annotations[a]
-                                          for a in _OWNED_ANNOTATIONS
-                                          if a in d.metadata.annotations}
         self._mark(_key(d))
 
     def drop_deployment(self, d: pb.Deployment) -> None:
         self.deployments.pop(_key(d), None)
         self.seen_rv.pop("deploy:" + _key(d), None)
-        self.saved.pop(d.metadata.uid, None)
         self._mark(_key(d))
 
     # ---- one pass for one Deployment ----
@@ -126,14 +115,6 @@ class DeploymentController:
     def _suffixes(self):
         while True:
             yield "".join(self.rng.choice(_SUFFIX_ALPHABET) for _ in range(5))
-
-    def _effective(self, stored: pb.Deployment) -> pb.Deployment:
-        d = pb.Deployment()
-        d.CopyFrom(stored)
-        saved = self.saved.get(d.metadata.uid, {})
-        if REVISION_ANNOTATION not in d.metadata.annotations:
-            d.metadata.annotations.update(saved)
-        return d
 
     async def sync(self, key: str) -> None:
         pods = [self.pods[k] for k in sorted(self.owned.get(key, ())) if k in self.pods]
@@ -143,7 +124,10 @@ class DeploymentController:
             if pods:
                 await self._write(key, None, None, [], pods, ())
             return
-        d = self._effective(stored)
+        # Apply keeps the revision annotations this controller owns (moorage.io/,
+        # deployment.kubernetes.io/), so the stored object is the whole truth.
+        d = pb.Deployment()
+        d.CopyFrom(stored)
         plan = reconcile(d, pods, self.clock(), self._suffixes())
         strays = [p for p in pods if not is_owned_by(p, d)]  # from an older same-named one
         updated = pb.Deployment()
