@@ -216,36 +216,30 @@ class DeploymentController:
 
     # ---- the loop ----
 
+    def _resync_pods(self, pods) -> None:
+        for pod in list(self.pods.values()):
+            self.drop_pod(pod)
+        self.seen_rv = {k: v for k, v in self.seen_rv.items() if not k.startswith("pod:")}
+        for pod in pods:
+            self.put_pod(pod)
+        self._pods_synced = True
+        self._maybe_synced()
+
+    def _resync_deployments(self, deployments) -> None:
+        for d in list(self.deployments.values()):
+            self.drop_deployment(d)
+        for d in deployments:
+            self.put_deployment(d)
+        self._deployments_synced = True
+        self._maybe_synced()
+
     async def _watch_pods(self) -> None:
-        async for ev in self.store.watch(POD):
-            if ev.type == "RESYNC":
-                for pod in list(self.pods.values()):
-                    self.drop_pod(pod)
-                self.seen_rv = {k: v for k, v in self.seen_rv.items() if not k.startswith("pod:")}
-                for pod in ev.items:
-                    self.put_pod(pod)
-                self._pods_synced = True
-                self._maybe_synced()
-            elif ev.type == "DELETED":
-                if ev.obj is not None:
-                    self.drop_pod(ev.obj)
-            else:
-                self.put_pod(ev.obj)
+        await self.store.follow(POD, resync=self._resync_pods, put=self.put_pod,
+                                delete=self.drop_pod)
 
     async def _watch_deployments(self) -> None:
-        async for ev in self.store.watch(DEPLOYMENT):
-            if ev.type == "RESYNC":
-                for d in list(self.deployments.values()):
-                    self.drop_deployment(d)
-                for d in ev.items:
-                    self.put_deployment(d)
-                self._deployments_synced = True
-                self._maybe_synced()
-            elif ev.type == "DELETED":
-                if ev.obj is not None:
-                    self.drop_deployment(ev.obj)
-            else:
-                self.put_deployment(ev.obj)
+        await self.store.follow(DEPLOYMENT, resync=self._resync_deployments,
+                                put=self.put_deployment, delete=self.drop_deployment)
 
     def _maybe_synced(self) -> None:
         if self._pods_synced and self._deployments_synced:

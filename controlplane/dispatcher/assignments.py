@@ -78,13 +78,10 @@ class AssignmentIndex:
             for queue in self.subscribers.get(node, ()):
                 queue.put_nowait(None)
 
+    def _resync(self, pods) -> None:
+        self._replace(pods)
+        self.synced.set()
+
     async def run(self) -> None:
-        async for ev in self.store.watch(POD):
-            if ev.type == "RESYNC":
-                self._replace(ev.items)
-                self.synced.set()
-            elif ev.type == "DELETED":
-                if ev.obj is not None:
-                    self._remove(ev.obj.metadata.uid)
-            else:
-                self._put(ev.obj)
+        await self.store.follow(POD, resync=self._resync, put=self._put,
+                                delete=lambda pod: self._remove(pod.metadata.uid))

@@ -295,31 +295,25 @@ class Scheduler:
 
     # ---- the loop ----
 
+    def _resync_pods(self, pods) -> None:
+        self._replace_pods(pods)
+        self._pods_synced = True
+        self._maybe_synced()
+
+    def _resync_nodes(self, nodes) -> None:
+        self.nodes = {n.metadata.name: n for n in nodes}
+        self._node_base.clear()
+        self._nodes_synced = True
+        self._cluster_changed()
+        self._maybe_synced()
+
     async def _watch_pods(self) -> None:
-        async for ev in self.store.watch(POD):
-            if ev.type == "RESYNC":
-                self._replace_pods(ev.items)
-                self._pods_synced = True
-                self._maybe_synced()
-            elif ev.type == "DELETED":
-                if ev.obj is not None:
-                    self.on_pod_deleted(ev.obj)
-            else:
-                self.on_pod(ev.obj)
+        await self.store.follow(POD, resync=self._resync_pods, put=self.on_pod,
+                                delete=self.on_pod_deleted)
 
     async def _watch_nodes(self) -> None:
-        async for ev in self.store.watch(NODE):
-            if ev.type == "RESYNC":
-                self.nodes = {n.metadata.name: n for n in ev.items}
-                self._node_base.clear()
-                self._nodes_synced = True
-                self._cluster_changed()
-                self._maybe_synced()
-            elif ev.type == "DELETED":
-                if ev.obj is not None:
-                    self.on_node_deleted(ev.obj)
-            else:
-                self.on_node(ev.obj)
+        await self.store.follow(NODE, resync=self._resync_nodes, put=self.on_node,
+                                delete=self.on_node_deleted)
 
     def _maybe_synced(self) -> None:
         if self._pods_synced and self._nodes_synced:

@@ -392,6 +392,19 @@ class Store:
                 with contextlib.suppress(Exception):
                     await watch.cancel()
 
+    async def follow(self, kind: Kind, *, resync, put, delete,
+                     namespace: str | None = None) -> None:
+        """Feeds every change of `kind` to callbacks, until cancelled: `resync(items)` with the
+        whole list (first, and again after a compaction), then `put(obj)` and `delete(obj)`."""
+        async for ev in self.watch(kind, namespace):
+            if ev.type == "RESYNC":
+                resync(ev.items)
+            elif ev.type == "DELETED":
+                if ev.obj is not None:
+                    delete(ev.obj)
+            else:
+                put(ev.obj)
+
     async def _list_retrying(self, kind: Kind, namespace: str | None) -> tuple[list, int]:
         backoff = RETRY_INITIAL_SECONDS
         while True:
