@@ -62,15 +62,11 @@ def _running(env: dict) -> int:
 
 def _cleanup_agents(state: str) -> None:
     from nodeagent import sandbox
-    from nodeagent.runtime import cgroups
     from nodeagent.runtime.runtime import Runtime
 
     for name in AGENTS:
-        runtime = Runtime(os.path.join(state, name, "containers"),
-                          cgroup_root=f"moorage-demo-{name}")
-        for info in runtime.list():
-            runtime.remove(info.id)
-        cgroups.remove_parent(runtime.cgroup_root)
+        Runtime(os.path.join(state, name, "containers"),
+                cgroup_root=f"moorage-demo-{name}").remove_all()
     for ns in sandbox.existing(NETNS_PREFIX):
         sandbox.remove(ns)
 

@@ -15,7 +15,7 @@ import time
 import weakref
 from dataclasses import dataclass, replace
 
-from nodeagent.runtime.cgroups import Cgroup, Stats
+from nodeagent.runtime.cgroups import Cgroup, Stats, remove_parent
 from nodeagent.runtime.spec import (
     CREATED,
     EXITED,
@@ -203,6 +203,14 @@ class Runtime:
     def close(self) -> None:
         """Stop the fork server; running containers are not affected."""
         self.zygote.close()
+
+    def remove_all(self) -> None:
+        """Remove every container, the fork server and this runtime's cgroup parent: the
+        node is left as if the runtime had never run (tests and demos end with it)."""
+        for info in self.list():
+            self.remove(info.id)
+        self.close()
+        remove_parent(self.cgroup_root)
 
     def _dir(self, cid: str) -> str:
         if not cid or "/" in cid or cid.startswith("."):

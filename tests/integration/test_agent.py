@@ -14,7 +14,6 @@ import time
 import pytest
 
 from nodeagent import sandbox
-from nodeagent.runtime import cgroups
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX
@@ -57,10 +56,7 @@ def agent_env():
         if p.poll() is None:
             p.kill()
             p.wait()
-    runtime = Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root)
-    for info in runtime.list():
-        runtime.remove(info.id)
-    cgroups.remove_parent(cgroup_root)
+    Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root).remove_all()
     for name in sandbox.existing(TEST_PREFIX):
         sandbox.remove(name)
     shutil.rmtree(root, ignore_errors=True)

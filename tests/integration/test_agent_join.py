@@ -20,7 +20,6 @@ from controlplane.etcd_local import free_port
 from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 from nodeagent import sandbox
-from nodeagent.runtime import cgroups
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX
@@ -140,10 +139,7 @@ def env():
             p.kill()
             p.wait()
     fake.close()
-    runtime = Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root)
-    for info in runtime.list():
-        runtime.remove(info.id)
-    cgroups.remove_parent(cgroup_root)
+    Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root).remove_all()
     for name in sandbox.existing(TEST_PREFIX):
         sandbox.remove(name)
     shutil.rmtree(root, ignore_errors=True)

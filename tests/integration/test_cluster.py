@@ -16,7 +16,6 @@ import time
 import pytest
 
 from nodeagent import sandbox
-from nodeagent.runtime import cgroups
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
@@ -67,10 +66,7 @@ class Agent:
     def cleanup(self) -> None:
         if self.proc and self.proc.poll() is None:
             stop_process(self.proc)
-        runtime = Runtime(os.path.join(self.state, "containers"), cgroup_root=self.cgroup_root)
-        for info in runtime.list():
-            runtime.remove(info.id)
-        cgroups.remove_parent(self.cgroup_root)
+        Runtime(os.path.join(self.state, "containers"), cgroup_root=self.cgroup_root).remove_all()
 
 
 @pytest.fixture

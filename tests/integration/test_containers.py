@@ -71,10 +71,7 @@ def rt():
     root = unique("cg-")
     runtime = Runtime(state, cgroup_root=root)
     yield runtime
-    for info in runtime.list():
-        runtime.remove(info.id)
-    runtime.close()
-    cgroups.remove_parent(root)
+    runtime.remove_all()
     shutil.rmtree(state, ignore_errors=True)
 
 

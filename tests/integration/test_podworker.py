@@ -13,7 +13,6 @@ import pytest
 
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.podworker import PodWorker, parse_container_id
-from nodeagent.runtime import cgroups
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
@@ -42,9 +41,7 @@ def node():
     yield runtime, images, workers
     for w in workers:
         w.teardown(0)
-    for info in runtime.list():
-        runtime.remove(info.id)
-    cgroups.remove_parent(runtime.cgroup_root)
+    runtime.remove_all()
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.podworker import PodWorker
-from nodeagent.runtime import cgroups
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild as ib
@@ -42,9 +41,7 @@ def env():
     yield reg, runtime, images, workers
     for w in workers:
         w.teardown(0)
-    for info in runtime.list():
-        runtime.remove(info.id)
-    cgroups.remove_parent(runtime.cgroup_root)
+    runtime.remove_all()
     stop(reg.proc)
     shutil.rmtree(tmp, ignore_errors=True)
 
