@@ -146,8 +146,7 @@ async def serve(args: argparse.Namespace) -> int:
             ("grpc.so_reuseport", 0),
         ])
         scheduler_config = SchedulerConfig(strategy=args.scheduler_strategy)
-        servicer = ClusterServicer(store)
-        servicer.scheduler_config = scheduler_config
+        servicer = ClusterServicer(store, scheduler_config)
         api_pb2_grpc.add_ClusterServicer_to_server(servicer, server)
         assignments = AssignmentIndex(store)
         agent_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(

@@ -118,8 +118,12 @@ async def _documents(request, context, what: str) -> list[manifest.Document]:
 
 
 class ClusterServicer(api_pb2_grpc.ClusterServicer):
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, scheduler_config=None):
+        from controlplane.scheduler import SchedulerConfig
+
         self.store = store
+        # Explain decides as the running scheduler would, with its strategy.
+        self.scheduler_config = scheduler_config or SchedulerConfig()
         self.applier = Applier(store)
 
     @observed("Apply")
@@ -227,11 +231,10 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     @mapped
     async def Explain(self, request, context):
         from controlplane.api.explain import TooLarge, explain_manifests
-        from controlplane.scheduler import SchedulerConfig
 
         docs = await _documents(request, context, "explain")
         # The strategy the running scheduler uses, when the server configured one.
-        config = getattr(self, "scheduler_config", SchedulerConfig())
+        config = self.scheduler_config
         try:
             return await explain_manifests(self.store, docs, config)
         except TooLarge as err:
