@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
+import socket
 import sys
 import uuid
 
@@ -20,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
+from controlplane.api.bootstrap import BootstrapServicer
 from controlplane.api.servicer import ClusterServicer
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.lifecycle import (
@@ -33,6 +36,8 @@ from controlplane.dispatcher.service import (
     DispatcherServicer,
 )
 from controlplane.etcd_local import LocalEtcd
+from controlplane.identity import CAError, join_server_credentials, server_credentials
+from controlplane.identity.shared import load_cluster_ca
 from controlplane.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.service import Scheduler
@@ -62,9 +67,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"gRPC address to serve (default {DEFAULT_LISTEN})")
     p.add_argument("--state-dir", default="/var/lib/moorage/controlplane", metavar="DIR",
-                   help="where the local etcd keeps its data (and, later, the cluster CA)")
+                   help="where the local etcd, the cluster CA (pki/) and the admin credential "
+                        "(admin.pem) are kept")
     p.add_argument("--etcd-endpoints", default="", metavar="URL,...",
                    help="external etcd, e.g. http://10.0.0.5:2379; default: a local etcd")
+    p.add_argument("--join-listen", default="", metavar="HOST:PORT",
+                   help="TLS address where agents without a certificate join with a token "
+                        "(default: the --listen host, port + 2)")
+    p.add_argument("--ca-listen", default="", metavar="HOST:PORT",
+                   help="plaintext address that serves only the CA certificate, which joining "
+                        "agents pin against their token (default: the --listen host, port + 3; "
+                        "agents look for it there)")
+    p.add_argument("--tls-san", action="append", default=[], metavar="NAME|IP",
+                   help="another name or address clients use for this control plane, added to "
+                        "its serving certificate (repeatable)")
+    p.add_argument("--node-cert-validity", type=float, default=30 * 86400,
+                   help=argparse.SUPPRESS)
     p.add_argument("--metrics-listen", default=DEFAULT_METRICS, metavar="HOST:PORT",
                    help=f"Prometheus /metrics address (default {DEFAULT_METRICS}; '' disables)")
     p.add_argument("--scheduler", action=argparse.BooleanOptionalAction, default=True,
@@ -99,6 +117,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--etcd-prefix", default="/moorage", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
+
+
+def split_hostport(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise SystemExit(f"moor-controlplane: {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def derived_address(listen: str, offset: int) -> str:
+    """The join and CA listeners' default: same host as --listen, port + offset."""
+    host, port = split_hostport(listen)
+    return f"{host}:{port + offset}"
+
+
+def certificate_hosts(listen: str, extra: list[str]) -> list[str]:
+    """Names and addresses for the serving certificate: what clients may dial."""
+    host = split_hostport(listen)[0].strip("[]")
+    hosts = {"127.0.0.1", "::1", "localhost", socket.gethostname(), *extra}
+    if host in ("", "0.0.0.0", "::"):
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            hosts.update(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr())
+    else:
+        hosts.add(host)
+    return sorted(h for h in hosts if h)
 
 
 def _endpoint(url: str) -> tuple[str, int]:
@@ -140,32 +185,54 @@ async def serve(args: argparse.Namespace) -> int:
         await client.connect()
         store = Store(client, prefix=args.etcd_prefix)
         await ensure_namespaces(store)
+        os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
+        try:
+            ca = await load_cluster_ca(store, args.state_dir)
+            cert, key = ca.server_cert(certificate_hosts(args.listen, args.tls_san))
+        except CAError as err:
+            log.error("%s", err)
+            return 1
+        admin_path = ca.admin_credentials()
+        join_listen = args.join_listen or derived_address(args.listen, 2)
+        ca_listen = args.ca_listen or derived_address(args.listen, 3)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
         scheduler_config = SchedulerConfig(strategy=args.scheduler_strategy)
-        servicer = ClusterServicer(store, scheduler_config)
+        servicer = ClusterServicer(store, scheduler_config, ca)
         api_pb2_grpc.add_ClusterServicer_to_server(servicer, server)
+        agent_pb2_grpc.add_BootstrapServicer_to_server(BootstrapServicer(
+            store, ca, split_hostport(join_listen)[1],
+            dt.timedelta(seconds=args.node_cert_validity)), server)
         assignments = AssignmentIndex(store)
-        agent_pb2_grpc.add_DispatcherServicer_to_server(DispatcherServicer(
-            store, assignments, args.heartbeat_period, args.node_not_ready_after), server)
+        dispatcher = DispatcherServicer(store, assignments, args.heartbeat_period,
+                                        args.node_not_ready_after, ca_cert=ca.cert)
+        agent_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        try:
-            server.add_insecure_port(args.listen)
-        except RuntimeError as err:
-            log.error("cannot listen on %s: %s", args.listen, err)
-            return 1
+        listeners = [(args.listen, server_credentials(ca, cert, key)),
+                     (join_listen, join_server_credentials(cert, key)), (ca_listen, None)]
+        for address, creds in listeners:
+            try:
+                if creds is None:
+                    server.add_insecure_port(address)
+                else:
+                    server.add_secure_port(address, creds)
+            except RuntimeError as err:
+                log.error("cannot listen on %s: %s", address, err)
+                return 1
         if args.metrics_listen:
             mhost, _, mport = args.metrics_listen.rpartition(":")
             start_http_server(int(mport), addr=mhost or "0.0.0.0")
         await server.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set("moorage.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving the Cluster API on %s", args.listen)
-        print(f"moor-controlplane: serving on {args.listen}", flush=True)
+        log.info("serving the Cluster API on %s (mTLS), joins on %s, the CA on %s",
+                 args.listen, join_listen, ca_listen)
+        print(f"moor-controlplane: serving on {args.listen}; admin credentials in {admin_path}",
+              flush=True)
 
         background = [asyncio.create_task(assignments.run())]
 

@@ -23,7 +23,15 @@ import uuid
 from collections.abc import Callable
 
 from moorage import manifest
+from moorage.jointoken import TokenError
 from moorage.v1 import objects_pb2 as pb
+from nodeagent.identity import (
+    IdentityError,
+    NodeIdentity,
+    join,
+    keep_renewed,
+    secure_channel_factory,
+)
 from nodeagent.pods import StartContainer
 from nodeagent.podworker import UID_CHARS, PodWorker, parse_container_id
 from nodeagent.runtime.images.registry import Progress, RegistryConfig, RegistryError
@@ -177,13 +185,24 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
         labels = parse_labels(args.labels or "")
     except ValueError as err:
         raise AgentError(str(err)) from None
-    if args.token:
-        log.warning("--token is not used yet: the session is not authenticated")
+    node_name = args.node_name or socket.gethostname().lower()
+    try:
+        ident = NodeIdentity.load_or_create(node.state_dir, node_name)
+        if not ident.joined:
+            if not args.token:
+                raise AgentError(f"node {node_name!r} has not joined a cluster yet: pass "
+                                 "--token (make one with `moor token create`)")
+            log.info("joining %s as node %s", args.join, node_name)
+            asyncio.run(join(ident, args.join, args.token))
+            log.info("joined: certificate for node %s saved under %s", node_name, ident.pki_dir)
+    except (IdentityError, TokenError) as err:
+        raise AgentError(str(err)) from None
     facts = read_host_facts(args.advertise_address)
     checkpoints = Checkpoints(node.state_dir)
-    session = Session(args.join, args.node_name or socket.gethostname().lower(), facts,
+    session = Session(args.join, node_name, facts,
                       labels=labels, desired=checkpoints.load(),
-                      on_assignments=lambda pods: (checkpoints.save(pods), wake.set()))
+                      on_assignments=lambda pods: (checkpoints.save(pods), wake.set()),
+                      channel_factory=secure_channel_factory(ident))
     session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
     reporter = StatusReporter(session, facts.internal_ip)
     static = static_source(args.pod_manifests) if args.pod_manifests else dict
@@ -195,10 +214,15 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
 
     loop = asyncio.new_event_loop()
     astop = asyncio.Event()
-    thread = threading.Thread(target=loop.run_until_complete, args=(session.run(astop),),
+
+    async def session_main() -> None:
+        await asyncio.gather(session.run(astop),
+                             keep_renewed(ident, lambda: session.channel, astop, log))
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(session_main(),),
                               name="session", daemon=True)
     thread.start()
-    log.info("joining %s as node %s", args.join, session.node_name)
+    log.info("connecting to %s as node %s", args.join, session.node_name)
     try:
         run(node, lambda: {**static(), **session.desired}, registry, stop,
             netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake)
@@ -316,8 +340,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="this node's InternalIP (default: the address of the default route)")
     sp.add_argument("--labels", metavar="K=V,...", help="labels for this node")
     sp.add_argument("--token", metavar="TOKEN",
-                    help="accepted but not used yet (a warning says so): the session is "
-                    "insecure until mTLS comes")
+                    help="join token from `moor token create`; needed only the first time "
+                    "(the node's certificate is kept under STATE_DIR/pki)")
     registry_flags(sp)
     sp = sub.add_parser("pull", help="pull an image, showing progress")
     sp.add_argument("image")
@@ -336,7 +360,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     sp.add_argument("argv", nargs="+", metavar="COMMAND")
     sp = sub.add_parser("gc", help="remove images not kept and layers no container uses")
     sp.add_argument("--keep", action="append", default=[], metavar="IMAGE")
-    return p.parse_args(argv)
+    return p.parse_args(_implicit_run(sys.argv[1:] if argv is None else list(argv)))
+
+
+_RUN_OPTIONS = ("--join", "--pod-manifests")
+_GLOBAL_OPTIONS = ("--state-dir", "--cgroup-root", "--netns-prefix", "--log-level")
+_COMMANDS = ("run", "pull", "import", "images", "ps", "logs", "exec", "gc")
+
+
+def _implicit_run(argv: list[str]) -> list[str]:
+    """`moor-agent --join H:P --token T ...` means `moor-agent run --join ...`: the daemon
+    form operators know from other agents. `run` goes before the first of its own options."""
+    if any(a in _COMMANDS for a in argv) or not any(
+            a.split("=", 1)[0] in _RUN_OPTIONS for a in argv):
+        return argv
+    front, rest, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.split("=", 1)[0] in _GLOBAL_OPTIONS:
+            take = 1 if "=" in a else 2
+            front += argv[i:i + take]
+            i += take
+        else:
+            rest.append(a)
+            i += 1
+    return [*front, "run", *rest]
 
 
 def main(argv=None) -> None:

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 
 import grpc
 from cryptography import x509
@@ -180,3 +181,110 @@ class NodeIdentity:
         return grpc.ssl_channel_credentials(root_certificates=self.ca_pem,
                                             private_key=self.key_pem,
                                             certificate_chain=self.cert_pem)
+
+
+# ---- talking to the control plane ----
+
+# The control plane serves its CA in plaintext on its API port + 3 (moor-controlplane
+# --ca-listen); GetCA then says where the TLS join listener is.
+CA_PORT_OFFSET = 3
+JOIN_ATTEMPT_SECONDS = 60.0
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise IdentityError(f"--join {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _fatal(err: grpc.aio.AioRpcError) -> bool:
+    return err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
+                          grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED)
+
+
+async def join(ident: NodeIdentity, address: str, token: str,
+               give_up_after: float = JOIN_ATTEMPT_SECONDS) -> None:
+    """Pins the CA with the token, then trades the token and a CSR for our certificate.
+
+    Retries while the control plane is unreachable (it may be starting); a refused token or
+    a CA that does not match raises IdentityError at once."""
+    import asyncio
+
+    from moorage.v1 import agent_pb2, agent_pb2_grpc
+
+    parse_token(token)  # a malformed token is the operator's typo: say so before dialling
+    host, port = _split(address)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    delay = 0.2
+    while True:
+        try:
+            async with grpc.aio.insecure_channel(f"{host}:{port + CA_PORT_OFFSET}") as ch:
+                got = await agent_pb2_grpc.BootstrapStub(ch).GetCA(
+                    agent_pb2.GetCARequest(), timeout=5)
+            ca_pem = pin_ca(got.ca_pem, token)
+            join_at = f"{host}:{got.join_port or port + 2}"
+            async with grpc.aio.secure_channel(join_at, join_channel_credentials(ca_pem)) as ch:
+                resp = await agent_pb2_grpc.BootstrapStub(ch).Join(agent_pb2.JoinRequest(
+                    token=token, csr_pem=ident.csr_pem(), node_name=ident.node_name),
+                    timeout=10)
+            ident.save(resp.cert_pem, ca_pem)
+            return
+        except grpc.aio.AioRpcError as err:
+            if _fatal(err):
+                raise IdentityError(f"joining {address} was refused: {err.details()}") from None
+            if loop.time() + delay > deadline:
+                raise IdentityError(f"cannot reach the control plane at {address} to join: "
+                                    f"{err.code().name} {err.details()}") from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def renew(ident: NodeIdentity, channel: grpc.aio.Channel) -> None:
+    """A fresh certificate for our key over the node's mTLS channel."""
+    from moorage.v1 import agent_pb2, agent_pb2_grpc
+
+    resp = await agent_pb2_grpc.BootstrapStub(channel).Renew(
+        agent_pb2.RenewRequest(csr_pem=ident.csr_pem()), timeout=10)
+    ident.save(resp.cert_pem, resp.ca_pem)
+
+
+def secure_channel_factory(ident: NodeIdentity, options=()):
+    """What Session dials with: mTLS with the node's current certificate."""
+    def make(address: str) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(address, ident.channel_credentials(), options=options)
+    return make
+
+
+def renewal_interval(ident: NodeIdentity, now: dt.datetime | None = None) -> float:
+    """How long until the next look at whether the certificate needs renewing: a quarter of
+    what is left of it, between 1 second and 1 hour."""
+    cert = ident.certificate()
+    if cert is None:
+        return 60.0
+    left = (cert.not_valid_after_utc - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    return max(1.0, min(3600.0, left / 4))
+
+
+async def keep_renewed(ident: NodeIdentity, channel: Callable[[], grpc.aio.Channel | None],
+                       stop, log) -> None:
+    """Renews the certificate over the live session's channel whenever it needs it."""
+    import asyncio
+
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), renewal_interval(ident))
+            return
+        except TimeoutError:
+            pass
+        ch = channel()
+        if ch is None or not ident.needs_renewal():
+            continue
+        try:
+            await renew(ident, ch)
+            log.info("renewed the node certificate; it is valid until %s",
+                     ident.certificate().not_valid_after_utc.isoformat())
+        except (grpc.aio.AioRpcError, IdentityError) as err:
+            detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            log.warning("renewing the node certificate failed: %s", detail)

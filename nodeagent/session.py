@@ -9,7 +9,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 # The sync loop forks (pyroute2's NetNS, the runtime) while this session's gRPC threads run, and
@@ -159,13 +159,22 @@ class Session:
                  running_pod_uids: Callable[[], list[str]] = list,
                  on_assignments: Callable[[dict[str, pb.Pod]], None] | None = None,
                  channel_factory: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
-                 desired: dict[str, pb.Pod] | None = None):
+                 desired: dict[str, pb.Pod] | None = None,
+                 on_open_stream: Callable[[agent_pb2.OpenStream], None] | None = None,
+                 on_stats: Callable[[agent_pb2.StatsRequest],
+                                    Awaitable[agent_pb2.StatsReport]] | None = None):
         self.address, self.node_name, self.facts = address, node_name, facts
         self.labels = labels or {}
         self.running_pod_uids = running_pod_uids
         self.on_assignments = on_assignments
         # The seam for mTLS: anything that makes a grpc.aio channel for an address.
         self.channel_factory = channel_factory
+        # The open session's channel: log and exec streams are opened on it (same identity).
+        self.channel: grpc.aio.Channel | None = None
+        # Called in the session's event loop: open a Dispatcher.Stream for a logs/exec request
+        # (must not block), and answer a stats request (its report is sent back on the session).
+        self.on_open_stream = on_open_stream
+        self.on_stats = on_stats
         self.desired: dict[str, pb.Pod] = dict(desired or {})
         self.heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
         self.generation = 0
@@ -202,6 +211,7 @@ class Session:
         """One session; True if the control plane answered at all (a good session)."""
         answered = False
         channel = self.channel_factory(self.address)
+        self.channel = channel
         try:
             call = agent_pb2_grpc.DispatcherStub(channel).Session()
             hello = build_hello(self.node_name, self.labels, self.facts,
@@ -239,6 +249,7 @@ class Session:
             log.warning("session to %s: %s", self.address, err)
         finally:
             self.connected = False
+            self.channel = None
             await channel.close()
         return answered
 
@@ -274,6 +285,19 @@ class Session:
                      len(self.desired))
             if self.on_assignments is not None:
                 self.on_assignments(self.desired)
+        elif kind == "open_stream":
+            if self.on_open_stream is not None:
+                self.on_open_stream(msg.open_stream)
+        elif kind == "stats_request" and self.on_stats is not None:
+            asyncio.get_running_loop().create_task(self._answer_stats(msg.stats_request))
+
+    async def _answer_stats(self, req: agent_pb2.StatsRequest) -> None:
+        try:
+            report = await self.on_stats(req)
+        except Exception as err:  # noqa: BLE001 - the caller gets the error instead of a hang
+            report = agent_pb2.StatsReport(error=f"{type(err).__name__}: {err}")
+        report.id = req.id
+        self._outbox.put_nowait(agent_pb2.AgentMessage(stats=report))
 
 
 class Checkpoints:

@@ -120,16 +120,56 @@ def pytest_sessionfinish(session, exitstatus):
 # ---- a real control plane process ----
 
 class ControlPlane:
-    def __init__(self, address: str, metrics: str, prefix: str, etcd: str, proc):
+    def __init__(self, address: str, metrics: str, prefix: str, etcd: str, proc,
+                 state_dir: str = "", ca_address: str = ""):
         self.address, self.metrics, self.prefix, self.etcd, self.proc = (
             address, metrics, prefix, etcd, proc)
+        self.state_dir = state_dir
+        self.ca_address = ca_address
+        # The admin credential the control plane wrote: what `moor` and the tests present.
+        self.credentials = os.path.join(state_dir, "admin.pem")
 
-    def stub(self):
+    def channel(self):
         import grpc
 
+        from moorage.credentials import channel_credentials
+
+        return grpc.secure_channel(self.address, channel_credentials(self.credentials))
+
+    def aio_channel(self):
+        import grpc
+
+        from moorage.credentials import channel_credentials
+
+        return grpc.aio.secure_channel(self.address, channel_credentials(self.credentials))
+
+    def stub(self):
         from moorage.v1 import api_pb2_grpc
 
-        return api_pb2_grpc.ClusterStub(grpc.insecure_channel(self.address))
+        return api_pb2_grpc.ClusterStub(self.channel())
+
+    def env(self, **extra) -> dict[str, str]:
+        """The environment for running `moor` against this control plane as admin."""
+        env = dict(os.environ, MOOR_SERVER=self.address, MOOR_CREDENTIALS=self.credentials,
+                   MOOR_CONFIG=os.path.join(self.state_dir, "no-config.yaml"))
+        env.update(extra)
+        return env
+
+    def token(self, ttl: float = 3600) -> str:
+        from moorage.v1 import api_pb2
+
+        return self.stub().CreateToken(api_pb2.CreateTokenRequest(ttl_seconds=int(ttl))).token
+
+    def node_credentials(self, node_name: str, state_dir: str):
+        """mTLS channel credentials of a node, signed directly by this cluster's CA (what a
+        join would give it)."""
+        from controlplane.identity import ClusterCA
+        from nodeagent.identity import NodeIdentity
+
+        ca = ClusterCA.load_or_create(self.state_dir)
+        ident = NodeIdentity.load_or_create(state_dir, node_name)
+        ident.save(ca.sign_node_csr(ident.csr_pem(), node_name), ca.cert_pem)
+        return ident.channel_credentials()
 
     def snapshot(self) -> list[tuple[bytes, bytes, int]]:
         """Every key under this control plane's prefix with its value and mod_revision."""
@@ -150,36 +190,45 @@ def start_controlplane(etcd: str, state_dir: str, prefix: str | None = None,
 
     import grpc
 
-    from controlplane.etcd_local import free_port
+    from controlplane.etcd_local import free_port_block
+    from moorage.v1 import agent_pb2, agent_pb2_grpc
 
     prefix = prefix or "/" + unique("cp-")
-    port, mport = free_port(), free_port()
+    # The defaults' layout: API, metrics, join, CA on consecutive ports (agents find the CA
+    # listener at the API port + 3).
+    port = free_port_block(4)
+    mport, jport, cport = port + 1, port + 2, port + 3
     # Its log goes to a file: a pipe nobody reads fills up and freezes a chatty server.
     os.makedirs(state_dir, exist_ok=True)
     log_path = os.path.join(state_dir, "controlplane.log")
     log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it; closed when this returns
     proc = subprocess.Popen(
         [sys.executable, "-m", "controlplane.server", "--listen", f"127.0.0.1:{port}",
+         "--join-listen", f"127.0.0.1:{jport}", "--ca-listen", f"127.0.0.1:{cport}",
          "--metrics-listen", f"127.0.0.1:{mport}", "--state-dir", state_dir,
          "--etcd-endpoints", f"http://{etcd}", "--etcd-prefix", prefix, "--log-level", "warning",
          *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
     address = f"127.0.0.1:{port}"
+    ca_address = f"127.0.0.1:{cport}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             with open(log_path) as f:
                 raise RuntimeError(f"control plane exited: {f.read()[-2000:]}")
         try:
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=0.2)
+            # The plaintext CA listener answers once everything is being served.
+            with grpc.insecure_channel(ca_address) as ch:
+                agent_pb2_grpc.BootstrapStub(ch).GetCA(agent_pb2.GetCARequest(), timeout=0.5)
             break
-        except grpc.FutureTimeoutError:
+        except grpc.RpcError:
+            time.sleep(0.1)
             continue
     else:
         proc.kill()
         raise RuntimeError("control plane did not start")
-    return ControlPlane(address, f"127.0.0.1:{mport}", prefix, etcd, proc)
+    return ControlPlane(address, f"127.0.0.1:{mport}", prefix, etcd, proc, state_dir, ca_address)
 
 
 def stop_process(proc, timeout: float = 10) -> int:

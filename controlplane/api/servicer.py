@@ -1,4 +1,5 @@
-"""The Cluster gRPC service: Apply, Get, List, Delete, Watch and Version over the store."""
+"""The Cluster gRPC service: Apply, Get, List, Delete, Watch and Version over the store, and
+join tokens. Every call is authorized first (controlplane/identity/auth.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ import grpc
 
 import moorage
 from controlplane.api.apply import MAX_APPLY_BYTES, Applier
+from controlplane.identity import (
+    TokenError,
+    create_token,
+    guard,
+    list_tokens,
+    owns,
+    revoke_token,
+    token_id,
+)
 from controlplane.metrics import WATCHES, observed
 from controlplane.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 from controlplane.store.store import StoreUnavailable
@@ -118,10 +128,13 @@ async def _documents(request, context, what: str) -> list[manifest.Document]:
 
 
 class ClusterServicer(api_pb2_grpc.ClusterServicer):
-    def __init__(self, store: Store, scheduler_config=None):
+    def __init__(self, store: Store, scheduler_config=None, ca=None):
         from controlplane.scheduler import SchedulerConfig
 
         self.store = store
+        # The cluster CA (controlplane.identity.ClusterCA): callers' certificates must be its.
+        self.ca = ca
+        self.ca_cert = ca.cert if ca is not None else None
         # Explain decides as the running scheduler would, with its strategy.
         self.scheduler_config = scheduler_config or SchedulerConfig()
         self.applier = Applier(store)
@@ -129,6 +142,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     @observed("Apply")
     @mapped
     async def Apply(self, request, context):
+        await guard(context, "Apply", request, self.ca_cert)
         docs = await _documents(request, context, "apply")
         plans, revision = await self.applier.apply(docs, dry_run=request.dry_run)
         resp = api_pb2.ApplyResponse(revision=revision)
@@ -144,13 +158,19 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     @observed("Get")
     @mapped
     async def Get(self, request, context):
+        identity, decision = await guard(context, "Get", request, self.ca_cert)
         kind = _kind(request.kind)
         obj = await self.store.get(kind, _namespace(kind, request.namespace), request.name)
+        if decision.filter_owned and not owns(identity, obj):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{identity} may not read {kind.name.lower()} "
+                                f"{request.name!r}: it is not bound to it")
         return kinds.wrap(obj)
 
     @observed("List")
     @mapped
     async def List(self, request, context):
+        identity, decision = await guard(context, "List", request, self.ca_cert)
         kind = _kind(request.kind)
         selector = v.parse_selector(request.label_selector)
         fields = FieldSelector(request.field_selector)
@@ -158,13 +178,15 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         items, revision = await self.store.list(kind, ns)
         resp = api_pb2.ListResponse(resource_version=str(revision))
         for obj in items:
-            if v.matches(selector, obj.metadata.labels) and fields.matches(obj):
+            if v.matches(selector, obj.metadata.labels) and fields.matches(obj) and (
+                    not decision.filter_owned or owns(identity, obj)):
                 resp.items.append(kinds.wrap(obj))
         return resp
 
     @observed("Delete")
     @mapped
     async def Delete(self, request, context):
+        await guard(context, "Delete", request, self.ca_cert)
         kind = _kind(request.kind)
         ns = _namespace(kind, request.namespace)
         expect = int(request.resource_version) if request.resource_version else None
@@ -202,6 +224,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
 
     @mapped
     async def Watch(self, request, context):
+        await guard(context, "Watch", request, self.ca_cert)
         kind = _kind(request.kind)
         selector = v.parse_selector(request.label_selector)
         ns = None if request.all_namespaces else _namespace(kind, request.namespace)
@@ -232,6 +255,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     async def Explain(self, request, context):
         from controlplane.api.explain import TooLarge, explain_manifests
 
+        await guard(context, "Explain", request, self.ca_cert)
         docs = await _documents(request, context, "explain")
         # The strategy the running scheduler uses, when the server configured one.
         config = self.scheduler_config
@@ -243,6 +267,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     @observed("Version")
     @mapped
     async def Version(self, request, context):
+        await guard(context, "Version", request, self.ca_cert)
         etcd_version = ""
         try:
             status = await self.store.client.status()
@@ -250,6 +275,50 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         except Exception as err:  # noqa: BLE001 - the version is informative only
             log.warning("etcd status failed: %s", err)
         return api_pb2.VersionResponse(version=moorage.__version__, etcd_version=etcd_version)
+
+
+    # ---- join tokens ----
+
+    @observed("CreateToken")
+    @mapped
+    async def CreateToken(self, request, context):
+        await guard(context, "CreateToken", request, self.ca_cert)
+        ttl = request.ttl_seconds or DEFAULT_TOKEN_TTL
+        if ttl < 0 or ttl > MAX_TOKEN_TTL:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"token TTL must be between 1s and {MAX_TOKEN_TTL // 86400} days")
+        token = await create_token(self.store, ttl, self.ca.ca_digest())
+        info = next(t for t in await list_tokens(self.store) if t.id == token_id(token))
+        return api_pb2.CreateTokenResponse(token=token, info=_token_info(info))
+
+    @observed("ListTokens")
+    @mapped
+    async def ListTokens(self, request, context):
+        await guard(context, "ListTokens", request, self.ca_cert)
+        return api_pb2.ListTokensResponse(
+            tokens=[_token_info(t) for t in await list_tokens(self.store)])
+
+    @observed("RevokeToken")
+    @mapped
+    async def RevokeToken(self, request, context):
+        await guard(context, "RevokeToken", request, self.ca_cert)
+        try:
+            tid = token_id(request.token) if request.token.upper().startswith("MOOR") \
+                else request.token.strip().lower()
+            revoked = await revoke_token(self.store, request.token)
+        except TokenError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if not revoked:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f'join token "{tid}" not found')
+        return api_pb2.RevokeTokenResponse(revoked=True, id=tid)
+
+
+DEFAULT_TOKEN_TTL = 24 * 3600
+MAX_TOKEN_TTL = 365 * 86400
+
+
+def _token_info(t) -> api_pb2.TokenInfo:
+    return api_pb2.TokenInfo(id=t.id, created=t.created, expires=t.expires)
 
 
 def _prefix_end(prefix: bytes) -> bytes:

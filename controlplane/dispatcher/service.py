@@ -16,6 +16,7 @@ import uuid
 import grpc
 
 from controlplane.dispatcher.assignments import AssignmentIndex
+from controlplane.identity.auth import peer_identity
 from controlplane.store import Conflict, NotFound, Store
 from moorage import kinds
 from moorage import validation as v
@@ -100,12 +101,25 @@ def merge_pod_status(pod: pb.Pod, reported: pb.PodStatus) -> pb.PodStatus:
 class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
     def __init__(self, store: Store, index: AssignmentIndex,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS,
-                 not_ready_seconds: int = NOT_READY_SECONDS):
+                 not_ready_seconds: int = NOT_READY_SECONDS, ca_cert=None):
         self.store = store
+        # Callers must present a node certificate from this CA (x509.Certificate).
+        self.ca_cert = ca_cert
         self.index = index
         self.heartbeat_seconds = heartbeat_seconds
         self.not_ready_seconds = not_ready_seconds
-        self.sessions: dict[str, int] = {}
+        # node -> the queue its Session stream yields from; `send` adds to it.
+        self.sessions: dict[str, asyncio.Queue] = {}
+        # Logs, exec and top (controlplane/dispatcher/streams.py); set by the server.
+        self.streams = None
+
+    def send(self, node: str, msg: agent_pb2.DispatcherMessage) -> bool:
+        """Queues `msg` on the node's open session; False when the node has none here."""
+        queue = self.sessions.get(node)
+        if queue is None:
+            return False
+        queue.put_nowait(msg)
+        return True
 
     async def _register(self, hello: agent_pb2.Hello) -> int:
         for _ in range(WRITE_ATTEMPTS):
@@ -171,7 +185,19 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             except Conflict:
                 continue
 
+    async def _node_identity(self, context, method: str) -> str:
+        """The calling node's name, from its client certificate; aborts for anyone else."""
+        identity = peer_identity(context, self.ca_cert)
+        if identity is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"{method} needs a node certificate: join with a token first")
+        if identity.kind != "node":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{identity} is not a node and may not call {method}")
+        return identity.name
+
     async def Session(self, request_iterator, context):
+        caller = await self._node_identity(context, "Session")
         first = await request_iterator.__anext__()
         if first.WhichOneof("message") != "hello":
             await context.abort(
@@ -183,10 +209,14 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"node name: {reason}")
         name = hello.node_name
+        if name != caller:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"node {caller!r} may not open a session as node {name!r}")
         lease_id = await self._register(hello)
         log.info("node %s connected", name)
         await self.index.synced.wait()
         pods, queue = self.index.subscribe(name)
+        self.sessions[name] = queue
         closed = asyncio.Event()
 
         async def read():
@@ -198,6 +228,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                         lease_id = await self._heartbeat(name, lease_id)
                     elif kind == "pod_status":
                         await self._pod_status(name, msg.pod_status)
+                    elif kind == "stats" and self.streams is not None:
+                        self.streams.stats_report(name, msg.stats)
             finally:
                 closed.set()
                 queue.put_nowait(False)
@@ -211,13 +243,26 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                 change = await queue.get()
                 if change is False:
                     break
+                if isinstance(change, agent_pb2.DispatcherMessage):   # from send()
+                    yield change
+                    continue
                 if change is None:   # the index re-listed: send the whole set again
                     msg = agent_pb2.Assignments(full=True, pods=self.index.pods_on(name))
                 else:
                     msg = agent_pb2.Assignments(pods=change.pods, removed_uids=change.removed)
                 yield agent_pb2.DispatcherMessage(assignments=msg)
         finally:
+            if self.sessions.get(name) is queue:
+                del self.sessions[name]
             self.index.unsubscribe(name, queue)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             log.info("node %s disconnected", name)
+
+    async def Stream(self, request_iterator, context):
+        """An agent's half of a logs or exec request (see controlplane/dispatcher/streams.py)."""
+        identity = await self._node_identity(context, "Stream")
+        if self.streams is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streams are not served here")
+        async for frame in self.streams.agent_stream(identity, request_iterator, context):
+            yield frame

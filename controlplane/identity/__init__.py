@@ -6,7 +6,6 @@ from controlplane.identity.auth import (
     Identity,
     admin_channel_credentials,
     authorize,
-    authorize_write,
     enforce,
     guard,
     is_tls,
@@ -14,7 +13,6 @@ from controlplane.identity.auth import (
     owns,
     peer_identity,
     server_credentials,
-    status_only,
 )
 from controlplane.identity.ca import ADMIN_ORG, NODE_ORG, CAError, ClusterCA, node_common_name
 from controlplane.identity.join import JoinError, JoinResult, handle_join, handle_renew
@@ -32,8 +30,8 @@ from controlplane.identity.tokens import (
 __all__ = [
     "ADMIN_ORG", "ANONYMOUS_METHODS", "NODE_ORG", "CAError", "ClusterCA", "Decision", "Identity",
     "JoinError", "JoinResult", "TokenError", "TokenInfo", "admin_channel_credentials",
-    "authorize", "authorize_write", "create_token", "enforce", "guard", "handle_join",
+    "authorize", "create_token", "enforce", "guard", "handle_join",
     "handle_renew", "is_tls", "join_server_credentials", "list_tokens", "node_common_name", "owns",
-    "parse_token", "peer_identity", "revoke_token", "server_credentials", "status_only",
+    "parse_token", "peer_identity", "revoke_token", "server_credentials",
     "token_id", "verify_token",
 ]

@@ -9,29 +9,29 @@ invisible; hence certificate-less calls get their own listeners on the same grpc
 `authorize` applies the same rules whichever listener a call arrived on; `tls=False` marks a
 plaintext call so Join (which carries the token secret) is refused there.
 
-Rules: admin may do anything. A node may Get/List/Watch only its own Node and the Pods bound to
-it, Apply only its own Node and the status of its own Pods, and Renew its own certificate.
-Anonymous callers may only GetCA and Join. Everything else is PERMISSION_DENIED (known caller)
-or UNAUTHENTICATED (no certificate), each with a one-line message.
+Rules: admin may do anything. A node may Get its own Node and the Pods bound to it, List Nodes
+(its own only) and Pods with `fieldSelector spec.nodeName=<itself>`, and Renew its own
+certificate; it writes its Node and its pods' status only through its Dispatcher session, which
+checks the same ownership. Anonymous callers may only GetCA and Join. Everything else is
+PERMISSION_DENIED (known caller) or UNAUTHENTICATED (no certificate), each with a one-line
+message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 
 import grpc
-import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
-from controlplane.identity.ca import ADMIN_CN, ADMIN_ORG, NODE_CN_PREFIX, NODE_ORG, split_bundle
+from controlplane.identity.ca import ADMIN_CN, ADMIN_ORG, NODE_CN_PREFIX, NODE_ORG
 from moorage import kinds
+from moorage.credentials import channel_credentials
 
 ANONYMOUS_METHODS = frozenset({"GetCA", "Join"})
-_READS = frozenset({"Get", "List", "Watch"})
 _NODE_KINDS = frozenset({"Node", "Pod"})
 
 
@@ -46,21 +46,17 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the caller must do. When allowed, two obligations may remain for the servicer:
+    """What the caller must do. When allowed, one obligation may remain for the servicer:
 
     filter_owned: drop every object for which `owns(identity, obj)` is False: Get answers
-      PERMISSION_DENIED, List leaves it out of `items`, Watch skips the event (a RESYNC keeps
-      only owned items). The request alone cannot say which pods are bound to the node.
-    check_writes: after parsing the manifests call `authorize_write(identity, obj)` for every
-      object (authoritative; `authorize` only pre-screens the raw text), and for a Pod load the
-      stored one and write `status_only(stored, incoming)` instead of the incoming object.
+      PERMISSION_DENIED, List leaves it out of `items`. The request alone cannot say which
+      pods are bound to the node.
     """
 
     allowed: bool
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
     filter_owned: bool = False
-    check_writes: bool = False
 
 
 ALLOW = Decision(True)
@@ -87,10 +83,7 @@ def join_server_credentials(serving_cert: bytes, key: bytes) -> grpc.ServerCrede
 
 def admin_channel_credentials(path: str) -> grpc.ChannelCredentials:
     """Channel credentials for `moor` from an admin.pem bundle (cert + key + CA)."""
-    with open(path, "rb") as f:
-        cert, key, ca = split_bundle(f.read())
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                        certificate_chain=cert)
+    return channel_credentials(path)
 
 
 # ---- who is calling ----
@@ -113,6 +106,34 @@ def identity_of_cert(cert: x509.Certificate) -> Identity | None:
     return None
 
 
+# Verified certificates by (PEM, CA): a verify costs an ECDSA check, and every call of a
+# session-long client presents the same certificate. Bounded; cleared when full.
+_VERIFIED: dict[tuple[bytes, int], tuple[Identity | None, dt.datetime, dt.datetime]] = {}
+_VERIFIED_MAX = 4096
+
+
+def _verified(pem: bytes, ca_cert: x509.Certificate | None
+              ) -> tuple[Identity | None, dt.datetime, dt.datetime] | None:
+    key = (pem, id(ca_cert))
+    hit = _VERIFIED.get(key)
+    if hit is not None:
+        return hit
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+    if ca_cert is not None:
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return None
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    hit = _VERIFIED[key] = (identity_of_cert(cert), cert.not_valid_before_utc,
+                            cert.not_valid_after_utc)
+    return hit
+
+
 def peer_identity(context, ca_cert: x509.Certificate | None = None,
                   now: dt.datetime | None = None) -> Identity | None:
     """The caller's Identity from its TLS client certificate; None means anonymous.
@@ -124,19 +145,15 @@ def peer_identity(context, ca_cert: x509.Certificate | None = None,
     pems = auth.get("x509_pem_cert")
     if auth.get("transport_security_type") != [b"ssl"] or not pems:
         return None
-    try:
-        cert = x509.load_pem_x509_certificate(pems[0])
-    except ValueError:
+    found = _verified(pems[0], ca_cert)
+    if found is None:
         return None
+    identity, not_before, not_after = found
     if ca_cert is not None:
         now = now or dt.datetime.now(dt.UTC)
-        try:
-            cert.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature):
+        if not not_before <= now <= not_after:
             return None
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            return None
-    return identity_of_cert(cert)
+    return identity
 
 
 # ---- what they may do ----
@@ -164,66 +181,6 @@ def _kind(name: str) -> str | None:
         return None
 
 
-def _write_rule(identity: Identity, kind: str | None, name: str, node_name: str) -> Decision:
-    # Shared by the pre-screen on raw manifests and the check on parsed objects.
-    if kind == "Node":
-        if name == identity.name:
-            return ALLOW
-        return _deny(f"{identity} may not write node {name!r}")
-    if kind == "Pod":
-        if node_name == identity.name:
-            return ALLOW
-        return _deny(f"{identity} may only write the status of pods bound to it "
-                     f"(pod {name!r} is bound to {node_name or 'no node'!r})")
-    return _deny(f"{identity} may not write {kind or 'unknown'} objects")
-
-
-def authorize_write(identity: Identity | None, obj) -> Decision:
-    """The authoritative per-object check for Apply, on a parsed protobuf object."""
-    if identity is None:
-        return Decision(False, grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-    if identity.kind == "admin":
-        return ALLOW
-    kind = kinds.kind_of(obj).name
-    node_name = obj.spec.node_name if kind == "Pod" else ""
-    return _write_rule(identity, kind, obj.metadata.name, node_name)
-
-
-def status_only(stored, incoming):
-    """What a node's Pod write may change: the stored pod with only its status replaced."""
-    out = type(stored)()
-    out.CopyFrom(stored)
-    out.status.CopyFrom(incoming.status)
-    return out
-
-
-def _raw_documents(manifest) -> list:
-    # Pre-screen only: the servicer's strict parser remains the authority (see check_writes).
-    text = manifest.content
-    try:
-        return [json.loads(text)]
-    except ValueError:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-
-
-def _authorize_apply(identity: Identity, request) -> Decision:
-    for m in request.manifests:
-        try:
-            docs = _raw_documents(m)
-        except yaml.YAMLError:
-            return _deny(f"{identity} sent a manifest that cannot be parsed ({m.source})")
-        for doc in docs:
-            if not isinstance(doc, dict):
-                return _deny(f"{identity} sent a manifest that is not an object ({m.source})")
-            meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
-            name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
-            node = str(spec.get("nodeName", "")) if isinstance(spec, dict) else ""
-            decision = _write_rule(identity, _kind(str(doc.get("kind", ""))), name, node)
-            if not decision.allowed:
-                return decision
-    return Decision(True, check_writes=True)
-
-
 def authorize(identity: Identity | None, method: str, request, *, tls: bool = True) -> Decision:
     """Pure: may `identity` call `method` (short "Get" or full "/moorage.v1.Cluster/Get")
     with `request`? `tls` is False for calls on the plaintext CA listener."""
@@ -243,17 +200,26 @@ def authorize(identity: Identity | None, method: str, request, *, tls: bool = Tr
         return _deny(f"unknown identity kind {identity.kind!r}")
     if short in ANONYMOUS_METHODS or short == "Renew":
         return ALLOW
-    if short in _READS:
+    if short == "Get":
         kind = _kind(getattr(request, "kind", ""))
-        if kind not in _NODE_KINDS:
-            return _deny(f"{identity} may not {short.lower()} {kind or 'unknown'} objects")
-        if short == "Get" and kind == "Node":
-            if request.name == identity.name:
-                return ALLOW
+        if kind == "Node" and request.name != identity.name:
             return _deny(f"{identity} may not read node {request.name!r}")
-        return Decision(True, filter_owned=True)
+        if kind in _NODE_KINDS:
+            return Decision(True, filter_owned=True)
+        return _deny(f"{identity} may not get {kind or 'unknown'} objects")
+    if short == "List":
+        kind = _kind(getattr(request, "kind", ""))
+        if kind == "Node":
+            return Decision(True, filter_owned=True)
+        if kind == "Pod":
+            own = f"spec.nodeName={identity.name}"
+            if request.field_selector.replace(" ", "") != own:
+                return _deny(f"{identity} may only list pods with fieldSelector {own}")
+            return Decision(True, filter_owned=True)
+        return _deny(f"{identity} may not list {kind or 'unknown'} objects")
     if short == "Apply":
-        return _authorize_apply(identity, request)
+        return _deny(f"{identity} may not apply objects: nodes report their status through "
+                     "their Dispatcher session")
     return _deny(f"{identity} may not call {short}")
 
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from moorage.credentials import split_bundle  # noqa: F401 - re-exported
 from moorage.fsutil import write_atomic
 
 NODE_ORG = "moorage:nodes"
@@ -281,14 +282,3 @@ def _is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def split_bundle(pem: bytes) -> tuple[bytes, bytes, bytes]:
-    """(cert, key, ca) PEM blocks of an admin.pem-style bundle, for grpc.ssl_channel_credentials."""
-    found = [m.group(0) for m in re.finditer(
-        rb"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n?", pem, re.S)]
-    certs = [b for b in found if b.startswith(b"-----BEGIN CERTIFICATE-----")]
-    keys = [b for b in found if b"PRIVATE KEY-----" in b.split(b"\n", 1)[0]]
-    if len(certs) != 2 or len(keys) != 1:
-        raise CAError("credential bundle must hold a certificate, its key and the CA certificate")
-    return certs[0], keys[0], certs[1]

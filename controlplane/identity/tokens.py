@@ -3,8 +3,9 @@
 The digest half lets an agent pin the cluster CA before it trusts anything the control plane
 says (like Swarm's SWMTKN); the secret half proves the agent was invited. etcd holds
 `<prefix>/tokens/<id>` -> JSON {id, secret_sha256, created, expires}, where id is the first
-8 hex chars of the secret's sha256, attached to a lease with the token's TTL so expired tokens
-vanish by themselves. The secret itself is never stored: an etcd dump cannot be used to join.
+8 hex chars of the secret's sha256, attached to a lease that outlives the token by
+EXPIRED_KEPT_SECONDS, so an agent that comes late hears "expired" rather than "unknown", and
+the record then vanishes by itself. The secret itself is never stored: an etcd dump cannot be used to join.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from moorage.jointoken import (  # noqa: F401 - re-exported for callers of this 
 )
 
 _ID_CHARS = 8
+EXPIRED_KEPT_SECONDS = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,8 @@ def _key(store, tid: str) -> bytes:
 
 
 async def create_token(store, ttl_seconds: float, ca_digest: bytes,
-                       now: float | None = None) -> str:
+                       now: float | None = None,
+                       kept_after_expiry: float = EXPIRED_KEPT_SECONDS) -> str:
     """A new token valid for `ttl_seconds`; only its hash reaches etcd."""
     if ttl_seconds <= 0:
         raise ValueError("token TTL must be positive")
@@ -69,7 +72,7 @@ async def create_token(store, ttl_seconds: float, ca_digest: bytes,
     record = {"id": tid, "secret_sha256": digest, "created": now, "expires": now + ttl_seconds}
     # The lease only garbage-collects; verify_token still checks `expires` itself, because a
     # lease can outlive its TTL by a little while etcd's leader changes.
-    lease = await store.client.lease(max(1, math.ceil(ttl_seconds)))
+    lease = await store.client.lease(max(1, math.ceil(ttl_seconds + kept_after_expiry)))
     await store.client.put(_key(store, tid), json.dumps(record).encode(), lease=lease)
     return format_token(ca_digest, secret)
 

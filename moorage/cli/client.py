@@ -39,6 +39,20 @@ _CONNECT_FAILURES = (
 )
 
 
+def _channel_credentials(config: Config):
+    from moorage.credentials import CredentialsError, channel_credentials
+
+    if not config.credentials:
+        raise CliError(
+            f"error: no credentials to talk to {config.server}: pass --credentials FILE, set "
+            "MOOR_CREDENTIALS or put `credentials: FILE` in the config file (the control "
+            "plane writes admin.pem into its state dir)")
+    try:
+        return channel_credentials(config.credentials)
+    except CredentialsError as err:
+        raise CliError(f"error: {err} (from {config.credentials_source})") from None
+
+
 class CliError(Exception):
     """A failure to report: `message` holds finished lines for stderr, `code` the exit status."""
 
@@ -61,6 +75,12 @@ def rpc_error(exc, server: str, timeout: float | None = None) -> CliError:
     code = exc.code()
     name = getattr(code, "name", str(code))
     details = (exc.details() or "").strip()
+    low = details.lower()
+    if name == "UNAVAILABLE" and ("handshake" in low or "certificate" in low):
+        host = server.rpartition(":")[0] or server
+        return CliError(f"error: TLS with the control plane at {server} failed: its certificate "
+                        "is not from the CA in your credentials, or does not name "
+                        f"{host} (moor-controlplane --tls-san {host} adds it)")
     if name == "UNAVAILABLE" and _is_connect_failure(details):
         return CliError(f"error: cannot reach the Moorage control plane at {server} "
                         "(is it running? set --server, MOOR_SERVER or the config file)")
@@ -100,9 +120,11 @@ class Client:
         self._grpc = grpc
         self.server = config.server
         self.timeout = timeout if timeout and timeout > 0 else None
-        self._metadata = (("authorization", f"Bearer {config.token}"),) if config.token else None
-        self._channel = grpc.insecure_channel(
-            config.server, options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+        self._metadata = None
+        self.channel = grpc.secure_channel(
+            config.server, _channel_credentials(config),
+            options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+        self._channel = self.channel
         self._stub = api_pb2_grpc.ClusterStub(self._channel)
 
     def close(self) -> None:

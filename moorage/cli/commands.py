@@ -20,7 +20,8 @@ class Context:
         if self._client is None:
             from moorage.cli import config
 
-            settings = config.load(getattr(self.args, "server", None))
+            settings = config.load(getattr(self.args, "server", None),
+                                   credentials_flag=getattr(self.args, "credentials", None))
             self._client = Client(settings, getattr(self.args, "request_timeout", 30.0))
         return self._client
 

@@ -1,4 +1,5 @@
-"""Finds the control plane `moor` talks to, and its token: flags, environment, config file."""
+"""Finds the control plane `moor` talks to and the credential it presents: flags, environment,
+config file, then defaults."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ from moorage.cli.client import CliError
 
 DEFAULT_SERVER = "127.0.0.1:7440"
 DEFAULT_PORT = 7440
-CONFIG_KEYS = ("server", "token")
+CONFIG_KEYS = ("server", "credentials")
+# What a control plane started with its default --state-dir writes: found without any setting.
+DEFAULT_CREDENTIALS = "/var/lib/moorage/controlplane/admin.pem"
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     server: str
-    token: str | None = None
+    # An admin.pem-style bundle (certificate, key, CA); None when none was found.
+    credentials: str | None = None
+    # Where the setting came from, for error messages.
+    credentials_source: str = ""
 
 
 def default_config_path() -> pathlib.Path:
@@ -76,24 +82,40 @@ def read_config_file(path: pathlib.Path) -> dict[str, str]:
     return settings
 
 
-def load(server_flag: str | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Resolves the settings: --server, then MOOR_SERVER, then the config file, then the default."""
+def load(server_flag: str | None = None, environ: dict[str, str] | None = None,
+         credentials_flag: str | None = None) -> Config:
+    """Resolves the settings: flags, then MOOR_SERVER / MOOR_CREDENTIALS, then the config file,
+    then the defaults. A relative credentials path in the config file is relative to the file."""
     env = os.environ if environ is None else environ
-    settings = read_config_file(default_config_path())
+    path = default_config_path()
+    settings = read_config_file(path)
     server = server_flag or env.get("MOOR_SERVER") or settings.get("server") or DEFAULT_SERVER
-    token = settings.get("token") or None
-    return Config(server=normalize_server(server), token=token)
+    if credentials_flag:
+        creds, source = credentials_flag, "--credentials"
+    elif env.get("MOOR_CREDENTIALS"):
+        creds, source = env["MOOR_CREDENTIALS"], "$MOOR_CREDENTIALS"
+    elif settings.get("credentials"):
+        creds = os.path.join(path.parent, os.path.expanduser(settings["credentials"]))
+        source = f"the config file {path}"
+    elif os.path.exists(DEFAULT_CREDENTIALS):
+        creds, source = DEFAULT_CREDENTIALS, "the default location"
+    else:
+        creds, source = None, ""
+    return Config(server=normalize_server(server),
+                  credentials=os.path.expanduser(creds) if creds else None,
+                  credentials_source=source)
 
 
-def write_config(path: str | os.PathLike, server: str, token: str | None = None) -> pathlib.Path:
-    """Writes a config file atomically, readable only by its owner since it may hold a token."""
+def write_config(path: str | os.PathLike, server: str,
+                 credentials: str | None = None) -> pathlib.Path:
+    """Writes a config file atomically, readable only by its owner (it names a credential)."""
     import yaml
 
     target = pathlib.Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     data = {"server": server}
-    if token:
-        data["token"] = token
+    if credentials:
+        data["credentials"] = os.path.abspath(os.path.expanduser(str(credentials)))
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml", dir=target.parent)
     try:

@@ -28,8 +28,11 @@ examples:
   moor --server 10.0.0.5:7440 version    talk to another control plane
 
 The control plane is found from --server, else $MOOR_SERVER, else the config file
-($MOOR_CONFIG or ~/.config/moorage/config.yaml, keys `server:` and `token:`),
-else 127.0.0.1:7440. Set MOOR_DEBUG=1 to see tracebacks of unexpected errors."""
+($MOOR_CONFIG or ~/.config/moorage/config.yaml, keys `server:` and `credentials:`),
+else 127.0.0.1:7440. Every call is mutual TLS: the credential (an admin.pem bundle the
+control plane writes into its state dir) comes from --credentials, $MOOR_CREDENTIALS, the
+config file, or /var/lib/moorage/controlplane/admin.pem. Set MOOR_DEBUG=1 to see tracebacks
+of unexpected errors."""
 
 KIND_HELP = ("pods (po), deployments (deploy), services (svc), nodes (no), namespaces (ns) "
              "or events (ev); KIND/NAME also works")
@@ -68,6 +71,10 @@ def _add_globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
                        default=argparse.SUPPRESS if suppress else None,
                        help="control plane address (default: $MOOR_SERVER, the config file, "
                             "or 127.0.0.1:7440)")
+    group.add_argument("--credentials", metavar="FILE",
+                       default=argparse.SUPPRESS if suppress else None,
+                       help="admin credential bundle (default: $MOOR_CREDENTIALS, the config "
+                            "file, or /var/lib/moorage/controlplane/admin.pem)")
     group.add_argument("--request-timeout", metavar="SECONDS", type=_seconds,
                        default=argparse.SUPPRESS if suppress else 30.0,
                        help="give up on a request after this long; 0 waits forever "
@@ -179,6 +186,7 @@ def build_parser() -> Parser:
 
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
+    _add_token_commands(command)
 
     command("version", "print the client and server versions", """\
   moor version
@@ -195,6 +203,31 @@ def _add_node_commands(sub, command) -> None:
              "  moor drain node-2")):
         cmd = command(name, summary, example)
         cmd.add_argument("nodes", metavar="NODE", nargs="+", help="node names")
+
+
+def _add_token_commands(command) -> None:
+    cmd = command("token", "create, list or revoke join tokens for agents", """\
+  moor token create                       a token valid for 24 hours
+  moor token create --ttl 1h
+  moor token list
+  moor token revoke 3f2a9c1b              by id (or pass the whole token)""",
+                  "Join tokens let agents join: `moor-agent run --join HOST:PORT --token T`.\n"
+                  "A token carries the digest of the cluster CA, which the agent pins, and a\n"
+                  "secret; the control plane keeps only a hash of the secret. The token is\n"
+                  "printed once, when it is created.")
+    actions = cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
+                                 required=True)
+    act = actions.add_parser("create", help="make a token and print it",
+                             description="make a join token and print it (only now)")
+    _add_globals(act, suppress=True)
+    act.add_argument("--ttl", type=_seconds, default=24 * 3600.0, metavar="DURATION",
+                     help="how long it works, e.g. 30m, 24h (default 24h)")
+    for name, help_text in (("list", "list the tokens that have not expired"),
+                            ("revoke", "stop a token from working")):
+        act = actions.add_parser(name, help=help_text, description=help_text)
+        _add_globals(act, suppress=True)
+        if name == "revoke":
+            act.add_argument("tokens", metavar="ID|TOKEN", nargs="+")
 
 
 def _add_rollout_commands(sub, command) -> None:
@@ -246,13 +279,13 @@ def _parse(parser: Parser, argv: list[str] | None):
 
 
 def _dispatch(args) -> int:
-    from moorage.cli import commands, nodes, rollout
+    from moorage.cli import commands, nodes, rollout, tokens
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
                "describe": commands.describe, "delete": commands.delete,
                "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
-               "version": commands.version}[args.command]
+               "token": tokens.token, "version": commands.version}[args.command]
     ctx = commands.Context(args)
     try:
         return handler(ctx)

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from moorage.v1 import api_pb2 as moorage_dot_v1_dot_api__pb2
 from moorage.v1 import objects_pb2 as moorage_dot_v1_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16moorage/v1/agent.proto\x12\nmoorage.v1\x1a\x18moorage/v1/objects.proto\"\xd1\x02\n\x05Hello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.moorage.v1.Hello.LabelsEntry\x12\x31\n\x08\x63\x61pacity\x18\x03 \x03(\x0b\x32\x1f.moorage.v1.Hello.CapacityEntry\x12*\n\taddresses\x18\x04 \x03(\x0b\x32\x17.moorage.v1.NodeAddress\x12-\n\tnode_info\x18\x05 \x01(\x0b\x32\x1a.moorage.v1.NodeSystemInfo\x12\x18\n\x10running_pod_uids\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rCapacityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0b\n\tHeartbeat\"f\n\x0fPodStatusReport\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x15.moorage.v1.PodStatus\"\x9c\x01\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.moorage.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.moorage.v1.HeartbeatH\x00\x12\x31\n\npod_status\x18\x03 \x01(\x0b\x32\x1b.moorage.v1.PodStatusReportH\x00\x42\t\n\x07message\"P\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x1d\n\x04pods\x18\x02 \x03(\x0b\x32\x0f.moorage.v1.Pod\x12\x14\n\x0cremoved_uids\x18\x03 \x03(\t\".\n\x0fSessionSettings\x12\x1b\n\x13heartbeat_period_ms\x18\x01 \x01(\x05\"\x7f\n\x11\x44ispatcherMessage\x12/\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.moorage.v1.SessionSettingsH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.moorage.v1.AssignmentsH\x00\x42\t\n\x07message2T\n\nDispatcher\x12\x46\n\x07Session\x12\x18.moorage.v1.AgentMessage\x1a\x1d.moorage.v1.DispatcherMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16moorage/v1/agent.proto\x12\nmoorage.v1\x1a\x14moorage/v1/api.proto\x1a\x18moorage/v1/objects.proto\"\x0e\n\x0cGetCARequest\"2\n\rGetCAResponse\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x01(\x0c\x12\x11\n\tjoin_port\x18\x02 \x01(\x05\"@\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tnode_name\x18\x03 \x01(\t\"0\n\x0cJoinResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"u\n\nOpenStream\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12%\n\x04logs\x18\x03 \x01(\x0b\x32\x17.moorage.v1.LogsRequest\x12#\n\x04\x65xec\x18\x04 \x01(\x0b\x32\x15.moorage.v1.ExecStart\"\x1a\n\x0cStatsRequest\x12\n\n\x02id\x18\x01 \x01(\t\"q\n\x0bStatsReport\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04node\x18\x02 \x01(\x0b\x32\x15.moorage.v1.NodeUsage\x12\"\n\x04pods\x18\x03 \x03(\x0b\x32\x14.moorage.v1.PodUsage\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xd1\x02\n\x05Hello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.moorage.v1.Hello.LabelsEntry\x12\x31\n\x08\x63\x61pacity\x18\x03 \x03(\x0b\x32\x1f.moorage.v1.Hello.CapacityEntry\x12*\n\taddresses\x18\x04 \x03(\x0b\x32\x17.moorage.v1.NodeAddress\x12-\n\tnode_info\x18\x05 \x01(\x0b\x32\x1a.moorage.v1.NodeSystemInfo\x12\x18\n\x10running_pod_uids\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rCapacityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0b\n\tHeartbeat\"f\n\x0fPodStatusReport\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x15.moorage.v1.PodStatus\"\xc6\x01\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.moorage.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.moorage.v1.HeartbeatH\x00\x12\x31\n\npod_status\x18\x03 \x01(\x0b\x32\x1b.moorage.v1.PodStatusReportH\x00\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x17.moorage.v1.StatsReportH\x00\x42\t\n\x07message\"P\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x1d\n\x04pods\x18\x02 \x03(\x0b\x32\x0f.moorage.v1.Pod\x12\x14\n\x0cremoved_uids\x18\x03 \x03(\t\".\n\x0fSessionSettings\x12\x1b\n\x13heartbeat_period_ms\x18\x01 \x01(\x05\"\xe1\x01\n\x11\x44ispatcherMessage\x12/\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.moorage.v1.SessionSettingsH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.moorage.v1.AssignmentsH\x00\x12-\n\x0bopen_stream\x18\x03 \x01(\x0b\x32\x16.moorage.v1.OpenStreamH\x00\x12\x31\n\rstats_request\x18\x04 \x01(\x0b\x32\x18.moorage.v1.StatsRequestH\x00\x42\t\n\x07message2\x94\x01\n\nDispatcher\x12\x46\n\x07Session\x12\x18.moorage.v1.AgentMessage\x1a\x1d.moorage.v1.DispatcherMessage(\x01\x30\x01\x12>\n\x06Stream\x12\x17.moorage.v1.StreamFrame\x1a\x17.moorage.v1.StreamFrame(\x01\x30\x01\x32\xc1\x01\n\tBootstrap\x12<\n\x05GetCA\x12\x18.moorage.v1.GetCARequest\x1a\x19.moorage.v1.GetCAResponse\x12\x39\n\x04Join\x12\x17.moorage.v1.JoinRequest\x1a\x18.moorage.v1.JoinResponse\x12;\n\x05Renew\x12\x18.moorage.v1.RenewRequest\x1a\x18.moorage.v1.JoinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,24 +37,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_HELLO_CAPACITYENTRY']._loaded_options = None
   _globals['_HELLO_CAPACITYENTRY']._serialized_options = b'8\001'
-  _globals['_HELLO']._serialized_start=65
-  _globals['_HELLO']._serialized_end=402
-  _globals['_HELLO_LABELSENTRY']._serialized_start=308
-  _globals['_HELLO_LABELSENTRY']._serialized_end=353
-  _globals['_HELLO_CAPACITYENTRY']._serialized_start=355
-  _globals['_HELLO_CAPACITYENTRY']._serialized_end=402
-  _globals['_HEARTBEAT']._serialized_start=404
-  _globals['_HEARTBEAT']._serialized_end=415
-  _globals['_PODSTATUSREPORT']._serialized_start=417
-  _globals['_PODSTATUSREPORT']._serialized_end=519
-  _globals['_AGENTMESSAGE']._serialized_start=522
-  _globals['_AGENTMESSAGE']._serialized_end=678
-  _globals['_ASSIGNMENTS']._serialized_start=680
-  _globals['_ASSIGNMENTS']._serialized_end=760
-  _globals['_SESSIONSETTINGS']._serialized_start=762
-  _globals['_SESSIONSETTINGS']._serialized_end=808
-  _globals['_DISPATCHERMESSAGE']._serialized_start=810
-  _globals['_DISPATCHERMESSAGE']._serialized_end=937
-  _globals['_DISPATCHER']._serialized_start=939
-  _globals['_DISPATCHER']._serialized_end=1023
+  _globals['_GETCAREQUEST']._serialized_start=86
+  _globals['_GETCAREQUEST']._serialized_end=100
+  _globals['_GETCARESPONSE']._serialized_start=102
+  _globals['_GETCARESPONSE']._serialized_end=152
+  _globals['_JOINREQUEST']._serialized_start=154
+  _globals['_JOINREQUEST']._serialized_end=218
+  _globals['_JOINRESPONSE']._serialized_start=220
+  _globals['_JOINRESPONSE']._serialized_end=268
+  _globals['_RENEWREQUEST']._serialized_start=270
+  _globals['_RENEWREQUEST']._serialized_end=301
+  _globals['_OPENSTREAM']._serialized_start=303
+  _globals['_OPENSTREAM']._serialized_end=420
+  _globals['_STATSREQUEST']._serialized_start=422
+  _globals['_STATSREQUEST']._serialized_end=448
+  _globals['_STATSREPORT']._serialized_start=450
+  _globals['_STATSREPORT']._serialized_end=563
+  _globals['_HELLO']._serialized_start=566
+  _globals['_HELLO']._serialized_end=903
+  _globals['_HELLO_LABELSENTRY']._serialized_start=809
+  _globals['_HELLO_LABELSENTRY']._serialized_end=854
+  _globals['_HELLO_CAPACITYENTRY']._serialized_start=856
+  _globals['_HELLO_CAPACITYENTRY']._serialized_end=903
+  _globals['_HEARTBEAT']._serialized_start=905
+  _globals['_HEARTBEAT']._serialized_end=916
+  _globals['_PODSTATUSREPORT']._serialized_start=918
+  _globals['_PODSTATUSREPORT']._serialized_end=1020
+  _globals['_AGENTMESSAGE']._serialized_start=1023
+  _globals['_AGENTMESSAGE']._serialized_end=1221
+  _globals['_ASSIGNMENTS']._serialized_start=1223
+  _globals['_ASSIGNMENTS']._serialized_end=1303
+  _globals['_SESSIONSETTINGS']._serialized_start=1305
+  _globals['_SESSIONSETTINGS']._serialized_end=1351
+  _globals['_DISPATCHERMESSAGE']._serialized_start=1354
+  _globals['_DISPATCHERMESSAGE']._serialized_end=1579
+  _globals['_DISPATCHER']._serialized_start=1582
+  _globals['_DISPATCHER']._serialized_end=1730
+  _globals['_BOOTSTRAP']._serialized_start=1733
+  _globals['_BOOTSTRAP']._serialized_end=1926
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from moorage.v1 import api_pb2 as _api_pb2
 from moorage.v1 import objects_pb2 as _objects_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -6,6 +7,72 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetCARequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCAResponse(_message.Message):
+    __slots__ = ("ca_pem", "join_port")
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    JOIN_PORT_FIELD_NUMBER: _ClassVar[int]
+    ca_pem: bytes
+    join_port: int
+    def __init__(self, ca_pem: _Optional[bytes] = ..., join_port: _Optional[int] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("token", "csr_pem", "node_name")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    csr_pem: bytes
+    node_name: str
+    def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., node_name: _Optional[str] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("cert_pem", "ca_pem")
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    cert_pem: bytes
+    ca_pem: bytes
+    def __init__(self, cert_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class OpenStream(_message.Message):
+    __slots__ = ("id", "pod_uid", "logs", "exec")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    POD_UID_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    EXEC_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    pod_uid: str
+    logs: _api_pb2.LogsRequest
+    exec: _api_pb2.ExecStart
+    def __init__(self, id: _Optional[str] = ..., pod_uid: _Optional[str] = ..., logs: _Optional[_Union[_api_pb2.LogsRequest, _Mapping]] = ..., exec: _Optional[_Union[_api_pb2.ExecStart, _Mapping]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class StatsReport(_message.Message):
+    __slots__ = ("id", "node", "pods", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    node: _api_pb2.NodeUsage
+    pods: _containers.RepeatedCompositeFieldContainer[_api_pb2.PodUsage]
+    error: str
+    def __init__(self, id: _Optional[str] = ..., node: _Optional[_Union[_api_pb2.NodeUsage, _Mapping]] = ..., pods: _Optional[_Iterable[_Union[_api_pb2.PodUsage, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_name", "labels", "capacity", "addresses", "node_info", "running_pod_uids")
@@ -54,14 +121,16 @@ class PodStatusReport(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., status: _Optional[_Union[_objects_pb2.PodStatus, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "pod_status")
+    __slots__ = ("hello", "heartbeat", "pod_status", "stats")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     POD_STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     pod_status: PodStatusReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ...) -> None: ...
+    stats: StatsReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("full", "pods", "removed_uids")
@@ -80,9 +149,13 @@ class SessionSettings(_message.Message):
     def __init__(self, heartbeat_period_ms: _Optional[int] = ...) -> None: ...
 
 class DispatcherMessage(_message.Message):
-    __slots__ = ("settings", "assignments")
+    __slots__ = ("settings", "assignments", "open_stream", "stats_request")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_STREAM_FIELD_NUMBER: _ClassVar[int]
+    STATS_REQUEST_FIELD_NUMBER: _ClassVar[int]
     settings: SessionSettings
     assignments: Assignments
-    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ...) -> None: ...
+    open_stream: OpenStream
+    stats_request: StatsRequest
+    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ...) -> None: ...

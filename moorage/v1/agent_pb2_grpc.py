@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from moorage.v1 import agent_pb2 as moorage_dot_v1_dot_agent__pb2
+from moorage.v1 import api_pb2 as moorage_dot_v1_dot_api__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -39,6 +40,11 @@ class DispatcherStub:
                 request_serializer=moorage_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=moorage_dot_v1_dot_agent__pb2.DispatcherMessage.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/moorage.v1.Dispatcher/Stream',
+                request_serializer=moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -52,6 +58,14 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Opened by the agent when its session asks it to (OpenStream): the first frame names the
+        request's id; then log or exec frames flow both ways until either side closes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +73,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=moorage_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=moorage_dot_v1_dot_agent__pb2.DispatcherMessage.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +107,198 @@ class Dispatcher:
             '/moorage.v1.Dispatcher/Session',
             moorage_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             moorage_dot_v1_dot_agent__pb2.DispatcherMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/moorage.v1.Dispatcher/Stream',
+            moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class BootstrapStub:
+    """Joining: how an agent gets its node certificate.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetCA = channel.unary_unary(
+                '/moorage.v1.Bootstrap/GetCA',
+                request_serializer=moorage_dot_v1_dot_agent__pb2.GetCARequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_agent__pb2.GetCAResponse.FromString,
+                _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/moorage.v1.Bootstrap/Join',
+                request_serializer=moorage_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+                _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/moorage.v1.Bootstrap/Renew',
+                request_serializer=moorage_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+                _registered_method=True)
+
+
+class BootstrapServicer:
+    """Joining: how an agent gets its node certificate.
+    """
+
+    def GetCA(self, request, context):
+        """Plaintext listener only: the CA certificate, which the agent pins against the digest in
+        its join token before trusting anything else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Join(self, request, context):
+        """TLS join listener: a join token and a CSR for CN=system:node:<name> -> a certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """mTLS API listener: a node's fresh certificate, before its current one expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_BootstrapServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCA,
+                    request_deserializer=moorage_dot_v1_dot_agent__pb2.GetCARequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_agent__pb2.GetCAResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=moorage_dot_v1_dot_agent__pb2.JoinRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_agent__pb2.JoinResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=moorage_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_agent__pb2.JoinResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'moorage.v1.Bootstrap', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('moorage.v1.Bootstrap', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Bootstrap:
+    """Joining: how an agent gets its node certificate.
+    """
+
+    @staticmethod
+    def GetCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Bootstrap/GetCA',
+            moorage_dot_v1_dot_agent__pb2.GetCARequest.SerializeToString,
+            moorage_dot_v1_dot_agent__pb2.GetCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Bootstrap/Join',
+            moorage_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+            moorage_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Bootstrap/Renew',
+            moorage_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            moorage_dot_v1_dot_agent__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -180,3 +180,175 @@ class ExplainResponse(_message.Message):
     pods: _containers.RepeatedCompositeFieldContainer[PodExplanation]
     nodes: int
     def __init__(self, pods: _Optional[_Iterable[_Union[PodExplanation, _Mapping]]] = ..., nodes: _Optional[int] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("ttl_seconds",)
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ttl_seconds: int
+    def __init__(self, ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "info")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: TokenInfo
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("id", "created", "expires")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    created: float
+    expires: float
+    def __init__(self, id: _Optional[str] = ..., created: _Optional[float] = ..., expires: _Optional[float] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("revoked", "id")
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    revoked: bool
+    id: str
+    def __init__(self, revoked: _Optional[bool] = ..., id: _Optional[str] = ...) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("namespace", "pod", "container", "follow", "previous", "tail_lines", "timestamps")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    pod: str
+    container: str
+    follow: bool
+    previous: bool
+    tail_lines: int
+    timestamps: bool
+    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., container: _Optional[str] = ..., follow: _Optional[bool] = ..., previous: _Optional[bool] = ..., tail_lines: _Optional[int] = ..., timestamps: _Optional[bool] = ...) -> None: ...
+
+class ExecStart(_message.Message):
+    __slots__ = ("namespace", "pod", "container", "command", "stdin", "tty", "rows", "cols")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    pod: str
+    container: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    stdin: bool
+    tty: bool
+    rows: int
+    cols: int
+    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., container: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bool] = ..., tty: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
+class StreamFrame(_message.Message):
+    __slots__ = ("id", "exec", "logs", "fd", "data", "eof", "exited", "exit_code", "error", "code", "rows", "cols")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    FD_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    exec: ExecStart
+    logs: LogsRequest
+    fd: int
+    data: bytes
+    eof: bool
+    exited: bool
+    exit_code: int
+    error: str
+    code: str
+    rows: int
+    cols: int
+    def __init__(self, id: _Optional[str] = ..., exec: _Optional[_Union[ExecStart, _Mapping]] = ..., logs: _Optional[_Union[LogsRequest, _Mapping]] = ..., fd: _Optional[int] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ..., exited: _Optional[bool] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., code: _Optional[str] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
+class TopRequest(_message.Message):
+    __slots__ = ("kind", "namespace", "all_namespaces")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ALL_NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    all_namespaces: bool
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., all_namespaces: _Optional[bool] = ...) -> None: ...
+
+class ContainerUsage(_message.Message):
+    __slots__ = ("name", "cpu_cores", "memory_working_set_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cpu_cores: float
+    memory_working_set_bytes: int
+    def __init__(self, name: _Optional[str] = ..., cpu_cores: _Optional[float] = ..., memory_working_set_bytes: _Optional[int] = ...) -> None: ...
+
+class PodUsage(_message.Message):
+    __slots__ = ("namespace", "name", "uid", "node", "containers")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    containers: _containers.RepeatedCompositeFieldContainer[ContainerUsage]
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., node: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerUsage, _Mapping]]] = ...) -> None: ...
+
+class NodeUsage(_message.Message):
+    __slots__ = ("name", "cpu_cores", "memory_working_set_bytes", "cpu_capacity_cores", "memory_capacity_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_CAPACITY_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cpu_cores: float
+    memory_working_set_bytes: int
+    cpu_capacity_cores: float
+    memory_capacity_bytes: int
+    def __init__(self, name: _Optional[str] = ..., cpu_cores: _Optional[float] = ..., memory_working_set_bytes: _Optional[int] = ..., cpu_capacity_cores: _Optional[float] = ..., memory_capacity_bytes: _Optional[int] = ...) -> None: ...
+
+class TopResponse(_message.Message):
+    __slots__ = ("nodes", "pods", "unavailable")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeUsage]
+    pods: _containers.RepeatedCompositeFieldContainer[PodUsage]
+    unavailable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeUsage, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[PodUsage, _Mapping]]] = ..., unavailable: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -70,6 +70,21 @@ class ClusterStub:
                 request_serializer=moorage_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=moorage_dot_v1_dot_api__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/moorage.v1.Cluster/CreateToken',
+                request_serializer=moorage_dot_v1_dot_api__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/moorage.v1.Cluster/ListTokens',
+                request_serializer=moorage_dot_v1_dot_api__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/moorage.v1.Cluster/RevokeToken',
+                request_serializer=moorage_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -123,6 +138,25 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Join tokens for agents (admin only). The secret is shown once, at creation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +194,21 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=moorage_dot_v1_dot_api__pb2.ExplainRequest.FromString,
                     response_serializer=moorage_dot_v1_dot_api__pb2.ExplainResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.CreateTokenRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.ListTokensRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +400,253 @@ class Cluster:
             '/moorage.v1.Cluster/Explain',
             moorage_dot_v1_dot_api__pb2.ExplainRequest.SerializeToString,
             moorage_dot_v1_dot_api__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Cluster/CreateToken',
+            moorage_dot_v1_dot_api__pb2.CreateTokenRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Cluster/ListTokens',
+            moorage_dot_v1_dot_api__pb2.ListTokensRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Cluster/RevokeToken',
+            moorage_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class PodsStub:
+    """Reaching into running pods, through the control plane to the node's agent (admin only).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Logs = channel.unary_stream(
+                '/moorage.v1.Pods/Logs',
+                request_serializer=moorage_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+                _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/moorage.v1.Pods/Exec',
+                request_serializer=moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+                _registered_method=True)
+        self.Top = channel.unary_unary(
+                '/moorage.v1.Pods/Top',
+                request_serializer=moorage_dot_v1_dot_api__pb2.TopRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.TopResponse.FromString,
+                _registered_method=True)
+
+
+class PodsServicer:
+    """Reaching into running pods, through the control plane to the node's agent (admin only).
+    """
+
+    def Logs(self, request, context):
+        """A container's log lines; with follow, then new lines until the container stops or the
+        caller hangs up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request_iterator, context):
+        """The first frame carries `exec`; then stdin data, eof and TTY resizes. The answer is stdout
+        and stderr data, then one frame with `exited` and the exit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Top(self, request, context):
+        """Live CPU and memory usage of nodes or pods, measured by the agents now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PodsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.LogsRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+            ),
+            'Top': grpc.unary_unary_rpc_method_handler(
+                    servicer.Top,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.TopRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.TopResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'moorage.v1.Pods', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('moorage.v1.Pods', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Pods:
+    """Reaching into running pods, through the control plane to the node's agent (admin only).
+    """
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/moorage.v1.Pods/Logs',
+            moorage_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/moorage.v1.Pods/Exec',
+            moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Top(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Pods/Top',
+            moorage_dot_v1_dot_api__pb2.TopRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.TopResponse.FromString,
             options,
             channel_credentials,
             insecure,

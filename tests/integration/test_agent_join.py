@@ -17,9 +17,11 @@ import grpc
 import pytest
 
 from controlplane.etcd_local import free_port
+from controlplane.identity import ClusterCA, server_credentials
 from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 from nodeagent import sandbox
+from nodeagent.identity import NodeIdentity
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX
@@ -33,8 +35,9 @@ class FakeDispatcher(agent_pb2_grpc.DispatcherServicer):
     """Records what agents send; answers each session with settings and the full pod set, then
     whatever `push` sends. Its grpc.aio server runs on an event loop in a thread of its own."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, credentials: grpc.ServerCredentials):
         self.port = port
+        self.credentials = credentials
         self.pods: dict[str, pb.Pod] = {}
         self.hellos: list[agent_pb2.Hello] = []
         self.heartbeats = 0
@@ -52,7 +55,7 @@ class FakeDispatcher(agent_pb2_grpc.DispatcherServicer):
         async def start():
             self.server = grpc.aio.server()
             agent_pb2_grpc.add_DispatcherServicer_to_server(self, self.server)
-            self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+            self.server.add_secure_port(f"127.0.0.1:{self.port}", self.credentials)
             await self.server.start()
         self._call(start())
 
@@ -119,7 +122,13 @@ def env():
     cgroup_root = TEST_PREFIX + "join"
     base = [sys.executable, "-m", "nodeagent.agent", "--state-dir", state,
             "--cgroup-root", cgroup_root, "--netns-prefix", TEST_PREFIX]
-    fake = FakeDispatcher(free_port())
+    # The agent already holds a node certificate from this CA (as after a join), so it goes
+    # straight to an mTLS session with the fake.
+    ca = ClusterCA.load_or_create(os.path.join(root, "ca"))
+    ident = NodeIdentity.load_or_create(state, NODE)
+    ident.save(ca.sign_node_csr(ident.csr_pem(), NODE), ca.cert_pem)
+    cert, key = ca.server_cert(["127.0.0.1"])
+    fake = FakeDispatcher(free_port(), server_credentials(ca, cert, key))
     procs = []
 
     def cli(*args):
@@ -130,7 +139,7 @@ def env():
         with open(os.path.join(root, "agent.log"), "ab") as log:
             procs.append(subprocess.Popen(
                 [*base, "run", "--join", f"127.0.0.1:{fake.port}", "--node-name", NODE,
-                 "--advertise-address", "127.0.0.1", "--labels", "zone=a", "--token", "t"],
+                 "--advertise-address", "127.0.0.1", "--labels", "zone=a"],
                 stdout=log, stderr=log))
         return procs[-1]
     yield fake, cli, start_agent, root
@@ -201,6 +210,7 @@ def test_join_runs_assigned_pods_and_survives_a_control_plane_restart(env):
     assert not sandbox.existing(TEST_PREFIX)
     with open(os.path.join(root, "agent.log")) as f:
         log = f.read()
-    assert "--token is not used yet" in log
+    # It already had a certificate: no join, straight to the mTLS session.
+    assert "connecting to" in log and "joining" not in log
     # e.g. "child process is dead": a fork crashed by the session's gRPC threads.
     assert " ERROR " not in log, log

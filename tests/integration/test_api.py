@@ -11,7 +11,7 @@ import yaml
 
 from moorage import kinds, protogen
 from moorage.convert import object_to_dict
-from moorage.v1 import api_pb2
+from moorage.v1 import api_pb2, api_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "k8s"
@@ -243,9 +243,46 @@ def test_metrics_count_requests_by_method_and_code(controlplane):
 def test_health_service_reports_serving(controlplane):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(controlplane.address))
-    resp = stub.Check(health_pb2.HealthCheckRequest(service="moorage.v1.Cluster"))
-    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    # Over mTLS as admin, and in plaintext on the CA listener (for load balancers' checks).
+    for channel in (controlplane.channel(), grpc.insecure_channel(controlplane.ca_address)):
+        stub = health_pb2_grpc.HealthStub(channel)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service="moorage.v1.Cluster"))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_no_anonymous_calls(controlplane, tmp_path):
+    """Plaintext reaches only GetCA; the API port will not even finish a handshake without a
+    certificate from the cluster CA; a certificate from another CA is refused the same way."""
+    from controlplane.identity import ClusterCA
+    from moorage.credentials import split_bundle
+    from moorage.v1 import agent_pb2, agent_pb2_grpc
+
+    before = controlplane.snapshot()
+    anon = grpc.insecure_channel(controlplane.ca_address)
+    ca_pem = agent_pb2_grpc.BootstrapStub(anon).GetCA(agent_pb2.GetCARequest()).ca_pem
+    assert ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    for call, req in ((api_pb2_grpc.ClusterStub(anon).Apply, api_pb2.ApplyRequest(
+            manifests=[api_pb2.Manifest(content='{"apiVersion":"v1","kind":"Namespace",'
+                                                '"metadata":{"name":"anon"}}')])),
+                      (api_pb2_grpc.ClusterStub(anon).List, api_pb2.ListRequest(kind="pods")),
+                      (api_pb2_grpc.ClusterStub(anon).CreateToken, api_pb2.CreateTokenRequest())):
+        with pytest.raises(grpc.RpcError) as exc:
+            call(req, timeout=5)
+        assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED, exc.value.details()
+        assert "client certificate" in exc.value.details()
+    # TLS to the API port with only the CA trusted (no client certificate).
+    server_only = grpc.secure_channel(controlplane.address,
+                                      grpc.ssl_channel_credentials(root_certificates=ca_pem))
+    # A complete admin bundle from a foreign CA.
+    foreign = ClusterCA.load_or_create(str(tmp_path / "other"))
+    fcert, fkey, _ = split_bundle(pathlib.Path(foreign.admin_credentials()).read_bytes())
+    impostor = grpc.secure_channel(controlplane.address, grpc.ssl_channel_credentials(
+        root_certificates=ca_pem, private_key=fkey, certificate_chain=fcert))
+    for channel in (server_only, impostor):
+        with pytest.raises(grpc.RpcError) as exc:
+            api_pb2_grpc.ClusterStub(channel).List(api_pb2.ListRequest(kind="pods"), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert controlplane.snapshot() == before
 
 
 def test_watch_from_a_compacted_version_resyncs_through_the_api(controlplane):

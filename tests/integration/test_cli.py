@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -18,8 +17,7 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture
 def moor(controlplane, tmp_path):
-    env = dict(os.environ, MOOR_SERVER=controlplane.address,
-               MOOR_CONFIG=str(tmp_path / "none.yaml"))
+    env = controlplane.env(MOOR_CONFIG=str(tmp_path / "none.yaml"))
     env.pop("MOOR_DEBUG", None)
 
     def run(*args, stdin: str | None = None, server: str | None = None):
@@ -167,7 +165,7 @@ def test_help_reads_well(moor):
 
 def test_watch_prints_list_then_changes(moor, controlplane):
     assert moor("apply", "-f", "-", stdin=ns_yaml("cli-watch")).returncode == 0
-    env = dict(os.environ, MOOR_SERVER=controlplane.address)
+    env = controlplane.env()
     proc = subprocess.Popen([sys.executable, "-m", "moorage.cli.main", "get", "pods", "-n",
                              "cli-watch", "-w"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)

@@ -1,13 +1,13 @@
 """A real cluster on one machine: a control plane (scheduler, controllers, node lifecycle) and
-two agents as processes running real containers. A Deployment's pods run spread over the
-agents; kill -9 one agent and its pods are replaced on the other."""
+three agents as processes, joined with real tokens over mTLS, running real containers. A
+Deployment's pods run spread over the agents; kill -9 one agent and its pods are replaced on the
+others; joins with bad credentials are refused without a trace in etcd."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +18,7 @@ import pytest
 from nodeagent import sandbox
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
+from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
@@ -42,33 +43,6 @@ spec:
 """
 
 
-class Agent:
-    def __init__(self, root: str, name: str, address: str, image_tar: str):
-        self.name = name
-        self.state = os.path.join(root, name)
-        self.cgroup_root = f"{TEST_PREFIX}{name}"
-        self.base = [sys.executable, "-m", "nodeagent.agent", "--state-dir", self.state,
-                     "--cgroup-root", self.cgroup_root, "--netns-prefix", TEST_PREFIX]
-        subprocess.run([*self.base, "import", image_tar], check=True, capture_output=True)
-        self.address = address
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*self.base, "run", "--join", self.address, "--node-name", self.name,
-             "--advertise-address", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def cleanup(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            stop_process(self.proc)
-        Runtime(os.path.join(self.state, "containers"), cgroup_root=self.cgroup_root).remove_all()
-
-
 @pytest.fixture
 def cluster(etcd_endpoint):
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "cluster-")
@@ -77,14 +51,13 @@ def cluster(etcd_endpoint):
         "--eviction-startup-grace", "0"))
     tar = os.path.join(root, "busybox.tar")
     imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
-    agents = [Agent(root, f"node-{i}", cp.address, tar) for i in (1, 2)]
-    for a in agents:
-        a.start()
-    env = dict(os.environ, MOOR_SERVER=cp.address)
+    agents = start_agents(cp, root, ["node-1", "node-2", "node-3"], tar)
+    env = cp.env()
 
     def moor(*args, stdin=None):
         return subprocess.run([sys.executable, "-m", "moorage.cli.main", *args], input=stdin,
                               capture_output=True, text=True, env=env, timeout=60)
+    moor.cp, moor.root = cp, root
     yield moor, agents
     for a in agents:
         a.cleanup()
@@ -121,43 +94,96 @@ def node_states(moor) -> dict[str, str]:
 
 def test_deployment_runs_on_agents_and_survives_losing_one(cluster):
     moor, agents = cluster
-    wait_for(lambda: node_states(moor) == {"node-1": "Ready", "node-2": "Ready"})
+    names = {a.name for a in agents}
+    wait_for(lambda: node_states(moor) == dict.fromkeys(names, "Ready"))
     assert moor("apply", "-f", "-", stdin=DEPLOYMENT).returncode == 0
 
     def three_running():
         r = running_on(moor)
         return r if len(r) == 3 else None
     placed = wait_for(three_running)
-    assert set(placed.values()) == {"node-1", "node-2"}        # spread over both agents
+    assert set(placed.values()) == names        # spread: one on each agent
     wait_for(lambda: moor("get", "deploy", "web").stdout.splitlines()[1].split()[1] == "3/3")
 
     victim = agents[0]
     victim.kill()
-    # Its node goes NotReady, its pods are deleted and replaced on the other agent.
+    # Its node goes NotReady, its pod is deleted and replaced on the other agents.
     wait_for(lambda: node_states(moor).get(victim.name) == "NotReady")
 
-    def all_on_survivor():
+    def all_on_survivors():
         r = running_on(moor)
-        return r if len(r) == 3 and set(r.values()) == {"node-2"} else None
-    wait_for(all_on_survivor)
+        return r if len(r) == 3 and victim.name not in set(r.values()) else None
+    wait_for(all_on_survivors)
 
-    # The lost agent returns: its stale pods are stopped, so the count stays at 3.
+    # The lost agent returns (with its certificate, no token): its stale pod is stopped.
     victim.start()
     wait_for(lambda: node_states(moor).get(victim.name) == "Ready")
     runtime = Runtime(os.path.join(victim.state, "containers"), cgroup_root=victim.cgroup_root)
     wait_for(lambda: not any(i.status.state == "running" for i in runtime.list()))
     assert len(running_on(moor)) == 3
 
-    # Drain the survivor: it is cordoned, its pods go, and the replacements land on node-1.
+    # Drain node-2: it is cordoned, its pods go, and the replacements land elsewhere.
     drained = moor("drain", "node-2")
     assert drained.returncode == 0, drained.stderr
     assert drained.stdout.splitlines()[0] == "node/node-2 cordoned"
     assert drained.stdout.splitlines()[-1] == "node/node-2 drained"
     assert node_states(moor)["node-2"] == "Ready,SchedulingDisabled"
 
-    def all_on_node_1():
+    def none_on_node_2():
         r = running_on(moor)
-        return r if len(r) == 3 and set(r.values()) == {"node-1"} else None
-    wait_for(all_on_node_1)
+        return r if len(r) == 3 and "node-2" not in set(r.values()) else None
+    wait_for(none_on_node_2)
     assert moor("uncordon", "node-2").stdout.strip() == "node/node-2 uncordoned"
     assert node_states(moor)["node-2"] == "Ready"
+
+
+def node_keys(cp) -> list[bytes]:
+    return [k for k, _, _ in cp.snapshot() if b"/nodes/" in k or b"node-leases" in k]
+
+
+def test_bad_credentials_are_refused_without_a_node_record(cluster, tmp_path):
+    """A wrong token, an expired token, a token for another cluster and a certificate from a
+    foreign CA: each agent exits with a one-line error and etcd holds no record of it."""
+    from controlplane.identity import ClusterCA
+    from moorage.jointoken import format_token
+    from tests.agents import Agent
+
+    moor, _ = cluster
+    cp = moor.cp
+    expired = moor("token", "create", "--ttl", "1s")
+    assert expired.returncode == 0, expired.stderr
+    good = cp.token()
+    digest = ClusterCA.load_or_create(cp.state_dir).ca_digest()
+    wrong_secret = format_token(digest, "a" * 26)
+    foreign_digest = ClusterCA.load_or_create(str(tmp_path / "foreign")).ca_digest()
+    foreign_token = format_token(foreign_digest, good.split("-")[2])
+    time.sleep(1.5)
+    before = node_keys(cp)
+    cases = {"intruder-1": (expired.stdout.strip(), "join token expired"),
+             "intruder-2": (wrong_secret, "unknown join token"),
+             "intruder-3": (foreign_token, "does not match the join token's CA digest")}
+    for name, (token, message) in cases.items():
+        agent = Agent(moor.root, name, cp)
+        agent.start(token=token)
+        assert agent.proc.wait(60) != 0
+        assert message in agent.log(), agent.log()
+        agent.cleanup()
+    # A node certificate issued by another CA: the TLS handshake fails, nothing registers.
+    foreign = ClusterCA.load_or_create(str(tmp_path / "foreign"))
+    impostor = Agent(moor.root, "intruder-4", cp)
+    from nodeagent.identity import NodeIdentity
+
+    ident = NodeIdentity.load_or_create(impostor.state, "intruder-4")
+    ident.save(foreign.sign_node_csr(ident.csr_pem(), "intruder-4"), foreign.cert_pem)
+    impostor.start()
+    time.sleep(3)
+    impostor.cleanup()
+    assert node_keys(cp) == before
+    assert not any(n.startswith("intruder") for n in node_states(moor))
+    # Revoked tokens stop working too; list shows what is left.
+    listed = moor("token", "list")
+    assert listed.returncode == 0 and "ID" in listed.stdout
+    tid = moor("token", "revoke", good)
+    assert tid.returncode == 0 and tid.stdout.strip().endswith("revoked"), tid.stderr
+    again = moor("token", "revoke", good)
+    assert again.returncode == 1 and "not found" in again.stderr

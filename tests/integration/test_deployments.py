@@ -6,7 +6,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -267,8 +266,7 @@ def moor_cluster(etcd_endpoint):
 
 @pytest.fixture
 def moor(moor_cluster, tmp_path):
-    env = dict(os.environ, MOOR_SERVER=moor_cluster.address,
-               MOOR_CONFIG=str(tmp_path / "none.yaml"))
+    env = moor_cluster.env(MOOR_CONFIG=str(tmp_path / "none.yaml"))
 
     def call(*args, stdin: str | None = None):
         return subprocess.run([sys.executable, "-m", "moorage.cli.main", *args], input=stdin,

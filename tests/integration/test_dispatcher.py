@@ -39,15 +39,17 @@ def cp(etcd_endpoint):
 class FakeAgent:
     """Speaks the agent side of the session like a real agent would, and records what came."""
 
-    def __init__(self, address: str, name: str):
+    def __init__(self, address: str, name: str, credentials, hello_name: str | None = None):
         self.address, self.name = address, name
+        self.credentials = credentials
+        self.hello_name = hello_name or name
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.received: list[agent_pb2.DispatcherMessage] = []
         self.desired: dict[str, pb.Pod] = {}
         self.beating = True
 
     async def messages(self):
-        hello = agent_pb2.Hello(node_name=self.name, labels={"zone": "a"},
+        hello = agent_pb2.Hello(node_name=self.hello_name, labels={"zone": "a"},
                                 capacity={"cpu": "4", "memory": "8Gi", "pods": "110"})
         hello.addresses.add(type="InternalIP", address="192.0.2.10")
         yield agent_pb2.AgentMessage(hello=hello)
@@ -60,7 +62,7 @@ class FakeAgent:
                     yield agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat())
 
     async def run(self):
-        async with grpc.aio.insecure_channel(self.address) as ch:
+        async with grpc.aio.secure_channel(self.address, self.credentials) as ch:
             stub = agent_pb2_grpc.DispatcherStub(ch)
             async for msg in stub.Session(self.messages()):
                 self.received.append(msg)
@@ -89,11 +91,11 @@ def get(stub, kind, name, ns=""):
     return kinds.unwrap(stub.Get(api_pb2.GetRequest(kind=kind, namespace=ns, name=name)))
 
 
-def test_session_registers_assigns_reports_and_evicts(cp):
+def test_session_registers_assigns_reports_and_evicts(cp, tmp_state):
     stub = cp.stub()
 
     async def go():
-        agent = FakeAgent(cp.address, "node-a")
+        agent = FakeAgent(cp.address, "node-a", cp.node_credentials("node-a", tmp_state))
         task = asyncio.create_task(agent.run())
         try:
             await eventually(lambda: any(m.WhichOneof("message") == "settings"
@@ -163,3 +165,43 @@ def test_session_registers_assigns_reports_and_evicts(cp):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     asyncio.run(go())
+
+
+def test_a_node_may_act_only_as_itself(cp, tmp_state):
+    """A node certificate opens a session only under its own name, reads only its own pods,
+    writes nothing through the API; the admin credential is not a node."""
+    creds = cp.node_credentials("node-x", tmp_state)
+    before = cp.snapshot()
+
+    async def session_as(credentials, hello_name: str):
+        agent = FakeAgent(cp.address, "node-x", credentials, hello_name=hello_name)
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await asyncio.wait_for(agent.run(), 10)
+        return exc.value
+
+    err = asyncio.run(session_as(creds, "node-y"))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not open a session as node 'node-y'" in err.details()
+    from moorage.credentials import channel_credentials
+
+    err = asyncio.run(session_as(channel_credentials(cp.credentials), "node-x"))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not a node" in err.details()
+
+    from moorage.v1 import api_pb2_grpc
+
+    node_stub = api_pb2_grpc.ClusterStub(grpc.secure_channel(cp.address, creds))
+    for call, req in (
+            (node_stub.List, api_pb2.ListRequest(kind="pods", field_selector="spec.nodeName=node-y")),
+            (node_stub.List, api_pb2.ListRequest(kind="pods", all_namespaces=True)),
+            (node_stub.Get, api_pb2.GetRequest(kind="node", name="node-y")),
+            (node_stub.Apply, api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
+                source="p.yaml", content=POD_YAML % "sneaky")])),
+            (node_stub.CreateToken, api_pb2.CreateTokenRequest())):
+        with pytest.raises(grpc.RpcError) as exc:
+            call(req, timeout=5)
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED, exc.value.details()
+    own = node_stub.List(api_pb2.ListRequest(kind="pods", all_namespaces=True,
+                                             field_selector="spec.nodeName=node-x"))
+    assert list(own.items) == []
+    assert cp.snapshot() == before

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -266,7 +265,7 @@ def test_invalid_manifests_are_rejected_like_apply(cluster):
 def moor(cluster, tmp_path, *texts):
     path = tmp_path / "m.yaml"
     path.write_text("---\n".join(texts))
-    env = dict(os.environ, MOOR_SERVER=cluster.address, MOOR_CONFIG=str(tmp_path / "none.yaml"))
+    env = cluster.env(MOOR_CONFIG=str(tmp_path / "none.yaml"))
     env.pop("MOOR_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "moorage.cli.main", "explain", "-f", str(path)],
                           capture_output=True, text=True, env=env, timeout=60)

@@ -87,7 +87,7 @@ def test_token_disappears_when_its_lease_expires(store_factory, dirs):
     async def go():
         s = await store_factory()
         try:
-            token = await tokens.create_token(s, 2, ca.ca_digest())
+            token = await tokens.create_token(s, 2, ca.ca_digest(), kept_after_expiry=0)
             await tokens.verify_token(s, token, ca.ca_digest())
             key = f"{s.prefix}/tokens/{tokens.token_id(token)}".encode()
             deadline = time.monotonic() + 20

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from controlplane.identity import auth, tokens
-from controlplane.identity.auth import Identity, authorize, authorize_write, owns, status_only
+from controlplane.identity.auth import Identity, authorize, owns
 from controlplane.identity.ca import CAError, ClusterCA, split_bundle
 from controlplane.identity.join import JoinError, handle_renew
 from moorage.v1 import api_pb2
@@ -250,56 +250,57 @@ OK, DENIED, UNAUTH = (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED,
                       grpc.StatusCode.UNAUTHENTICATED)
 
 CASES = [
-    # identity, method, request, code, filter_owned, check_writes
+    # identity, method, request, code, filter_owned
     pytest.param(ADMIN, "/moorage.v1.Cluster/Delete", api_pb2.DeleteRequest(kind="pod"),
-                 OK, False, False, id="admin-delete"),
-    pytest.param(ADMIN, "Apply", apply(DEPLOY), OK, False, False, id="admin-apply"),
+                 OK, False, id="admin-delete"),
+    pytest.param(ADMIN, "Apply", apply(DEPLOY), OK, False, id="admin-apply"),
+    pytest.param(ADMIN, "CreateToken", api_pb2.CreateTokenRequest(), OK, False,
+                 id="admin-create-token"),
     pytest.param(N1, "Get", api_pb2.GetRequest(kind="node", name="n1"),
-                 OK, False, False, id="node-get-own-node"),
+                 OK, True, id="node-get-own-node"),
     pytest.param(N1, "Get", api_pb2.GetRequest(kind="no", name="n2"),
-                 DENIED, False, False, id="node-get-other-node"),
+                 DENIED, False, id="node-get-other-node"),
     pytest.param(N1, "Get", api_pb2.GetRequest(kind="pod", namespace="a", name="p"),
-                 OK, True, False, id="node-get-pod-filtered"),
+                 OK, True, id="node-get-pod-filtered"),
+    pytest.param(N1, "List", api_pb2.ListRequest(kind="pods", field_selector="spec.nodeName=n1"),
+                 OK, True, id="node-list-own-pods"),
     pytest.param(N1, "List", api_pb2.ListRequest(kind="pods", all_namespaces=True),
-                 OK, True, False, id="node-list-pods-filtered"),
-    pytest.param(N1, "Watch", api_pb2.WatchRequest(kind="nodes"),
-                 OK, True, False, id="node-watch-nodes-filtered"),
+                 DENIED, False, id="node-list-all-pods"),
+    pytest.param(N1, "List", api_pb2.ListRequest(kind="pods", field_selector="spec.nodeName=n2"),
+                 DENIED, False, id="node-list-other-nodes-pods"),
+    pytest.param(N1, "List", api_pb2.ListRequest(kind="nodes"), OK, True,
+                 id="node-list-nodes-filtered"),
+    pytest.param(N1, "Watch", api_pb2.WatchRequest(kind="pods"), DENIED, False,
+                 id="node-watch"),
     pytest.param(N1, "List", api_pb2.ListRequest(kind="services"),
-                 DENIED, False, False, id="node-list-services"),
+                 DENIED, False, id="node-list-services"),
     pytest.param(N1, "Get", api_pb2.GetRequest(kind="bogus"),
-                 DENIED, False, False, id="node-get-unknown-kind"),
-    pytest.param(N1, "Apply", apply(NODE_N1), OK, False, True, id="node-write-own-node"),
-    pytest.param(N1, "Apply", apply(NODE_N2), DENIED, False, False, id="node-write-other-node"),
-    pytest.param(N1, "Apply", apply(POD_ON_N1), OK, False, True, id="node-write-own-pod-status"),
-    pytest.param(N1, "Apply", apply(POD_ON_N2), DENIED, False, False,
-                 id="node-write-other-pod-status"),
-    pytest.param(N1, "Apply", apply(NODE_N1, DEPLOY), DENIED, False, False,
-                 id="node-write-mixed"),
-    pytest.param(N1, "Apply", api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
-        content="kind: Node\nmetadata: {name: n1}\n---\nkind: Node\nmetadata: {name: n2}\n")]),
-                 DENIED, False, False, id="node-write-yaml-second-doc"),
-    pytest.param(N1, "Apply", api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(content="[")]),
-                 DENIED, False, False, id="node-write-unparseable"),
+                 DENIED, False, id="node-get-unknown-kind"),
+    pytest.param(N1, "Apply", apply(NODE_N1), DENIED, False, id="node-apply-own-node"),
+    pytest.param(N1, "Apply", apply(POD_ON_N1), DENIED, False, id="node-apply-own-pod"),
     pytest.param(N1, "Delete", api_pb2.DeleteRequest(kind="node", name="n1"),
-                 DENIED, False, False, id="node-delete-own-node"),
-    pytest.param(N1, "Explain", api_pb2.ExplainRequest(), DENIED, False, False,
-                 id="node-explain"),
-    pytest.param(N1, "Renew", None, OK, False, False, id="node-renew"),
-    pytest.param(None, "GetCA", None, OK, False, False, id="anon-getca"),
-    pytest.param(None, "/moorage.v1.Cluster/Join", None, OK, False, False, id="anon-join"),
+                 DENIED, False, id="node-delete-own-node"),
+    pytest.param(N1, "Explain", api_pb2.ExplainRequest(), DENIED, False, id="node-explain"),
+    pytest.param(N1, "CreateToken", api_pb2.CreateTokenRequest(), DENIED, False,
+                 id="node-create-token"),
+    pytest.param(N1, "Logs", api_pb2.LogsRequest(), DENIED, False, id="node-logs"),
+    pytest.param(N1, "Renew", None, OK, False, id="node-renew"),
+    pytest.param(None, "GetCA", None, OK, False, id="anon-getca"),
+    pytest.param(None, "/moorage.v1.Bootstrap/Join", None, OK, False, id="anon-join"),
     pytest.param(None, "Get", api_pb2.GetRequest(kind="node", name="n1"),
-                 UNAUTH, False, False, id="anon-get"),
-    pytest.param(None, "Apply", apply(NODE_N1), UNAUTH, False, False, id="anon-apply"),
-    pytest.param(None, "Renew", None, UNAUTH, False, False, id="anon-renew"),
+                 UNAUTH, False, id="anon-get"),
+    pytest.param(None, "Apply", apply(NODE_N1), UNAUTH, False, id="anon-apply"),
+    pytest.param(None, "Version", api_pb2.VersionRequest(), UNAUTH, False, id="anon-version"),
+    pytest.param(None, "Renew", None, UNAUTH, False, id="anon-renew"),
     pytest.param(Identity("robot", "x"), "Get", api_pb2.GetRequest(kind="pod"),
-                 DENIED, False, False, id="unknown-kind-of-identity"),
+                 DENIED, False, id="unknown-kind-of-identity"),
 ]
 
 
-@pytest.mark.parametrize("identity,method,request_,code,filtered,check", CASES)
-def test_authorize(identity, method, request_, code, filtered, check):
+@pytest.mark.parametrize("identity,method,request_,code,filtered", CASES)
+def test_authorize(identity, method, request_, code, filtered):
     d = authorize(identity, method, request_)
-    assert (d.code, d.filter_owned, d.check_writes) == (code, filtered, check)
+    assert (d.code, d.filter_owned) == (code, filtered)
     assert d.allowed is (code == OK)
     if not d.allowed:
         assert d.message and "\n" not in d.message
@@ -316,22 +317,10 @@ def pod(name: str, node: str) -> pb.Pod:
     return p
 
 
-def test_owns_and_authorize_write():
+def test_owns():
     node = pb.Node()
     node.metadata.name = "n1"
     assert owns(N1, node) and owns(N1, pod("p", "n1")) and not owns(N1, pod("p", "n2"))
     wrapped = pb.Object()
     wrapped.pod.CopyFrom(pod("p", "n2"))
     assert not owns(N1, wrapped) and owns(ADMIN, wrapped) and not owns(None, node)
-    assert authorize_write(N1, node).allowed
-    assert not authorize_write(N1, pod("p", "n2")).allowed
-    assert authorize_write(None, node).code == UNAUTH
-
-
-def test_status_only_keeps_stored_spec():
-    stored, incoming = pod("p", "n1"), pod("p", "n1")
-    incoming.spec.node_name = "n1"
-    incoming.spec.hostname = "changed"
-    incoming.status.phase = "Running"
-    out = status_only(stored, incoming)
-    assert out.spec.hostname == "" and out.status.phase == "Running"
