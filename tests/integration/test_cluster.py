@@ -187,3 +187,39 @@ def test_bad_credentials_are_refused_without_a_node_record(cluster, tmp_path):
     assert tid.returncode == 0 and tid.stdout.strip().endswith("revoked"), tid.stderr
     again = moor("token", "revoke", good)
     assert again.returncode == 1 and "not found" in again.stderr
+
+
+def test_node_certificate_is_renewed_before_it_expires(etcd_endpoint, tmp_state):
+    """With 8-second node certificates the agent renews over its mTLS session, and after the
+    first certificate has expired a restarted agent still gets in with the renewed one."""
+    import datetime as dt
+
+    from nodeagent.identity import NodeIdentity
+    from tests.agents import Agent
+
+    cp = start_controlplane(etcd_endpoint, os.path.join(tmp_state, "cp"), extra_args=(
+        "--no-scheduler", "--no-node-lifecycle", "--node-cert-validity", "8"))
+    agent = Agent(tmp_state, "node-r", cp)
+    try:
+        agent.start()
+        crt = os.path.join(agent.state, "pki", "node.crt")
+        wait_for(lambda: os.path.exists(crt))
+        first = NodeIdentity.load_or_create(agent.state, "node-r").certificate()
+        assert first.not_valid_after_utc - dt.datetime.now(dt.UTC) < dt.timedelta(seconds=9)
+
+        def renewed():
+            cert = NodeIdentity.load_or_create(agent.state, "node-r").certificate()
+            return cert if cert.serial_number != first.serial_number else None
+        second = wait_for(renewed, 30)
+        assert second.not_valid_after_utc > first.not_valid_after_utc
+        wait_for(lambda: dt.datetime.now(dt.UTC) > first.not_valid_after_utc + dt.timedelta(
+            seconds=1), 30)
+        stop_process(agent.proc)
+        sessions = agent.log().count("assignments (full)")
+        agent.start()
+        wait_for(lambda: agent.log().count("assignments (full)") > sessions, 30)
+        assert "renewed the node certificate" in agent.log()
+        assert "joining" not in agent.log().split("renewed")[-1]
+    finally:
+        agent.cleanup()
+        stop_process(cp.proc)

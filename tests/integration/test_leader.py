@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import shutil
 import signal
 import tempfile
@@ -18,6 +19,7 @@ from moorage import kinds
 from moorage.v1 import api_pb2
 from tests.conftest import (
     TEST_PREFIX,
+    ControlPlane,
     etcd_client,
     run,
     start_controlplane,
@@ -260,6 +262,12 @@ def test_killing_the_leader_process_hands_over_and_loses_nothing(etcd_endpoint):
         def leaders():
             found = [n for n in map(_metric_leader, cps) if n]
             return found if found else None
+        # One cluster CA for both replicas: each trusts the other's admin credential.
+        ca_files = [pathlib.Path(d, "pki", "ca.crt").read_bytes() for d in dirs]
+        assert ca_files[0] == ca_files[1]
+        cross = ControlPlane(cps[1].address, "", prefix, etcd_endpoint, None, dirs[0])
+        assert cross.stub().Version(api_pb2.VersionRequest()).version
+
         found = _wait(leaders, 10, "a leader")
         assert len(found) == 1, found
         leader = cps[int(found[0].rsplit("-", 1)[1])]
