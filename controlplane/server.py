@@ -35,6 +35,7 @@ from controlplane.dispatcher.service import (
     NOT_READY_SECONDS,
     DispatcherServicer,
 )
+from controlplane.dispatcher.streams import PodsServicer, PodStreams
 from controlplane.etcd_local import LocalEtcd
 from controlplane.identity import CAError, join_server_credentials, server_credentials
 from controlplane.identity.shared import load_cluster_ca
@@ -210,6 +211,9 @@ async def serve(args: argparse.Namespace) -> int:
         dispatcher = DispatcherServicer(store, assignments, args.heartbeat_period,
                                         args.node_not_ready_after, ca_cert=ca.cert)
         agent_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+        dispatcher.streams = PodStreams(store, dispatcher)
+        api_pb2_grpc.add_PodsServicer_to_server(
+            PodsServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         listeners = [(args.listen, server_credentials(ca, cert, key)),

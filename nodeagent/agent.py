@@ -32,6 +32,7 @@ from nodeagent.identity import (
     keep_renewed,
     secure_channel_factory,
 )
+from nodeagent.podio import PodIO
 from nodeagent.pods import StartContainer
 from nodeagent.podworker import UID_CHARS, PodWorker, parse_container_id
 from nodeagent.runtime.images.registry import Progress, RegistryConfig, RegistryError
@@ -204,6 +205,8 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
                       on_assignments=lambda pods: (checkpoints.save(pods), wake.set()),
                       channel_factory=secure_channel_factory(ident))
     session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
+    podio = PodIO(node.runtime, session)
+    session.on_open_stream, session.on_stats = podio.open_stream, podio.stats
     reporter = StatusReporter(session, facts.internal_ip)
     static = static_source(args.pod_manifests) if args.pod_manifests else dict
 

@@ -187,6 +187,9 @@ def build_parser() -> Parser:
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
     _add_token_commands(command)
+    from moorage.cli import podio
+
+    podio.add_commands(sub, _add_globals)
 
     command("version", "print the client and server versions", """\
   moor version
@@ -279,13 +282,14 @@ def _parse(parser: Parser, argv: list[str] | None):
 
 
 def _dispatch(args) -> int:
-    from moorage.cli import commands, nodes, rollout, tokens
+    from moorage.cli import commands, nodes, podio, rollout, tokens
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
                "describe": commands.describe, "delete": commands.delete,
                "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
-               "token": tokens.token, "version": commands.version}[args.command]
+               "token": tokens.token, "version": commands.version,
+               **podio.HANDLERS}[args.command]
     ctx = commands.Context(args)
     try:
         return handler(ctx)
