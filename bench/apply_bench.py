@@ -30,7 +30,7 @@ from aetcd import rpc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from controlplane.etcd_local import LocalEtcd, free_port  # noqa: E402
+from controlplane.etcd_local import LocalEtcd, free_port, free_port_block  # noqa: E402
 from moorage import manifest  # noqa: E402
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
@@ -127,8 +127,26 @@ def floor_server(address: str, endpoint: str) -> None:
     asyncio.run(serve())
 
 
-def sequential(address: str, source: str = "bench.yaml") -> list[float]:
-    stub = api_pb2_grpc.ClusterStub(grpc.insecure_channel(address))
+def channel(address: str, credentials: str | None):
+    """mTLS as admin to the control plane; plaintext to the floor server."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    from moorage.credentials import channel_credentials
+
+    return grpc.aio.secure_channel(address, channel_credentials(credentials))
+
+
+def sync_channel(address: str, credentials: str | None):
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    from moorage.credentials import channel_credentials
+
+    return grpc.secure_channel(address, channel_credentials(credentials))
+
+
+def sequential(address: str, credentials: str | None = None,
+               source: str = "bench.yaml") -> list[float]:
+    stub = api_pb2_grpc.ClusterStub(sync_channel(address, credentials))
     requests = [api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
         source=source, content=as_sent(i, "seq"))]) for i in range(SEQUENTIAL + WARMUP)]
     samples = []
@@ -140,14 +158,14 @@ def sequential(address: str, source: str = "bench.yaml") -> list[float]:
     return samples
 
 
-async def concurrent(address: str) -> float:
+async def concurrent(address: str, credentials: str | None = None) -> float:
     """Applies per second from 8 clients, each with its own channel, for a fixed time."""
     bodies = {c: [as_sent(n, f"c{c}") for n in range(200)] for c in range(CONCURRENT_CLIENTS)}
     deadline = time.perf_counter() + CONCURRENT_SECONDS
     counts = [0] * CONCURRENT_CLIENTS
 
     async def client(c: int):
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with channel(address, credentials) as ch:
             stub = api_pb2_grpc.ClusterStub(ch)
             n = 0
             while time.perf_counter() < deadline:
@@ -161,6 +179,8 @@ async def concurrent(address: str) -> float:
 
 
 def start(args: list[str], address: str) -> subprocess.Popen:
+    """Starts a server and waits until `address` answers in plaintext (the floor server, or
+    the control plane's CA listener)."""
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL)
     grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
     return proc
@@ -172,19 +192,21 @@ def main() -> None:
         return
     tmp = tempfile.mkdtemp(prefix="moorbench-")
     etcd = LocalEtcd(os.path.join(tmp, "etcd")).start()
-    cp_addr, floor_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    port = free_port_block(4)
+    cp_addr, floor_addr = f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"
+    creds = os.path.join(tmp, "cp", "admin.pem")
     procs = []
     try:
         procs.append(start(["-m", "controlplane.server", "--listen", cp_addr, "--metrics-listen",
                             "", "--state-dir", os.path.join(tmp, "cp"), "--etcd-endpoints",
-                            etcd.endpoint, "--log-level", "warning"], cp_addr))
+                            etcd.endpoint, "--log-level", "warning"], f"127.0.0.1:{port + 3}"))
         procs.append(start([os.path.abspath(__file__), "--floor-server", floor_addr,
                             etcd.endpoint], floor_addr))
         raw = asyncio.run(raw_txn(etcd.endpoint))
         floor = sequential(floor_addr)
-        api = sequential(cp_addr)
+        api = sequential(cp_addr, creds)
         floor_rate = asyncio.run(concurrent(floor_addr))
-        api_rate = asyncio.run(concurrent(cp_addr))
+        api_rate = asyncio.run(concurrent(cp_addr, creds))
     finally:
         for p in procs:
             p.terminate()

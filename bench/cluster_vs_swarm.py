@@ -45,7 +45,7 @@ import grpc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from controlplane.etcd_local import LocalEtcd, free_port  # noqa: E402
+from controlplane.etcd_local import LocalEtcd, free_port_block  # noqa: E402
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 from nodeagent import sandbox  # noqa: E402
 from nodeagent.runtime import cgroups  # noqa: E402
@@ -181,11 +181,11 @@ class Agent:
         subprocess.run([*self.base, "import", self.image_tar], check=True, capture_output=True,
                        cwd=ROOT, timeout=120)
 
-    def start(self) -> None:
+    def start(self, token: str = "") -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*self.base, "run", "--join", self.address, "--node-name", self.name,
-                 "--advertise-address", "127.0.0.1"],
+                 "--advertise-address", "127.0.0.1", *(("--token", token) if token else ())],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
 
     def kill(self) -> None:
@@ -218,8 +218,9 @@ class Agent:
 
 
 def start_controlplane(root: str, etcd: str) -> tuple[subprocess.Popen, str]:
-    port, mport = free_port(), free_port()
-    address = f"127.0.0.1:{port}"
+    # API, metrics, join and CA listeners on consecutive ports, as with the defaults.
+    port = free_port_block(4)
+    address, mport = f"127.0.0.1:{port}", port + 1
     with open(os.path.join(root, "controlplane.log"), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "controlplane.server", "--listen", address,
@@ -231,12 +232,22 @@ def start_controlplane(root: str, etcd: str) -> tuple[subprocess.Popen, str]:
         if proc.poll() is not None:
             raise RuntimeError("control plane exited; see controlplane.log")
         try:
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=0.3)
+            # The plaintext CA listener answers once everything is served.
+            ca = grpc.insecure_channel(f"127.0.0.1:{port + 3}")
+            grpc.channel_ready_future(ca).result(timeout=0.3)
+            ca.close()
             return proc, address
         except grpc.FutureTimeoutError:
             continue
     terminate(proc)
     raise RuntimeError("control plane did not start")
+
+
+_CREDENTIALS: dict[str, str] = {}
+
+
+def admin_credentials(address: str) -> str:
+    return _CREDENTIALS[address]
 
 
 def ready_nodes(stub) -> set[str]:
@@ -249,7 +260,8 @@ def moor_apply(address: str, text: str) -> float:
     """Runs `moor apply -f -`; returns when it exited."""
     out = subprocess.run([sys.executable, "-m", "moorage.cli.main", "apply", "-f", "-"],
                          input=text, capture_output=True, text=True, cwd=ROOT, timeout=60,
-                         env=dict(os.environ, MOOR_SERVER=address))
+                         env=dict(os.environ, MOOR_SERVER=address,
+                                  MOOR_CREDENTIALS=admin_credentials(address)))
     if out.returncode != 0:
         raise RuntimeError(f"moor apply failed: {out.stderr.strip()}")
     return time.monotonic()
@@ -277,14 +289,18 @@ def bench_moorage(root: str, image_tar: str, results: dict) -> None:
     try:
         etcd.start()
         cp, address = start_controlplane(root, etcd.endpoint)
+        _CREDENTIALS[address] = os.path.join(root, "cp", "admin.pem")
         note(f"control plane at {address}, etcd at {etcd.endpoint}")
+        from moorage.credentials import channel_credentials
+
+        channel = grpc.secure_channel(address, channel_credentials(_CREDENTIALS[address]))
+        stub = api_pb2_grpc.ClusterStub(channel)
+        token = stub.CreateToken(api_pb2.CreateTokenRequest(ttl_seconds=3600)).token
         agents = [Agent(root, n, address, image_tar) for n in range(1, AGENTS + 1)]
         for a in agents:
             a.import_image()
         for a in agents:
-            a.start()
-        channel = grpc.insecure_channel(address)
-        stub = api_pb2_grpc.ClusterStub(channel)
+            a.start(token)
         names = {a.name for a in agents}
         deadline = time.monotonic() + 60
         while ready_nodes(stub) != names:
