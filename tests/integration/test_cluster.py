@@ -50,7 +50,7 @@ def cluster(etcd_endpoint):
         "--controllers", "--node-not-ready-after", "3", "--pod-eviction-after", "1",
         "--eviction-startup-grace", "0"))
     tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test", "busybox:v2"])
     agents = start_agents(cp, root, ["node-1", "node-2", "node-3"], tar)
     env = cp.env()
 
@@ -135,6 +135,75 @@ def test_deployment_runs_on_agents_and_survives_losing_one(cluster):
     wait_for(none_on_node_2)
     assert moor("uncordon", "node-2").stdout.strip() == "node/node-2 uncordoned"
     assert node_states(moor)["node-2"] == "Ready"
+
+
+class ReadyCounter:
+    """Counts the deployment's Running+Ready pods after every watch event, in a thread."""
+
+    def __init__(self, cp):
+        import threading
+
+        from moorage import kinds
+        from moorage.v1 import api_pb2
+
+        self.pods: dict[str, tuple[bool, str]] = {}
+        self.samples: list[int] = []
+        self.call = cp.stub().Watch(api_pb2.WatchRequest(kind="pods", namespace="default",
+                                                         label_selector="app=web"))
+
+        def run():
+            try:
+                for ev in self.call:
+                    if ev.type in ("BOOKMARK", "RESYNC"):
+                        continue
+                    pod = kinds.unwrap(ev.object)
+                    if ev.type == "DELETED":
+                        self.pods.pop(pod.metadata.name, None)
+                    else:
+                        ready = pod.status.phase == "Running" and any(
+                            c.type == "Ready" and c.status == "True"
+                            for c in pod.status.conditions)
+                        self.pods[pod.metadata.name] = (ready, pod.spec.containers[0].image)
+                    self.samples.append(sum(r for r, _ in self.pods.values()))
+            except Exception:  # noqa: BLE001 - cancelled at the end
+                pass
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def images(self) -> set[str]:
+        return {image for _, image in self.pods.values()}
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(5)
+
+
+def test_scale_and_rolling_update_on_real_agents(cluster):
+    """Scale 3 -> 6 -> 1 -> 3, then roll to a new image: with maxUnavailable 0 (the default
+    25% of 3, rounded down) no watch event ever shows fewer than 3 Ready pods."""
+    moor, agents = cluster
+    wait_for(lambda: len([s for s in node_states(moor).values() if s == "Ready"]) == 3)
+    assert moor("apply", "-f", "-", stdin=DEPLOYMENT).returncode == 0
+    for replicas in (3, 6, 1, 3):
+        out = moor("scale", "deployment/web", "--replicas", str(replicas))
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda n=replicas: len(running_on(moor)) == n and len(pods(moor)) == n)
+    assert len(set(running_on(moor).values())) == 3    # 3 replicas, spread again
+    wait_for(lambda: moor("get", "deploy", "web").stdout.splitlines()[1].split()[1] == "3/3")
+    counter = ReadyCounter(moor.cp)
+    try:
+        wait_for(lambda: counter.samples and counter.samples[-1] == 3)
+        start = len(counter.samples)
+        rolled = DEPLOYMENT.replace("image: busybox:test", "image: busybox:v2")
+        assert moor("apply", "-f", "-", stdin=rolled).returncode == 0
+        status = moor("rollout", "status", "deployment/web", "--timeout", "90s")
+        assert status.returncode == 0, status.stderr
+        wait_for(lambda: counter.images() == {"busybox:v2"} and counter.samples[-1] == 3)
+        during = counter.samples[start:]
+        assert len(during) > 6          # the rollout was seen, event by event
+        assert min(during) >= 3, during
+    finally:
+        counter.close()
 
 
 def node_keys(cp) -> list[bytes]:
