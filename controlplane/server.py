@@ -34,11 +34,13 @@ from controlplane.dispatcher.service import (
     HEARTBEAT_SECONDS,
     NOT_READY_SECONDS,
     DispatcherServicer,
+    NetworkDefaults,
 )
 from controlplane.dispatcher.streams import PodsServicer, PodStreams
 from controlplane.etcd_local import LocalEtcd
 from controlplane.identity import CAError, join_server_credentials, server_credentials
 from controlplane.identity.shared import load_cluster_ca
+from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, parse_cluster
 from controlplane.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.service import Scheduler
@@ -103,6 +105,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pod-eviction-after", type=float, default=EVICTION_SECONDS, metavar="S",
                    help="a NotReady node's pods are deleted, to be replaced elsewhere, after "
                         f"this long (default {EVICTION_SECONDS:g}s)")
+    p.add_argument("--cluster-cidr", default=DEFAULT_CLUSTER_CIDR, metavar="CIDR",
+                   help="pod addresses; each node leases a /24 of it "
+                        f"(default {DEFAULT_CLUSTER_CIDR})")
+    p.add_argument("--vxlan-vni", type=int, default=1, metavar="N",
+                   help="VXLAN network identifier of the overlay (default 1)")
+    p.add_argument("--vxlan-port", type=int, default=4789, metavar="PORT",
+                   help="UDP port of the overlay's VXLAN traffic (default 4789)")
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
                    help="run the scheduler, controllers and node lifecycle only while this "
                         "replica holds the etcd leader lease, so several replicas can share "
@@ -208,8 +217,10 @@ async def serve(args: argparse.Namespace) -> int:
             store, ca, split_hostport(join_listen)[1],
             dt.timedelta(seconds=args.node_cert_validity)), server)
         assignments = AssignmentIndex(store)
-        dispatcher = DispatcherServicer(store, assignments, args.heartbeat_period,
-                                        args.node_not_ready_after, ca_cert=ca.cert)
+        dispatcher = DispatcherServicer(
+            store, assignments, args.heartbeat_period, args.node_not_ready_after,
+            ca_cert=ca.cert, network=NetworkDefaults(args.cluster_cidr, args.vxlan_vni,
+                                                      args.vxlan_port))
         agent_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
         dispatcher.streams = PodStreams(store, dispatcher)
         api_pb2_grpc.add_PodsServicer_to_server(
@@ -238,7 +249,8 @@ async def serve(args: argparse.Namespace) -> int:
         print(f"moor-controlplane: serving on {args.listen}; admin credentials in {admin_path}",
               flush=True)
 
-        background = [asyncio.create_task(assignments.run())]
+        background = [asyncio.create_task(assignments.run()),
+                      asyncio.create_task(dispatcher.peers.run())]
 
         def leader_tasks(store: Store) -> list:
             # Built afresh on every election, so a new term starts from etcd, not old caches.
@@ -292,6 +304,14 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    try:
+        parse_cluster(args.cluster_cidr, 24)
+    except IPAMError as err:
+        sys.exit(f"moor-controlplane: --cluster-cidr: {err}")
+    if not 0 < args.vxlan_vni < 2**24:
+        sys.exit("moor-controlplane: --vxlan-vni must be between 1 and 16777215")
+    if not 0 < args.vxlan_port < 65536:
+        sys.exit("moor-controlplane: --vxlan-port must be a UDP port (1-65535)")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

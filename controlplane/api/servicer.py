@@ -194,6 +194,11 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
             obj = await self._delete_namespace(request.name, expect)
         else:
             obj = await self.store.delete(kind, ns, request.name, expect)
+        if kind.name == "Node":
+            # Its pod subnet goes back to the pool (a node that rejoins gets a fresh one).
+            from controlplane.ipam import release_subnet
+
+            await release_subnet(self.store, request.name)
         self.applier.cache.pop(self.store.key_of(obj), None)
         return api_pb2.DeleteResponse(object=kinds.wrap(obj))
 

@@ -12,11 +12,14 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 import grpc
 
 from controlplane.dispatcher.assignments import AssignmentIndex
+from controlplane.dispatcher.peers import PeerIndex
 from controlplane.identity.auth import peer_identity
+from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, assign_subnet
 from controlplane.store import Conflict, NotFound, Store
 from moorage import kinds
 from moorage import validation as v
@@ -53,7 +56,17 @@ def set_condition(conditions, type_: str, status: str, reason: str, message: str
                    last_heartbeat_time=now, last_transition_time=now)
 
 
-def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None) -> pb.Node:
+@dataclass(frozen=True, slots=True)
+class NetworkDefaults:
+    """The overlay's cluster-wide settings, sent to every agent with its session settings."""
+
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR
+    vxlan_vni: int = 1
+    vxlan_port: int = 4789
+
+
+def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None,
+                    pod_cidr: str = "") -> pb.Node:
     node = pb.Node(api_version="v1", kind="Node")
     if current is not None:
         node.CopyFrom(current)
@@ -65,6 +78,8 @@ def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None) -> pb.Node:
     # Labels the agent reports win; labels an operator added stay.
     node.metadata.labels.update(hello.labels)
     node.metadata.labels["kubernetes.io/hostname"] = hello.node_name
+    if pod_cidr:
+        node.spec.pod_cidr = pod_cidr
     node.status.capacity.clear()
     node.status.capacity.update(hello.capacity)
     node.status.allocatable.clear()
@@ -101,7 +116,8 @@ def merge_pod_status(pod: pb.Pod, reported: pb.PodStatus) -> pb.PodStatus:
 class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
     def __init__(self, store: Store, index: AssignmentIndex,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS,
-                 not_ready_seconds: int = NOT_READY_SECONDS, ca_cert=None):
+                 not_ready_seconds: int = NOT_READY_SECONDS, ca_cert=None,
+                 network: NetworkDefaults | None = None):
         self.store = store
         # Callers must present a node certificate from this CA (x509.Certificate).
         self.ca_cert = ca_cert
@@ -112,6 +128,13 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.sessions: dict[str, asyncio.Queue] = {}
         # Logs, exec and top (controlplane/dispatcher/streams.py); set by the server.
         self.streams = None
+        self.network = network or NetworkDefaults()
+        self.peers = PeerIndex(store, self.broadcast)
+
+    def broadcast(self, peers: agent_pb2.Peers) -> None:
+        msg = agent_pb2.DispatcherMessage(peers=peers)
+        for queue in list(self.sessions.values()):
+            queue.put_nowait(msg)
 
     def send(self, node: str, msg: agent_pb2.DispatcherMessage) -> bool:
         """Queues `msg` on the node's open session; False when the node has none here."""
@@ -121,13 +144,15 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         queue.put_nowait(msg)
         return True
 
-    async def _register(self, hello: agent_pb2.Hello) -> int:
+    async def _register(self, hello: agent_pb2.Hello) -> tuple[int, str]:
+        # The node's /24 of the cluster CIDR: the same one on every reconnect (etcd keeps it).
+        pod_cidr = await assign_subnet(self.store, hello.node_name, self.network.cluster_cidr)
         for _ in range(WRITE_ATTEMPTS):
             try:
                 current = await self.store.get(NODE, "", hello.node_name)
             except NotFound:
                 current = None
-            node = node_from_hello(hello, current)
+            node = node_from_hello(hello, current, pod_cidr)
             try:
                 if current is None:
                     await self.store.create(node)
@@ -142,7 +167,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         lease = await self.store.client.lease(self.not_ready_seconds)
         await self.store.client.put(lease_key(self.store, hello.node_name),
                                     hello.node_name.encode(), lease=lease)
-        return lease.id
+        return lease.id, pod_cidr
 
     async def _heartbeat(self, node: str, lease_id: int) -> int:
         reply = await self.store.client.refresh_lease(lease_id)
@@ -212,7 +237,10 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         if name != caller:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {caller!r} may not open a session as node {name!r}")
-        lease_id = await self._register(hello)
+        try:
+            lease_id, pod_cidr = await self._register(hello)
+        except IPAMError as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         log.info("node %s connected", name)
         await self.index.synced.wait()
         pods, queue = self.index.subscribe(name)
@@ -236,7 +264,12 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         reader = asyncio.create_task(read())
         try:
             yield agent_pb2.DispatcherMessage(settings=agent_pb2.SessionSettings(
-                heartbeat_period_ms=int(self.heartbeat_seconds * 1000)))
+                heartbeat_period_ms=int(self.heartbeat_seconds * 1000),
+                network=agent_pb2.NetworkSettings(
+                    pod_cidr=pod_cidr, cluster_cidr=self.network.cluster_cidr,
+                    vxlan_vni=self.network.vxlan_vni, vxlan_port=self.network.vxlan_port)))
+            await self.peers.synced.wait()
+            yield agent_pb2.DispatcherMessage(peers=self.peers.message())
             yield agent_pb2.DispatcherMessage(assignments=agent_pb2.Assignments(
                 full=True, pods=pods))
             while not closed.is_set():

@@ -5,7 +5,8 @@ says (like Swarm's SWMTKN); the secret half proves the agent was invited. etcd h
 `<prefix>/tokens/<id>` -> JSON {id, secret_sha256, created, expires}, where id is the first
 8 hex chars of the secret's sha256, attached to a lease that outlives the token by
 EXPIRED_KEPT_SECONDS, so an agent that comes late hears "expired" rather than "unknown", and
-the record then vanishes by itself. The secret itself is never stored: an etcd dump cannot be used to join.
+the record then vanishes by itself. The secret itself is never stored: an etcd dump cannot be
+used to join.
 """
 
 from __future__ import annotations

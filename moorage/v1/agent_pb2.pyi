@@ -121,16 +121,18 @@ class PodStatusReport(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., status: _Optional[_Union[_objects_pb2.PodStatus, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "pod_status", "stats")
+    __slots__ = ("hello", "heartbeat", "pod_status", "stats", "net_check")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     POD_STATUS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    NET_CHECK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     pod_status: PodStatusReport
     stats: StatsReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ...) -> None: ...
+    net_check: NetCheckReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckReport, _Mapping]] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("full", "pods", "removed_uids")
@@ -143,19 +145,69 @@ class Assignments(_message.Message):
     def __init__(self, full: _Optional[bool] = ..., pods: _Optional[_Iterable[_Union[_objects_pb2.Pod, _Mapping]]] = ..., removed_uids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionSettings(_message.Message):
-    __slots__ = ("heartbeat_period_ms",)
+    __slots__ = ("heartbeat_period_ms", "network")
     HEARTBEAT_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     heartbeat_period_ms: int
-    def __init__(self, heartbeat_period_ms: _Optional[int] = ...) -> None: ...
+    network: NetworkSettings
+    def __init__(self, heartbeat_period_ms: _Optional[int] = ..., network: _Optional[_Union[NetworkSettings, _Mapping]] = ...) -> None: ...
+
+class NetworkSettings(_message.Message):
+    __slots__ = ("pod_cidr", "cluster_cidr", "vxlan_vni", "vxlan_port")
+    POD_CIDR_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_CIDR_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_VNI_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_PORT_FIELD_NUMBER: _ClassVar[int]
+    pod_cidr: str
+    cluster_cidr: str
+    vxlan_vni: int
+    vxlan_port: int
+    def __init__(self, pod_cidr: _Optional[str] = ..., cluster_cidr: _Optional[str] = ..., vxlan_vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("name", "underlay_ip", "pod_cidr")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
+    POD_CIDR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    underlay_ip: str
+    pod_cidr: str
+    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., pod_cidr: _Optional[str] = ...) -> None: ...
+
+class Peers(_message.Message):
+    __slots__ = ("peers",)
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class NetCheckRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class NetCheckReport(_message.Message):
+    __slots__ = ("id", "findings", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    findings: _containers.RepeatedCompositeFieldContainer[_api_pb2.NetFinding]
+    error: str
+    def __init__(self, id: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[_api_pb2.NetFinding, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DispatcherMessage(_message.Message):
-    __slots__ = ("settings", "assignments", "open_stream", "stats_request")
+    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAM_FIELD_NUMBER: _ClassVar[int]
     STATS_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    NET_CHECK_FIELD_NUMBER: _ClassVar[int]
     settings: SessionSettings
     assignments: Assignments
     open_stream: OpenStream
     stats_request: StatsRequest
-    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ...) -> None: ...
+    peers: Peers
+    net_check: NetCheckRequest
+    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ...) -> None: ...

@@ -352,3 +352,29 @@ class TopResponse(_message.Message):
     pods: _containers.RepeatedCompositeFieldContainer[PodUsage]
     unavailable: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeUsage, _Mapping]]] = ..., pods: _Optional[_Iterable[_Union[PodUsage, _Mapping]]] = ..., unavailable: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NetDoctorRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NetFinding(_message.Message):
+    __slots__ = ("node", "severity", "kind", "message")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    severity: str
+    kind: str
+    message: str
+    def __init__(self, node: _Optional[str] = ..., severity: _Optional[str] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class NetDoctorResponse(_message.Message):
+    __slots__ = ("findings", "checked", "unavailable")
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    findings: _containers.RepeatedCompositeFieldContainer[NetFinding]
+    checked: _containers.RepeatedScalarFieldContainer[str]
+    unavailable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, findings: _Optional[_Iterable[_Union[NetFinding, _Mapping]]] = ..., checked: _Optional[_Iterable[str]] = ..., unavailable: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -492,6 +492,83 @@ class Cluster:
             _registered_method=True)
 
 
+class NetworkStub:
+    """The overlay network's health, as each node's agent sees it in its kernel (admin only).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Doctor = channel.unary_unary(
+                '/moorage.v1.Network/Doctor',
+                request_serializer=moorage_dot_v1_dot_api__pb2.NetDoctorRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.NetDoctorResponse.FromString,
+                _registered_method=True)
+
+
+class NetworkServicer:
+    """The overlay network's health, as each node's agent sees it in its kernel (admin only).
+    """
+
+    def Doctor(self, request, context):
+        """Every node compares its routes, neighbour and FDB entries and MTUs with the node list and
+        probes its peers; an empty `findings` means healthy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NetworkServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Doctor': grpc.unary_unary_rpc_method_handler(
+                    servicer.Doctor,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.NetDoctorRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.NetDoctorResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'moorage.v1.Network', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('moorage.v1.Network', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Network:
+    """The overlay network's health, as each node's agent sees it in its kernel (admin only).
+    """
+
+    @staticmethod
+    def Doctor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Network/Doctor',
+            moorage_dot_v1_dot_api__pb2.NetDoctorRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.NetDoctorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class PodsStub:
     """Reaching into running pods, through the control plane to the node's agent (admin only).
     """

@@ -108,6 +108,15 @@ def test_session_registers_assigns_reports_and_evicts(cp, tmp_state):
             assert node.status.allocatable["memory"] == "8Gi"
             assert node.metadata.labels["zone"] == "a"
             assert node.metadata.labels["kubernetes.io/hostname"] == "node-a"
+            # Its pod subnet, leased from the cluster CIDR, and the overlay's peer list.
+            assert settings.network.pod_cidr == node.spec.pod_cidr
+            assert node.spec.pod_cidr.startswith("10.244.") and node.spec.pod_cidr.endswith("/24")
+            assert (settings.network.vxlan_vni, settings.network.vxlan_port) == (1, 4789)
+            peers = await eventually(lambda: next(
+                (m.peers for m in agent.received if m.WhichOneof("message") == "peers"
+                 and any(p.name == "node-a" for p in m.peers.peers)), None))
+            me = next(p for p in peers.peers if p.name == "node-a")
+            assert (me.underlay_ip, me.pod_cidr) == ("192.0.2.10", node.spec.pod_cidr)
 
             stub.Apply(api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
                 source="p.yaml", content=POD_YAML % "web")]))
