@@ -185,7 +185,8 @@ class Agent:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*self.base, "run", "--join", self.address, "--node-name", self.name,
-                 "--advertise-address", "127.0.0.1", *(("--token", token) if token else ())],
+                 "--advertise-address", "127.0.0.1", "--pod-network", "none",
+                 *(("--token", token) if token else ())],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
 
     def kill(self) -> None:

@@ -30,6 +30,7 @@ from controlplane.dispatcher.lifecycle import (
     STARTUP_GRACE_SECONDS,
     NodeLifecycle,
 )
+from controlplane.dispatcher.netdoctor import NetworkServicer
 from controlplane.dispatcher.service import (
     HEARTBEAT_SECONDS,
     NOT_READY_SECONDS,
@@ -225,6 +226,8 @@ async def serve(args: argparse.Namespace) -> int:
         dispatcher.streams = PodStreams(store, dispatcher)
         api_pb2_grpc.add_PodsServicer_to_server(
             PodsServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
+        api_pb2_grpc.add_NetworkServicer_to_server(
+            NetworkServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         listeners = [(args.listen, server_credentials(ca, cert, key)),

@@ -1,8 +1,9 @@
-"""`make demo`: a control plane with its own etcd and two agents on this machine, running the
-example web app in real containers, with the commands to look at it.
+"""`make demo`: a three-host lab on this machine (`moor lab up --name moordemo`), each host a
+network namespace with its own agent, running the example web app in real containers, with the
+commands to look at it.
 
-Everything lives in a temporary state dir and is removed on exit. With --keep it stays up until
-Ctrl-C. Without root (agents need namespaces and cgroups) it runs the control plane alone.
+The lab stays up afterwards, like any lab: `moor lab down --name moordemo` removes it, or pass
+--down to remove it at the end. Needs root (namespaces, links and cgroups).
 """
 
 from __future__ import annotations
@@ -17,29 +18,29 @@ import sys
 import tempfile
 import time
 
-from controlplane.etcd_local import free_port
+from moorage.lab import cluster
+from moorage.lab.hosts import LabError
 from moorage.localimage import write_docker_save
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-AGENTS = ("node-1", "node-2")
-NETNS_PREFIX = "moordemo-"
+NAME = "moordemo"
+NODES = 3
+IMAGE = "busybox:1.36"      # what examples/web.yaml runs
 WAIT_SECONDS = 90
 
 
-def _moor(env: dict, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+def _moor(*args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    """`moor ARGS` as the user would type it: the lab wrote the config file it reads."""
     if not quiet:
         print(f"\n$ moor {' '.join(args)}", flush=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MOOR_SERVER", "MOOR_CREDENTIALS")}
     proc = subprocess.run([sys.executable, "-m", "moorage.cli.main", *args], env=env,
                           capture_output=True, text=True)
     if not quiet:
         sys.stdout.write(proc.stdout)
-        sys.stderr.write(proc.stderr)
+        sys.stdout.write(proc.stderr)
+        sys.stdout.flush()
     return proc
-
-
-def _agent_cmd(state: str, name: str) -> list[str]:
-    return [sys.executable, "-m", "nodeagent.agent", "--state-dir", os.path.join(state, name),
-            "--cgroup-root", f"moorage-demo-{name}", "--netns-prefix", NETNS_PREFIX]
 
 
 def _wait(what: str, check, timeout: float = WAIT_SECONDS) -> bool:
@@ -48,99 +49,90 @@ def _wait(what: str, check, timeout: float = WAIT_SECONDS) -> bool:
         if check():
             return True
         time.sleep(0.5)
-    print(f"error: timed out waiting for {what}", file=sys.stderr)
+    print(f"error: timed out after {timeout:.0f}s waiting for {what}", file=sys.stderr)
     return False
 
 
-def _running(env: dict) -> int:
-    out = _moor(env, "get", "pods", "-n", "shop", "-o", "json", quiet=True)
+def _running() -> int:
+    out = _moor("get", "pods", "-n", "shop", "-o", "json", quiet=True)
     if out.returncode != 0:
         return 0
     return sum(1 for p in json.loads(out.stdout)["items"]
                if p.get("status", {}).get("phase") == "Running")
 
 
-def _cleanup_agents(state: str) -> None:
-    from nodeagent import sandbox
-    from nodeagent.runtime.runtime import Runtime
+def _up(work: str) -> cluster.Lab:
+    image = os.path.join(work, "busybox.tar")
+    write_docker_save(image, [IMAGE])
+    print(f"$ moor lab up --name {NAME} --nodes {NODES} --import busybox.tar   "
+          f"# {IMAGE}, built from this machine's busybox-static\n", flush=True)
+    lab = cluster.plan(NAME, NODES, cluster.DEFAULT_CIDR, cluster.state_dir_for(NAME))
+    return cluster.up(lab, images=(image,), say=lambda line: print(line, flush=True))
 
-    for name in AGENTS:
-        Runtime(os.path.join(state, name, "containers"),
-                cgroup_root=f"moorage-demo-{name}").remove_all()
-    for ns in sandbox.existing(NETNS_PREFIX):
-        sandbox.remove(ns)
+
+def _show(work: str) -> bool:
+    examples = str(ROOT / "examples")
+    _moor("apply", "-f", examples)
+    _moor("apply", "-f", examples)          # again: everything unchanged
+    _moor("get", "nodes", "-o", "wide")
+    print("\nwaiting for the 3 web pods to run...", flush=True)
+    if not _wait("the web pods", lambda: _running() == 3):
+        return False
+    _moor("get", "pods", "-n", "shop", "-o", "wide")
+    _moor("scale", "deployment/web", "--replicas", "4", "-n", "shop")
+    if not _wait("the 4th pod", lambda: _running() == 4):
+        return False
+    _moor("get", "pods", "-n", "shop", "-o", "wide")
+    _moor("get", "deployments", "-n", "shop")
+    _moor("get", "events", "-n", "shop")
+    _moor("describe", "deployment", "web", "-n", "shop")
+    print("\n$ # a bad manifest is refused with the file, document and field path:")
+    bad = pathlib.Path(work) / "bad.yaml"
+    bad.write_text((ROOT / "examples" / "web.yaml").read_text()
+                   .replace("memory: 64Mi", "memory: 12XB"))
+    _moor("apply", "-f", str(bad))
+    return True
+
+
+def _down() -> int:
+    from moorage.lab.teardown import down
+
+    print(f"\n$ moor lab down --name {NAME}", flush=True)
+    left = down(NAME, cluster.state_dir_for(NAME))
+    if left:
+        print("error: these are left:\n  " + "\n  ".join(left), file=sys.stderr)
+        return 1
+    print(f"lab {NAME} is gone")
+    return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="moorage-demo", description=__doc__.splitlines()[0])
-    p.add_argument("--keep", action="store_true", help="stay up until Ctrl-C")
+    p.add_argument("--down", action="store_true", help="remove the lab at the end")
     args = p.parse_args(argv)
-    with_agents = os.geteuid() == 0
-    state = tempfile.mkdtemp(prefix="moorage-demo-")
-    address = f"127.0.0.1:{free_port()}"
-    print(f"starting a control plane on {address} with its own etcd under {state}", flush=True)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "controlplane.server", "--listen", address,
-         "--metrics-listen", f"127.0.0.1:{free_port()}", "--state-dir",
-         os.path.join(state, "controlplane"), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL)]
-    env = dict(os.environ, MOOR_SERVER=address)
+    if os.geteuid() != 0:
+        print("error: the demo makes network namespaces, links and cgroups, so it needs root "
+              "(sudo make demo)", file=sys.stderr)
+        return 1
+    work = tempfile.mkdtemp(prefix=f"{NAME}-")
     try:
-        if not _wait("the control plane", lambda: _moor(env, "version", quiet=True)
-                     .returncode == 0, 30):
+        try:
+            lab = _up(work)
+        except LabError as err:
+            print(f"error: {err}", file=sys.stderr)
             return 1
-        if with_agents:
-            image = os.path.join(state, "busybox.tar")
-            write_docker_save(image, ["busybox:1.36"])
-            for name in AGENTS:
-                cmd = _agent_cmd(state, name)
-                subprocess.run([*cmd, "import", image], check=True, capture_output=True)
-                procs.append(subprocess.Popen(
-                    [*cmd, "run", "--join", address, "--node-name", name,
-                     "--advertise-address", "127.0.0.1"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            print(f"started agents {', '.join(AGENTS)}, each with a busybox image built from "
-                  "this machine's busybox-static", flush=True)
-            _wait("the agents", lambda: _moor(env, "get", "nodes", quiet=True)
-                  .stdout.count(" Ready ") == len(AGENTS), 30)
-        else:
-            print("not root: running the control plane alone (agents need namespaces)")
-        examples = str(ROOT / "examples")
-        _moor(env, "apply", "-f", examples)
-        _moor(env, "apply", "-f", examples)          # again: everything unchanged
-        if with_agents:
-            _moor(env, "get", "nodes", "-o", "wide")
-            print("\nwaiting for the 3 web pods to run...", flush=True)
-            _wait("the web pods", lambda: _running(env) == 3)
-            _moor(env, "get", "pods", "-n", "shop", "-o", "wide")
-            _moor(env, "scale", "deployment/web", "--replicas", "4", "-n", "shop")
-            _wait("the 4th pod", lambda: _running(env) == 4)
-            _moor(env, "get", "deployments", "-n", "shop")
-            _moor(env, "get", "events", "-n", "shop")
-        _moor(env, "describe", "deployment", "web", "-n", "shop")
-        print("\n$ # a bad manifest is refused with the file, document and field path:")
-        bad = pathlib.Path(state) / "bad.yaml"
-        bad.write_text((ROOT / "examples" / "web.yaml").read_text()
-                       .replace("memory: 64Mi", "memory: 12XB"))
-        _moor(env, "apply", "-f", str(bad))
-        if args.keep:
-            print(f"\nThe cluster stays up. In another shell:\n  export MOOR_SERVER={address}\n"
-                  "  moor get pods -A -o wide\nPress Ctrl-C to stop and clean up.", flush=True)
-            try:
-                procs[0].wait()
-            except KeyboardInterrupt:
-                pass
-        return 0
+        ok = _show(work)
+        if args.down:
+            return _down() or (0 if ok else 1)
+        print("\n" + cluster.usage(lab))
+        print(f"\nThe lab stays up; `moor lab down --name {NAME}` removes it.")
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the lab may still be up: `moor lab down --name {NAME}` "
+              "removes it", file=sys.stderr)
+        return 130
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if with_agents:
-            _cleanup_agents(state)
-        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from moorage import manifest
 from moorage.jointoken import TokenError
 from moorage.v1 import objects_pb2 as pb
+from nodeagent import sandbox
 from nodeagent.identity import (
     IdentityError,
     NodeIdentity,
@@ -32,6 +33,7 @@ from nodeagent.identity import (
     keep_renewed,
     secure_channel_factory,
 )
+from nodeagent.netagent import AgentNetwork
 from nodeagent.podio import PodIO
 from nodeagent.pods import StartContainer
 from nodeagent.podworker import UID_CHARS, PodWorker, parse_container_id
@@ -112,7 +114,7 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
         stop: threading.Event, netns_prefix: str = "moorage-",
         report: Callable[[pb.Pod, pb.PodStatus], None] | None = None,
         removed: Callable[[pb.Pod], None] | None = None,
-        wake: threading.Event | None = None) -> None:
+        wake: threading.Event | None = None, network=None) -> None:
     """Keeps the pods `desired()` returns (keyed by uid) running until `stop` is set.
 
     `report` gets each pod's status after every sync, `removed` each pod once torn down; `wake`
@@ -123,6 +125,8 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
     while not stop.is_set():
         started = False
         want = desired()
+        if network is not None:
+            network.apply({uid: sandbox.sandbox_name(uid, netns_prefix) for uid in want})
         for key in sorted(set(workers) - set(want)):
             worker = workers.pop(key)
             log.info("pod %s is no longer wanted here: stopping it", _name(worker.pod))
@@ -139,7 +143,7 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
             worker = workers.get(key)
             if worker is None:
                 worker = PodWorker(pod, node.runtime, node.images, registry,
-                                   netns_prefix=netns_prefix)
+                                   netns_prefix=netns_prefix, network=network)
                 workers[key] = worker
             worker.pod = pod
             try:
@@ -207,6 +211,11 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
     podio = PodIO(node.runtime, session)
     session.on_open_stream, session.on_stats = podio.open_stream, podio.stats
+    network = None
+    if args.pod_network == "overlay":
+        network = AgentNetwork(node.state_dir, facts.internal_ip, wake=wake.set)
+        session.on_network, session.on_peers = network.configure, network.set_peers
+        session.on_net_check = lambda req: asyncio.to_thread(network.check)
     reporter = StatusReporter(session, facts.internal_ip)
     static = static_source(args.pod_manifests) if args.pod_manifests else dict
 
@@ -228,7 +237,8 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     log.info("connecting to %s as node %s", args.join, session.node_name)
     try:
         run(node, lambda: {**static(), **session.desired}, registry, stop,
-            netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake)
+            netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake,
+            network=network)
     finally:
         loop.call_soon_threadsafe(astop.set)
         thread.join(5)
@@ -342,6 +352,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     sp.add_argument("--advertise-address", metavar="IP",
                     help="this node's InternalIP (default: the address of the default route)")
     sp.add_argument("--labels", metavar="K=V,...", help="labels for this node")
+    sp.add_argument("--pod-network", choices=["overlay", "none"], default="overlay",
+                    help="overlay (default): pods get an address from this node's subnet on the "
+                    "cluster's VXLAN overlay; none: pods have only loopback (several agents "
+                    "sharing one network namespace, as in tests)")
     sp.add_argument("--token", metavar="TOKEN",
                     help="join token from `moor token create`; needed only the first time "
                     "(the node's certificate is kept under STATE_DIR/pki)")

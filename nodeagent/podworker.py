@@ -103,8 +103,11 @@ class _Waiting:
 class PodWorker:
     def __init__(self, pod: pb.Pod, runtime: Runtime, images: Store,
                  registry: RegistryConfig | None = None, *,
-                 netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time):
+                 netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None):
         self.pod = pod
+        # The pod network (nodeagent/netagent.py AgentNetwork), or None for loopback only.
+        self.network = network
+        self.pod_ip = ""
         self.runtime, self.images, self.registry = runtime, images, registry
         self.netns = sandbox.sandbox_name(pod.metadata.uid, netns_prefix)
         self.clock = clock
@@ -129,6 +132,13 @@ class PodWorker:
         """One pass: make the runtime match the pod; returns the plan with the pod's status."""
         path = sandbox.ensure(self.netns)
         now = self.clock()
+        if self.network is not None and not self.pod_ip:
+            try:
+                self.pod_ip = self.network.attach(self.netns, self.pod.metadata.uid)
+            except Exception as err:  # noqa: BLE001 - retried next pass; containers wait
+                log.warning("pod %s/%s: network: %s", self.pod.metadata.namespace,
+                            self.pod.metadata.name, err)
+                return Plan([], "Pending", [], now + 1.0)
         plan = reconcile(desired_pod(self.pod), self.observe(), now)
         wake = [plan.wake_at] if plan.wake_at else []
         for action in plan.actions:
@@ -185,7 +195,7 @@ class PodWorker:
 
     def status(self, plan: Plan) -> pb.PodStatus:
         """The pod's status as the API shows it (phase, per-container states, restarts)."""
-        out = pb.PodStatus(phase=plan.phase)
+        out = pb.PodStatus(phase=plan.phase, pod_ip=self.pod_ip)
         for cs in plan.containers:
             held = self.waiting.get(cs.name)
             state, reason = cs.state, cs.reason
@@ -206,6 +216,8 @@ class PodWorker:
                 self.runtime.stop(c.id, desired_pod(self.pod).grace_seconds
                                   if grace_seconds is None else grace_seconds)
             self.runtime.remove(c.id)
+        if self.network is not None:
+            self.network.detach(self.pod.metadata.uid)
         sandbox.remove(self.netns)
 
 

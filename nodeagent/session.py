@@ -162,7 +162,11 @@ class Session:
                  desired: dict[str, pb.Pod] | None = None,
                  on_open_stream: Callable[[agent_pb2.OpenStream], None] | None = None,
                  on_stats: Callable[[agent_pb2.StatsRequest],
-                                    Awaitable[agent_pb2.StatsReport]] | None = None):
+                                    Awaitable[agent_pb2.StatsReport]] | None = None,
+                 on_network: Callable[[agent_pb2.NetworkSettings], None] | None = None,
+                 on_peers: Callable[[agent_pb2.Peers], None] | None = None,
+                 on_net_check: Callable[[agent_pb2.NetCheckRequest],
+                                        Awaitable[agent_pb2.NetCheckReport]] | None = None):
         self.address, self.node_name, self.facts = address, node_name, facts
         self.labels = labels or {}
         self.running_pod_uids = running_pod_uids
@@ -175,11 +179,17 @@ class Session:
         # (must not block), and answer a stats request (its report is sent back on the session).
         self.on_open_stream = on_open_stream
         self.on_stats = on_stats
+        # The overlay (nodeagent/netagent.py): this node's subnet and settings, the peer list
+        # (must not block), and the doctor's check (answered like stats).
+        self.on_network = on_network
+        self.on_peers = on_peers
+        self.on_net_check = on_net_check
         self.desired: dict[str, pb.Pod] = dict(desired or {})
         self.heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
         self.generation = 0
         self.connected = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
 
     def report(self, namespace: str, name: str, uid: str, status: pb.PodStatus) -> None:
@@ -277,6 +287,14 @@ class Session:
         if kind == "settings":
             period = msg.settings.heartbeat_period_ms
             self.heartbeat_seconds = period / 1000 if period > 0 else DEFAULT_HEARTBEAT_SECONDS
+            if msg.settings.HasField("network") and self.on_network is not None:
+                self.on_network(msg.settings.network)
+        elif kind == "peers":
+            if self.on_peers is not None:
+                self.on_peers(msg.peers)
+        elif kind == "net_check" and self.on_net_check is not None:
+            self._spawn(self._answer(msg.net_check, self.on_net_check, "net_check",
+                                     agent_pb2.NetCheckReport))
         elif kind == "assignments":
             a = msg.assignments
             self.desired = apply_assignments(self.desired, a)
@@ -289,15 +307,21 @@ class Session:
             if self.on_open_stream is not None:
                 self.on_open_stream(msg.open_stream)
         elif kind == "stats_request" and self.on_stats is not None:
-            asyncio.get_running_loop().create_task(self._answer_stats(msg.stats_request))
+            self._spawn(self._answer(msg.stats_request, self.on_stats, "stats",
+                                     agent_pb2.StatsReport))
 
-    async def _answer_stats(self, req: agent_pb2.StatsRequest) -> None:
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)          # held, so it is not collected while it runs
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, req, handler, field: str, report_type) -> None:
         try:
-            report = await self.on_stats(req)
+            report = await handler(req)
         except Exception as err:  # noqa: BLE001 - the caller gets the error instead of a hang
-            report = agent_pb2.StatsReport(error=f"{type(err).__name__}: {err}")
+            report = report_type(error=f"{type(err).__name__}: {err}")
         report.id = req.id
-        self._outbox.put_nowait(agent_pb2.AgentMessage(stats=report))
+        self._outbox.put_nowait(agent_pb2.AgentMessage(**{field: report}))
 
 
 class Checkpoints:

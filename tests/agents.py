@@ -1,5 +1,7 @@
 """Real agents as processes for integration tests: each with its own state dir, cgroup parent
-and netns prefix under the test prefix, joined to a control plane with a real join token."""
+and netns prefix under the test prefix, joined to a control plane with a real join token.
+They share this machine's network namespace, so pods get no overlay (`--pod-network none`);
+the overlay is tested with one network namespace per host (test_datapath, test_lab)."""
 
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ class Agent:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [*self.base, "run", "--join", self.cp.address, "--node-name", self.name,
-             "--advertise-address", "127.0.0.1", *(("--token", token) if token else ()),
+             "--advertise-address", "127.0.0.1", "--pod-network", "none",
+             *(("--token", token) if token else ()),
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()

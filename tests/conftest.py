@@ -66,6 +66,8 @@ def run(coro):
 # ---- leftovers ----
 
 def _leftovers() -> list[str]:
+    # Without the dash: lab names (moortestab12-h1) and kernel link names are too short for it.
+    mark = TEST_PREFIX.rstrip("-")
     found = []
     me = os.getpid()
     for pid in os.listdir("/proc"):
@@ -76,21 +78,21 @@ def _leftovers() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if TEST_PREFIX in cmd:
+        if mark in cmd:
             found.append(f"process {pid}: {cmd[:120]}")
     try:
         out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        found += [f"netns {line.split()[0]}" for line in out.splitlines() if TEST_PREFIX in line]
+        found += [f"netns {line.split()[0]}" for line in out.splitlines() if mark in line]
         out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         found += [f"link {line.split(':')[1].strip()}" for line in out.splitlines()
-                  if TEST_PREFIX.rstrip("-") in line]
+                  if mark in line]
     except FileNotFoundError:
         pass
     with open("/proc/mounts") as f:
-        found += [f"mount {line.split()[1]}" for line in f if TEST_PREFIX in line]
+        found += [f"mount {line.split()[1]}" for line in f if mark in line]
     for root, dirs, _ in os.walk("/sys/fs/cgroup"):
         for d in dirs:
-            if TEST_PREFIX in d:
+            if mark in d:
                 found.append(f"cgroup {os.path.join(root, d)}")
         if root.count("/") > 6:
             dirs[:] = []

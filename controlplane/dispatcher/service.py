@@ -256,8 +256,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                         lease_id = await self._heartbeat(name, lease_id)
                     elif kind == "pod_status":
                         await self._pod_status(name, msg.pod_status)
-                    elif kind == "stats" and self.streams is not None:
-                        self.streams.stats_report(name, msg.stats)
+                    elif kind in ("stats", "net_check") and self.streams is not None:
+                        self.streams.answer(name, getattr(msg, kind))
             finally:
                 closed.set()
                 queue.put_nowait(False)

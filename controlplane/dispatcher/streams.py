@@ -174,13 +174,16 @@ class PodStreams:
 
     # ---- stats ----
 
-    async def stats(self, node: str, timeout: float = STATS_SECONDS) -> agent_pb2.StatsReport:
-        """The node's usage now; raises StreamError when it is not connected or silent."""
+    async def ask(self, node: str, field: str, request, timeout: float):
+        """Sends `request` as DispatcherMessage.<field> to `node` and waits for the report
+        with the same id (see `answer`); raises StreamError when it is not connected, silent
+        or reports an error."""
         id_ = uuid.uuid4().hex
+        request.id = id_
         future = asyncio.get_running_loop().create_future()
         self._stats[id_] = (node, future)
         try:
-            msg = agent_pb2.DispatcherMessage(stats_request=agent_pb2.StatsRequest(id=id_))
+            msg = agent_pb2.DispatcherMessage(**{field: request})
             if not self.dispatcher.send(node, msg):
                 raise StreamError(grpc.StatusCode.UNAVAILABLE, "not connected")
             try:
@@ -194,12 +197,20 @@ class PodStreams:
         finally:
             self._stats.pop(id_, None)
 
-    def stats_report(self, node: str, report: agent_pb2.StatsReport) -> None:
+    def answer(self, node: str, report) -> None:
+        """A report from `node` for a request `ask` sent it (late or foreign ones are dropped)."""
         entry = self._stats.get(report.id)
         if entry is None or entry[0] != node:
             return   # late, or not this node's to answer
         if not entry[1].done():
             entry[1].set_result(report)
+
+    async def stats(self, node: str, timeout: float = STATS_SECONDS) -> agent_pb2.StatsReport:
+        """The node's usage now; raises StreamError when it is not connected or silent."""
+        return await self.ask(node, "stats_request", agent_pb2.StatsRequest(), timeout)
+
+    def stats_report(self, node: str, report: agent_pb2.StatsReport) -> None:
+        self.answer(node, report)
 
 
 def _quantity(parse, value: str) -> int:

@@ -187,9 +187,22 @@ def build_parser() -> Parser:
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
     _add_token_commands(command)
-    from moorage.cli import podio
+    from moorage.cli import lab, podio
 
     podio.add_commands(sub, _add_globals)
+    cmd = command("net", "check the pod network", """\
+  moor net doctor                        every node checks its routes, neighbour and FDB
+                                         entries and MTUs, and pings its peers""")
+    actions = cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
+                                 required=True)
+    act = actions.add_parser("doctor", help="report overlay drift, MTU mismatches and "
+                             "unreachable peers (exit 1 when any)",
+                             description="Each node compares the kernel's routes, neighbour "
+                             "and FDB entries with the node list, checks MTUs and probes every "
+                             "peer over the overlay. Exit status 1 when there is an error or a "
+                             "node could not be checked.")
+    _add_globals(act, suppress=True)
+    lab.add_parser(sub)
 
     command("version", "print the client and server versions", """\
   moor version
@@ -282,13 +295,17 @@ def _parse(parser: Parser, argv: list[str] | None):
 
 
 def _dispatch(args) -> int:
-    from moorage.cli import commands, nodes, podio, rollout, tokens
+    if args.command == "lab":   # local: no control plane to talk to (it may not exist yet)
+        from moorage.cli import lab
+
+        return lab.run(args)
+    from moorage.cli import commands, netdoctor, nodes, podio, rollout, tokens
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
                "describe": commands.describe, "delete": commands.delete,
                "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
-               "token": tokens.token, "version": commands.version,
+               "token": tokens.token, "net": netdoctor.doctor, "version": commands.version,
                **podio.HANDLERS}[args.command]
     ctx = commands.Context(args)
     try:

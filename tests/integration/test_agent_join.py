@@ -139,7 +139,7 @@ def env():
         with open(os.path.join(root, "agent.log"), "ab") as log:
             procs.append(subprocess.Popen(
                 [*base, "run", "--join", f"127.0.0.1:{fake.port}", "--node-name", NODE,
-                 "--advertise-address", "127.0.0.1", "--labels", "zone=a"],
+                 "--advertise-address", "127.0.0.1", "--labels", "zone=a", "--pod-network", "none"],
                 stdout=log, stderr=log))
         return procs[-1]
     yield fake, cli, start_agent, root
