@@ -1,0 +1,1 @@
+"""Pod networking on a node: the VXLAN overlay datapath, pod IP allocation and its doctor."""
