@@ -42,7 +42,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 # The benchmarks' peers: Docker Swarm (Debian's docker.io) and runc; tests need neither.
-BENCH_APT_PACKAGES := docker.io
+BENCH_APT_PACKAGES := docker.io iperf3
 
 bench: install
 	@missing=""; for p in $(BENCH_APT_PACKAGES); do \

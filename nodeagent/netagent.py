@@ -15,6 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from google.protobuf.message import DecodeError
+
+from moorage.fsutil import write_atomic
 from moorage.v1 import agent_pb2, api_pb2
 from nodeagent.network.datapath import NetConfig, NetworkError, NodeNetwork
 from nodeagent.network.ipam import PodIPAM
@@ -40,14 +43,26 @@ class AgentNetwork:
         self._next_reconcile = 0.0
         self.net: NodeNetwork | None = None
         self.ipam: PodIPAM | None = None
+        # The last settings heard, kept so a restarted agent plugs its pods in at once, with
+        # the same subnet, before its session is back (pods never flap to Pending).
+        self._settings_path = os.path.join(self.state_dir, "settings.pb")
+        try:
+            with open(self._settings_path, "rb") as f:
+                self._settings = agent_pb2.NetworkSettings.FromString(f.read())
+        except (OSError, DecodeError):
+            pass
 
     # ---- from the session thread ----
 
     def configure(self, settings: agent_pb2.NetworkSettings) -> None:
-        if settings.pod_cidr:
-            with self.lock:
-                self._settings = settings
-            self.wake()
+        if not settings.pod_cidr:
+            return
+        with self.lock:
+            if settings != self._settings:
+                os.makedirs(self.state_dir, exist_ok=True)
+                write_atomic(self._settings_path, settings.SerializeToString())
+            self._settings = settings
+        self.wake()
 
     def set_peers(self, peers: agent_pb2.Peers) -> None:
         with self.lock:

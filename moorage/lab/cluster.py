@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,8 @@ class Lab:
     hosts: list[Host] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     config_path: str = ""
+    # Extra `moor-agent run` flags (registry mirrors, ...), for restarts.
+    agent_flags: list[str] = field(default_factory=list)
 
     @property
     def state_file(self) -> str:
@@ -125,7 +128,7 @@ def _in_netns(ns: str, argv: list[str]) -> list[str]:
 
 # Kept so that Popen.__del__ neither warns about nor reaps the lab's processes: they are meant
 # to outlive this one (its exit hands them to init).
-_SPAWNED: list[subprocess.Popen] = []
+_SPAWNED: dict[int, subprocess.Popen] = {}
 
 
 def _spawn(argv: list[str], log_path: str) -> int:
@@ -133,7 +136,7 @@ def _spawn(argv: list[str], log_path: str) -> int:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    _SPAWNED.append(proc)
+    _SPAWNED[proc.pid] = proc
     return proc.pid
 
 
@@ -155,6 +158,11 @@ def _is_zombie(pid: int) -> bool:
 
 def alive(pid: int, marker: str) -> bool:
     """Whether `pid` runs and is ours (its command line names `marker`), not a reused pid."""
+    proc = _SPAWNED.get(pid)
+    if proc is not None:
+        # Started by this process: ask it. Its command line is still ours until it has
+        # exec'd, so the marker test would call a starting child dead.
+        return proc.poll() is None
     return bool(pid) and marker in _cmdline(pid) and not _is_zombie(pid)
 
 
@@ -298,11 +306,9 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
     say(f"control plane on {lab.address} in {first.name} (pid {lab.controlplane_pid}), "
         f"with its own etcd")
     token = join_token(lab)
+    lab.agent_flags = list(agent_flags)
     for host in lab.hosts:
-        argv = _python("nodeagent.agent", *_agent_globals(host), "run", "--join", lab.address,
-                       "--node-name", host.name, "--advertise-address", host.ip,
-                       "--token", token, *agent_flags)
-        host.agent_pid = _spawn(_in_netns(host.name, argv), host.log)
+        host.agent_pid = _spawn(_in_netns(host.name, _agent_argv(lab, host, token)), host.log)
         lab.save()
     say(f"agents in {', '.join(h.name for h in lab.hosts)}; waiting for their nodes to be Ready")
     _wait_nodes(lab)
@@ -311,6 +317,28 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
         out = moor("apply", "-f", manifests, server=lab.address,
                    credentials=admin_credentials(lab), check=True)
         say(out.stdout.rstrip())
+
+
+def _agent_argv(lab: Lab, host: Host, token: str = "") -> list[str]:
+    return _python("nodeagent.agent", *_agent_globals(host), "run", "--join", lab.address,
+                   "--node-name", host.name, "--advertise-address", host.ip,
+                   *(("--token", token) if token else ()), *lab.agent_flags)
+
+
+def restart_agent(lab: Lab, host_name: str, sig: int = signal.SIGKILL) -> int:
+    """Stops a host's agent (kill -9 by default: a crash) and starts it again; its containers
+    and pod network stay, and it rejoins with the certificate it already has."""
+    host = next((h for h in lab.hosts if h.name == host_name), None)
+    if host is None:
+        raise LabError(f"lab {lab.name} has no host {host_name!r}")
+    if host.agent_pid and alive(host.agent_pid, host.state_dir):
+        os.kill(host.agent_pid, sig)
+        deadline = time.monotonic() + 10
+        while alive(host.agent_pid, host.state_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    host.agent_pid = _spawn(_in_netns(host.name, _agent_argv(lab, host)), host.log)
+    lab.save()
+    return host.agent_pid
 
 
 def _agent_globals(host: Host) -> list[str]:
