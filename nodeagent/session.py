@@ -166,7 +166,8 @@ class Session:
                  on_network: Callable[[agent_pb2.NetworkSettings], None] | None = None,
                  on_peers: Callable[[agent_pb2.Peers], None] | None = None,
                  on_net_check: Callable[[agent_pb2.NetCheckRequest],
-                                        Awaitable[agent_pb2.NetCheckReport]] | None = None):
+                                        Awaitable[agent_pb2.NetCheckReport]] | None = None,
+                 on_services: Callable[[agent_pb2.ServiceTable], None] | None = None):
         self.address, self.node_name, self.facts = address, node_name, facts
         self.labels = labels or {}
         self.running_pod_uids = running_pod_uids
@@ -184,6 +185,9 @@ class Session:
         self.on_network = on_network
         self.on_peers = on_peers
         self.on_net_check = on_net_check
+        # Every Service with its ready endpoints, whole, on each change (must not block):
+        # for the service rules and the DNS server.
+        self.on_services = on_services
         self.desired: dict[str, pb.Pod] = dict(desired or {})
         self.heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
         self.generation = 0
@@ -197,6 +201,15 @@ class Session:
         msg = agent_pb2.AgentMessage(pod_status=agent_pb2.PodStatusReport(
             namespace=namespace, name=name, uid=uid, status=status))
         if self._loop is not None and self._outbox is not None:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
+
+    def event(self, pod: pb.Pod, type_: str, reason: str, message: str) -> None:
+        """Queues a PodEvent (recorded as an Event by the control plane); safe from any thread.
+        Dropped when no session is open: events are best-effort, as in Kubernetes."""
+        msg = agent_pb2.AgentMessage(event=agent_pb2.PodEvent(
+            namespace=pod.metadata.namespace, pod=pod.metadata.name, uid=pod.metadata.uid,
+            type=type_, reason=reason, message=message))
+        if self._loop is not None and self._outbox is not None and self.connected:
             self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -292,6 +305,9 @@ class Session:
         elif kind == "peers":
             if self.on_peers is not None:
                 self.on_peers(msg.peers)
+        elif kind == "services":
+            if self.on_services is not None:
+                self.on_services(msg.services)
         elif kind == "net_check" and self.on_net_check is not None:
             self._spawn(self._answer(msg.net_check, self.on_net_check, "net_check",
                                      agent_pb2.NetCheckReport))

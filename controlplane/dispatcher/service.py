@@ -18,6 +18,7 @@ import grpc
 
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.peers import PeerIndex
+from controlplane.events import EventRecorder
 from controlplane.identity.auth import peer_identity
 from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, assign_subnet
 from controlplane.store import Conflict, NotFound, Store
@@ -129,6 +130,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         # Logs, exec and top (controlplane/dispatcher/streams.py); set by the server.
         self.streams = None
         self.network = network or NetworkDefaults()
+        self.events = EventRecorder(store, "kubelet")
         self.peers = PeerIndex(store, self.broadcast)
 
     def broadcast(self, peers: agent_pb2.Peers) -> None:
@@ -210,6 +212,20 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             except Conflict:
                 continue
 
+    async def _pod_event(self, node: str, ev: agent_pb2.PodEvent) -> None:
+        """Records an agent's event about one of its own pods (others are ignored)."""
+        try:
+            pod = await self.store.get(POD, ev.namespace, ev.pod)
+        except NotFound:
+            return
+        if pod.metadata.uid != ev.uid or pod.spec.node_name != node:
+            return
+        type_ = ev.type if ev.type in ("Normal", "Warning") else "Normal"
+        try:
+            await self.events.record(pod, type_, ev.reason[:128], ev.message[:1024])
+        except Exception as err:  # noqa: BLE001 - events are best-effort; the session goes on
+            log.warning("recording an event for pod %s/%s: %s", ev.namespace, ev.pod, err)
+
     async def _node_identity(self, context, method: str) -> str:
         """The calling node's name, from its client certificate; aborts for anyone else."""
         identity = peer_identity(context, self.ca_cert)
@@ -256,6 +272,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                         lease_id = await self._heartbeat(name, lease_id)
                     elif kind == "pod_status":
                         await self._pod_status(name, msg.pod_status)
+                    elif kind == "event":
+                        await self._pod_event(name, msg.event)
                     elif kind in ("stats", "net_check") and self.streams is not None:
                         self.streams.answer(name, getattr(msg, kind))
             finally:

@@ -121,18 +121,20 @@ class PodStatusReport(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., status: _Optional[_Union[_objects_pb2.PodStatus, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "pod_status", "stats", "net_check")
+    __slots__ = ("hello", "heartbeat", "pod_status", "stats", "net_check", "event")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     POD_STATUS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     NET_CHECK_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     pod_status: PodStatusReport
     stats: StatsReport
     net_check: NetCheckReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckReport, _Mapping]] = ...) -> None: ...
+    event: PodEvent
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckReport, _Mapping]] = ..., event: _Optional[_Union[PodEvent, _Mapping]] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("full", "pods", "removed_uids")
@@ -197,17 +199,83 @@ class NetCheckReport(_message.Message):
     def __init__(self, id: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[_api_pb2.NetFinding, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DispatcherMessage(_message.Message):
-    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check")
+    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check", "services")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAM_FIELD_NUMBER: _ClassVar[int]
     STATS_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     NET_CHECK_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
     settings: SessionSettings
     assignments: Assignments
     open_stream: OpenStream
     stats_request: StatsRequest
     peers: Peers
     net_check: NetCheckRequest
-    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ...) -> None: ...
+    services: ServiceTable
+    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ..., services: _Optional[_Union[ServiceTable, _Mapping]] = ...) -> None: ...
+
+class PodEvent(_message.Message):
+    __slots__ = ("namespace", "pod", "uid", "type", "reason", "message")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    pod: str
+    uid: str
+    type: str
+    reason: str
+    message: str
+    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., uid: _Optional[str] = ..., type: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ServiceTable(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceEntry]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceEntry, _Mapping]]] = ...) -> None: ...
+
+class ServiceEntry(_message.Message):
+    __slots__ = ("namespace", "name", "type", "cluster_ip", "ports", "endpoints")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_IP_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    type: str
+    cluster_ip: str
+    ports: _containers.RepeatedCompositeFieldContainer[ServicePortEntry]
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointEntry]
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., cluster_ip: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ServicePortEntry, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointEntry, _Mapping]]] = ...) -> None: ...
+
+class ServicePortEntry(_message.Message):
+    __slots__ = ("name", "protocol", "port", "node_port")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    NODE_PORT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    protocol: str
+    port: int
+    node_port: int
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ..., node_port: _Optional[int] = ...) -> None: ...
+
+class EndpointEntry(_message.Message):
+    __slots__ = ("ip", "node", "pod", "hostname", "ports")
+    IP_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    ip: str
+    node: str
+    pod: str
+    hostname: str
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ip: _Optional[str] = ..., node: _Optional[str] = ..., pod: _Optional[str] = ..., hostname: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ...) -> None: ...
