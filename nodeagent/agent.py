@@ -211,6 +211,9 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
     podio = PodIO(node.runtime, session)
     session.on_open_stream, session.on_stats = podio.open_stream, podio.stats
+    # Consumers of the service table (service rules, DNS): each gets every table as it comes.
+    service_consumers: list[Callable] = []
+    session.on_services = lambda table: [consume(table) for consume in service_consumers]
     network = None
     if args.pod_network == "overlay":
         network = AgentNetwork(node.state_dir, facts.internal_ip, wake=wake.set)
