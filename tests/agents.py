@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 
-from tests.conftest import TEST_PREFIX, stop_process
+from tests.conftest import stop_process
 
 
 class Agent:
@@ -23,7 +23,8 @@ class Agent:
         self.state = os.path.join(root, name)
         # Unique per test, so a leftover is traceable and two tests never share a cgroup.
         self.cgroup_root = unique(f"{name}-")
-        self.netns_prefix = TEST_PREFIX
+        # Its own prefix: clean-ups of one test never reach another's pod namespaces.
+        self.netns_prefix = unique("ns") + "-"
         self.base = [sys.executable, "-m", "nodeagent.agent", "--state-dir", self.state,
                      "--cgroup-root", self.cgroup_root, "--netns-prefix", self.netns_prefix]
         self.extra_args = extra_args
@@ -62,6 +63,7 @@ class Agent:
         if self.proc and self.proc.poll() is None:
             stop_process(self.proc)
         Runtime(os.path.join(self.state, "containers"), cgroup_root=self.cgroup_root).remove_all()
+        remove_sandboxes(self.netns_prefix)
 
 
 def start_agents(cp, root: str, names, image_tar: str | None = None,
@@ -72,8 +74,8 @@ def start_agents(cp, root: str, names, image_tar: str | None = None,
     return agents
 
 
-def remove_sandboxes() -> None:
+def remove_sandboxes(prefix: str) -> None:
     from nodeagent import sandbox
 
-    for ns in sandbox.existing(TEST_PREFIX):
+    for ns in sandbox.existing(prefix):
         sandbox.remove(ns)

@@ -16,9 +16,11 @@ import pytest
 from nodeagent import sandbox
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
-from tests.conftest import TEST_PREFIX
+from tests.conftest import TEST_PREFIX, unique
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
+# Its own pod-namespace prefix: other tests' clean-ups never touch it, nor it theirs.
+NETNS_PREFIX = unique("ns") + "-"
 
 POD = """\
 apiVersion: v1
@@ -41,7 +43,7 @@ def agent_env():
     os.makedirs(manifests)
     cgroup_root = TEST_PREFIX + "agentd"
     base = [sys.executable, "-m", "nodeagent.agent", "--state-dir", state,
-            "--cgroup-root", cgroup_root, "--netns-prefix", TEST_PREFIX]
+            "--cgroup-root", cgroup_root, "--netns-prefix", NETNS_PREFIX]
 
     def cli(*args, check=True):
         return subprocess.run([*base, *args], capture_output=True, text=True, timeout=60,
@@ -57,7 +59,7 @@ def agent_env():
             p.kill()
             p.wait()
     Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root).remove_all()
-    for name in sandbox.existing(TEST_PREFIX):
+    for name in sandbox.existing(NETNS_PREFIX):
         sandbox.remove(name)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -102,7 +104,7 @@ def test_static_pod_lifecycle_and_agent_crash(agent_env):
 
     os.remove(os.path.join(manifests, "web.yaml"))
     wait_until(lambda: cli("ps").stdout.count("\n") == 1)     # header only: all gone
-    assert not sandbox.existing(TEST_PREFIX)
+    assert not sandbox.existing(NETNS_PREFIX)
 
 
 def test_bad_manifest_is_skipped_and_errors_are_one_line(agent_env):

@@ -24,9 +24,11 @@ from nodeagent import sandbox
 from nodeagent.identity import NodeIdentity
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
-from tests.conftest import TEST_PREFIX
+from tests.conftest import TEST_PREFIX, unique
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
+# Its own pod-namespace prefix: other tests' clean-ups never touch it, nor it theirs.
+NETNS_PREFIX = unique("ns") + "-"
 
 NODE = TEST_PREFIX + "node"
 
@@ -121,7 +123,7 @@ def env():
     state = os.path.join(root, "state")
     cgroup_root = TEST_PREFIX + "join"
     base = [sys.executable, "-m", "nodeagent.agent", "--state-dir", state,
-            "--cgroup-root", cgroup_root, "--netns-prefix", TEST_PREFIX]
+            "--cgroup-root", cgroup_root, "--netns-prefix", NETNS_PREFIX]
     # The agent already holds a node certificate from this CA (as after a join), so it goes
     # straight to an mTLS session with the fake.
     ca = ClusterCA.load_or_create(os.path.join(root, "ca"))
@@ -149,7 +151,7 @@ def env():
             p.wait()
     fake.close()
     Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root).remove_all()
-    for name in sandbox.existing(TEST_PREFIX):
+    for name in sandbox.existing(NETNS_PREFIX):
         sandbox.remove(name)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -207,7 +209,7 @@ def test_join_runs_assigned_pods_and_survives_a_control_plane_restart(env):
 
     fake.push(agent_pb2.Assignments(removed_uids=[uid]))
     wait_until(lambda: cli("ps").stdout.count("\n") == 1)   # header only: all gone
-    assert not sandbox.existing(TEST_PREFIX)
+    assert not sandbox.existing(NETNS_PREFIX)
     with open(os.path.join(root, "agent.log")) as f:
         log = f.read()
     # It already had a certificate: no join, straight to the mTLS session.

@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from nodeagent import sandbox
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.agents import start_agents
@@ -62,8 +61,6 @@ def cluster(etcd_endpoint):
     for a in agents:
         a.cleanup()
     stop_process(cp.proc)
-    for name in sandbox.existing(TEST_PREFIX):
-        sandbox.remove(name)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests import imagebuild
-from tests.agents import remove_sandboxes, start_agents
+from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
@@ -75,7 +75,6 @@ def cluster(etcd_endpoint):
         for a in agents:
             a.cleanup()
         stop_process(cp.proc)
-        remove_sandboxes()
         shutil.rmtree(root, ignore_errors=True)
 
 
