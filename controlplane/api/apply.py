@@ -13,6 +13,7 @@ import datetime
 import uuid
 from dataclasses import dataclass
 
+from controlplane.serviceips import DEFAULT_SERVICE_CIDR, ServiceAllocator
 from controlplane.store import Conflict, Op, Store
 from controlplane.store.store import ABSENT
 from moorage import kinds
@@ -53,9 +54,11 @@ def now_rfc3339() -> str:
 
 
 class Applier:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, service_cidr: str = DEFAULT_SERVICE_CIDR):
         self.store = store
         self.cache: dict[bytes, tuple[int, bytes]] = {}
+        # Services' virtual IPs and node ports, leased in the apply's own Txn.
+        self.services = ServiceAllocator(store, service_cidr)
 
     def _remember(self, key: bytes, rev: int, value: bytes | None) -> None:
         if value is None:
@@ -93,9 +96,11 @@ class Applier:
                     self._remember(key, kv.mod_revision if kv else 0, kv.value if kv else None)
         for _ in range(MAX_ATTEMPTS):
             plans = self._plan(docs, keys, ns_keys)
+            leases = await self.services.allocate(plans)
             if dry_run:
                 return plans, 0
             ops = [Op(p.key, p.obj, p.expect, guard_only=p.action == "unchanged") for p in plans]
+            ops += leases
             ops += [Op(k, None, self.cache[k][0], guard_only=True) for k in ns_keys]
             ok, revision, current = await self.store.commit(ops)
             if ok:

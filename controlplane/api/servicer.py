@@ -128,7 +128,8 @@ async def _documents(request, context, what: str) -> list[manifest.Document]:
 
 
 class ClusterServicer(api_pb2_grpc.ClusterServicer):
-    def __init__(self, store: Store, scheduler_config=None, ca=None):
+    def __init__(self, store: Store, scheduler_config=None, ca=None,
+                 service_cidr: str | None = None):
         from controlplane.scheduler import SchedulerConfig
 
         self.store = store
@@ -137,7 +138,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         self.ca_cert = ca.cert if ca is not None else None
         # Explain decides as the running scheduler would, with its strategy.
         self.scheduler_config = scheduler_config or SchedulerConfig()
-        self.applier = Applier(store)
+        self.applier = Applier(store, service_cidr) if service_cidr else Applier(store)
 
     @observed("Apply")
     @mapped
@@ -192,6 +193,9 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         expect = int(request.resource_version) if request.resource_version else None
         if kind.name == "Namespace":
             obj = await self._delete_namespace(request.name, expect)
+        elif kind.name == "Service":
+            # Its virtual IP and node ports go back to the pool in the same Txn.
+            obj = await self.applier.services.delete_service(ns, request.name, expect)
         else:
             obj = await self.store.delete(kind, ns, request.name, expect)
         if kind.name == "Node":

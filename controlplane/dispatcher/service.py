@@ -18,6 +18,7 @@ import grpc
 
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.peers import PeerIndex
+from controlplane.dispatcher.services import ServiceIndex
 from controlplane.events import EventRecorder
 from controlplane.identity.auth import peer_identity
 from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, assign_subnet
@@ -132,9 +133,15 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.network = network or NetworkDefaults()
         self.events = EventRecorder(store, "kubelet")
         self.peers = PeerIndex(store, self.broadcast)
+        self.services = ServiceIndex(store, self.broadcast_services)
 
     def broadcast(self, peers: agent_pb2.Peers) -> None:
         msg = agent_pb2.DispatcherMessage(peers=peers)
+        for queue in list(self.sessions.values()):
+            queue.put_nowait(msg)
+
+    def broadcast_services(self, table: agent_pb2.ServiceTable) -> None:
+        msg = agent_pb2.DispatcherMessage(services=table)
         for queue in list(self.sessions.values()):
             queue.put_nowait(msg)
 
@@ -288,6 +295,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                     vxlan_vni=self.network.vxlan_vni, vxlan_port=self.network.vxlan_port)))
             await self.peers.synced.wait()
             yield agent_pb2.DispatcherMessage(peers=self.peers.message())
+            await self.services.synced.wait()
+            yield agent_pb2.DispatcherMessage(services=self.services.message())
             yield agent_pb2.DispatcherMessage(assignments=agent_pb2.Assignments(
                 full=True, pods=pods))
             while not closed.is_set():

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ import grpc
 from aetcd import rpc
 from aetcd.exceptions import RevisionCompactedError
 
+from controlplane.metrics import ETCD_LATENCY
 from moorage.kinds import Kind, kind_of
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,8 @@ class Store:
 
     @staticmethod
     def encode(obj) -> bytes:
+        if isinstance(obj, bytes):      # a raw record in a Txn (a service IP lease)
+            return obj
         # resourceVersion is derived from etcd on every read; storing it would let it go stale.
         if obj.metadata.resource_version:
             obj = type(obj).FromString(obj.SerializeToString())
@@ -192,11 +196,14 @@ class Store:
 
     async def _call(self, method: str, request):
         await self.client.connect()
+        began = time.perf_counter()
         try:
             return await getattr(self.client.kvstub, method)(
                 request, timeout=self.client._timeout, metadata=self.client.metadata)
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from err
+        finally:
+            ETCD_LATENCY.labels(method).observe(time.perf_counter() - began)
 
     async def txn(self, compare, success, failure=()) -> rpc.TxnResponse:
         return await self._call("Txn", rpc.TxnRequest(

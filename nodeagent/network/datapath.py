@@ -306,6 +306,7 @@ class NodeNetwork:
                 self.ipr.link("add", ifname=host, kind="veth", mtu=self.mtu,
                               peer={"ifname": POD_IFNAME, "net_ns_fd": netns_name})
             self._ensure_link(host, self.mtu, master=bridge)
+            self._hairpin(host)
             lo = pod.link_lookup(ifname="lo")
             if lo:
                 pod.link("set", index=lo[0], state="up")
@@ -319,6 +320,14 @@ class NodeNetwork:
                 pod.route("replace", dst="0.0.0.0/0", gateway=self.gateway,
                           oif=eth["index"])
         return PodNetwork(ip, self.gateway, self.mtu, host)
+
+    def _hairpin(self, ifname: str) -> None:
+        """Hairpin mode on the pod's bridge port (the CNI bridge plugin's hairpinMode): with
+        br_netfilter loaded, a pod reaching itself through a service VIP is bridged back out
+        the port it came in on, which a bridge does only in hairpin mode."""
+        index = self._index(ifname)
+        if index is not None:
+            self.ipr.brport("set", index=index, mode=1)
 
     def detach_pod(self, pod_uid: str) -> bool:
         """Removes the pod's veth pair; False if it was not there."""
@@ -341,6 +350,7 @@ class NodeNetwork:
             host = overlay.host_ifname(self.config.veth_prefix, uid)
             if host in veths:
                 fixes += self._ensure_link(host, self.mtu, master=bridge)
+                self._hairpin(host)
         return fixes
 
     def snapshot(self) -> Snapshot:

@@ -31,6 +31,10 @@ def in_ns(path: pathlib.Path, ns: str) -> tuple[str, str]:
     for d in docs:
         if d["kind"] != "Namespace":
             d["metadata"]["namespace"] = ns
+        if d["kind"] == "Service":
+            # Node ports are cluster-wide: a copy in another namespace gets a free one.
+            for port in d["spec"].get("ports", []):
+                port.pop("nodePort", None)
     return path.name, yaml.safe_dump_all(docs)
 
 
