@@ -183,6 +183,10 @@ def _container(c, path: str, names: set, host_ports: set, errs: _Errors) -> None
     for probe_name in ("liveness_probe", "readiness_probe", "startup_probe"):
         if c.HasField(probe_name):
             _probe(getattr(c, probe_name), f"{path}.{_camel(probe_name)}", port_names, errs)
+            # As Kubernetes: one success is all a liveness or startup probe may ask for.
+            if probe_name != "readiness_probe" and getattr(c, probe_name).success_threshold > 1:
+                errs.add(f"{path}.{_camel(probe_name)}.successThreshold",
+                         "must be 1 for liveness and startup probes")
 
 
 def _probe(probe, path: str, port_names: set, errs: _Errors) -> None:

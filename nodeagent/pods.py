@@ -8,7 +8,7 @@ delays, restart a container whose spec changed, keep one previous instance for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nodeagent.runtime.restart import ALWAYS, NEVER, ON_FAILURE, next_restart
@@ -80,6 +80,7 @@ class ContainerStatus:
     restarts: int = 0
     started_at: float = 0.0
     finished_at: float = 0.0
+    id: str = ""              # the running instance's container id, for its probe results
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,11 @@ def _exit_reason(c: ObservedContainer) -> str:
 
 
 def reconcile(desired: DesiredPod | None, observed: Sequence[ObservedContainer],
-              now: float) -> Plan:
-    """What to do next for one pod. `desired` None means the pod is gone from this node."""
+              now: float, unhealthy: Mapping[str, str] | None = None) -> Plan:
+    """What to do next for one pod. `desired` None means the pod is gone from this node.
+    `unhealthy` maps running container ids to why they must be killed (a failed liveness or
+    startup probe): they are stopped, and then restarted as the restart policy says."""
+    unhealthy = unhealthy or {}
     by_name: dict[str, list[ObservedContainer]] = {}
     for c in observed:
         by_name.setdefault(c.name, []).append(c)
@@ -130,8 +134,11 @@ def reconcile(desired: DesiredPod | None, observed: Sequence[ObservedContainer],
         if latest.running:
             if latest.spec_hash != want.spec_hash:
                 actions.append(StopContainer(latest.id, desired.grace_seconds, "spec changed"))
+            elif latest.id in unhealthy:
+                actions.append(StopContainer(latest.id, desired.grace_seconds,
+                                             unhealthy[latest.id]))
             statuses.append(ContainerStatus(want.name, "running", restarts=latest.attempt,
-                                            started_at=latest.started_at))
+                                            started_at=latest.started_at, id=latest.id))
             continue
         exit_code = latest.exit_code if latest.exit_code is not None else -1
         if latest.spec_hash != want.spec_hash:
