@@ -8,7 +8,14 @@ import os
 import socket
 import termios
 
-from nodeagent.runtime.rootfs import RootfsPlan, mask_paths, pivot, readonly_paths, setup_rootfs
+from nodeagent.runtime.rootfs import (
+    RootfsPlan,
+    bind_files,
+    mask_paths,
+    pivot,
+    readonly_paths,
+    setup_rootfs,
+)
 from nodeagent.runtime.security import (
     Identity,
     become,
@@ -67,6 +74,7 @@ def prepare(sysc: Syscalls, spec: ContainerSpec, cdir: str, netns_fd: int) -> No
     else:
         sysc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
     setup_rootfs(sysc, plan_for(spec, cdir))
+    bind_files(sysc, plan_for(spec, cdir).merged, spec.files)
     sysc.sethostname(spec.hostname or spec.id[:12])
     pivot(sysc, plan_for(spec, cdir).merged)
     mask_paths(sysc)

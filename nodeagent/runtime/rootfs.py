@@ -104,6 +104,22 @@ def setup_rootfs(sys: Syscalls, plan: RootfsPlan) -> None:
     sys.mount("sysfs", f"{r}/sys", "sysfs", SYS_FLAGS)
 
 
+def bind_files(sys: Syscalls, root: str, files: tuple[tuple[str, str], ...]) -> None:
+    """Binds each host file read-only over its path under root (made if the image lacks it).
+
+    Before pivot_root, while the host paths are still reachable; a bind ignores MS_RDONLY, so
+    it is remounted read-only after.
+    """
+    for path, host in files:
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"file mount {path!r}: want an absolute path without '..'")
+        target = root + path
+        sys.mkdir(os.path.dirname(target))
+        sys.touch(target)
+        sys.mount(host, target, None, MS_BIND)
+        sys.mount(host, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
 def pivot(sys: Syscalls, new_root: str) -> None:
     """pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only ours."""
     sys.chdir(new_root)

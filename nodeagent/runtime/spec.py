@@ -24,7 +24,9 @@ REASON_START_ERROR = "StartError"
 
 @dataclass(frozen=True, slots=True)
 class ContainerSpec:
-    """What to run. lower_dirs are the image layers, top layer first; netns_path is optional."""
+    """What to run. lower_dirs are the image layers, top layer first; netns_path is optional.
+    files: (path in the container, host file) pairs bound read-only over the image's (the pod's
+    /etc/resolv.conf and /etc/hosts, as the kubelet does)."""
 
     id: str
     args: tuple[str, ...]
@@ -42,6 +44,7 @@ class ContainerSpec:
     stdin: bool = False
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_max_files: int = DEFAULT_LOG_MAX_FILES
+    files: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,6 +55,7 @@ class ContainerSpec:
         d["args"] = tuple(d["args"])
         d["lower_dirs"] = tuple(d["lower_dirs"])
         d["env"] = tuple(tuple(kv) for kv in d.get("env", ()))
+        d["files"] = tuple(tuple(kv) for kv in d.get("files", ()))
         return cls(**d)
 
 

@@ -1,0 +1,151 @@
+"""`moor stack deploy|ls|ps|rm`: Compose files run as Deployments and Services (moorage/compose.py),
+as `docker stack` runs them on Swarm. A stack NAME lives in the namespace NAME and every object
+of it carries the label moorage.io/stack=NAME."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+
+from moorage import compose
+from moorage.cli.client import CliError
+from moorage.cli.commands import Context, out
+
+EXAMPLES = """\
+  moor stack deploy -c compose.yaml shop      its services run in namespace "shop"
+  moor stack deploy -c app/compose.yaml       stack name: the file's directory ("app")
+  moor stack ls
+  moor stack ps shop
+  moor stack rm shop"""
+
+
+def add_commands(sub, add_globals) -> None:
+    cmd = sub.add_parser(
+        "stack", help="deploy, list and remove Compose stacks",
+        description="Run a Compose file's services as Deployments and Services in a namespace "
+        "named after the stack. Each service is reachable by its name from the others; a "
+        "published port (30000-32767) is a NodePort on every node.",
+        epilog="examples:\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_globals(cmd, suppress=True)
+    actions = cmd.add_subparsers(dest="action", metavar="ACTION", required=True)
+    act = actions.add_parser("deploy", help="create or update a stack from a Compose file",
+                             description="Translate the Compose file and apply every object "
+                             "in one transaction; nothing is applied if any key is unsupported.")
+    act.add_argument("-c", "--compose-file", required=True, metavar="FILE")
+    act.add_argument("name", nargs="?", metavar="NAME",
+                     help="the stack (and its namespace); default: the file's directory name")
+    add_globals(act, suppress=True)
+    act = actions.add_parser("ls", help="list stacks")
+    add_globals(act, suppress=True)
+    for name, text in (("ps", "list a stack's pods"), ("rm", "remove a stack")):
+        act = actions.add_parser(name, help=text, description=text)
+        act.add_argument("name", metavar="NAME")
+        add_globals(act, suppress=True)
+
+
+def _table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out("   ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _selector(name: str) -> str:
+    return f"{compose.STACK_LABEL}={name}"
+
+
+def deploy(ctx: Context) -> int:
+    from moorage.v1 import api_pb2
+
+    args = ctx.args
+    path = args.compose_file
+    name = args.name or compose.default_stack_name(path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as err:
+        raise CliError(f"error: {path}: {err.strerror}") from None
+    try:
+        result = compose.translate(text, name, source=path, env=os.environ)
+    except compose.ComposeError as err:
+        raise CliError("\n".join(f"error: {p}" for p in err.problems)) from None
+    for note in result.notes:
+        out(f"note: {path}: {note}")
+    manifests = [api_pb2.Manifest(source=path, index=i, content=json.dumps(obj))
+                 for i, obj in enumerate(result.objects)]
+    response = ctx.client().apply(manifests)
+    for r in response.results:
+        ref = f"{r.kind.lower()}/{r.name}"
+        out(f"{ref} {r.action}" + (f" (namespace {r.namespace})" if r.namespace else ""))
+    out(f'stack "{name}" deployed')
+    return 0
+
+
+def ls(ctx: Context) -> int:
+    from moorage import kinds
+
+    client = ctx.client()
+    found: Counter = Counter()
+    for kind, count in (("Namespace", False), ("Deployment", True)):
+        items = client.list(kinds.BY_NAME[kind], all_namespaces=True,
+                            label_selector=compose.STACK_LABEL).items
+        for item in items:
+            stack = kinds.unwrap(item).metadata.labels[compose.STACK_LABEL]
+            found[stack] += 1 if count else 0
+    rows = [("NAME", "SERVICES", "NAMESPACE")]
+    rows += [(stack, str(found[stack]), stack) for stack in sorted(found)]
+    _table(rows)
+    return 0
+
+
+def ps(ctx: Context) -> int:
+    from moorage import kinds
+
+    name = ctx.args.name
+    items = ctx.client().list(kinds.BY_NAME["Pod"], namespace=name,
+                              label_selector=_selector(name)).items
+    pods = sorted((kinds.unwrap(i) for i in items), key=lambda p: p.metadata.name)
+    if not pods:
+        raise CliError(f'error: stack "{name}" has no pods (see `moor stack ls`)')
+    rows = [("NAME", "SERVICE", "NODE", "STATUS", "IP")]
+    for p in pods:
+        rows.append((p.metadata.name, p.metadata.labels.get(compose.SERVICE_LABEL, ""),
+                     p.spec.node_name or "-", p.status.phase or "Pending", p.status.pod_ip or "-"))
+    _table(rows)
+    return 0
+
+
+def rm(ctx: Context) -> int:
+    """Deletes the stack's namespace (and so everything in it) when the stack made it;
+    otherwise only the stack's own Deployments and Services."""
+    from moorage import kinds
+
+    name = ctx.args.name
+    client = ctx.client()
+    ns = [kinds.unwrap(i) for i in client.list(
+        kinds.BY_NAME["Namespace"], label_selector=_selector(name)).items]
+    removed = 0
+    if any(n.metadata.name == name for n in ns):
+        client.delete(kinds.BY_NAME["Namespace"], "", name)
+        out(f"namespace/{name} deleted")
+        removed += 1
+    else:
+        for kind in ("Service", "Deployment"):
+            for item in client.list(kinds.BY_NAME[kind], namespace=name,
+                                    label_selector=_selector(name)).items:
+                obj = kinds.unwrap(item)
+                client.delete(kinds.BY_NAME[kind], name, obj.metadata.name)
+                out(f"{kind.lower()}/{obj.metadata.name} deleted")
+                removed += 1
+    if not removed:
+        raise CliError(f'error: no stack named "{name}" (see `moor stack ls`)')
+    out(f'stack "{name}" removed')
+    return 0
+
+
+def stack(ctx: Context) -> int:
+    return {"deploy": deploy, "ls": ls, "ps": ps, "rm": rm}[ctx.args.action](ctx)
+
+
+HANDLERS = {"stack": stack}
