@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client busybox-static iproute2 nftables python3-venv docker-registry runc
+# prometheus: test_metrics scrapes a lab with it; vagrant: test_deploy runs `vagrant validate`.
+APT_PACKAGES := etcd-server etcd-client busybox-static iproute2 nftables python3-venv docker-registry runc prometheus vagrant
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PY  := $(VENV)/.py-stamp
 
@@ -12,7 +13,7 @@ STAMP_PY  := $(VENV)/.py-stamp
 
 install: $(STAMP_APT) $(STAMP_PY)
 
-$(STAMP_APT):
+$(STAMP_APT): Makefile
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -41,8 +42,9 @@ proto: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# The benchmarks' peers: Docker Swarm (Debian's docker.io) and runc; tests need neither.
-BENCH_APT_PACKAGES := docker.io iperf3
+# The benchmarks' peers: Docker Swarm (Debian's docker.io), runc, node_exporter (metrics scrape
+# cost); tests need none of them.
+BENCH_APT_PACKAGES := docker.io iperf3 prometheus-node-exporter
 
 bench: install
 	@missing=""; for p in $(BENCH_APT_PACKAGES); do \

@@ -64,3 +64,8 @@ PENDING_PODS = Gauge("moorage_scheduler_pending_pods", "Pods waiting to be sched
 LEADER = Gauge(
     "moorage_leader", "1 while this replica leads (runs the scheduler and controllers), else 0.",
     ["replica"])
+SCHEDULE_ATTEMPT_LATENCY = Histogram(
+    "moorage_scheduler_scheduling_attempt_duration_seconds",
+    "One scheduling attempt, from deciding a batch to the pod's binding (or its failure), by "
+    "result (scheduled, unschedulable, conflict, error).", ["result"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

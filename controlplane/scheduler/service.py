@@ -14,7 +14,12 @@ import time
 from dataclasses import dataclass
 
 from controlplane.events import NORMAL, WARNING, EventRecorder
-from controlplane.metrics import PENDING_PODS, SCHEDULE_ATTEMPTS, SCHEDULING_LATENCY
+from controlplane.metrics import (
+    PENDING_PODS,
+    SCHEDULE_ATTEMPT_LATENCY,
+    SCHEDULE_ATTEMPTS,
+    SCHEDULING_LATENCY,
+)
 from controlplane.scheduler.config import SchedulerConfig
 from controlplane.scheduler.core import batch_order, schedule_batch
 from controlplane.scheduler.model import NodeInfo, PodInfo
@@ -179,6 +184,7 @@ class Scheduler:
         PENDING_PODS.set(len(self.queue))
         if not batch:
             return 0
+        self._attempt_began = time.perf_counter()
         result = schedule_batch([q.info for q in batch], self.snapshot(), config=self.config,
                                 start=self.start)
         self.start = result.next_start
@@ -200,11 +206,17 @@ class Scheduler:
                 backoff = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2 ** (q.attempts - 1))
                 q.next_try = now + backoff
                 SCHEDULE_ATTEMPTS.labels("unschedulable").inc()
+                self._observe_attempt("unschedulable")
                 if decision.message != q.last_message:
                     writes.append(self._mark_unschedulable(q, decision))
         await asyncio.gather(*writes)
         PENDING_PODS.set(len(self.queue))
         return len(result.decisions)
+
+    def _observe_attempt(self, result: str) -> None:
+        began = getattr(self, "_attempt_began", None)
+        if began is not None:
+            SCHEDULE_ATTEMPT_LATENCY.labels(result).observe(time.perf_counter() - began)
 
     async def _bind(self, q: Queued, placement: Placement) -> None:
         pod = pb.Pod()
@@ -224,6 +236,7 @@ class Scheduler:
         except StoreError as err:
             log.warning("binding %s failed: %s", _key(pod), err)
             SCHEDULE_ATTEMPTS.labels("error").inc()
+            self._observe_attempt("error")
             # etcd trouble: retry later, not in a tight loop against a store that is down.
             self._unassume(q, INITIAL_BACKOFF_SECONDS)
             return
@@ -231,9 +244,11 @@ class Scheduler:
             self.seen_rv[_key(pod)] = max(self.seen_rv.get(_key(pod), 0), revision)
             self.bindings += 1
             SCHEDULE_ATTEMPTS.labels("scheduled").inc()
+            self._observe_attempt("scheduled")
             SCHEDULING_LATENCY.observe(self.clock() - q.first_seen)
             return
         SCHEDULE_ATTEMPTS.labels("conflict").inc()
+        self._observe_attempt("conflict")
         self.conflicts += 1
         self._unassume(q)
         self._refresh(q, current.get(ops[0].key))
