@@ -20,8 +20,8 @@ import aetcd
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from prometheus_client import start_http_server
 
+from controlplane import inventory
 from controlplane.api.bootstrap import BootstrapServicer
 from controlplane.api.servicer import ClusterServicer
 from controlplane.dispatcher.assignments import AssignmentIndex
@@ -45,8 +45,9 @@ from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, parse_cluster
 from controlplane.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.service import Scheduler
+from controlplane.serviceips import DEFAULT_SERVICE_CIDR, ServiceCIDRError, parse_service_cidr
 from controlplane.store import AlreadyExists, Store
-from moorage import kinds
+from moorage import kinds, metricsserver
 from moorage.v1 import agent_pb2_grpc, api_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 
@@ -109,6 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cluster-cidr", default=DEFAULT_CLUSTER_CIDR, metavar="CIDR",
                    help="pod addresses; each node leases a /24 of it "
                         f"(default {DEFAULT_CLUSTER_CIDR})")
+    p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR, metavar="CIDR",
+                   help="Services' virtual IPs are leased from it "
+                        f"(default {DEFAULT_SERVICE_CIDR})")
     p.add_argument("--vxlan-vni", type=int, default=1, metavar="N",
                    help="VXLAN network identifier of the overlay (default 1)")
     p.add_argument("--vxlan-port", type=int, default=4789, metavar="PORT",
@@ -212,7 +216,8 @@ async def serve(args: argparse.Namespace) -> int:
             ("grpc.so_reuseport", 0),
         ])
         scheduler_config = SchedulerConfig(strategy=args.scheduler_strategy)
-        servicer = ClusterServicer(store, scheduler_config, ca)
+        servicer = ClusterServicer(store, scheduler_config, ca,
+                                   service_cidr=args.service_cidr)
         api_pb2_grpc.add_ClusterServicer_to_server(servicer, server)
         agent_pb2_grpc.add_BootstrapServicer_to_server(BootstrapServicer(
             store, ca, split_hostport(join_listen)[1],
@@ -243,7 +248,7 @@ async def serve(args: argparse.Namespace) -> int:
                 return 1
         if args.metrics_listen:
             mhost, _, mport = args.metrics_listen.rpartition(":")
-            start_http_server(int(mport), addr=mhost or "0.0.0.0")
+            metricsserver.start(int(mport), addr=mhost.strip("[]") or "0.0.0.0")
         await server.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set("moorage.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)
@@ -253,7 +258,9 @@ async def serve(args: argparse.Namespace) -> int:
               flush=True)
 
         background = [asyncio.create_task(assignments.run()),
-                      asyncio.create_task(dispatcher.peers.run())]
+                      asyncio.create_task(dispatcher.peers.run()),
+                      asyncio.create_task(dispatcher.services.run()),
+                      asyncio.create_task(inventory.count_forever(store))]
 
         def leader_tasks(store: Store) -> list:
             # Built afresh on every election, so a new term starts from etcd, not old caches.
@@ -311,6 +318,10 @@ def main(argv=None) -> None:
         parse_cluster(args.cluster_cidr, 24)
     except IPAMError as err:
         sys.exit(f"moor-controlplane: --cluster-cidr: {err}")
+    try:
+        parse_service_cidr(args.service_cidr)
+    except ServiceCIDRError as err:
+        sys.exit(f"moor-controlplane: --service-cidr: {err}")
     if not 0 < args.vxlan_vni < 2**24:
         sys.exit("moor-controlplane: --vxlan-vni must be between 1 and 16777215")
     if not 0 < args.vxlan_port < 65536:

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from moorage import manifest
 from moorage.jointoken import TokenError
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import sandbox
+from nodeagent import metrics, sandbox
+from nodeagent.dns import ClusterDNS
 from nodeagent.identity import (
     IdentityError,
     NodeIdentity,
@@ -37,6 +38,7 @@ from nodeagent.netagent import AgentNetwork
 from nodeagent.podio import PodIO
 from nodeagent.pods import StartContainer
 from nodeagent.podworker import UID_CHARS, PodWorker, parse_container_id
+from nodeagent.prober import EventFn, Prober
 from nodeagent.runtime.images.registry import Progress, RegistryConfig, RegistryError
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.logs import follow
@@ -114,13 +116,16 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
         stop: threading.Event, netns_prefix: str = "moorage-",
         report: Callable[[pb.Pod, pb.PodStatus], None] | None = None,
         removed: Callable[[pb.Pod], None] | None = None,
-        wake: threading.Event | None = None, network=None) -> None:
+        wake: threading.Event | None = None, network=None,
+        event: EventFn | None = None) -> None:
     """Keeps the pods `desired()` returns (keyed by uid) running until `stop` is set.
 
     `report` gets each pod's status after every sync, `removed` each pod once torn down; `wake`
-    (set along with `stop`) ends the wait between passes early, e.g. when assignments arrive.
+    (set along with `stop`) ends the wait between passes early, e.g. when assignments arrive
+    or a probe's verdict changes; `event` records pod Events (Session.event).
     """
     workers: dict[str, PodWorker] = {}
+    prober = Prober(node.runtime, wake=wake.set if wake else lambda: None, event=event)
     last_phase: dict[str, str] = {}
     while not stop.is_set():
         started = False
@@ -143,7 +148,8 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
             worker = workers.get(key)
             if worker is None:
                 worker = PodWorker(pod, node.runtime, node.images, registry,
-                                   netns_prefix=netns_prefix, network=network)
+                                   netns_prefix=netns_prefix, network=network,
+                                   prober=prober)
                 workers[key] = worker
             worker.pod = pod
             try:
@@ -161,6 +167,7 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
         (wake or stop).wait(QUICK_RESYNC_SECONDS if started else SYNC_SECONDS)
         if wake:
             wake.clear()
+    prober.close()
 
 
 def _name(pod: pb.Pod) -> str:
@@ -198,7 +205,7 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
                 raise AgentError(f"node {node_name!r} has not joined a cluster yet: pass "
                                  "--token (make one with `moor token create`)")
             log.info("joining %s as node %s", args.join, node_name)
-            asyncio.run(join(ident, args.join, args.token))
+            join(ident, args.join, args.token)
             log.info("joined: certificate for node %s saved under %s", node_name, ident.pki_dir)
     except (IdentityError, TokenError) as err:
         raise AgentError(str(err)) from None
@@ -219,8 +226,21 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
         network = AgentNetwork(node.state_dir, facts.internal_ip, wake=wake.set)
         session.on_network, session.on_peers = network.configure, network.set_peers
         session.on_net_check = lambda req: asyncio.to_thread(network.check)
+        # Cluster DNS on the bridge gateway, the nameserver in every overlay pod's resolv.conf.
+        dns = ClusterDNS()
+        service_consumers.append(dns.update)
+        dns.serve_when(lambda: network.net.gateway if network.ready else None, stop)
+        # Service VIPs and NodePorts as one nftables table (nodeagent/services.py).
+        from nodeagent.services import ServiceProxy, node_context
+
+        proxy = ServiceProxy(lambda: node_context(network, facts.internal_ip))
+        service_consumers.append(proxy.update)
+        proxy.start(stop)
     reporter = StatusReporter(session, facts.internal_ip)
     static = static_source(args.pod_manifests) if args.pod_manifests else dict
+    if args.metrics_listen:
+        metrics.serve(args.metrics_listen, metrics.AgentCollector(
+            node.runtime, lambda: {**static(), **session.desired}, node_name, node.state_dir))
 
     def removed(pod: pb.Pod) -> None:
         reporter.forget(pod.metadata.uid)
@@ -241,6 +261,7 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     try:
         run(node, lambda: {**static(), **session.desired}, registry, stop,
             netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake,
+            event=session.event,
             network=network)
     finally:
         loop.call_soon_threadsafe(astop.set)
@@ -362,6 +383,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     sp.add_argument("--token", metavar="TOKEN",
                     help="join token from `moor token create`; needed only the first time "
                     "(the node's certificate is kept under STATE_DIR/pki)")
+    sp.add_argument("--metrics-listen", default=metrics.DEFAULT_METRICS_LISTEN,
+                    metavar="HOST:PORT", help="serve Prometheus /metrics here (default "
+                    f"{metrics.DEFAULT_METRICS_LISTEN}, the kubelet's read-only port; '' "
+                    "disables)")
     registry_flags(sp)
     sp = sub.add_parser("pull", help="pull an image, showing progress")
     sp.add_argument("image")
@@ -423,7 +448,12 @@ def main(argv=None) -> None:
             if args.join:
                 run_joined(node, args, registry, stop, wake)
             else:
-                run(node, static_source(args.pod_manifests), registry, stop,
+                source = static_source(args.pod_manifests)
+                if args.metrics_listen:
+                    metrics.serve(args.metrics_listen, metrics.AgentCollector(
+                        node.runtime, source, args.node_name or socket.gethostname().lower(),
+                        node.state_dir))
+                run(node, source, registry, stop,
                     netns_prefix=args.netns_prefix)
             sys.exit(0)
         if args.command == "import":

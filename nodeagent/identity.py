@@ -198,46 +198,47 @@ def _split(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _fatal(err: grpc.aio.AioRpcError) -> bool:
+def _fatal(err: grpc.RpcError) -> bool:
     return err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
                           grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED)
 
 
-async def join(ident: NodeIdentity, address: str, token: str,
-               give_up_after: float = JOIN_ATTEMPT_SECONDS) -> None:
+def join(ident: NodeIdentity, address: str, token: str,
+         give_up_after: float = JOIN_ATTEMPT_SECONDS) -> None:
     """Pins the CA with the token, then trades the token and a CSR for our certificate.
 
     Retries while the control plane is unreachable (it may be starting); a refused token or
-    a CA that does not match raises IdentityError at once."""
-    import asyncio
+    a CA that does not match raises IdentityError at once. Blocking gRPC on purpose: the
+    session's grpc.aio channels then live in one event loop only (channels of a loop that has
+    ended can stall the next loop's first calls)."""
+    import time
 
     from moorage.v1 import agent_pb2, agent_pb2_grpc
 
     parse_token(token)  # a malformed token is the operator's typo: say so before dialling
     host, port = _split(address)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + give_up_after
+    deadline = time.monotonic() + give_up_after
     delay = 0.2
     while True:
         try:
-            async with grpc.aio.insecure_channel(f"{host}:{port + CA_PORT_OFFSET}") as ch:
-                got = await agent_pb2_grpc.BootstrapStub(ch).GetCA(
-                    agent_pb2.GetCARequest(), timeout=5)
+            with grpc.insecure_channel(f"{host}:{port + CA_PORT_OFFSET}") as ch:
+                got = agent_pb2_grpc.BootstrapStub(ch).GetCA(agent_pb2.GetCARequest(),
+                                                             timeout=5)
             ca_pem = pin_ca(got.ca_pem, token)
             join_at = f"{host}:{got.join_port or port + 2}"
-            async with grpc.aio.secure_channel(join_at, join_channel_credentials(ca_pem)) as ch:
-                resp = await agent_pb2_grpc.BootstrapStub(ch).Join(agent_pb2.JoinRequest(
+            with grpc.secure_channel(join_at, join_channel_credentials(ca_pem)) as ch:
+                resp = agent_pb2_grpc.BootstrapStub(ch).Join(agent_pb2.JoinRequest(
                     token=token, csr_pem=ident.csr_pem(), node_name=ident.node_name),
                     timeout=10)
             ident.save(resp.cert_pem, ca_pem)
             return
-        except grpc.aio.AioRpcError as err:
+        except grpc.RpcError as err:
             if _fatal(err):
                 raise IdentityError(f"joining {address} was refused: {err.details()}") from None
-            if loop.time() + delay > deadline:
+            if time.monotonic() + delay > deadline:
                 raise IdentityError(f"cannot reach the control plane at {address} to join: "
                                     f"{err.code().name} {err.details()}") from None
-        await asyncio.sleep(delay)
+        time.sleep(delay)
         delay = min(delay * 2, 5.0)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 from moorage import validation as v
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import sandbox
+from nodeagent import podfiles, sandbox
+from nodeagent.eventmetrics import START_DURATION, pull_progress, timed_pull
 from nodeagent.pods import (
     DesiredContainer,
     DesiredPod,
@@ -25,9 +27,10 @@ from nodeagent.pods import (
     StopContainer,
     reconcile,
 )
+from nodeagent.probes import KILL_REASONS
 from nodeagent.runtime.images.registry import RegistryConfig
 from nodeagent.runtime.images.store import Image, Store
-from nodeagent.runtime.restart import backoff
+from nodeagent.runtime.restart import NEVER, backoff
 from nodeagent.runtime.runtime import Runtime, StartError
 from nodeagent.runtime.spec import RUNNING, ContainerSpec
 
@@ -67,7 +70,7 @@ def desired_pod(pod: pb.Pod) -> DesiredPod:
 
 
 def container_spec(cid: str, pod: pb.Pod, c: pb.Container, image: Image,
-                   netns_path: str | None) -> ContainerSpec:
+                   netns_path: str | None, files: tuple = ()) -> ContainerSpec:
     """Kubernetes' rules: command replaces the image's Entrypoint, args its Cmd."""
     cfg = image.config
     entrypoint = list(c.command) or list(cfg.entrypoint or ())
@@ -89,7 +92,7 @@ def container_spec(cid: str, pod: pb.Pod, c: pb.Container, image: Image,
         memory_limit=v.memory_bytes(limits["memory"]) if "memory" in limits else None,
         cpu_quota_millicores=v.cpu_millicores(limits["cpu"]) if "cpu" in limits else None,
         cpu_request_millicores=v.cpu_millicores(cpu_request) if cpu_request else None,
-        tty=c.tty, stdin=c.stdin)
+        tty=c.tty, stdin=c.stdin, files=files)
 
 
 @dataclass
@@ -103,11 +106,16 @@ class _Waiting:
 class PodWorker:
     def __init__(self, pod: pb.Pod, runtime: Runtime, images: Store,
                  registry: RegistryConfig | None = None, *,
-                 netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None):
+                 netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None,
+                 prober=None):
         self.pod = pod
+        # Runs the containers' probes (nodeagent/prober.py Prober), or None: no probing.
+        self.prober = prober
         # The pod network (nodeagent/netagent.py AgentNetwork), or None for loopback only.
         self.network = network
         self.pod_ip = ""
+        # The pod's /etc/resolv.conf and /etc/hosts (ContainerSpec.files), on the overlay only.
+        self.files: tuple[tuple[str, str], ...] = ()
         self.runtime, self.images, self.registry = runtime, images, registry
         self.netns = sandbox.sandbox_name(pod.metadata.uid, netns_prefix)
         self.clock = clock
@@ -135,14 +143,19 @@ class PodWorker:
         if self.network is not None and not self.pod_ip:
             try:
                 self.pod_ip = self.network.attach(self.netns, self.pod.metadata.uid)
+                self.files = self._write_pod_files()
             except Exception as err:  # noqa: BLE001 - retried next pass; containers wait
                 log.warning("pod %s/%s: network: %s", self.pod.metadata.namespace,
                             self.pod.metadata.name, err)
                 return Plan([], "Pending", [], now + 1.0)
-        plan = reconcile(desired_pod(self.pod), self.observe(), now)
+        observed = self.observe()
+        unhealthy = self.prober.unhealthy(self.pod.metadata.uid) if self.prober else None
+        plan = reconcile(desired_pod(self.pod), observed, now, unhealthy)
         wake = [plan.wake_at] if plan.wake_at else []
         for action in plan.actions:
             if isinstance(action, StopContainer):
+                if self.prober and action.why in KILL_REASONS:
+                    self._kill_for_probe(action)
                 self.runtime.stop(action.id, action.grace_seconds)
             elif isinstance(action, RemoveContainer):
                 self.runtime.remove(action.id)
@@ -150,13 +163,27 @@ class PodWorker:
                 until = self._start(action, path, now)
                 if until:
                     wake.append(until)
+        if self.prober:
+            stopped = {a.id for a in plan.actions if isinstance(a, StopContainer)}
+            self.prober.sync(self.pod, path, self.pod_ip, [
+                (c.id, c.name, c.started_at) for c in observed
+                if c.running and c.id not in stopped])
         return Plan(plan.actions, plan.phase, plan.containers, min(wake) if wake else None)
+
+    def _kill_for_probe(self, action: StopContainer) -> None:
+        parsed = parse_container_id(action.id)
+        # A killed container exits non-zero, so OnFailure restarts it as Always does.
+        restarts = (self.pod.spec.restart_policy or "Always") != NEVER
+        self.prober.killing(self.pod, action.id, action.why, restarts)
+        log.info("pod %s/%s container %s %s: killing it", self.pod.metadata.namespace,
+                 self.pod.metadata.name, parsed[1] if parsed else action.id, action.why)
 
     def _start(self, action: StartContainer, netns_path: str, now: float) -> float | None:
         """Starts a container; on failure records why and returns when to try again."""
         held = self.waiting.get(action.name)
         if held and held.until > now:
             return held.until
+        begun = time.perf_counter()
         c = next(c for c in self.pod.spec.containers if c.name == action.name)
         cid = container_id(self.pod.metadata.uid, c.name, action.attempt, spec_hash(c))
         try:
@@ -164,12 +191,24 @@ class PodWorker:
         except Exception as err:  # noqa: BLE001 - reported in the pod status, retried
             return self._hold(c.name, ERR_IMAGE_PULL, str(err), now)
         try:
-            self.runtime.create(container_spec(cid, self.pod, c, image, netns_path))
+            self.runtime.create(container_spec(cid, self.pod, c, image, netns_path,
+                                               self.files))
             self.runtime.start(cid)
         except (StartError, ValueError, OSError) as err:
             return self._hold(c.name, CREATE_ERROR, str(err), now)
         self.waiting.pop(c.name, None)
+        START_DURATION.observe(time.perf_counter() - begun)
         return None
+
+    def _files_dir(self) -> str:
+        return os.path.join(self.network.state_dir, "pods", self.pod.metadata.uid)
+
+    def _write_pod_files(self) -> tuple[tuple[str, str], ...]:
+        """resolv.conf naming the node's DNS server (the pod's gateway), and hosts."""
+        hostname = self.pod.spec.hostname or self.pod.metadata.name
+        return podfiles.write(self._files_dir(), nameserver=self.network.net.gateway,
+                              namespace=self.pod.metadata.namespace, pod_ip=self.pod_ip,
+                              hostname=hostname)
 
     def _hold(self, name: str, reason: str, message: str, now: float) -> float:
         prev = self.waiting.get(name)
@@ -191,7 +230,8 @@ class PodWorker:
             return have
         if have is not None and policy == "IfNotPresent":
             return have
-        return self.images.pull(c.image, self.registry)
+        with timed_pull():
+            return self.images.pull(c.image, self.registry, pull_progress())
 
     def status(self, plan: Plan) -> pb.PodStatus:
         """The pod's status as the API shows it (phase, per-container states, restarts)."""
@@ -204,9 +244,18 @@ class PodWorker:
             image = next((c.image for c in self.pod.spec.containers if c.name == cs.name), "")
             out.container_statuses.add(
                 name=cs.name, state=state, reason=reason, restart_count=cs.restarts,
-                exit_code=cs.exit_code or 0, ready=state == "running", image=image,
+                exit_code=cs.exit_code or 0, ready=self._ready(cs), image=image,
                 started_at=_ts(cs.started_at), finished_at=_ts(cs.finished_at))
         return out
+
+    def _ready(self, cs) -> bool:
+        """Running, and (with probes) started and passing its readiness probe."""
+        if cs.state != "running":
+            return False
+        if self.prober is None:
+            return True
+        c = next((c for c in self.pod.spec.containers if c.name == cs.name), None)
+        return self.prober.ready(cs.id, c)
 
     def teardown(self, grace_seconds: int | None = None) -> None:
         """Stops and removes every container of the pod, then its sandbox."""
@@ -218,6 +267,9 @@ class PodWorker:
             self.runtime.remove(c.id)
         if self.network is not None:
             self.network.detach(self.pod.metadata.uid)
+            podfiles.remove(self._files_dir())
+        if self.prober:
+            self.prober.forget(self.pod.metadata.uid)
         sandbox.remove(self.netns)
 
 

@@ -41,6 +41,7 @@ class Agent:
         self.proc = subprocess.Popen(
             [*self.base, "run", "--join", self.cp.address, "--node-name", self.name,
              "--advertise-address", "127.0.0.1", "--pod-network", "none",
+             "--metrics-listen", "",   # several agents share this namespace: no fixed port
              *(("--token", token) if token else ()),
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT)

@@ -347,7 +347,12 @@ def describe(ctx: Context) -> int:
                 events = [kinds.unwrap(o) for o in response.items]
             except CliError as exc:
                 problem = exc.message.splitlines()[0]
-        texts.append(render.describe(obj, events, problem))
+        usage = None
+        if kind.name == "Node":
+            from moorage.cli.podio import node_usage
+
+            usage = node_usage(client, name)
+        texts.append(render.describe(obj, events, problem, usage=usage))
     sys.stdout.write("\n\n".join(t.rstrip("\n") for t in texts) + "\n")
     return 0
 

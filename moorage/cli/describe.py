@@ -346,8 +346,22 @@ def related_events(obj, events) -> list:
     return p.sort_events(mine)
 
 
-def describe(obj, events=None, events_error: str = "", now: datetime | None = None) -> str:
-    """The describe text of one object; `events` are Event objects (already fetched)."""
+def usage_section(w: Writer, usage) -> None:
+    """A node's live usage (api NodeUsage, measured by its agent just now), as `moor top`."""
+    from moorage.cli.podio import format_cpu, format_memory, format_percent
+
+    w.line(0, "Usage:", "(live, from the agent)")
+    w.table(1, ["Resource", "Used", "Of capacity"], [
+        ["cpu", format_cpu(usage.cpu_cores),
+         format_percent(usage.cpu_cores, usage.cpu_capacity_cores)],
+        ["memory", format_memory(usage.memory_working_set_bytes),
+         format_percent(usage.memory_working_set_bytes, usage.memory_capacity_bytes)]])
+
+
+def describe(obj, events=None, events_error: str = "", now: datetime | None = None,
+             usage=None) -> str:
+    """The describe text of one object; `events` are Event objects (already fetched); `usage`
+    a node's NodeUsage when its agent answered (the section is left out otherwise)."""
     from moorage.kinds import kind_of
 
     now = now or datetime.now(UTC)
@@ -355,6 +369,8 @@ def describe(obj, events=None, events_error: str = "", now: datetime | None = No
     w = Writer()
     _metadata(w, obj, kind.namespaced)
     _SECTIONS[kind.name](w, obj)
+    if usage is not None:
+        usage_section(w, usage)
     if kind.name != "Event":
         if events_error:
             w.line(0, "Events:", f"<cannot list: {events_error}>")

@@ -187,9 +187,11 @@ def build_parser() -> Parser:
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
     _add_token_commands(command)
-    from moorage.cli import lab, podio
+    from moorage.cli import lab, podio, prometheus, stack
 
     podio.add_commands(sub, _add_globals)
+    prometheus.add_commands(sub, _add_globals)
+    stack.add_commands(sub, _add_globals)
     cmd = command("net", "check the pod network", """\
   moor net doctor                        every node checks its routes, neighbour and FDB
                                          entries and MTUs, and pings its peers""")
@@ -299,14 +301,14 @@ def _dispatch(args) -> int:
         from moorage.cli import lab
 
         return lab.run(args)
-    from moorage.cli import commands, netdoctor, nodes, podio, rollout, tokens
+    from moorage.cli import commands, netdoctor, nodes, podio, prometheus, rollout, stack, tokens
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
                "describe": commands.describe, "delete": commands.delete,
                "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
                "token": tokens.token, "net": netdoctor.doctor, "version": commands.version,
-               **podio.HANDLERS}[args.command]
+               **podio.HANDLERS, **stack.HANDLERS, **prometheus.HANDLERS}[args.command]
     ctx = commands.Context(args)
     try:
         return handler(ctx)

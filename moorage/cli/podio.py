@@ -344,4 +344,20 @@ def top(ctx) -> int:
     return 0 if len(rows) > 1 or not nodes else 1
 
 
+def node_usage(client, name: str):
+    """The node's live usage (NodeUsage) from its agent, or None when it does not answer: a
+    describe must still work with the node down."""
+    import grpc
+
+    from moorage.v1 import api_pb2
+
+    try:
+        response = _stub(client).Top(api_pb2.TopRequest(kind="nodes"),
+                                     metadata=_metadata(client),
+                                     timeout=min(client.timeout or 10.0, 10.0))
+    except grpc.RpcError:
+        return None
+    return next((n for n in response.nodes if n.name == name), None)
+
+
 HANDLERS = {"logs": logs, "exec": exec_, "top": top}

@@ -27,6 +27,7 @@ from moorage.lab.hosts import LabError
 POINTER_DIR = "/run/moorage/lab"
 API_PORT = 7440
 METRICS_PORT = 7441
+AGENT_METRICS_PORT = 10255
 CONTROLPLANE_READY = "moor-controlplane: serving on"
 CONTROLPLANE_SECONDS = 30
 NODES_SECONDS = 60
@@ -322,6 +323,7 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
 def _agent_argv(lab: Lab, host: Host, token: str = "") -> list[str]:
     return _python("nodeagent.agent", *_agent_globals(host), "run", "--join", lab.address,
                    "--node-name", host.name, "--advertise-address", host.ip,
+                   "--metrics-listen", f"{host.ip}:{AGENT_METRICS_PORT}",
                    *(("--token", token) if token else ()), *lab.agent_flags)
 
 
