@@ -13,7 +13,7 @@ import time
 
 from controlplane.dispatcher.service import lease_key, set_condition
 from controlplane.events import NORMAL, WARNING, EventRecorder
-from controlplane.store import Conflict, Op, Store, StoreError
+from controlplane.store import Op, Store, StoreError
 from controlplane.store.store import NotLeader
 from moorage import kinds
 from moorage.v1 import objects_pb2 as pb
@@ -26,10 +26,17 @@ MONITOR_SECONDS = 1.0
 EVICTION_SECONDS = 4.0
 STARTUP_GRACE_SECONDS = 20.0
 TERMINAL = ("Succeeded", "Failed")
+UNKNOWN_REASON = "NodeStatusUnknown"
 
 
 def is_ready(node: pb.Node) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+
+
+def marked_unknown(node: pb.Node) -> bool:
+    """Whether this controller set the node's Ready condition to Unknown."""
+    return any(c.type == "Ready" and c.reason == UNKNOWN_REASON
+               for c in node.status.conditions)
 
 
 class NodeLifecycle:
@@ -57,6 +64,8 @@ class NodeLifecycle:
             name = node.metadata.name
             if name in alive:
                 self.down_since.pop(name, None)
+                if not is_ready(node) and marked_unknown(node):
+                    await self._mark_ready(node)
                 continue
             if is_ready(node):
                 await self._mark_not_ready(node)
@@ -66,17 +75,28 @@ class NodeLifecycle:
                 await self._evict(name)
 
     async def _mark_not_ready(self, node: pb.Node) -> None:
-        set_condition(node.status.conditions, "Ready", "Unknown", "NodeStatusUnknown",
+        set_condition(node.status.conditions, "Ready", "Unknown", UNKNOWN_REASON,
                       "the agent stopped heartbeating")
-        try:
-            await self.store.commit([
-                Op(self.store.key_of(node), node, int(node.metadata.resource_version)),
-                await self.events.op(node, WARNING, "NodeNotReady",
-                                     f"Node {node.metadata.name} is NotReady: the agent "
-                                     "stopped heartbeating")])
+        ok, _, _ = await self.store.commit([
+            Op(self.store.key_of(node), node, int(node.metadata.resource_version)),
+            await self.events.op(node, WARNING, "NodeNotReady",
+                                 f"Node {node.metadata.name} is NotReady: the agent "
+                                 "stopped heartbeating")])
+        if ok:   # else the node changed meanwhile: re-checked next period
             log.warning("node %s is NotReady", node.metadata.name)
-        except Conflict:
-            pass  # re-checked next period
+
+    async def _mark_ready(self, node: pb.Node) -> None:
+        # Its lease is back (heartbeats refreshed it) but the record still says Unknown, as
+        # after a NotReady write that raced a reconnect: the lease is the truth.
+        set_condition(node.status.conditions, "Ready", "True", "AgentReady",
+                      "the agent is connected and heartbeating")
+        ok, _, _ = await self.store.commit([
+            Op(self.store.key_of(node), node, int(node.metadata.resource_version)),
+            await self.events.op(node, NORMAL, "NodeReady",
+                                 f"Node {node.metadata.name} is Ready: its agent is "
+                                 "heartbeating again")])
+        if ok:
+            log.info("node %s is Ready again", node.metadata.name)
 
     async def _evict(self, name: str) -> None:
         pods, _ = await self.store.list(POD)

@@ -156,6 +156,12 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
     async def _register(self, hello: agent_pb2.Hello) -> tuple[int, str]:
         # The node's /24 of the cluster CIDR: the same one on every reconnect (etcd keeps it).
         pod_cidr = await assign_subnet(self.store, hello.node_name, self.network.cluster_cidr)
+        # The lease goes first: the lifecycle controller lists nodes, then leases, so it can
+        # never see this node's Ready record without also seeing the lease that backs it.
+        await self.store.client.connect()
+        lease = await self.store.client.lease(self.not_ready_seconds)
+        await self.store.client.put(lease_key(self.store, hello.node_name),
+                                    hello.node_name.encode(), lease=lease)
         for _ in range(WRITE_ATTEMPTS):
             try:
                 current = await self.store.get(NODE, "", hello.node_name)
@@ -172,10 +178,6 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                 continue
         else:
             raise Conflict(f"node {hello.node_name} kept changing while registering it")
-        await self.store.client.connect()
-        lease = await self.store.client.lease(self.not_ready_seconds)
-        await self.store.client.put(lease_key(self.store, hello.node_name),
-                                    hello.node_name.encode(), lease=lease)
         return lease.id, pod_cidr
 
     async def _heartbeat(self, node: str, lease_id: int) -> int:

@@ -184,13 +184,16 @@ def test_container_metrics_of_the_example_pods(setup):
 def test_control_plane_metrics(setup):
     _, prom, _ = setup
 
+    # The counts are refreshed every 15 s, so the first scrapes may predate the nodes.
     def objects():
-        return {r["metric"]["kind"]: float(r["value"][1])
-                for r in prom.query("moorage_objects")} or None
+        counts = {r["metric"]["kind"]: float(r["value"][1])
+                  for r in prom.query("moorage_objects")}
+        return counts if counts.get("Node") == NODES else None
     counts = wait_for(objects, timeout=60)
-    assert counts["Node"] == NODES and counts["Deployment"] >= 1
-    ready = wait_for(lambda: prom.query('moorage_nodes{condition="Ready",status="True"}'), 30)
-    assert float(ready[0]["value"][1]) == NODES
+    assert counts["Deployment"] >= 1
+    ready = wait_for(lambda: [r for r in prom.query(
+        'moorage_nodes{condition="Ready",status="True"}') if float(r["value"][1]) == NODES], 60)
+    assert len(ready) == 1
     assert wait_for(lambda: prom.query("moorage_leader == 1"), 30)
     assert wait_for(lambda: prom.query(
         "moorage_api_request_duration_seconds_count"), 30)
