@@ -28,6 +28,8 @@ $(STAMP_PY): pyproject.toml | $(STAMP_APT)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# Bytecode up front, even where PYTHONDONTWRITEBYTECODE is set: every `moor` starts faster.
+	@$(PY) -m compileall -q moorage controlplane nodeagent > /dev/null
 	@touch $@
 
 test: install

@@ -118,6 +118,7 @@ class PodWorker:
         self.files: tuple[tuple[str, str], ...] = ()
         self.runtime, self.images, self.registry = runtime, images, registry
         self.netns = sandbox.sandbox_name(pod.metadata.uid, netns_prefix)
+        self.sandbox_path: str | None = None
         self.clock = clock
         self.uid_prefix = pod.metadata.uid.replace("-", "")[:UID_CHARS]
         # Containers that could not start (image pull, bad spec), with their own back-off.
@@ -125,7 +126,7 @@ class PodWorker:
 
     def observe(self) -> list[ObservedContainer]:
         out = []
-        for info in self.runtime.list():
+        for info in self.runtime.list(prefix=self.uid_prefix + "-"):   # not every pod's status
             parsed = parse_container_id(info.id)
             if parsed is None or parsed[0] != self.uid_prefix:
                 continue
@@ -138,7 +139,11 @@ class PodWorker:
 
     def sync(self) -> Plan:
         """One pass: make the runtime match the pod; returns the plan with the pod's status."""
-        path = sandbox.ensure(self.netns)
+        # Entering the namespace to check loopback costs a helper process (pyroute2), so it is
+        # done once per worker; later passes only check that the namespace is still there.
+        path = self.sandbox_path
+        if path is None or not os.path.exists(path):
+            path = self.sandbox_path = sandbox.ensure(self.netns)
         now = self.clock()
         if self.network is not None and not self.pod_ip:
             try:
@@ -271,6 +276,7 @@ class PodWorker:
         if self.prober:
             self.prober.forget(self.pod.metadata.uid)
         sandbox.remove(self.netns)
+        self.sandbox_path = None
 
 
 def _ts(t: float) -> str:

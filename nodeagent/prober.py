@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import socket
 import ssl
 import subprocess
@@ -23,11 +22,10 @@ from dataclasses import dataclass, field
 
 from moorage.v1 import objects_pb2 as pb
 from nodeagent import probes as p
-from nodeagent.runtime.syscalls import LibcSyscalls
+from nodeagent import sandbox
 
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
 MAX_OUTPUT = 10 * 1024   # the kubelet keeps this much of a probe's output
 USER_AGENT = "moor-probe/1.0"
 # How long an exec probe that timed out gets to go after SIGTERM, before SIGKILL.
@@ -76,37 +74,9 @@ def probe_specs(c: pb.Container) -> dict[str, p.ProbeSpec]:
 
 # ---- running one probe ----
 
-_syscalls: LibcSyscalls | None = None
-
-
 def in_netns(netns_path: str, fn: Callable[[], object], timeout: float) -> object:
-    """fn() on a new thread inside the network namespace at netns_path; the thread ends with
-    fn, so no other work ever runs in that namespace by mistake."""
-    global _syscalls
-    if _syscalls is None:
-        _syscalls = LibcSyscalls()
-    sysc = _syscalls
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                sysc.setns(fd, CLONE_NEWNET)
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the caller
-            box["error"] = err
-
-    t = threading.Thread(target=target, name="probe-netns", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise TimeoutError(f"timed out after {timeout:g}s")
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box.get("value")
+    """fn() on a new thread inside the network namespace at netns_path."""
+    return sandbox.on_thread(fn, netns_path, timeout)
 
 
 def tcp_check(action: p.TCPSocket, host: str, timeout: float) -> tuple[bool, str]:

@@ -349,6 +349,7 @@ class Checkpoints:
 
     def __init__(self, state_dir: str):
         self.dir = os.path.join(state_dir, "pods")
+        self.written: dict[str, bytes] = {}   # uid -> what its file holds
 
     def load(self) -> dict[str, pb.Pod]:
         pods: dict[str, pb.Pod] = {}
@@ -360,18 +361,26 @@ class Checkpoints:
                 log.error("skipping pod checkpoint %s: %s", name, err)
                 continue
             pods[pod.metadata.uid] = pod
+            self.written[pod.metadata.uid] = pod.SerializeToString(deterministic=True)
         return pods
 
     def save(self, pods: dict[str, pb.Pod]) -> None:
+        """Writes the pods whose file is missing or differs (each assignment message carries
+        the whole set, and rewriting it all made starting N pods cost N^2 writes)."""
         os.makedirs(self.dir, exist_ok=True)
         for uid, pod in pods.items():
+            data = pod.SerializeToString(deterministic=True)
+            if self.written.get(uid) == data:
+                continue
             path = os.path.join(self.dir, uid)
             tmp = path + ".tmp"
             with open(tmp, "wb") as f:
-                f.write(pod.SerializeToString(deterministic=True))
+                f.write(data)
             os.replace(tmp, path)
+            self.written[uid] = data
 
     def drop(self, uid: str) -> None:
+        self.written.pop(uid, None)
         try:
             os.remove(os.path.join(self.dir, uid))
         except FileNotFoundError:

@@ -1,6 +1,9 @@
 """`moor stack deploy|ls|ps|rm`: Compose files run as Deployments and Services (moorage/compose.py),
 as `docker stack` runs them on Swarm. A stack NAME lives in the namespace NAME and every object
-of it carries the label moorage.io/stack=NAME."""
+of it carries the label moorage.io/stack=NAME.
+
+moorage.compose is imported where it is used: every `moor` command builds this module's parser,
+and only stack commands should pay for the Compose translator."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import json
 import os
 from collections import Counter
 
-from moorage import compose
 from moorage.cli.client import CliError
 from moorage.cli.commands import Context, out
 
@@ -52,10 +54,13 @@ def _table(rows: list[tuple]) -> None:
 
 
 def _selector(name: str) -> str:
+    from moorage import compose
+
     return f"{compose.STACK_LABEL}={name}"
 
 
 def deploy(ctx: Context) -> int:
+    from moorage import compose
     from moorage.v1 import api_pb2
 
     args = ctx.args
@@ -83,7 +88,7 @@ def deploy(ctx: Context) -> int:
 
 
 def ls(ctx: Context) -> int:
-    from moorage import kinds
+    from moorage import compose, kinds
 
     client = ctx.client()
     found: Counter = Counter()
@@ -100,7 +105,7 @@ def ls(ctx: Context) -> int:
 
 
 def ps(ctx: Context) -> int:
-    from moorage import kinds
+    from moorage import compose, kinds
 
     name = ctx.args.name
     items = ctx.client().list(kinds.BY_NAME["Pod"], namespace=name,

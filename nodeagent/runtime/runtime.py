@@ -272,11 +272,13 @@ class Runtime:
     def status(self, cid: str) -> Status:
         return read_status(self._dir(cid))
 
-    def list(self) -> list[ContainerInfo]:
-        """Every container in the state dir; those whose shim lives are reported running."""
+    def list(self, prefix: str = "") -> list[ContainerInfo]:
+        """Every container in the state dir (whose id starts with `prefix`, if given); those
+        whose shim lives are reported running."""
         out = []
         for cid in sorted(os.listdir(self.state_dir)):
-            if os.path.exists(os.path.join(self.state_dir, cid, "config.json")):
+            if cid.startswith(prefix) and \
+                    os.path.exists(os.path.join(self.state_dir, cid, "config.json")):
                 out.append(ContainerInfo(cid, read_status(self._dir(cid))))
         return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 
 import grpc
 import pytest
@@ -128,6 +129,28 @@ def test_checkpoints_round_trip(tmp_path):
     cp.drop("a")
     cp.drop("a")
     assert sorted(cp.load()) == ["b"]
+
+
+def test_checkpoints_write_only_what_changed(tmp_path):
+    cp = Checkpoints(str(tmp_path))
+    cp.save({"a": pod("a"), "b": pod("b")})
+    inodes = {n: os.stat(tmp_path / "pods" / n).st_ino for n in ("a", "b")}
+    changed = pod("b")
+    changed.spec.node_name = "elsewhere"
+    cp.save({"a": pod("a"), "b": changed, "c": pod("c")})
+    assert os.stat(tmp_path / "pods" / "a").st_ino == inodes["a"]      # untouched
+    assert os.stat(tmp_path / "pods" / "b").st_ino != inodes["b"]      # rewritten
+    assert cp.load()["b"].spec.node_name == "elsewhere" and "c" in cp.load()
+    # A fresh instance (a restarted agent) knows what is on disk and skips it too.
+    again = Checkpoints(str(tmp_path))
+    again.load()
+    before = os.stat(tmp_path / "pods" / "c").st_ino
+    again.save({"c": pod("c")})
+    assert os.stat(tmp_path / "pods" / "c").st_ino == before
+    # A dropped pod assigned again is written again.
+    again.drop("c")
+    again.save({"c": pod("c")})
+    assert (tmp_path / "pods" / "c").exists()
 
 
 class Dispatcher(agent_pb2_grpc.DispatcherServicer):
