@@ -323,6 +323,7 @@ def bench_moorage(root: str, image_tar: str, results: dict) -> None:
                                        f"{watch.summary()}")
                 results["moorage", n] = done - start
                 results["moorage-after-cli", n] = done - applied
+                results["moorage-cli", n] = applied - start
                 spread = {}
                 for _, node in watch.pods.values():
                     spread[node] = spread.get(node, 0) + 1
@@ -613,8 +614,9 @@ def main() -> int:
         f", swarm {results['swarm-after-cli', n]:.1f} s" if ("swarm-after-cli", n) in results
         else "") for n in COUNTS if (k := ("moorage-after-cli", n)) in results]
     if after:
-        print("# from the CLI's exit instead (without `moor apply`'s ~0.5 s Python start-up): "
-              + "; ".join(after))
+        cli = [results[k] for n in COUNTS if (k := ("moorage-cli", n)) in results]
+        print(f"# from the CLI's exit instead (without `moor apply`'s "
+              f"{min(cli):.2f}-{max(cli):.2f} s, mostly Python start-up): " + "; ".join(after))
     f = results.get("failover")
     fs = f"{f:.1f} s" if f is not None else "n/a"
     print(f"agent killed -> {FAILOVER_REPLICAS} replacements Running: moorage {fs} "
