@@ -352,9 +352,27 @@ def describe(ctx: Context) -> int:
             from moorage.cli.podio import node_usage
 
             usage = node_usage(client, name)
-        texts.append(render.describe(obj, events, problem, usage=usage))
+        endpoints = service_endpoints(client, obj) if kind.name == "Service" else None
+        texts.append(render.describe(obj, events, problem, usage=usage, endpoints=endpoints))
     sys.stdout.write("\n\n".join(t.rstrip("\n") for t in texts) + "\n")
     return 0
+
+
+def service_endpoints(client, svc):
+    """The service's ready endpoints from its pods now (as the control plane computes them for
+    the agents), or None when the pods cannot be listed."""
+    from moorage import kinds
+    from moorage.endpoints import service_entry
+
+    if not svc.spec.selector:
+        return service_entry(svc, [])
+    selector = ",".join(f"{k}={v}" for k, v in sorted(svc.spec.selector.items()))
+    try:
+        response = client.list(kinds.BY_NAME["Pod"], svc.metadata.namespace,
+                               label_selector=selector)
+    except CliError:
+        return None
+    return service_entry(svc, [kinds.unwrap(o) for o in response.items])
 
 
 def delete(ctx: Context) -> int:

@@ -273,7 +273,9 @@ def _node(w: Writer, node) -> None:
         w.field(0, "PodCIDR", node.spec.pod_cidr)
 
 
-def _service(w: Writer, svc) -> None:
+def _service(w: Writer, svc, endpoints=None) -> None:
+    """`endpoints`: the service's agent_pb2.ServiceEntry as computed from the pods now, or
+    None when they could not be listed (the line is left out)."""
     spec = svc.spec
     w.field(0, "Selector", p.format_labels(spec.selector))
     w.field(0, "Type", spec.type or "ClusterIP")
@@ -288,6 +290,20 @@ def _service(w: Writer, svc) -> None:
         w.line(0, "TargetPort:", f"{target}/{protocol}")
         if port.node_port:
             w.line(0, "NodePort:", f"{name}  {port.node_port}/{protocol}")
+        if endpoints is not None:
+            i = list(spec.ports).index(port)
+            addrs = [f"{e.ip}:{e.ports[i]}" for e in endpoints.endpoints if e.ports[i]]
+            w.line(0, "Endpoints:", _endpoint_list(addrs))
+    if endpoints is not None and not spec.ports:
+        w.line(0, "Endpoints:", _endpoint_list([e.ip for e in endpoints.endpoints]))
+
+
+def _endpoint_list(addrs: list[str], show: int = 3) -> str:
+    """As kubectl: the first few, then how many more; <none> for none."""
+    if not addrs:
+        return p.NONE
+    more = f" + {len(addrs) - show} more..." if len(addrs) > show else ""
+    return ",".join(addrs[:show]) + more
 
 
 def _namespace(w: Writer, ns) -> None:
@@ -359,16 +375,20 @@ def usage_section(w: Writer, usage) -> None:
 
 
 def describe(obj, events=None, events_error: str = "", now: datetime | None = None,
-             usage=None) -> str:
+             usage=None, endpoints=None) -> str:
     """The describe text of one object; `events` are Event objects (already fetched); `usage`
-    a node's NodeUsage when its agent answered (the section is left out otherwise)."""
+    a node's NodeUsage when its agent answered (the section is left out otherwise);
+    `endpoints` a Service's ServiceEntry (moorage.endpoints.service_entry)."""
     from moorage.kinds import kind_of
 
     now = now or datetime.now(UTC)
     kind = kind_of(obj)
     w = Writer()
     _metadata(w, obj, kind.namespaced)
-    _SECTIONS[kind.name](w, obj)
+    if kind.name == "Service":
+        _service(w, obj, endpoints)
+    else:
+        _SECTIONS[kind.name](w, obj)
     if usage is not None:
         usage_section(w, usage)
     if kind.name != "Event":

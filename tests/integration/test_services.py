@@ -149,6 +149,13 @@ def spread(lab) -> dict[str, dict]:
 def test_services_get_addresses(lab, spread):
     svc = get_json(lab, "service", APP)
     assert svc["spec"]["clusterIP"].startswith("10.96.")
+    # `moor describe` lists the ready endpoints, as the agents' rules have them: the named
+    # targetPort "http" resolved to each pod's containerPort.
+    out = lab.moor("describe", "service", APP)
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("Endpoints:"))
+    assert sorted(line.split()[1].split(",")) == sorted(
+        f"{p['status']['podIP']}:8080" for p in spread.values()), out.stdout
     np = get_json(lab, "service", f"{APP}-np")
     assert 30000 <= np["spec"]["ports"][0]["nodePort"] <= 32767
 

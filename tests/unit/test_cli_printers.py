@@ -200,3 +200,30 @@ def test_describe_aligns_sections_and_lists_events():
     assert "Message:            0/3 nodes are available" in lines
     assert "  Warning  FailedScheduling  5m (x2 over 10m)  <none>  no nodes" in lines
     assert describe.describe(pod(), [], now=NOW).rstrip().endswith("Events: <none>")
+
+
+def test_describe_service_lists_endpoints_per_port():
+    from moorage.endpoints import service_entry
+
+    svc = service([{"name": "web", "port": 80}, {"name": "metrics", "port": 9100}],
+                  cluster_ip="10.96.0.10", selector={"app": "web"})
+    svc.spec.ports[1].target_port.str_val = "metrics"
+    pods = []
+    for i in range(5):
+        p = pod()
+        p.metadata.name, p.metadata.namespace = f"web-{i}", "default"
+        p.metadata.labels["app"] = "web"
+        p.status.phase, p.status.pod_ip = "Running", f"10.244.1.{i + 2}"
+        p.status.conditions.add(type="Ready", status="True" if i != 4 else "False")
+        if i == 0:   # only this one declares the named port
+            p.spec.containers[0].ports.add(name="metrics", container_port=9000)
+        pods.append(p)
+    text = describe.describe(svc, [], now=NOW, endpoints=service_entry(svc, pods))
+    lines = [ln for ln in text.splitlines() if ln.startswith("Endpoints:")]
+    assert lines == [
+        "Endpoints:          10.244.1.2:80,10.244.1.3:80,10.244.1.4:80 + 1 more...",
+        "Endpoints:          10.244.1.2:9000"], text
+    empty = describe.describe(svc, [], now=NOW, endpoints=service_entry(svc, []))
+    assert "Endpoints:          <none>" in empty.splitlines()
+    # Pods that could not be listed: no Endpoints line rather than a wrong one.
+    assert "Endpoints:" not in describe.describe(svc, [], now=NOW)
