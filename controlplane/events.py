@@ -15,6 +15,11 @@ from moorage.v1 import objects_pb2 as pb
 
 EVENT_TTL_SECONDS = 3600
 LEASE_ROTATE_SECONDS = 600
+# A repeat of a recorded event (same object, type, reason and message) within this long bumps
+# the first one's count and last timestamp instead of adding another, as the kubelet's event
+# correlator does; `moor describe` then shows "(x5 over 1m)".
+AGGREGATE_SECONDS = 600
+AGGREGATE_KEYS = 4096
 NORMAL, WARNING = "Normal", "Warning"
 
 
@@ -29,6 +34,9 @@ class EventRecorder:
         self.clock = clock
         self._lease = 0
         self._lease_at = 0.0
+        # (uid, type, reason, message) -> (the stored Event, when it was first recorded);
+        # insertion-ordered, so the oldest go first when it is full.
+        self._recent: dict[tuple, tuple[pb.Event, float]] = {}
 
     async def _lease_id(self) -> int:
         now = self.clock()
@@ -59,4 +67,22 @@ class EventRecorder:
         return Op(self.store.key_of(ev), ev, None, lease=await self._lease_id())
 
     async def record(self, obj, type_: str, reason: str, message: str) -> None:
-        await self.store.commit([await self.op(obj, type_, reason, message)])
+        """Records an event on its own (not part of another change); a repeat within
+        AGGREGATE_SECONDS updates the earlier Event's count instead of adding one."""
+        now = self.clock()
+        key = (obj.metadata.uid or kinds.kind_of(obj).name + "/" + obj.metadata.name,
+               type_, reason, message)
+        seen = self._recent.pop(key, None)
+        if seen is not None and now - seen[1] < AGGREGATE_SECONDS:
+            ev = pb.Event()
+            ev.CopyFrom(seen[0])
+            ev.count += 1
+            ev.last_timestamp = rfc3339(now)
+            first = seen[1]
+        else:
+            ev, first = self.build(obj, type_, reason, message), now
+        await self.store.commit([Op(self.store.key_of(ev), ev, None,
+                                    lease=await self._lease_id())])
+        self._recent[key] = (ev, first)
+        while len(self._recent) > AGGREGATE_KEYS:
+            del self._recent[next(iter(self._recent))]

@@ -103,13 +103,15 @@ def ready_column(moor, name: str) -> str:
 
 
 def events(moor, name: str) -> list[tuple[str, str, str]]:
-    """(type, reason, message) of the pod's events."""
+    """(type, reason, message) of the pod's events, each as many times as it was seen (a
+    repeated event is one Event with a count)."""
     out = moor("get", "events", "-o", "json")
     if out.returncode != 0:
         return []
     return [(e.get("type", ""), e.get("reason", ""), e.get("message", ""))
             for e in json.loads(out.stdout).get("items", [])
-            if e.get("involvedObject", {}).get("name") == name]
+            if e.get("involvedObject", {}).get("name") == name
+            for _ in range(int(e.get("count", 1)))]
 
 
 def count(evs, reason: str, text: str) -> int:
