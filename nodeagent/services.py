@@ -15,6 +15,9 @@ Datapath, per node:
   network (the node itself), and pod-to-pod on this bridge, which includes a pod reaching
   itself through its service (hairpin), whose reply would be bridged straight back;
 - a filter chain refuses connections to a service port that has no endpoint;
+- when a UDP endpoint leaves a service, the conntrack entries DNATed to it are deleted, as
+  kube-proxy does: UDP has no end, so a client sending steadily would otherwise keep its
+  entry, and keep talking to the gone endpoint, for as long as it sends;
 - every port of the pod bridge is in hairpin mode (set by the datapath's attach_pod): with
   br_netfilter loaded (Docker and most distributions load it), a packet DNATed back to the pod
   that sent it is bridged out of the port it came in on, which a bridge does only in hairpin
@@ -196,7 +199,39 @@ def render_delete(table: str = TABLE) -> str:
     return f"table ip {table} {{}}\ndelete table ip {table}\n"
 
 
+def stale_udp_endpoints(before: Iterable[PortRule], after: Iterable[PortRule]) -> set[str]:
+    """Addresses that were a UDP endpoint of some service port and no longer are of that one."""
+    now = {(r.chain, e.ip) for r in after if r.protocol == "udp" for e in r.endpoints}
+    return {e.ip for r in before if r.protocol == "udp" for e in r.endpoints
+            if (r.chain, e.ip) not in now}
+
+
 # ---- applying ----
+
+def flush_udp_conntrack(ips: Iterable[str]) -> int:
+    """Deletes the UDP conntrack entries whose replies come from one of `ips` after a DNAT
+    (the original destination was something else: a VIP or a NodePort), in this thread's
+    network namespace; flows sent to those addresses directly are left alone. Returns how many
+    were deleted."""
+    import socket
+
+    from pyroute2 import Conntrack
+    from pyroute2.conntrack import NFCTAttrTuple
+
+    deleted = 0
+    with Conntrack() as ct:
+        for ip in sorted(set(ips)):
+            match = NFCTAttrTuple(proto=socket.IPPROTO_UDP, saddr=ip)
+            for entry in list(ct.dump_entries(tuple_reply=match)):
+                if entry.tuple_reply.saddr != ip or entry.tuple_orig.daddr == ip:
+                    continue
+                try:
+                    ct.delete(entry)
+                    deleted += 1
+                except OSError:   # it expired meanwhile
+                    pass
+    return deleted
+
 
 def apply_script(script: str, netns: str | None = None) -> None:
     """Runs an nft script as one transaction (in a named netns if given)."""
@@ -213,15 +248,19 @@ class ServiceProxy:
     def __init__(self, context: Callable[[], NodeContext | None],
                  apply: Callable[[str], None] = apply_script,
                  clock: Callable[[], float] = time.monotonic,
-                 reapply_seconds: float = REAPPLY_SECONDS):
+                 reapply_seconds: float = REAPPLY_SECONDS,
+                 flush: Callable[[Iterable[str]], int] = flush_udp_conntrack):
         self.context = context
         self.apply = apply
+        self.flush = flush
+        self._rules: tuple[PortRule, ...] = ()     # as last applied
         self.clock = clock
         self.reapply_seconds = reapply_seconds
         self._lock = threading.Lock()
         self._table: agent_pb2.ServiceTable | None = None
         self._wake = threading.Event()
         self._rendered_for: tuple | None = None
+        self._pending: tuple[PortRule, ...] = ()   # as last rendered
         self._text: str | None = None
         self.applied: str | None = None          # the text the kernel has, as far as we know
         self._next_reapply = 0.0
@@ -241,7 +280,8 @@ class ServiceProxy:
             return False
         key = (table.SerializeToString(deterministic=True), node)
         if key != self._rendered_for:
-            self._text = render(rules_from_table(table), node)
+            self._pending = rules_from_table(table)
+            self._text = render(self._pending, node)
             self._rendered_for = key
         due = self.clock() >= self._next_reapply
         if self._text == self.applied and not due:
@@ -249,6 +289,15 @@ class ServiceProxy:
         self.apply(self._text)
         self.applied = self._text
         self._next_reapply = self.clock() + self.reapply_seconds
+        stale = stale_udp_endpoints(self._rules, self._pending)
+        self._rules = self._pending
+        if stale:
+            try:
+                n = self.flush(stale)
+                log.info("service rules: %d UDP conntrack entries to %s deleted", n,
+                         ", ".join(sorted(stale)))
+            except OSError as err:   # the rules are in; old UDP flows just last longer
+                log.warning("service rules: deleting UDP conntrack entries: %s", err)
         return True
 
     def run(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:

@@ -136,3 +136,34 @@ def test_proxy_waits_for_the_node_network():
     assert proxy.sync() is False and applied == []
     node[0] = NODE
     assert proxy.sync() is True
+
+
+def test_proxy_flushes_udp_conntrack_of_endpoints_that_left():
+    applied, flushed = [], []
+    proxy = ServiceProxy(lambda: NODE, apply=applied.append,
+                         flush=lambda ips: flushed.append(set(ips)) or 0)
+    proxy.update(table(web(protocol="UDP")))
+    assert proxy.sync() and flushed == []               # nothing left yet
+    proxy.update(table(web(protocol="UDP", endpoints=(("10.244.1.2", 8080),))))
+    assert proxy.sync()
+    assert flushed == [{"10.244.2.2", "10.244.3.2"}]
+    # TCP endpoints leaving need nothing: their connections end (or get reset) on their own.
+    proxy.update(table(web(), web(protocol="UDP", endpoints=(("10.244.1.2", 8080),))))
+    proxy.sync()
+    proxy.update(table(web(endpoints=()), web(protocol="UDP",
+                                              endpoints=(("10.244.1.2", 8080),))))
+    proxy.sync()
+    assert flushed == [{"10.244.2.2", "10.244.3.2"}]
+
+
+def test_stale_udp_endpoints_are_per_service_port():
+    from nodeagent.services import stale_udp_endpoints
+
+    dns = agent_pb2.ServiceEntry(namespace="kube", name="dns", cluster_ip="10.96.0.53")
+    dns.ports.add(name="dns", protocol="UDP", port=53)
+    dns.endpoints.add(ip="10.244.1.2", pod="dns-0", node="n0", ports=[53])
+    before = rules_from_table(table(web(protocol="UDP"), dns))
+    # 10.244.1.2 left web but is still dns's endpoint: its web flows go, all the same.
+    after = rules_from_table(table(web(protocol="UDP", endpoints=()), dns))
+    assert stale_udp_endpoints(before, after) == {"10.244.1.2", "10.244.2.2", "10.244.3.2"}
+    assert stale_udp_endpoints(before, before) == set()
