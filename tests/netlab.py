@@ -67,7 +67,7 @@ def in_node(fn, cfg: NetConfig, *args):
 
 
 class Lab:
-    def __init__(self, hosts: int, tag: str = ""):
+    def __init__(self, hosts: int, tag: str = "", mtu: int = 1500):
         # "moortest" with no dash after it: agent tests clean up every "moortest-*" netns,
         # and would pull these from under a running test; the leftover check still sees them.
         self.tag = f"{TEST_MARK}net{tag}{uuid.uuid4().hex[:6]}-"
@@ -77,6 +77,7 @@ class Lab:
                                   underlay_ip=f"{UNDERLAY_NET}.{10 + i}")
                         for i in range(1, hosts + 1)]
         self.procs: list[subprocess.Popen] = []
+        self.mtu = mtu   # of the underlay: bridge and veths
 
     @property
     def peers(self) -> list[Peer]:
@@ -86,14 +87,14 @@ class Lab:
         netns.create(self.underlay)
         with IPRoute(netns=self.underlay, flags=0) as ul:
             ul.link("set", index=ul.link_lookup(ifname="lo")[0], state="up")
-            ul.link("add", ifname="br0", kind="bridge")
+            ul.link("add", ifname="br0", kind="bridge", mtu=self.mtu)
             br = ul.link_lookup(ifname="br0")[0]
             ul.addr("add", index=br, address=UNDERLAY_GATEWAY, prefixlen=24)
             ul.link("set", index=br, state="up")
             for i, (host, cfg) in enumerate(zip(self.hosts, self.configs), 1):
                 netns.create(host)
-                ul.link("add", ifname=f"h{i}", kind="veth",
-                        peer={"ifname": UNDERLAY_IFNAME, "net_ns_fd": host})
+                ul.link("add", ifname=f"h{i}", kind="veth", mtu=self.mtu,
+                        peer={"ifname": UNDERLAY_IFNAME, "net_ns_fd": host, "mtu": self.mtu})
                 port = ul.link_lookup(ifname=f"h{i}")[0]
                 ul.link("set", index=port, master=br, state="up")
                 with IPRoute(netns=host, flags=0) as h:
