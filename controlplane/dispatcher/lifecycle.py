@@ -77,12 +77,8 @@ class NodeLifecycle:
     async def _mark_not_ready(self, node: pb.Node) -> None:
         set_condition(node.status.conditions, "Ready", "Unknown", UNKNOWN_REASON,
                       "the agent stopped heartbeating")
-        ok, _, _ = await self.store.commit([
-            Op(self.store.key_of(node), node, int(node.metadata.resource_version)),
-            await self.events.op(node, WARNING, "NodeNotReady",
-                                 f"Node {node.metadata.name} is NotReady: the agent "
-                                 "stopped heartbeating")])
-        if ok:   # else the node changed meanwhile: re-checked next period
+        if await self._write(node, WARNING, "NodeNotReady", f"Node {node.metadata.name} is "
+                             "NotReady: the agent stopped heartbeating"):
             log.warning("node %s is NotReady", node.metadata.name)
 
     async def _mark_ready(self, node: pb.Node) -> None:
@@ -90,13 +86,17 @@ class NodeLifecycle:
         # after a NotReady write that raced a reconnect: the lease is the truth.
         set_condition(node.status.conditions, "Ready", "True", "AgentReady",
                       "the agent is connected and heartbeating")
+        if await self._write(node, NORMAL, "NodeReady", f"Node {node.metadata.name} is "
+                             "Ready: its agent is heartbeating again"):
+            log.info("node %s is Ready again", node.metadata.name)
+
+    async def _write(self, node: pb.Node, type_: str, reason: str, message: str) -> bool:
+        """The node as changed and an event, if the node is still the version read; False
+        when it changed meanwhile (it is looked at again next period)."""
         ok, _, _ = await self.store.commit([
             Op(self.store.key_of(node), node, int(node.metadata.resource_version)),
-            await self.events.op(node, NORMAL, "NodeReady",
-                                 f"Node {node.metadata.name} is Ready: its agent is "
-                                 "heartbeating again")])
-        if ok:
-            log.info("node %s is Ready again", node.metadata.name)
+            await self.events.op(node, type_, reason, message)])
+        return ok
 
     async def _evict(self, name: str) -> None:
         pods, _ = await self.store.list(POD)
