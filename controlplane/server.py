@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from controlplane import inventory
+from controlplane import inventory, replicas
 from controlplane.api.bootstrap import BootstrapServicer
 from controlplane.api.servicer import ClusterServicer
 from controlplane.dispatcher.assignments import AssignmentIndex
@@ -76,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(admin.pem) are kept")
     p.add_argument("--etcd-endpoints", default="", metavar="URL,...",
                    help="external etcd, e.g. http://10.0.0.5:2379; default: a local etcd")
+    p.add_argument("--advertise-address", default="", metavar="HOST:PORT",
+                   help="the API address agents reach this replica at, told to every agent "
+                        "so it can move to another replica when its own goes (default: "
+                        "--listen, unless that is a wildcard address)")
     p.add_argument("--join-listen", default="", metavar="HOST:PORT",
                    help="TLS address where agents without a certificate join with a token "
                         "(default: the --listen host, port + 2)")
@@ -227,6 +231,7 @@ async def serve(args: argparse.Namespace) -> int:
             store, assignments, args.heartbeat_period, args.node_not_ready_after,
             ca_cert=ca.cert, network=NetworkDefaults(args.cluster_cidr, args.vxlan_vni,
                                                       args.vxlan_port))
+        dispatcher.replica_address = replicas.advertised(args.listen, args.advertise_address)
         agent_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
         dispatcher.streams = PodStreams(store, dispatcher)
         api_pb2_grpc.add_PodsServicer_to_server(
@@ -261,6 +266,9 @@ async def serve(args: argparse.Namespace) -> int:
                       asyncio.create_task(dispatcher.peers.run()),
                       asyncio.create_task(dispatcher.services.run()),
                       asyncio.create_task(inventory.count_forever(store))]
+        if dispatcher.replica_address:
+            background.append(asyncio.create_task(
+                replicas.advertise_forever(store, dispatcher.replica_address)))
 
         def leader_tasks(store: Store) -> list:
             # Built afresh on every election, so a new term starts from etcd, not old caches.

@@ -26,6 +26,8 @@ from moorage.v1 import objects_pb2 as pb
 log = logging.getLogger("moorage.agent.session")
 
 DEFAULT_HEARTBEAT_SECONDS = 2.0
+# The pause before trying the next control-plane replica after one did not answer.
+FAILOVER_SECONDS = 0.2
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 MAX_PODS = "110"
 
@@ -169,6 +171,10 @@ class Session:
                                         Awaitable[agent_pb2.NetCheckReport]] | None = None,
                  on_services: Callable[[agent_pb2.ServiceTable], None] | None = None):
         self.address, self.node_name, self.facts = address, node_name, facts
+        # Where sessions may go: the --join address, then every replica the last session
+        # named (SessionSettings.control_planes); `address` is the one in use or next tried.
+        self.join_address = address
+        self.addresses = [address]
         self.labels = labels or {}
         self.running_pod_uids = running_pod_uids
         self.on_assignments = on_assignments
@@ -217,14 +223,22 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._outbox = asyncio.Queue()
         delays = backoff_delays()
+        failed = 0   # attempts in a row that got no answer
         while not stop.is_set():
             good = await self._once(stop)
             if stop.is_set():
                 break
             if good:
                 delays = backoff_delays()   # a session that worked starts the back-off afresh
-            delay = next(delays)
-            log.info("session to %s ended; reconnecting in %.1fs", self.address, delay)
+                failed = 0
+                delay = next(delays)
+            else:
+                failed += 1
+                # No answer: the next replica, at once while this round has untried ones.
+                at = self.addresses.index(self.address) if self.address in self.addresses else -1
+                self.address = self.addresses[(at + 1) % len(self.addresses)]
+                delay = FAILOVER_SECONDS if failed % len(self.addresses) else next(delays)
+            log.info("session ended; connecting to %s in %.1fs", self.address, delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
@@ -298,6 +312,9 @@ class Session:
     def _handle(self, msg: agent_pb2.DispatcherMessage) -> None:
         kind = msg.WhichOneof("message")
         if kind == "settings":
+            if msg.settings.control_planes:
+                self.addresses = list(dict.fromkeys(
+                    [self.address, *msg.settings.control_planes, self.join_address]))
             period = msg.settings.heartbeat_period_ms
             self.heartbeat_seconds = period / 1000 if period > 0 else DEFAULT_HEARTBEAT_SECONDS
             if msg.settings.HasField("network") and self.on_network is not None:

@@ -174,12 +174,17 @@ class ControlPlane:
         return ident.channel_credentials()
 
     def snapshot(self) -> list[tuple[bytes, bytes, int]]:
-        """Every key under this control plane's prefix with its value and mod_revision."""
+        """Every key under this control plane's prefix with its value and mod_revision, but
+        the replicas' own address records (kept alive on a lease in the background, and
+        written again whenever a refresh is missed: not cluster state)."""
+        live = (self.prefix + "/control-planes/").encode()
+
         async def read():
             client = etcd_client(self.etcd)
             try:
                 resp = await client.get_prefix(self.prefix.encode() + b"/")
-                return [(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs]
+                return [(kv.key, kv.value, kv.mod_revision) for kv in resp.kvs
+                        if not kv.key.startswith(live)]
             finally:
                 await client.close()
         return asyncio.run(read())

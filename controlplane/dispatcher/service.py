@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from controlplane import replicas
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.peers import PeerIndex
 from controlplane.dispatcher.services import ServiceIndex
@@ -134,6 +135,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.events = EventRecorder(store, "kubelet")
         self.peers = PeerIndex(store, self.broadcast)
         self.services = ServiceIndex(store, self.broadcast_services)
+        # This replica's advertised API address (controlplane/replicas.py); "" for none.
+        self.replica_address = ""
 
     def broadcast(self, peers: agent_pb2.Peers) -> None:
         msg = agent_pb2.DispatcherMessage(peers=peers)
@@ -292,6 +295,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         try:
             yield agent_pb2.DispatcherMessage(settings=agent_pb2.SessionSettings(
                 heartbeat_period_ms=int(self.heartbeat_seconds * 1000),
+                control_planes=await replicas.ordered(self.store, self.replica_address),
                 network=agent_pb2.NetworkSettings(
                     pod_cidr=pod_cidr, cluster_cidr=self.network.cluster_cidr,
                     vxlan_vni=self.network.vxlan_vni, vxlan_port=self.network.vxlan_port)))

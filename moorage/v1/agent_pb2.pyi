@@ -147,12 +147,14 @@ class Assignments(_message.Message):
     def __init__(self, full: _Optional[bool] = ..., pods: _Optional[_Iterable[_Union[_objects_pb2.Pod, _Mapping]]] = ..., removed_uids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionSettings(_message.Message):
-    __slots__ = ("heartbeat_period_ms", "network")
+    __slots__ = ("heartbeat_period_ms", "network", "control_planes")
     HEARTBEAT_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_PLANES_FIELD_NUMBER: _ClassVar[int]
     heartbeat_period_ms: int
     network: NetworkSettings
-    def __init__(self, heartbeat_period_ms: _Optional[int] = ..., network: _Optional[_Union[NetworkSettings, _Mapping]] = ...) -> None: ...
+    control_planes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, heartbeat_period_ms: _Optional[int] = ..., network: _Optional[_Union[NetworkSettings, _Mapping]] = ..., control_planes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NetworkSettings(_message.Message):
     __slots__ = ("pod_cidr", "cluster_cidr", "vxlan_vni", "vxlan_port")

@@ -156,12 +156,12 @@ def test_checkpoints_write_only_what_changed(tmp_path):
 class Dispatcher(agent_pb2_grpc.DispatcherServicer):
     """Answers each session with settings and one full Assignments, then records messages."""
 
-    def __init__(self, pods):
-        self.pods, self.messages = pods, []
+    def __init__(self, pods, control_planes=()):
+        self.pods, self.messages, self.control_planes = pods, [], list(control_planes)
 
     async def Session(self, request_iterator, context):
-        yield agent_pb2.DispatcherMessage(
-            settings=agent_pb2.SessionSettings(heartbeat_period_ms=100))
+        yield agent_pb2.DispatcherMessage(settings=agent_pb2.SessionSettings(
+            heartbeat_period_ms=100, control_planes=self.control_planes))
         yield agent_pb2.DispatcherMessage(
             assignments=agent_pb2.Assignments(full=True, pods=self.pods))
         async for msg in request_iterator:
@@ -212,4 +212,32 @@ def test_session_keeps_desired_pods_across_a_restarted_server():
             stop.set()
             await asyncio.wait_for(task, 5)
             await server.stop(None)
+    asyncio.run(main())
+
+
+def test_session_moves_to_another_replica_when_its_own_goes():
+    async def main():
+        from controlplane.etcd_local import free_port
+
+        dead = f"127.0.0.1:{free_port()}"           # a replica that is down for good
+        second = Dispatcher([pod("a")])
+        server2, port2 = await serve(second)
+        first = Dispatcher([pod("a")])
+        first.control_planes = ["placeholder", dead, f"127.0.0.1:{port2}"]
+        server1, port1 = await serve(first)
+        first.control_planes[0] = f"127.0.0.1:{port1}"
+        session = Session(f"127.0.0.1:{port1}", "n1", FACTS)
+        stop = asyncio.Event()
+        task = asyncio.create_task(session.run(stop))
+        try:
+            await until(lambda: "heartbeat" in first.messages)
+            assert session.addresses == first.control_planes
+            await server1.stop(None)
+            # Its own replica, then the dead one, are tried and skipped; the third answers.
+            await until(lambda: "hello" in second.messages, timeout=10)
+            assert session.address == f"127.0.0.1:{port2}" and session.generation == 2
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+            await server2.stop(None)
     asyncio.run(main())

@@ -1,0 +1,76 @@
+"""Where each control-plane replica serves its API, kept in etcd on a lease while it runs.
+
+Every agent session starts with the list (SessionSettings.control_planes), so an agent whose
+replica goes away moves its session to another one instead of waiting for the dead one, as
+Swarm workers fail over between managers. A replica listening on a wildcard address has no
+address worth telling unless --advertise-address gives one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from controlplane.store import Store
+
+log = logging.getLogger(__name__)
+
+TTL_SECONDS = 10
+WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def advertised(listen: str, advertise: str) -> str:
+    """The address to tell agents: --advertise-address, else --listen unless it is a
+    wildcard; "" for none."""
+    if advertise:
+        return advertise
+    host = listen.rpartition(":")[0]
+    return "" if host in WILDCARDS else listen
+
+
+def _prefix(store: Store) -> bytes:
+    return f"{store.prefix}/control-planes/".encode()
+
+
+async def addresses(store: Store) -> list[str]:
+    """The advertised API address of every running replica, sorted."""
+    resp = await store.client.get_prefix(_prefix(store))
+    return sorted({kv.value.decode() for kv in resp.kvs})
+
+
+async def ordered(store: Store, own: str) -> list[str]:
+    """This replica's address first, then the others'; just its own if etcd cannot say."""
+    try:
+        others = [a for a in await addresses(store) if a != own]
+    except Exception as err:  # noqa: BLE001 - a session must start even when this read fails
+        log.info("listing control-plane replicas: %s", err)
+        others = []
+    return ([own] if own else []) + others
+
+
+async def advertise_forever(store: Store, address: str, ttl: int = TTL_SECONDS) -> None:
+    """Keeps `<prefix>/control-planes/<address>` alive on a lease until cancelled, then
+    removes it; etcd trouble is retried."""
+    key = _prefix(store) + address.encode()
+    lease = None
+    try:
+        while True:
+            try:
+                if lease is None:
+                    lease = await store.client.lease(ttl)
+                    await store.client.put(key, address.encode(), lease=lease)
+                else:
+                    reply = await store.client.refresh_lease(lease.id)
+                    if reply is None or reply.TTL <= 0:
+                        lease = None   # expired during a pause: register again at once
+                        continue
+            except Exception as err:  # noqa: BLE001 - etcd down: try again next round
+                log.info("advertising this replica at %s: %s", address, err)
+                lease = None
+            await asyncio.sleep(ttl / 3)
+    finally:
+        if lease is not None:
+            try:
+                await asyncio.shield(store.client.revoke_lease(lease.id))
+            except Exception:  # noqa: BLE001 - it expires on its own within ttl
+                pass
