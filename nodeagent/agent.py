@@ -214,7 +214,8 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     session = Session(args.join, node_name, facts,
                       labels=labels, desired=checkpoints.load(),
                       on_assignments=lambda pods: (checkpoints.save(pods), wake.set()),
-                      channel_factory=secure_channel_factory(ident))
+                      channel_factory=secure_channel_factory(ident),
+                      replicas_file=os.path.join(node.state_dir, "control-planes"))
     session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
     podio = PodIO(node.runtime, session)
     session.on_open_stream, session.on_stats = podio.open_stream, podio.stats

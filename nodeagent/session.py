@@ -169,12 +169,16 @@ class Session:
                  on_peers: Callable[[agent_pb2.Peers], None] | None = None,
                  on_net_check: Callable[[agent_pb2.NetCheckRequest],
                                         Awaitable[agent_pb2.NetCheckReport]] | None = None,
-                 on_services: Callable[[agent_pb2.ServiceTable], None] | None = None):
+                 on_services: Callable[[agent_pb2.ServiceTable], None] | None = None,
+                 replicas_file: str | None = None):
         self.address, self.node_name, self.facts = address, node_name, facts
         # Where sessions may go: the --join address, then every replica the last session
         # named (SessionSettings.control_planes); `address` is the one in use or next tried.
+        # Kept in `replicas_file` too, so an agent restarted while its --join replica is down
+        # still finds the others.
         self.join_address = address
-        self.addresses = [address]
+        self.replicas_file = replicas_file
+        self.addresses = list(dict.fromkeys([address, *self._load_replicas()]))
         self.labels = labels or {}
         self.running_pod_uids = running_pod_uids
         self.on_assignments = on_assignments
@@ -315,6 +319,7 @@ class Session:
             if msg.settings.control_planes:
                 self.addresses = list(dict.fromkeys(
                     [self.address, *msg.settings.control_planes, self.join_address]))
+                self._save_replicas(msg.settings.control_planes)
             period = msg.settings.heartbeat_period_ms
             self.heartbeat_seconds = period / 1000 if period > 0 else DEFAULT_HEARTBEAT_SECONDS
             if msg.settings.HasField("network") and self.on_network is not None:
@@ -342,6 +347,24 @@ class Session:
         elif kind == "stats_request" and self.on_stats is not None:
             self._spawn(self._answer(msg.stats_request, self.on_stats, "stats",
                                      agent_pb2.StatsReport))
+
+    def _load_replicas(self) -> list[str]:
+        try:
+            with open(self.replicas_file or "") as f:
+                return [line.strip() for line in f if line.strip()]
+        except OSError:
+            return []
+
+    def _save_replicas(self, addresses) -> None:
+        if not self.replicas_file or list(addresses) == self._load_replicas():
+            return
+        tmp = self.replicas_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write("".join(a + "\n" for a in addresses))
+            os.replace(tmp, self.replicas_file)
+        except OSError as err:   # only a restart's fallback list is lost
+            log.warning("saving the control-plane list: %s", err)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

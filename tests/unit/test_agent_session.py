@@ -215,7 +215,9 @@ def test_session_keeps_desired_pods_across_a_restarted_server():
     asyncio.run(main())
 
 
-def test_session_moves_to_another_replica_when_its_own_goes():
+def test_session_moves_to_another_replica_when_its_own_goes(tmp_path):
+    saved = str(tmp_path / "control-planes")
+
     async def main():
         from controlplane.etcd_local import free_port
 
@@ -226,7 +228,7 @@ def test_session_moves_to_another_replica_when_its_own_goes():
         first.control_planes = ["placeholder", dead, f"127.0.0.1:{port2}"]
         server1, port1 = await serve(first)
         first.control_planes[0] = f"127.0.0.1:{port1}"
-        session = Session(f"127.0.0.1:{port1}", "n1", FACTS)
+        session = Session(f"127.0.0.1:{port1}", "n1", FACTS, replicas_file=saved)
         stop = asyncio.Event()
         task = asyncio.create_task(session.run(stop))
         try:
@@ -240,4 +242,8 @@ def test_session_moves_to_another_replica_when_its_own_goes():
             stop.set()
             await asyncio.wait_for(task, 5)
             await server2.stop(None)
-    asyncio.run(main())
+        return first.control_planes
+    listed = asyncio.run(main())
+    # A restarted agent starts from its --join address and knows the rest from the file.
+    again = Session(listed[0], "n1", FACTS, replicas_file=saved)
+    assert again.addresses == listed
