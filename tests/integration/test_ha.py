@@ -11,9 +11,14 @@ import sys
 import tempfile
 import time
 
+import pytest
+
 from tests import imagebuild
 from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
+from tests.integration.test_lab import wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 
 DEPLOYMENT = """\
 apiVersion: apps/v1
@@ -35,16 +40,6 @@ spec:
 # Fast failure detection, so a session that failed over late would cost the pods.
 FAST = ("--controllers", "--node-not-ready-after", "3", "--pod-eviction-after", "1",
         "--eviction-startup-grace", "0", "--leader-lease-ttl", "2")
-
-
-def wait_for(fn, timeout=60.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_agents_fail_over_to_another_replica_and_keep_their_pods(etcd_endpoint):
@@ -74,16 +69,14 @@ def test_agents_fail_over_to_another_replica_and_keep_their_pods(etcd_endpoint):
                     if p.get("status", {}).get("phase") == "Running"}
 
         assert moor(cps[0], "apply", "-f", "-", stdin=DEPLOYMENT).returncode == 0
-        before = wait_for(lambda: (r := running(cps[0])) and len(r) == 2 and r, 90,
-                          "2 pods Running")
+        before = wait_for(lambda: (r := running(cps[0])) and len(r) == 2 and r, 90)
 
         cps[0].proc.kill()
         cps[0].proc.wait(10)
         # Through the survivor: the agents' sessions are there now, since logs reach a node
         # only through the replica holding its session.
         name = next(iter(before.values()))
-        out = wait_for(lambda: (o := moor(cps[1], "logs", name)).returncode == 0 and o, 30,
-                       "logs through the surviving replica")
+        out = wait_for(lambda: (o := moor(cps[1], "logs", name)).returncode == 0 and o, 30)
         assert "hello from" in out.stdout
         # Long past NotReady (3 s) and eviction (1 s more), with the survivor leading: the
         # same two pods, still Running, on Ready nodes.
