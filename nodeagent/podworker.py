@@ -139,8 +139,8 @@ class PodWorker:
 
     def sync(self) -> Plan:
         """One pass: make the runtime match the pod; returns the plan with the pod's status."""
-        # Entering the namespace to check loopback costs a helper process (pyroute2), so it is
-        # done once per worker; later passes only check that the namespace is still there.
+        # Entering the namespace to check loopback costs a thread and a netlink socket, so it
+        # is done once per worker; later passes only check that the namespace is still there.
         path = self.sandbox_path
         if path is None or not os.path.exists(path):
             path = self.sandbox_path = sandbox.ensure(self.netns)

@@ -17,11 +17,17 @@ from collections.abc import Callable
 
 from pyroute2 import IPRoute, netns
 
-from nodeagent.runtime.syscalls import CLONE_NEWNET, MS_BIND, MS_REC, LibcSyscalls
+from nodeagent.runtime.syscalls import (
+    CLONE_NEWNET,
+    MNT_DETACH,
+    MS_BIND,
+    MS_REC,
+    MS_SHARED,
+    LibcSyscalls,
+)
 
 DEFAULT_PREFIX = "moorage-"
 NETNS_DIR = netns.NETNS_RUN_DIR
-MS_SHARED = 1 << 20
 
 _syscalls: LibcSyscalls | None = None
 _dir_ready = threading.Lock()
@@ -119,7 +125,7 @@ def _create(name: str) -> None:
 
 def _unpin(pin: str) -> None:
     try:
-        _sysc().umount2(pin, 2)   # MNT_DETACH
+        _sysc().umount2(pin, MNT_DETACH)
     except OSError:
         pass   # never mounted (a failed create)
     try:
@@ -143,8 +149,8 @@ def ensure(name: str) -> str:
 
 
 def remove(name: str) -> None:
-    if name in netns.listnetns():
-        netns.remove(name)
+    if os.path.lexists(path(name)):
+        _unpin(path(name))
 
 
 def existing(prefix: str = DEFAULT_PREFIX) -> list[str]:

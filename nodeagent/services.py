@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import subprocess
 import threading
 import time
@@ -213,8 +214,6 @@ def flush_udp_conntrack(ips: Iterable[str]) -> int:
     (the original destination was something else: a VIP or a NodePort), in this thread's
     network namespace; flows sent to those addresses directly are left alone. Returns how many
     were deleted."""
-    import socket
-
     from pyroute2 import Conntrack
     from pyroute2.conntrack import NFCTAttrTuple
 

@@ -178,7 +178,8 @@ class Session:
         # still finds the others.
         self.join_address = address
         self.replicas_file = replicas_file
-        self.addresses = list(dict.fromkeys([address, *self._load_replicas()]))
+        self._saved = self._load_replicas()   # what the file holds
+        self.addresses = list(dict.fromkeys([address, *self._saved]))
         self.labels = labels or {}
         self.running_pod_uids = running_pod_uids
         self.on_assignments = on_assignments
@@ -356,13 +357,14 @@ class Session:
             return []
 
     def _save_replicas(self, addresses) -> None:
-        if not self.replicas_file or list(addresses) == self._load_replicas():
+        if not self.replicas_file or list(addresses) == self._saved:
             return
         tmp = self.replicas_file + ".tmp"
         try:
             with open(tmp, "w") as f:
                 f.write("".join(a + "\n" for a in addresses))
             os.replace(tmp, self.replicas_file)
+            self._saved = list(addresses)
         except OSError as err:   # only a restart's fallback list is lost
             log.warning("saving the control-plane list: %s", err)
 

@@ -282,7 +282,7 @@ def _service(w: Writer, svc, endpoints=None) -> None:
     w.field(0, "IP", spec.cluster_ip)
     if not spec.ports:
         w.field(0, "Port", p.NONE)
-    for port in spec.ports:
+    for i, port in enumerate(spec.ports):
         protocol = port.protocol or "TCP"
         name = port.name or "<unset>"
         w.line(0, "Port:", f"{name}  {port.port}/{protocol}")
@@ -291,7 +291,6 @@ def _service(w: Writer, svc, endpoints=None) -> None:
         if port.node_port:
             w.line(0, "NodePort:", f"{name}  {port.node_port}/{protocol}")
         if endpoints is not None:
-            i = list(spec.ports).index(port)
             addrs = [f"{e.ip}:{e.ports[i]}" for e in endpoints.endpoints if e.ports[i]]
             w.line(0, "Endpoints:", _endpoint_list(addrs))
     if endpoints is not None and not spec.ports:
@@ -322,7 +321,8 @@ def _event(w: Writer, event) -> None:
     w.field(0, "Last Timestamp", format_timestamp(event.last_timestamp))
 
 
-_SECTIONS = {"Pod": _pod, "Deployment": _deployment, "Node": _node, "Service": _service,
+# A Service's section also takes its endpoints: `describe` calls _service itself.
+_SECTIONS = {"Pod": _pod, "Deployment": _deployment, "Node": _node,
              "Namespace": _namespace, "Event": _event}
 
 

@@ -36,6 +36,7 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
+MS_SHARED = 1 << 20
 
 # prctl options (linux/prctl.h).
 PR_SET_PDEATHSIG = 1

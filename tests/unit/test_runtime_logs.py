@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 
 from nodeagent.runtime.logs import MAX_LINE, LogWriter, follow, parse_line, rfc3339nano
 
@@ -79,8 +80,10 @@ def test_follow_survives_rotation(tmp_path):
     t.start()
     for i in range(30):
         w.write("stdout", f"n{i}\n".encode())
-        if i % 5 == 0:
-            threading.Event().wait(0.02)  # let the follower catch up between rotations
+        if i % 5 == 0:   # let the follower catch up now and then (a sleep raced under load)
+            deadline = time.monotonic() + 10
+            while len(seen) <= i and time.monotonic() < deadline:
+                time.sleep(0.002)
     w.close()
     done.set()
     t.join(10)
