@@ -100,6 +100,37 @@ async def assign_subnet(store, node_name: str, cluster_cidr: str = DEFAULT_CLUST
         # the next round sees which.
 
 
+async def delete_node(store, node_name: str, expect: int | None = None):
+    """Deletes a Node and gives back its subnet in one Txn; returns the deleted Node."""
+    from controlplane.store import Conflict, Op
+    from moorage import kinds
+
+    kind = kinds.BY_NAME["Node"]
+    for _ in range(5):
+        node = await store.get(kind, "", node_name)
+        rev = int(node.metadata.resource_version)
+        if expect is not None and expect != rev:
+            raise Conflict(f'Operation cannot be fulfilled on nodes "{node_name}": the object '
+                           f"has been modified (resourceVersion {expect} is stale, current is "
+                           f"{rev}); read it again and retry", rev)
+        ops = [Op(store.key_of(node), None, rev)]
+        node_key = _node_key(store, node_name)
+        existing = await _get(store, node_key)
+        if existing is not None:
+            ops.append(Op(node_key, None, existing.mod_revision))
+            try:
+                subnet_key = _subnet_key(store, ipaddress.IPv4Network(existing.value.decode()))
+            except ValueError:
+                subnet_key = None
+            owner = await _get(store, subnet_key) if subnet_key is not None else None
+            if owner is not None and owner.value.decode() == node_name:
+                ops.append(Op(subnet_key, None, owner.mod_revision))
+        ok, _, _ = await store.commit(ops)
+        if ok:
+            return node
+    raise Conflict(f'node "{node_name}" kept changing while deleting it; try again')
+
+
 async def release_subnet(store, node_name: str) -> str | None:
     """Gives back the node's subnet; returns it, or None if the node held none."""
     node_key = _node_key(store, node_name)

@@ -29,14 +29,14 @@ _QUANTITY_MAPS = {
 
 # Read-only metadata that `moor get -o yaml` prints; accepted in manifests so that output can be
 # applied back, and ignored (resourceVersion is checked as a precondition by the server).
-SERVER_SET_METADATA = {"uid", "creationTimestamp", "generation", "resourceVersion"}
+SERVER_SET_METADATA = {"uid", "creationTimestamp", "generation", "resourceVersion",
+                       "deletionTimestamp", "deletionGracePeriodSeconds"}
 
 # Valid Kubernetes fields that Moorage does not implement. Naming them gives a clearer error
 # than "unknown field" for a manifest that works on Kubernetes.
 K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
     "moorage.v1.ObjectMeta": frozenset({
-        "generateName", "finalizers", "managedFields", "deletionTimestamp",
-        "deletionGracePeriodSeconds", "selfLink"}),
+        "generateName", "finalizers", "managedFields", "selfLink"}),
     "moorage.v1.PodSpec": frozenset({
         "volumes", "initContainers", "ephemeralContainers", "serviceAccountName",
         "serviceAccount", "automountServiceAccountToken", "hostNetwork", "hostPID", "hostIPC",
@@ -46,10 +46,12 @@ K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
         "overhead", "topologySpreadConstraints", "setHostnameAsFQDN", "os", "hostUsers",
         "schedulingGates", "resourceClaims", "activeDeadlineSeconds", "resources"}),
     "moorage.v1.Container": frozenset({
-        "volumeMounts", "volumeDevices", "envFrom", "securityContext", "lifecycle",
+        "volumeMounts", "volumeDevices", "envFrom", "securityContext",
         "terminationMessagePath", "terminationMessagePolicy", "stdinOnce", "resizePolicy",
         "restartPolicy"}),
     "moorage.v1.EnvVar": frozenset({"valueFrom"}),
+    "moorage.v1.Lifecycle": frozenset({"postStart", "stopSignal"}),
+    "moorage.v1.LifecycleHandler": frozenset({"tcpSocket"}),
     "moorage.v1.Probe": frozenset({"grpc"}),
     "moorage.v1.Affinity": frozenset({"podAffinity"}),
     "moorage.v1.PodAffinityTerm": frozenset({

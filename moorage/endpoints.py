@@ -10,8 +10,10 @@ from moorage.v1 import objects_pb2 as pb
 
 
 def pod_is_ready(pod: pb.Pod) -> bool:
-    """Running, with an IP, and its Ready condition True: fit to take traffic."""
+    """Running, with an IP, its Ready condition True, and not being deleted: fit to take
+    traffic (a terminating pod leaves its services at once, as in Kubernetes)."""
     return (pod.status.phase == "Running" and bool(pod.status.pod_ip)
+            and not pod.metadata.deletion_timestamp
             and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions))
 
 

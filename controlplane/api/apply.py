@@ -125,6 +125,14 @@ class Applier:
         obj.metadata.resource_version = str(hit[0])
         return obj, hit[0]
 
+    def _terminating_namespaces(self, ns_keys: list[bytes]) -> set[str]:
+        out = set()
+        for key in ns_keys:
+            ns, _ = self._current(NAMESPACE, key)
+            if ns is not None and ns.metadata.deletion_timestamp:
+                out.add(ns.metadata.name)
+        return out
+
     def _plan(self, docs: list[Document], keys: list[bytes], ns_keys: list[bytes]
               ) -> list[Planned]:
         problems = []
@@ -136,6 +144,8 @@ class Applier:
                         problems.append(located(d.source, d.index, FieldError(
                             "metadata.namespace", f'namespace "{name}" not found (create it '
                             "first, or apply its Namespace in the same request)")))
+        terminating = self._terminating_namespaces(ns_keys + [
+            k for d, k in zip(docs, keys) if kinds.kind_of(d.obj) is NAMESPACE])
         plans = []
         for doc, key in zip(docs, keys):
             kind = kinds.kind_of(doc.obj)
@@ -147,6 +157,12 @@ class Applier:
                 continue
             except Conflict as err:
                 raise Conflict(f"{doc.where}: {err}", err.current) from None
+            ns = doc.obj.metadata.namespace
+            if action == "created" and kind.namespaced and ns in terminating:
+                problems.append(located(doc.source, doc.index, FieldError(
+                    "metadata.namespace", f"unable to create new content in namespace {ns} "
+                    "because it is being terminated (wait until it is gone)")))
+                continue
             plans.append(Planned(doc, key, action, obj, current, rev))
         if problems:
             raise ManifestError(problems)
@@ -185,6 +201,10 @@ def merge(doc: Document, current) -> tuple[object, str]:
     meta = new.metadata
     meta.uid = current.metadata.uid
     meta.creation_timestamp = current.metadata.creation_timestamp
+    # An apply never undoes a deletion in progress.
+    meta.deletion_timestamp = current.metadata.deletion_timestamp
+    if current.metadata.HasField("deletion_grace_period_seconds"):
+        meta.deletion_grace_period_seconds = current.metadata.deletion_grace_period_seconds
     if not meta.owner_references:
         meta.owner_references.extend(current.metadata.owner_references)
     if has_status and current.HasField("status"):

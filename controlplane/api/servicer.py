@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 
 import grpc
 
@@ -26,9 +27,16 @@ from controlplane.store.store import StoreUnavailable
 from moorage import convert, kinds, manifest
 from moorage import validation as v
 from moorage.kinds import SYSTEM_NAMESPACES
+from moorage.model import pods
+from moorage.model.timestamps import rfc3339
 from moorage.v1 import api_pb2, api_pb2_grpc
+from moorage.v1 import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+POD = kinds.BY_NAME["Pod"]
+DELETE_ATTEMPTS = 5
+SCALE_ATTEMPTS = 50
 
 _CODES = [
     (manifest.ManifestError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -37,13 +45,14 @@ _CODES = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Conflict, grpc.StatusCode.ABORTED),
-    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
     (StoreError, grpc.StatusCode.INTERNAL),
 ]
 
 
 def _status_for(err: Exception):
+    if isinstance(err, StoreUnavailable):
+        return None   # controlplane/api/errors.py answers it, marked, for every service
     for cls, code in _CODES:
         if isinstance(err, cls):
             return code
@@ -191,45 +200,106 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         kind = _kind(request.kind)
         ns = _namespace(kind, request.namespace)
         expect = int(request.resource_version) if request.resource_version else None
+        grace = request.grace_period_seconds if request.HasField("grace_period_seconds") \
+            else None
+        if grace is not None and grace < 0:
+            grace = None   # kubectl's "ignored if negative"
         if kind.name == "Namespace":
             obj = await self._delete_namespace(request.name, expect)
         elif kind.name == "Service":
             # Its virtual IP and node ports go back to the pool in the same Txn.
             obj = await self.applier.services.delete_service(ns, request.name, expect)
+        elif kind.name == "Pod":
+            obj = await self._delete_pod(ns, request.name, expect, grace)
+        elif kind.name == "Node":
+            # Its pod subnet goes back to the pool in the same Txn (a node that rejoins gets
+            # a fresh one).
+            from controlplane.ipam import delete_node
+
+            obj = await delete_node(self.store, request.name, expect)
         else:
             obj = await self.store.delete(kind, ns, request.name, expect)
-        if kind.name == "Node":
-            # Its pod subnet goes back to the pool (a node that rejoins gets a fresh one).
-            from controlplane.ipam import release_subnet
-
-            await release_subnet(self.store, request.name)
         self.applier.cache.pop(self.store.key_of(obj), None)
         return api_pb2.DeleteResponse(object=kinds.wrap(obj))
 
+    @observed("Scale")
+    @mapped
+    async def Scale(self, request, context):
+        await guard(context, "Scale", request, self.ca_cert)
+        kind = _kind(request.kind)
+        if kind.name != "Deployment":
+            raise kinds.UnknownKind(f"{kind.plural} cannot be scaled; only deployments can")
+        if request.replicas < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"spec.replicas: must be 0 or more, not {request.replicas}")
+        ns = _namespace(kind, request.namespace)
+        expect = int(request.resource_version) if request.resource_version else None
+        for _ in range(SCALE_ATTEMPTS):
+            d = await self.store.get(kind, ns, request.name)
+            rev = int(d.metadata.resource_version)
+            if expect is not None and expect != rev:
+                raise Conflict(f'Operation cannot be fulfilled on deployments.apps '
+                               f'"{request.name}": the object has been modified '
+                               f"(resourceVersion {expect} is stale, current is {rev})", rev)
+            if d.spec.HasField("replicas") and d.spec.replicas == request.replicas:
+                return kinds.wrap(d)
+            d.spec.replicas = request.replicas
+            d.metadata.generation += 1
+            try:
+                updated = await self.store.update(d, rev)
+            except Conflict:
+                continue   # a controller's status write came first: read again
+            self.applier.cache.pop(self.store.key_of(d), None)
+            return kinds.wrap(updated)
+        raise Conflict(f'deployment "{request.name}" kept changing while scaling it; try again')
+
+    async def _delete_pod(self, namespace: str, name: str, expect: int | None,
+                          grace: int | None):
+        """Graceful deletion (moorage/model/pods.py): a running pod is marked Terminating and
+        its agent removes it once its containers stopped; others go at once."""
+        for _ in range(DELETE_ATTEMPTS):
+            pod = await self.store.get(POD, namespace, name)
+            rev = int(pod.metadata.resource_version)
+            if expect is not None and expect != rev:
+                raise Conflict(f'Operation cannot be fulfilled on pods "{name}": the object '
+                               f"has been modified (resourceVersion {expect} is stale, current "
+                               f"is {rev}); read it again and retry", rev)
+            marked = pods.graceful_delete(pod, grace, time.time())
+            try:
+                if marked is None:
+                    return await self.store.delete(POD, namespace, name, rev)
+                if marked is pod:
+                    return pod
+                return await self.store.update(marked, rev)
+            except Conflict:
+                continue   # the agent reported a status meanwhile: read it again
+        raise Conflict(f'pod "{name}" kept changing while deleting it; try again')
+
     async def _delete_namespace(self, name: str, expect: int | None):
-        """Deletes a namespace and everything in it, in one Txn."""
+        """Deletes everything in a namespace but its pods in one Txn; the namespace itself goes
+        too when it holds no pods, and is otherwise marked Terminating: the namespace
+        controller then deletes its pods gracefully and removes it when the last is gone."""
         if name in SYSTEM_NAMESPACES:
             raise PermissionError(f'namespace "{name}" is a system namespace and cannot be deleted')
-        from aetcd import rpc
-
         ns_kind = kinds.BY_NAME["Namespace"]
         current = await self.store.get(ns_kind, "", name)
-        key = self.store.key(ns_kind, "", name)
+        if pods.is_terminating(current):
+            return current
         rev = expect if expect is not None else int(current.metadata.resource_version)
-        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))]
-        for kind in kinds.KINDS:
-            if kind.namespaced:
-                start = self.store.range_prefix(kind, name)
-                ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
-                    key=start, range_end=_prefix_end(start))))
-                for cached in [k for k in self.applier.cache if k.startswith(start)]:
-                    del self.applier.cache[cached]
-        compare = [rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
-                               mod_revision=rev)]
-        resp = await self.store.txn(compare, ops)
-        if not resp.succeeded:
+        marked = pb.Namespace()
+        marked.CopyFrom(current)
+        marked.metadata.deletion_timestamp = rfc3339(time.time())
+        marked.status.phase = pods.TERMINATING
+        prefixes = [self.store.range_prefix(kind, name) for kind in kinds.KINDS
+                    if kind.namespaced and kind is not POD]
+        for start in prefixes:
+            for cached in [k for k in self.applier.cache if k.startswith(start)]:
+                del self.applier.cache[cached]
+        if not await self.store.delete_namespace(
+                self.store.key(ns_kind, "", name), rev, marked, prefixes,
+                self.store.range_prefix(POD, name)):
             raise Conflict(f'namespace "{name}" changed while deleting it; try again')
-        return current
+        return marked
 
     @mapped
     async def Watch(self, request, context):
@@ -328,9 +398,3 @@ MAX_TOKEN_TTL = 365 * 86400
 
 def _token_info(t) -> api_pb2.TokenInfo:
     return api_pb2.TokenInfo(id=t.id, created=t.created, expires=t.expires)
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    import aetcd
-
-    return aetcd.utils.prefix_range_end(prefix)

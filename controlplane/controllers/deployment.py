@@ -3,6 +3,10 @@
 Pure: never mutates its inputs, reads no clock or randomness (both come in as arguments). Pods
 are owned directly by the Deployment (no ReplicaSets); a pod's template is told by its
 `pod-template-hash` label. minReadySeconds is ignored: a pod is available as soon as it is ready.
+
+Pods being deleted (Terminating) are neither available nor replicas, as in Kubernetes, but a
+rolling update counts them against maxSurge while they run, so the containers running never
+exceed replicas + maxSurge, and Recreate waits until the old ones are gone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 from google.protobuf import json_format
 
+from moorage.model.pods import is_terminating
 from moorage.v1 import objects_pb2 as pb
 
 TEMPLATE_HASH_LABEL = "pod-template-hash"
@@ -186,14 +191,15 @@ def _take(ordered: Sequence[pb.Pod], count: int) -> list[pb.Pod]:
     return list(ordered[:max(0, count)])
 
 
-def _plan_rolling(d, new, old, replicas) -> tuple[int, list[pb.Pod]]:
+def _plan_rolling(d, new, old, replicas, terminating) -> tuple[int, list[pb.Pod]]:
     """(pods to create, pods to delete) for one RollingUpdate step."""
     if not old:
         if len(new) < replicas:
             return replicas - len(new), []
         return 0, _take(deletion_order(new), len(new) - replicas)
     surge, unavailable = surge_and_unavailable(d)
-    total = len(new) + len(old)
+    # Terminating pods still run their containers: they take surge room until they are gone.
+    total = len(new) + len(old) + len(terminating)
     create = max(0, min(replicas + surge - total, replicas - len(new)))
     delete = _take(deletion_order(new), len(new) - replicas)
     min_available = replicas - unavailable
@@ -217,19 +223,24 @@ def reconcile(d: pb.Deployment, pods: Sequence[pb.Pod], now: float,
     replicas = desired_replicas(d)
     hash_ = template_hash(d.spec.template)
     owned = [p for p in pods if is_owned_by(p, d)]
-    finished = [p for p in owned if p.status.phase in TERMINAL_PHASES]
-    live = [p for p in owned if p.status.phase not in TERMINAL_PHASES]
+    terminating = [p for p in owned if is_terminating(p)]
+    active = [p for p in owned if not is_terminating(p)]
+    finished = [p for p in active if p.status.phase in TERMINAL_PHASES]
+    live = [p for p in active if p.status.phase not in TERMINAL_PHASES]
     new = [p for p in live if p.metadata.labels.get(TEMPLATE_HASH_LABEL) == hash_]
     old = [p for p in live if p.metadata.labels.get(TEMPLATE_HASH_LABEL) != hash_]
 
     if d.spec.strategy.type == RECREATE and old:
         # Every old pod goes before any new one starts; the deletes trigger the next step.
         create, delete = 0, old
+    elif d.spec.strategy.type == RECREATE and any(
+            p.metadata.labels.get(TEMPLATE_HASH_LABEL) != hash_ for p in terminating):
+        create, delete = 0, []   # old containers still stopping: new ones wait for them
     elif d.spec.strategy.type == RECREATE:
         create, delete = (max(0, replicas - len(new)),
                           _take(deletion_order(new), len(new) - replicas))
     else:
-        create, delete = _plan_rolling(d, new, old, replicas)
+        create, delete = _plan_rolling(d, new, old, replicas, terminating)
 
     taken = {p.metadata.name for p in owned}
     made = []
@@ -244,8 +255,10 @@ def reconcile(d: pb.Deployment, pods: Sequence[pb.Pod], now: float,
     gone = {p.metadata.name for p in delete}
     after = [p for p in live if p.metadata.name not in gone] + made
     events = _scaling_events(d, hash_, new, old, made, delete)
-    return Plan(tuple(made), tuple(finished) + tuple(delete),
-                _status(d, after, hash_, replicas, bool(made or delete), now),
+    status = _status(d, after, hash_, replicas, bool(made or delete), now)
+    status.terminating_replicas = len(terminating) + sum(
+        1 for p in delete if p.spec.node_name and p.status.phase not in TERMINAL_PHASES)
+    return Plan(tuple(made), tuple(finished) + tuple(delete), status,
                 _next_history(d, hash_), events)
 
 

@@ -24,6 +24,7 @@ from controlplane.events import NORMAL, EventRecorder
 from controlplane.store import Op, Store, StoreError
 from controlplane.store.store import ABSENT, NotLeader
 from moorage import kinds
+from moorage.model.pods import graceful_delete, is_terminating
 from moorage.v1 import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -120,9 +121,10 @@ class DeploymentController:
         pods = [self.pods[k] for k in sorted(self.owned.get(key, ())) if k in self.pods]
         stored = self.deployments.get(key)
         if stored is None:
-            # Cascade: a deleted Deployment's pods go too.
-            if pods:
-                await self._write(key, None, None, [], pods, ())
+            # Cascade: a deleted Deployment's pods go too (gracefully: see _write).
+            going = [p for p in pods if not is_terminating(p)]
+            if going:
+                await self._write(key, None, None, [], going, ())
             return
         # Apply keeps the revision annotations this controller owns (moorage.io/,
         # deployment.kubernetes.io/), so the stored object is the whole truth.
@@ -161,10 +163,19 @@ class DeploymentController:
             ops.append(Op(self.store.key_of(stored), updated,
                           int(stored.metadata.resource_version), guard_only=updated is None))
         ops += [Op(self.store.key_of(p), p, ABSENT) for p in create]
-        # A cascade deletes whatever state the pod is in; a planned delete must match the plan.
-        ops += [Op(self.store.key_of(p), None,
-                   int(p.metadata.resource_version) if stored is not None else None)
-                for p in delete]
+        # Deleting is graceful: a running pod is marked Terminating (its agent removes it once
+        # its containers stopped), others go at once. A cascade deletes whatever state the pod
+        # is in; a planned delete, or a mark, must match the version planned from.
+        now = self.clock()
+        marked: list[pb.Pod] = []
+        for p in delete:
+            rev = int(p.metadata.resource_version)
+            mark = graceful_delete(p, None, now)
+            if mark is None:
+                ops.append(Op(self.store.key_of(p), None, rev if stored is not None else None))
+            else:
+                marked.append(mark)
+                ops.append(Op(self.store.key_of(p), mark, rev))
         if self.events and stored is not None:
             for reason, message in events[:BURST]:
                 ops.append(await self.events.op(stored, NORMAL, reason, message))
@@ -173,7 +184,8 @@ class DeploymentController:
         except NotLeader:
             raise  # deposed: the run loop must end, the new leader takes over
         except StoreError as err:
-            log.warning("syncing deployment %s failed: %s", key, err)
+            log.log(self.store.health.retry_level(), "syncing deployment %s failed: %s", key,
+                    err)
             self._retry(key)
             return
         if not ok:
@@ -186,9 +198,14 @@ class DeploymentController:
         for pod in create:
             pod.metadata.resource_version = str(revision)
             self.put_pod(pod)
+        kept = {_key(m) for m in marked}
+        for pod in marked:
+            pod.metadata.resource_version = str(revision)
+            self.put_pod(pod)
         for pod in delete:
-            self.seen_rv["pod:" + _key(pod)] = revision
-            self.drop_pod(pod, forget=False)
+            if _key(pod) not in kept:
+                self.seen_rv["pod:" + _key(pod)] = revision
+                self.drop_pod(pod, forget=False)
         if more:
             self._mark(key)
 

@@ -61,8 +61,10 @@ class AssignmentIndex:
         old = self.by_node.get(node, {}).get(uid)
         self.node_of[uid] = node
         self.by_node.setdefault(node, {})[uid] = pod
-        if old is None or old.spec != pod.spec or old.metadata.labels != pod.metadata.labels:
-            # Status-only changes (the agent's own reports) are not news to the agent.
+        if old is None or old.spec != pod.spec or old.metadata.labels != pod.metadata.labels \
+                or old.metadata.deletion_timestamp != pod.metadata.deletion_timestamp:
+            # Status-only changes (the agent's own reports) are not news to the agent; a
+            # deletion is (the agent stops the pod's containers, then confirms).
             self._publish(node, Change(pods=[pod]))
 
     def _replace(self, pods) -> None:

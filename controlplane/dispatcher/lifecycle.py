@@ -3,6 +3,9 @@
 Deleting them lets their Deployments make replacements, which the scheduler puts elsewhere;
 when the agent comes back, its next full assignment no longer has them, so it stops them. For
 a while after the control plane starts nothing is evicted, since agents are still reconnecting.
+These deletions are immediate, Terminating pods included: no agent is there to confirm a
+graceful one. Pods bound to a node that no longer exists are removed the same way (as
+Kubernetes' pod garbage collector does).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ EVICTION_SECONDS = 4.0
 STARTUP_GRACE_SECONDS = 20.0
 TERMINAL = ("Succeeded", "Failed")
 UNKNOWN_REASON = "NodeStatusUnknown"
+# Pods on deleted nodes are looked for every this many checks.
+ORPHAN_CHECK_EVERY = 5
 
 
 def is_ready(node: pb.Node) -> bool:
@@ -50,6 +55,9 @@ class NodeLifecycle:
         self.started = clock()
         self.startup_grace = startup_grace_seconds
         self.down_since: dict[str, float] = {}
+        # Pods bound to a node that does not exist, and since when (monotonic).
+        self.orphaned_since: dict[str, float] = {}
+        self.checks = 0
         self.events = EventRecorder(store, "node-lifecycle-controller")
 
     async def _alive(self) -> set[str]:
@@ -60,6 +68,9 @@ class NodeLifecycle:
         nodes, _ = await self.store.list(NODE)
         alive = await self._alive()
         now = self.clock()
+        self.checks += 1
+        if self.checks % ORPHAN_CHECK_EVERY == 0 and now - self.started >= self.startup_grace:
+            await self._collect_orphans({n.metadata.name for n in nodes}, now)
         for node in nodes:
             name = node.metadata.name
             if name in alive:
@@ -103,14 +114,31 @@ class NodeLifecycle:
         for pod in pods:
             if pod.spec.node_name != name or pod.status.phase in TERMINAL:
                 continue
-            ok, _, _ = await self.store.commit([
-                Op(self.store.key_of(pod), None, int(pod.metadata.resource_version)),
-                await self.events.op(pod, NORMAL, "NodeNotReady",
-                                     f"Deleting pod {pod.metadata.namespace}/"
-                                     f"{pod.metadata.name}: node {name} is NotReady")])
-            if ok:
+            if await self._remove(pod, "NodeNotReady", f"node {name} is NotReady"):
                 log.warning("evicted %s/%s from NotReady node %s", pod.metadata.namespace,
                             pod.metadata.name, name)
+
+    async def _remove(self, pod: pb.Pod, reason: str, why: str) -> bool:
+        ok, _, _ = await self.store.commit([
+            Op(self.store.key_of(pod), None, int(pod.metadata.resource_version)),
+            await self.events.op(pod, NORMAL, reason, f"Deleting pod {pod.metadata.namespace}/"
+                                 f"{pod.metadata.name}: {why}")])
+        return ok
+
+    async def _collect_orphans(self, nodes: set[str], now: float) -> None:
+        """Removes pods bound to a node that has not existed for the eviction grace."""
+        pods, _ = await self.store.list(POD)
+        seen = set()
+        for pod in pods:
+            if not pod.spec.node_name or pod.spec.node_name in nodes:
+                continue
+            key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+            seen.add(key)
+            since = self.orphaned_since.setdefault(key, now)
+            if now - since >= self.eviction_seconds and await self._remove(
+                    pod, "NodeDeleted", f"node {pod.spec.node_name} does not exist"):
+                log.warning("removed %s, bound to the deleted node %s", key, pod.spec.node_name)
+        self.orphaned_since = {k: v for k, v in self.orphaned_since.items() if k in seen}
 
     async def run(self) -> None:
         while True:
@@ -119,5 +147,6 @@ class NodeLifecycle:
             except NotLeader:
                 raise  # deposed: end the loop so the new leader's lifecycle takes over
             except StoreError as err:  # etcd down, or a race: look again next period
-                log.info("node lifecycle: %s", err)
+                log.log(min(logging.INFO, self.store.health.retry_level()),
+                        "node lifecycle: %s", err)
             await asyncio.sleep(self.period)

@@ -22,6 +22,7 @@ from aetcd import rpc
 from aetcd.exceptions import RevisionCompactedError
 
 from controlplane.metrics import ETCD_LATENCY
+from controlplane.store.health import EtcdHealth
 from moorage.kinds import Kind, kind_of
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ class Store:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self._group = _GroupCommit(lambda req: self._call("Txn", req))
+        # Shared by every view (`with_guard` copies): whether etcd answers (health.py).
+        self.health = EtcdHealth()
         # (key, mod_revision) every commit must also compare; set on views by `with_guard`.
         self.guard: tuple[bytes, int] | None = None
 
@@ -195,15 +198,23 @@ class Store:
     # ---- raw calls ----
 
     async def _call(self, method: str, request):
-        await self.client.connect()
         began = time.perf_counter()
         try:
-            return await getattr(self.client.kvstub, method)(
+            await self.client.connect()
+            resp = await getattr(self.client.kvstub, method)(
                 request, timeout=self.client._timeout, metadata=self.client.metadata)
         except grpc.aio.AioRpcError as err:
-            raise _translate(err) from err
+            error = _translate(err)
+            if isinstance(error, StoreUnavailable):
+                self.health.failed(str(error))
+            raise error from err
+        except aetcd.exceptions.ClientError as err:
+            self.health.failed(f"etcd is unavailable: {err}")
+            raise StoreUnavailable(f"etcd is unavailable: {err}") from err
         finally:
             ETCD_LATENCY.labels(method).observe(time.perf_counter() - began)
+        self.health.ok()
+        return resp
 
     async def txn(self, compare, success, failure=()) -> rpc.TxnResponse:
         return await self._call("Txn", rpc.TxnRequest(
@@ -336,6 +347,36 @@ class Store:
             raise NotFound(_not_found(kind, namespace, name))
         return self.decode(kind, prev[0])
 
+    async def delete_namespace(self, key: bytes, expect: int, marked, prefixes: Sequence[bytes],
+                               pods_prefix: bytes) -> bool:
+        """One Txn, if the namespace at `key` is still at `expect`: deletes every key under
+        `prefixes`, then the namespace itself when nothing is under `pods_prefix`, or else stores
+        `marked` (its Terminating form) for the namespace controller to finish."""
+        no_pods = rpc.Compare(key=pods_prefix, range_end=_range_end(pods_prefix),
+                              target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0)
+        finish = rpc.TxnRequest(
+            compare=[no_pods],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
+            failure=[rpc.RequestOp(request_put=rpc.PutRequest(key=key,
+                                                              value=self.encode(marked)))])
+        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+            key=start, range_end=_range_end(start))) for start in prefixes]
+        ops.append(rpc.RequestOp(request_txn=finish))
+        resp = await self.txn([rpc.Compare(key=key, target=rpc.Compare.MOD,
+                                           result=rpc.Compare.EQUAL, mod_revision=expect)], ops)
+        return resp.succeeded
+
+    async def delete_if_empty(self, key: bytes, expect: int, prefix: bytes) -> bool:
+        """Deletes `key` if it is still at `expect` and nothing is under `prefix` (a
+        Terminating namespace whose last pod is gone)."""
+        resp = await self.txn(
+            [rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
+                         mod_revision=expect),
+             rpc.Compare(key=prefix, range_end=_range_end(prefix), target=rpc.Compare.VERSION,
+                         result=rpc.Compare.EQUAL, version=0)],
+            [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))])
+        return resp.succeeded
+
     @staticmethod
     def _stamped(obj, revision: int):
         out = type(obj)()
@@ -369,7 +410,9 @@ class Store:
                 continue
             except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as err:
                 # etcd is down or restarting: keep trying, then resume where we stopped.
-                log.warning("watching %s: %s; retrying in %.1fs", kind.plural, err, backoff)
+                self.health.failed(f"etcd is unavailable: {_brief(err)}")
+                log.log(self.health.retry_level(), "watching %s: %s; retrying in %.1fs",
+                        kind.plural, _brief(err), backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(RETRY_MAX_SECONDS, backoff * 2)
                 continue
@@ -392,7 +435,9 @@ class Store:
                 yield WatchEvent("RESYNC", None, after, items)
             except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as err:
                 # The stream broke (etcd restarted, network): resume from the last revision.
-                log.warning("watch of %s broke: %s; resuming", kind.plural, err)
+                self.health.failed(f"etcd is unavailable: a watch stream broke: {_brief(err)}")
+                log.log(self.health.retry_level(), "watch of %s broke: %s; resuming",
+                        kind.plural, _brief(err))
                 await asyncio.sleep(backoff)
                 backoff = min(RETRY_MAX_SECONDS, backoff * 2)
             finally:
@@ -418,9 +463,16 @@ class Store:
             try:
                 return await self.list(kind, namespace)
             except StoreUnavailable as err:
-                log.warning("listing %s: %s; retrying in %.1fs", kind.plural, err, backoff)
+                log.log(self.health.retry_level(), "listing %s: %s; retrying in %.1fs",
+                        kind.plural, err, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(RETRY_MAX_SECONDS, backoff * 2)
+
+
+def _brief(err: Exception) -> str:
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name}: {err.details()}"
+    return str(err)
 
 
 def _not_found(kind: Kind, namespace: str, name: str) -> str:

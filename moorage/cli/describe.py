@@ -184,7 +184,11 @@ def _pod(w: Writer, pod) -> None:
     w.field(0, "Node", node)
     if pod.status.start_time:
         w.field(0, "Start Time", format_timestamp(pod.status.start_time))
-    w.field(0, "Status", p.pod_status(pod))
+    status = p.pod_status(pod)
+    if pod.metadata.deletion_timestamp:
+        status += (f" (grace period {pod.metadata.deletion_grace_period_seconds}s, until "
+                   f"{format_timestamp(pod.metadata.deletion_timestamp)})")
+    w.field(0, "Status", status)
     scheduled = next((c for c in pod.status.conditions if c.type == "PodScheduled"), None)
     if scheduled is not None and scheduled.status == "False":
         # Why a pod is Pending is the first thing an operator looks for.

@@ -46,18 +46,30 @@ def uncordon(ctx: Context) -> int:
 
 
 def drain(ctx: Context) -> int:
+    """Cordons each node, deletes its pods (gracefully) and waits until they are gone, as
+    `kubectl drain` does."""
+    from moorage.cli.commands import _wait_gone
+
     client = ctx.client()
+    grace = ctx.args.grace_period if ctx.args.grace_period >= 0 else None
     for name in _names(ctx):
         out(f"node/{name} {_set_unschedulable(ctx, name, True)}")
         listing = client.list(POD, all_namespaces=True, field_selector=f"spec.nodeName={name}")
+        pending = []
         for pod in map(kinds.unwrap, listing.items):
             if pod.status.phase in TERMINAL:
                 continue
             out(f"evicting pod {pod.metadata.namespace}/{pod.metadata.name}")
             try:
-                client.delete(POD, pod.metadata.namespace, pod.metadata.name)
+                resp = client.delete(POD, pod.metadata.namespace, pod.metadata.name, grace)
             except CliError as exc:
                 if exc.reason != "NotFound":
                     raise
+                continue
+            marked = kinds.unwrap(resp.object)
+            if marked.metadata.deletion_timestamp:
+                pending.append((POD, pod.metadata.namespace, pod.metadata.name, marked))
+        if pending and not _wait_gone(client, pending, ctx.args.timeout):
+            return 1
         out(f"node/{name} drained")
     return 0

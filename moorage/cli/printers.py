@@ -179,7 +179,10 @@ def node_address(node, kind: str = "InternalIP") -> str:
 
 
 def pod_status(pod) -> str:
-    """What kubectl's STATUS column says: a container's trouble wins over the pod's phase."""
+    """What kubectl's STATUS column says: Terminating while the pod is being deleted; else a
+    container's trouble wins over the pod's phase."""
+    if pod.metadata.deletion_timestamp:
+        return "Terminating"
     status = pod.status.reason or pod.status.phase or "Pending"
     statuses = list(pod.status.container_statuses)
     waiting = [c for c in statuses if c.state.lower() == "waiting" and c.reason]

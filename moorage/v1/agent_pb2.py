@@ -26,7 +26,7 @@ from moorage.v1 import api_pb2 as moorage_dot_v1_dot_api__pb2
 from moorage.v1 import objects_pb2 as moorage_dot_v1_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16moorage/v1/agent.proto\x12\nmoorage.v1\x1a\x14moorage/v1/api.proto\x1a\x18moorage/v1/objects.proto\"\x0e\n\x0cGetCARequest\"2\n\rGetCAResponse\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x01(\x0c\x12\x11\n\tjoin_port\x18\x02 \x01(\x05\"@\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tnode_name\x18\x03 \x01(\t\"0\n\x0cJoinResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"u\n\nOpenStream\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12%\n\x04logs\x18\x03 \x01(\x0b\x32\x17.moorage.v1.LogsRequest\x12#\n\x04\x65xec\x18\x04 \x01(\x0b\x32\x15.moorage.v1.ExecStart\"\x1a\n\x0cStatsRequest\x12\n\n\x02id\x18\x01 \x01(\t\"q\n\x0bStatsReport\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04node\x18\x02 \x01(\x0b\x32\x15.moorage.v1.NodeUsage\x12\"\n\x04pods\x18\x03 \x03(\x0b\x32\x14.moorage.v1.PodUsage\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xd1\x02\n\x05Hello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.moorage.v1.Hello.LabelsEntry\x12\x31\n\x08\x63\x61pacity\x18\x03 \x03(\x0b\x32\x1f.moorage.v1.Hello.CapacityEntry\x12*\n\taddresses\x18\x04 \x03(\x0b\x32\x17.moorage.v1.NodeAddress\x12-\n\tnode_info\x18\x05 \x01(\x0b\x32\x1a.moorage.v1.NodeSystemInfo\x12\x18\n\x10running_pod_uids\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rCapacityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0b\n\tHeartbeat\"f\n\x0fPodStatusReport\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x15.moorage.v1.PodStatus\"\x9e\x02\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.moorage.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.moorage.v1.HeartbeatH\x00\x12\x31\n\npod_status\x18\x03 \x01(\x0b\x32\x1b.moorage.v1.PodStatusReportH\x00\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x17.moorage.v1.StatsReportH\x00\x12/\n\tnet_check\x18\x05 \x01(\x0b\x32\x1a.moorage.v1.NetCheckReportH\x00\x12%\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x14.moorage.v1.PodEventH\x00\x42\t\n\x07message\"P\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x1d\n\x04pods\x18\x02 \x03(\x0b\x32\x0f.moorage.v1.Pod\x12\x14\n\x0cremoved_uids\x18\x03 \x03(\t\"t\n\x0fSessionSettings\x12\x1b\n\x13heartbeat_period_ms\x18\x01 \x01(\x05\x12,\n\x07network\x18\x02 \x01(\x0b\x32\x1b.moorage.v1.NetworkSettings\x12\x16\n\x0e\x63ontrol_planes\x18\x03 \x03(\t\"`\n\x0fNetworkSettings\x12\x10\n\x08pod_cidr\x18\x01 \x01(\t\x12\x14\n\x0c\x63luster_cidr\x18\x02 \x01(\t\x12\x11\n\tvxlan_vni\x18\x03 \x01(\x05\x12\x12\n\nvxlan_port\x18\x04 \x01(\x05\";\n\x04Peer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\"(\n\x05Peers\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.moorage.v1.Peer\"\x1d\n\x0fNetCheckRequest\x12\n\n\x02id\x18\x01 \x01(\t\"U\n\x0eNetCheckReport\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x16.moorage.v1.NetFinding\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xe5\x02\n\x11\x44ispatcherMessage\x12/\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.moorage.v1.SessionSettingsH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.moorage.v1.AssignmentsH\x00\x12-\n\x0bopen_stream\x18\x03 \x01(\x0b\x32\x16.moorage.v1.OpenStreamH\x00\x12\x31\n\rstats_request\x18\x04 \x01(\x0b\x32\x18.moorage.v1.StatsRequestH\x00\x12\"\n\x05peers\x18\x05 \x01(\x0b\x32\x11.moorage.v1.PeersH\x00\x12\x30\n\tnet_check\x18\x06 \x01(\x0b\x32\x1b.moorage.v1.NetCheckRequestH\x00\x12,\n\x08services\x18\x07 \x01(\x0b\x32\x18.moorage.v1.ServiceTableH\x00\x42\t\n\x07message\"f\n\x08PodEvent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\":\n\x0cServiceTable\x12*\n\x08services\x18\x01 \x03(\x0b\x32\x18.moorage.v1.ServiceEntry\"\xac\x01\n\x0cServiceEntry\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\ncluster_ip\x18\x04 \x01(\t\x12+\n\x05ports\x18\x05 \x03(\x0b\x32\x1c.moorage.v1.ServicePortEntry\x12,\n\tendpoints\x18\x06 \x03(\x0b\x32\x19.moorage.v1.EndpointEntry\"S\n\x10ServicePortEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x11\n\tnode_port\x18\x04 \x01(\x05\"W\n\rEndpointEntry\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0b\n\x03pod\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\r\n\x05ports\x18\x05 \x03(\x05\x32\x94\x01\n\nDispatcher\x12\x46\n\x07Session\x12\x18.moorage.v1.AgentMessage\x1a\x1d.moorage.v1.DispatcherMessage(\x01\x30\x01\x12>\n\x06Stream\x12\x17.moorage.v1.StreamFrame\x1a\x17.moorage.v1.StreamFrame(\x01\x30\x01\x32\xc1\x01\n\tBootstrap\x12<\n\x05GetCA\x12\x18.moorage.v1.GetCARequest\x1a\x19.moorage.v1.GetCAResponse\x12\x39\n\x04Join\x12\x17.moorage.v1.JoinRequest\x1a\x18.moorage.v1.JoinResponse\x12;\n\x05Renew\x12\x18.moorage.v1.RenewRequest\x1a\x18.moorage.v1.JoinResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16moorage/v1/agent.proto\x12\nmoorage.v1\x1a\x14moorage/v1/api.proto\x1a\x18moorage/v1/objects.proto\"\x0e\n\x0cGetCARequest\"2\n\rGetCAResponse\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x01(\x0c\x12\x11\n\tjoin_port\x18\x02 \x01(\x05\"@\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x11\n\tnode_name\x18\x03 \x01(\t\"0\n\x0cJoinResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"u\n\nOpenStream\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12%\n\x04logs\x18\x03 \x01(\x0b\x32\x17.moorage.v1.LogsRequest\x12#\n\x04\x65xec\x18\x04 \x01(\x0b\x32\x15.moorage.v1.ExecStart\"\x1a\n\x0cStatsRequest\x12\n\n\x02id\x18\x01 \x01(\t\"q\n\x0bStatsReport\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04node\x18\x02 \x01(\x0b\x32\x15.moorage.v1.NodeUsage\x12\"\n\x04pods\x18\x03 \x03(\x0b\x32\x14.moorage.v1.PodUsage\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xd1\x02\n\x05Hello\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.moorage.v1.Hello.LabelsEntry\x12\x31\n\x08\x63\x61pacity\x18\x03 \x03(\x0b\x32\x1f.moorage.v1.Hello.CapacityEntry\x12*\n\taddresses\x18\x04 \x03(\x0b\x32\x17.moorage.v1.NodeAddress\x12-\n\tnode_info\x18\x05 \x01(\x0b\x32\x1a.moorage.v1.NodeSystemInfo\x12\x18\n\x10running_pod_uids\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rCapacityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0b\n\tHeartbeat\"f\n\x0fPodStatusReport\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x15.moorage.v1.PodStatus\"\xd3\x02\n\x0c\x41gentMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.moorage.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.moorage.v1.HeartbeatH\x00\x12\x31\n\npod_status\x18\x03 \x01(\x0b\x32\x1b.moorage.v1.PodStatusReportH\x00\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x17.moorage.v1.StatsReportH\x00\x12/\n\tnet_check\x18\x05 \x01(\x0b\x32\x1a.moorage.v1.NetCheckReportH\x00\x12%\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x14.moorage.v1.PodEventH\x00\x12\x33\n\x0epod_terminated\x18\x07 \x01(\x0b\x32\x19.moorage.v1.PodTerminatedH\x00\x42\t\n\x07message\"=\n\rPodTerminated\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\"P\n\x0b\x41ssignments\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x1d\n\x04pods\x18\x02 \x03(\x0b\x32\x0f.moorage.v1.Pod\x12\x14\n\x0cremoved_uids\x18\x03 \x03(\t\"t\n\x0fSessionSettings\x12\x1b\n\x13heartbeat_period_ms\x18\x01 \x01(\x05\x12,\n\x07network\x18\x02 \x01(\x0b\x32\x1b.moorage.v1.NetworkSettings\x12\x16\n\x0e\x63ontrol_planes\x18\x03 \x03(\t\"`\n\x0fNetworkSettings\x12\x10\n\x08pod_cidr\x18\x01 \x01(\t\x12\x14\n\x0c\x63luster_cidr\x18\x02 \x01(\t\x12\x11\n\tvxlan_vni\x18\x03 \x01(\x05\x12\x12\n\nvxlan_port\x18\x04 \x01(\x05\";\n\x04Peer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\"(\n\x05Peers\x12\x1f\n\x05peers\x18\x01 \x03(\x0b\x32\x10.moorage.v1.Peer\"\x1d\n\x0fNetCheckRequest\x12\n\n\x02id\x18\x01 \x01(\t\"U\n\x0eNetCheckReport\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x16.moorage.v1.NetFinding\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xe5\x02\n\x11\x44ispatcherMessage\x12/\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.moorage.v1.SessionSettingsH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.moorage.v1.AssignmentsH\x00\x12-\n\x0bopen_stream\x18\x03 \x01(\x0b\x32\x16.moorage.v1.OpenStreamH\x00\x12\x31\n\rstats_request\x18\x04 \x01(\x0b\x32\x18.moorage.v1.StatsRequestH\x00\x12\"\n\x05peers\x18\x05 \x01(\x0b\x32\x11.moorage.v1.PeersH\x00\x12\x30\n\tnet_check\x18\x06 \x01(\x0b\x32\x1b.moorage.v1.NetCheckRequestH\x00\x12,\n\x08services\x18\x07 \x01(\x0b\x32\x18.moorage.v1.ServiceTableH\x00\x42\t\n\x07message\"f\n\x08PodEvent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\":\n\x0cServiceTable\x12*\n\x08services\x18\x01 \x03(\x0b\x32\x18.moorage.v1.ServiceEntry\"\xac\x01\n\x0cServiceEntry\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\ncluster_ip\x18\x04 \x01(\t\x12+\n\x05ports\x18\x05 \x03(\x0b\x32\x1c.moorage.v1.ServicePortEntry\x12,\n\tendpoints\x18\x06 \x03(\x0b\x32\x19.moorage.v1.EndpointEntry\"S\n\x10ServicePortEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x11\n\tnode_port\x18\x04 \x01(\x05\"W\n\rEndpointEntry\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0b\n\x03pod\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\r\n\x05ports\x18\x05 \x03(\x05\x32\x94\x01\n\nDispatcher\x12\x46\n\x07Session\x12\x18.moorage.v1.AgentMessage\x1a\x1d.moorage.v1.DispatcherMessage(\x01\x30\x01\x12>\n\x06Stream\x12\x17.moorage.v1.StreamFrame\x1a\x17.moorage.v1.StreamFrame(\x01\x30\x01\x32\xc1\x01\n\tBootstrap\x12<\n\x05GetCA\x12\x18.moorage.v1.GetCARequest\x1a\x19.moorage.v1.GetCAResponse\x12\x39\n\x04Join\x12\x17.moorage.v1.JoinRequest\x1a\x18.moorage.v1.JoinResponse\x12;\n\x05Renew\x12\x18.moorage.v1.RenewRequest\x1a\x18.moorage.v1.JoinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -64,35 +64,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PODSTATUSREPORT']._serialized_start=918
   _globals['_PODSTATUSREPORT']._serialized_end=1020
   _globals['_AGENTMESSAGE']._serialized_start=1023
-  _globals['_AGENTMESSAGE']._serialized_end=1309
-  _globals['_ASSIGNMENTS']._serialized_start=1311
-  _globals['_ASSIGNMENTS']._serialized_end=1391
-  _globals['_SESSIONSETTINGS']._serialized_start=1393
-  _globals['_SESSIONSETTINGS']._serialized_end=1509
-  _globals['_NETWORKSETTINGS']._serialized_start=1511
-  _globals['_NETWORKSETTINGS']._serialized_end=1607
-  _globals['_PEER']._serialized_start=1609
-  _globals['_PEER']._serialized_end=1668
-  _globals['_PEERS']._serialized_start=1670
-  _globals['_PEERS']._serialized_end=1710
-  _globals['_NETCHECKREQUEST']._serialized_start=1712
-  _globals['_NETCHECKREQUEST']._serialized_end=1741
-  _globals['_NETCHECKREPORT']._serialized_start=1743
-  _globals['_NETCHECKREPORT']._serialized_end=1828
-  _globals['_DISPATCHERMESSAGE']._serialized_start=1831
-  _globals['_DISPATCHERMESSAGE']._serialized_end=2188
-  _globals['_PODEVENT']._serialized_start=2190
-  _globals['_PODEVENT']._serialized_end=2292
-  _globals['_SERVICETABLE']._serialized_start=2294
-  _globals['_SERVICETABLE']._serialized_end=2352
-  _globals['_SERVICEENTRY']._serialized_start=2355
-  _globals['_SERVICEENTRY']._serialized_end=2527
-  _globals['_SERVICEPORTENTRY']._serialized_start=2529
-  _globals['_SERVICEPORTENTRY']._serialized_end=2612
-  _globals['_ENDPOINTENTRY']._serialized_start=2614
-  _globals['_ENDPOINTENTRY']._serialized_end=2701
-  _globals['_DISPATCHER']._serialized_start=2704
-  _globals['_DISPATCHER']._serialized_end=2852
-  _globals['_BOOTSTRAP']._serialized_start=2855
-  _globals['_BOOTSTRAP']._serialized_end=3048
+  _globals['_AGENTMESSAGE']._serialized_end=1362
+  _globals['_PODTERMINATED']._serialized_start=1364
+  _globals['_PODTERMINATED']._serialized_end=1425
+  _globals['_ASSIGNMENTS']._serialized_start=1427
+  _globals['_ASSIGNMENTS']._serialized_end=1507
+  _globals['_SESSIONSETTINGS']._serialized_start=1509
+  _globals['_SESSIONSETTINGS']._serialized_end=1625
+  _globals['_NETWORKSETTINGS']._serialized_start=1627
+  _globals['_NETWORKSETTINGS']._serialized_end=1723
+  _globals['_PEER']._serialized_start=1725
+  _globals['_PEER']._serialized_end=1784
+  _globals['_PEERS']._serialized_start=1786
+  _globals['_PEERS']._serialized_end=1826
+  _globals['_NETCHECKREQUEST']._serialized_start=1828
+  _globals['_NETCHECKREQUEST']._serialized_end=1857
+  _globals['_NETCHECKREPORT']._serialized_start=1859
+  _globals['_NETCHECKREPORT']._serialized_end=1944
+  _globals['_DISPATCHERMESSAGE']._serialized_start=1947
+  _globals['_DISPATCHERMESSAGE']._serialized_end=2304
+  _globals['_PODEVENT']._serialized_start=2306
+  _globals['_PODEVENT']._serialized_end=2408
+  _globals['_SERVICETABLE']._serialized_start=2410
+  _globals['_SERVICETABLE']._serialized_end=2468
+  _globals['_SERVICEENTRY']._serialized_start=2471
+  _globals['_SERVICEENTRY']._serialized_end=2643
+  _globals['_SERVICEPORTENTRY']._serialized_start=2645
+  _globals['_SERVICEPORTENTRY']._serialized_end=2728
+  _globals['_ENDPOINTENTRY']._serialized_start=2730
+  _globals['_ENDPOINTENTRY']._serialized_end=2817
+  _globals['_DISPATCHER']._serialized_start=2820
+  _globals['_DISPATCHER']._serialized_end=2968
+  _globals['_BOOTSTRAP']._serialized_start=2971
+  _globals['_BOOTSTRAP']._serialized_end=3164
 # @@protoc_insertion_point(module_scope)

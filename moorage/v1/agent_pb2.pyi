@@ -121,20 +121,32 @@ class PodStatusReport(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., status: _Optional[_Union[_objects_pb2.PodStatus, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "pod_status", "stats", "net_check", "event")
+    __slots__ = ("hello", "heartbeat", "pod_status", "stats", "net_check", "event", "pod_terminated")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     POD_STATUS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     NET_CHECK_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    POD_TERMINATED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     pod_status: PodStatusReport
     stats: StatsReport
     net_check: NetCheckReport
     event: PodEvent
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckReport, _Mapping]] = ..., event: _Optional[_Union[PodEvent, _Mapping]] = ...) -> None: ...
+    pod_terminated: PodTerminated
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckReport, _Mapping]] = ..., event: _Optional[_Union[PodEvent, _Mapping]] = ..., pod_terminated: _Optional[_Union[PodTerminated, _Mapping]] = ...) -> None: ...
+
+class PodTerminated(_message.Message):
+    __slots__ = ("namespace", "name", "uid")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    uid: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("full", "pods", "removed_uids")

@@ -55,6 +55,11 @@ class ClusterStub:
                 request_serializer=moorage_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=moorage_dot_v1_dot_api__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Scale = channel.unary_unary(
+                '/moorage.v1.Cluster/Scale',
+                request_serializer=moorage_dot_v1_dot_api__pb2.ScaleRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_objects__pb2.Object.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/moorage.v1.Cluster/Watch',
                 request_serializer=moorage_dot_v1_dot_api__pb2.WatchRequest.SerializeToString,
@@ -112,6 +117,14 @@ class ClusterServicer:
 
     def Delete(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scale(self, request, context):
+        """Sets a Deployment's spec.replicas, as Kubernetes' scale subresource does: the read and
+        write are retried on the server, so a busy controller's status writes never make it fail.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -179,6 +192,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=moorage_dot_v1_dot_api__pb2.DeleteRequest.FromString,
                     response_serializer=moorage_dot_v1_dot_api__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Scale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scale,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.ScaleRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_objects__pb2.Object.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -319,6 +337,33 @@ class Cluster:
             '/moorage.v1.Cluster/Delete',
             moorage_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
             moorage_dot_v1_dot_api__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Cluster/Scale',
+            moorage_dot_v1_dot_api__pb2.ScaleRequest.SerializeToString,
+            moorage_dot_v1_dot_objects__pb2.Object.FromString,
             options,
             channel_credentials,
             insecure,

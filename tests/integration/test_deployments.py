@@ -54,12 +54,17 @@ def deployment(name: str = "web", replicas: int = 3, image: str = "nginx:1",
 
 
 async def fake_kubelet(store: Store) -> None:
-    """Marks bound pods Running and Ready. There are no node agents in these tests (and none
-    written yet that report readiness), so this stands in for them."""
+    """Marks bound pods Running and Ready, and removes pods being deleted (an agent's
+    confirmation that their containers stopped). There are no node agents in these tests, so
+    this stands in for them."""
     async for ev in store.watch(POD):
         pods = ev.items if ev.type == "RESYNC" else [ev.obj] if ev.type != "DELETED" else []
         for pod in pods:
-            if pod.spec.node_name and pod.status.phase == "Pending":
+            if pod.metadata.deletion_timestamp:
+                with contextlib.suppress(StoreError):
+                    await store.delete(POD, pod.metadata.namespace, pod.metadata.name,
+                                       int(pod.metadata.resource_version))
+            elif pod.spec.node_name and pod.status.phase == "Pending":
                 pod.status.phase = "Running"
                 pod.status.conditions.add(type="Ready", status="True")
                 with contextlib.suppress(Conflict, StoreError):

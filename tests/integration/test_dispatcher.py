@@ -136,19 +136,41 @@ def test_session_registers_assigns_reports_and_evicts(cp, tmp_state):
             assert conds == {"PodScheduled": "True", "ContainersReady": "True", "Ready": "True"}
             assert p.status.pod_ip == "10.244.1.5"
 
-            # A report about someone else's pod is ignored.
+            # A report about someone else's pod is ignored. The session handles messages in
+            # order, so once a later report shows, the bogus one has been dealt with.
             stub.Apply(api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
                 source="q.yaml", content=POD_YAML % "other")]))
             await agent.outbox.put(agent_pb2.AgentMessage(pod_status=agent_pb2.PodStatusReport(
                 namespace="default", name="other", uid="not-its-uid",
                 status=pb.PodStatus(phase="Failed"))))
-            await asyncio.sleep(1)
+            later = pb.PodStatus()
+            later.CopyFrom(status)
+            later.pod_ip = "10.244.1.6"
+            await agent.outbox.put(agent_pb2.AgentMessage(pod_status=agent_pb2.PodStatusReport(
+                namespace="default", name="web", uid=pod.metadata.uid, status=later)))
+            await eventually(lambda: get(stub, "pod", "web", "default").status.pod_ip
+                             == "10.244.1.6")
             assert get(stub, "pod", "other", "default").status.phase != "Failed"
 
-            # Deleting the pod takes it off the node's assignments.
+            # Deleting a running pod is graceful: it stays, Terminating, on the node's
+            # assignments until the agent confirms that its containers stopped.
             stub.Delete(api_pb2.DeleteRequest(kind="pod", namespace="default", name="other"))
             stub.Delete(api_pb2.DeleteRequest(kind="pod", namespace="default", name="web"))
+            marked = await eventually(lambda: next(
+                (p for p in agent.desired.values() if p.metadata.name == "web"
+                 and p.metadata.deletion_timestamp), None))
+            assert marked.metadata.deletion_grace_period_seconds == 30
+            assert get(stub, "pod", "web", "default").metadata.deletion_timestamp
+            # A confirmation for a pod that is not this node's is ignored.
+            other = get(stub, "pod", "other", "default")
+            await agent.outbox.put(agent_pb2.AgentMessage(pod_terminated=agent_pb2.PodTerminated(
+                namespace="default", name="other", uid="not-its-uid")))
+            for p in list(agent.desired.values()):
+                await agent.outbox.put(agent_pb2.AgentMessage(
+                    pod_terminated=agent_pb2.PodTerminated(
+                        namespace="default", name=p.metadata.name, uid=p.metadata.uid)))
             await eventually(lambda: not agent.desired)
+            assert other.metadata.deletion_timestamp
 
             # Silence: the node goes NotReady, then its pods are deleted.
             stub.Apply(api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(

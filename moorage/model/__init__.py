@@ -1,0 +1,1 @@
+"""The shared model both daemons and the CLI use: pod phases and lifecycle, timestamps."""
