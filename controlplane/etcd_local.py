@@ -124,3 +124,60 @@ class LocalEtcd:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class EtcdLost(RuntimeError):
+    """The local etcd died and could not be brought back; the message says why, in a line."""
+
+
+# Restarts allowed within RESTART_WINDOW_SECONDS before the control plane gives up (and exits,
+# so that systemd restarts it and an operator sees why).
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 120.0
+RESTART_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 4.0)
+WATCH_SECONDS = 0.2
+
+
+async def supervise(etcd: LocalEtcd, log, on_restart=lambda: None) -> None:
+    """Keeps the control plane's own etcd running: when the child exits (kill -9, a crash) it
+    is reaped and started again on the same data dir and ports, with back-off. Raises EtcdLost
+    when it cannot be brought back; runs until cancelled otherwise."""
+    import asyncio
+
+    restarts: list[float] = []
+    while True:
+        proc = etcd.process
+        if proc is None or proc.poll() is None:
+            await asyncio.sleep(WATCH_SECONDS)
+            continue
+        log.warning("the local etcd (pid %d) exited with %s; starting it again on its data dir",
+                    proc.pid, _exit_text(proc.returncode))
+        etcd.process = None
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < RESTART_WINDOW_SECONDS] + [now]
+        if len(restarts) > MAX_RESTARTS:
+            raise EtcdLost(f"the local etcd died {len(restarts)} times in "
+                           f"{RESTART_WINDOW_SECONDS:.0f}s; giving up (see {etcd.log_path})")
+        last = ""
+        for delay in RESTART_BACKOFF_SECONDS:
+            try:
+                await asyncio.to_thread(etcd.start)
+                break
+            except RuntimeError as err:
+                last = str(err)
+                log.warning("restarting the local etcd failed: %s; retrying in %.1fs", err, delay)
+                await asyncio.sleep(delay)
+        else:
+            raise EtcdLost(f"the local etcd exited and could not be started again "
+                           f"({len(RESTART_BACKOFF_SECONDS)} attempts): {last}")
+        on_restart()
+        log.info("the local etcd is running again (pid %d)", etcd.process.pid)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"

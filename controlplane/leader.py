@@ -92,7 +92,8 @@ class Election:
                 held = await self._try_acquire()
             except (aetcd.exceptions.ClientError, StoreError) as err:
                 # etcd is unreachable: keep campaigning, there is nothing else to do.
-                log.warning("campaigning for leadership failed: %s", err)
+                log.log(self.store.health.retry_level(),
+                        "campaigning for leadership failed: %s", err)
                 await asyncio.sleep(keepalive_period(self.ttl))
                 continue
             if held is None:
@@ -179,7 +180,8 @@ class Election:
                     reply = await self.client.refresh_lease(self.lease_id)
                     current = await self.client.get(self.key)
             except Exception as err:  # noqa: BLE001 - whatever broke, the TTL check decides
-                log.warning("refreshing the leader lease failed: %r", err)
+                log.log(self.store.health.retry_level(),
+                        "refreshing the leader lease failed: %r", err)
                 continue
             if reply is None or reply.TTL <= 0:
                 self._lose("the lease expired")

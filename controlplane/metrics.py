@@ -16,6 +16,9 @@ API_REQUESTS = Counter(
     "moorage_api_requests_total", "Cluster API calls by method and status code.",
     ["method", "code"])
 WATCHES = Gauge("moorage_api_watches", "Watch streams open now.", ["kind"])
+ETCD_UP = Gauge("moorage_etcd_up", "1 while etcd answers this control plane, else 0.")
+LOCAL_ETCD_RESTARTS = Counter("moorage_local_etcd_restarts_total",
+                              "Times the control plane restarted its local etcd after it died.")
 ETCD_LATENCY = Histogram(
     "moorage_etcd_request_duration_seconds", "Latency of etcd requests made by the API.",
     ["operation"],

@@ -65,7 +65,8 @@ async def advertise_forever(store: Store, address: str, ttl: int = TTL_SECONDS) 
                         lease = None   # expired during a pause: register again at once
                         continue
             except Exception as err:  # noqa: BLE001 - etcd down: try again next round
-                log.info("advertising this replica at %s: %s", address, err)
+                log.log(min(logging.INFO, store.health.retry_level()),
+                        "advertising this replica at %s: %s", address, err)
                 lease = None
             await asyncio.sleep(ttl / 3)
     finally:

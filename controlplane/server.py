@@ -16,13 +16,18 @@ import socket
 import sys
 import uuid
 
-import aetcd
-import grpc
+# The local etcd is started (forked) again while gRPC's threads run; gRPC's fork handlers are
+# of no use to a child that execs etcd at once, and only log a complaint. Off before grpc loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import aetcd  # noqa: E402
+import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from controlplane import inventory, replicas
 from controlplane.api.bootstrap import BootstrapServicer
+from controlplane.api.errors import EtcdErrors
 from controlplane.api.servicer import ClusterServicer
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.lifecycle import (
@@ -38,15 +43,16 @@ from controlplane.dispatcher.service import (
     NetworkDefaults,
 )
 from controlplane.dispatcher.streams import PodsServicer, PodStreams
-from controlplane.etcd_local import LocalEtcd
+from controlplane.etcd_local import EtcdLost, LocalEtcd, supervise
 from controlplane.identity import CAError, join_server_credentials, server_credentials
 from controlplane.identity.shared import load_cluster_ca
 from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, parse_cluster
 from controlplane.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
+from controlplane.metrics import LOCAL_ETCD_RESTARTS
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.service import Scheduler
 from controlplane.serviceips import DEFAULT_SERVICE_CIDR, ServiceCIDRError, parse_service_cidr
-from controlplane.store import AlreadyExists, Store
+from controlplane.store import AlreadyExists, Store, StoreError
 from moorage import kinds, metricsserver
 from moorage.v1 import agent_pb2_grpc, api_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
@@ -173,6 +179,20 @@ def _endpoint(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+ETCD_PROBE_SECONDS = 1.0
+
+
+async def probe_etcd(store: Store) -> None:
+    """Asks etcd for its revision every second, so its health (the gRPC health service, the
+    `moorage_etcd_up` gauge, the log) follows an outage and the recovery even while idle."""
+    while True:
+        try:
+            await store.revision()
+        except StoreError:
+            pass   # recorded by the store's health
+        await asyncio.sleep(ETCD_PROBE_SECONDS)
+
+
 async def ensure_namespaces(store: Store) -> None:
     from controlplane.api.apply import now_rfc3339
 
@@ -214,7 +234,7 @@ async def serve(args: argparse.Namespace) -> int:
         admin_path = ca.admin_credentials()
         join_listen = args.join_listen or derived_address(args.listen, 2)
         ca_listen = args.ca_listen or derived_address(args.listen, 3)
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[EtcdErrors()], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
@@ -262,10 +282,21 @@ async def serve(args: argparse.Namespace) -> int:
         print(f"moor-controlplane: serving on {args.listen}; admin credentials in {admin_path}",
               flush=True)
 
+        def etcd_state(up: bool) -> None:
+            status = (health_pb2.HealthCheckResponse.SERVING if up
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for service in ("", "moorage.v1.Cluster"):
+                asyncio.get_running_loop().create_task(health.set(service, status))
+
+        store.health.listeners.append(etcd_state)
         background = [asyncio.create_task(assignments.run()),
                       asyncio.create_task(dispatcher.peers.run()),
                       asyncio.create_task(dispatcher.services.run()),
-                      asyncio.create_task(inventory.count_forever(store))]
+                      asyncio.create_task(inventory.count_forever(store)),
+                      asyncio.create_task(probe_etcd(store))]
+        if etcd is not None:
+            background.append(asyncio.create_task(supervise(
+                etcd, log, on_restart=LOCAL_ETCD_RESTARTS.inc)))
         if dispatcher.replica_address:
             background.append(asyncio.create_task(
                 replicas.advertise_forever(store, dispatcher.replica_address)))
@@ -280,9 +311,11 @@ async def serve(args: argparse.Namespace) -> int:
             if args.scheduler:
                 tasks.append(Scheduler(store, scheduler_config).run())
             if args.scheduler if args.controllers is None else args.controllers:
+                from controlplane.controllers.namespace import NamespaceController
                 from controlplane.controllers.service import DeploymentController
 
                 tasks.append(DeploymentController(store).run())
+                tasks.append(NamespaceController(store).run())
             return tasks
 
         wanted = bool(args.node_lifecycle or args.scheduler or args.controllers)
@@ -298,10 +331,20 @@ async def serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
+        exit_code = 0
+
         def failed(task: asyncio.Task) -> None:
-            # A dead scheduler must not leave a control plane that looks healthy.
+            # A dead scheduler must not leave a control plane that looks healthy: exit
+            # non-zero, so that systemd restarts it.
+            nonlocal exit_code
             if not task.cancelled() and task.exception() is not None:
-                log.error("background task failed: %r", task.exception())
+                err = task.exception()
+                if isinstance(err, EtcdLost):
+                    log.error("%s", err)
+                    print(f"moor-controlplane: {err}", file=sys.stderr, flush=True)
+                else:
+                    log.error("background task failed: %r", err)
+                exit_code = 1
                 stop.set()
 
         for task in background:
@@ -313,7 +356,7 @@ async def serve(args: argparse.Namespace) -> int:
         await asyncio.gather(*background, return_exceptions=True)
         await health.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
-        return 0
+        return exit_code
     finally:
         await client.close()
         if etcd is not None:

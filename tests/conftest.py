@@ -209,12 +209,14 @@ def start_controlplane(etcd: str, state_dir: str, prefix: str | None = None,
     os.makedirs(state_dir, exist_ok=True)
     log_path = os.path.join(state_dir, "controlplane.log")
     log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it; closed when this returns
+    # etcd "" means the control plane's own local etcd, under its state dir.
+    store_args = ("--etcd-endpoints", f"http://{etcd}", "--etcd-prefix", prefix) if etcd \
+        else ()
     proc = subprocess.Popen(
         [sys.executable, "-m", "controlplane.server", "--listen", f"127.0.0.1:{port}",
          "--join-listen", f"127.0.0.1:{jport}", "--ca-listen", f"127.0.0.1:{cport}",
          "--metrics-listen", f"127.0.0.1:{mport}", "--state-dir", state_dir,
-         "--etcd-endpoints", f"http://{etcd}", "--etcd-prefix", prefix, "--log-level", "warning",
-         *extra_args],
+         *store_args, "--log-level", "warning", *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
     address = f"127.0.0.1:{port}"

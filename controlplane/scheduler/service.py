@@ -234,7 +234,7 @@ class Scheduler:
         except NotLeader:
             raise  # deposed: the run loop must end, the new leader takes over
         except StoreError as err:
-            log.warning("binding %s failed: %s", _key(pod), err)
+            log.log(self.store.health.retry_level(), "binding %s failed: %s", _key(pod), err)
             SCHEDULE_ATTEMPTS.labels("error").inc()
             self._observe_attempt("error")
             # etcd trouble: retry later, not in a tight loop against a store that is down.
@@ -298,7 +298,8 @@ class Scheduler:
         except NotLeader:
             raise
         except StoreError as err:
-            log.warning("recording why %s is unschedulable failed: %s", _key(pod), err)
+            log.log(self.store.health.retry_level(),
+                    "recording why %s is unschedulable failed: %s", _key(pod), err)
             return
         if ok:
             q.last_message = verdict.message

@@ -76,6 +76,22 @@ def rpc_error(exc, server: str, timeout: float | None = None) -> CliError:
     name = getattr(code, "name", str(code))
     details = (exc.details() or "").strip()
     low = details.lower()
+    try:
+        trailing = dict(exc.trailing_metadata() or ())
+    except (AttributeError, TypeError, ValueError):
+        trailing = {}
+    # Every answer from a control plane carries this mark: it answered, however it failed.
+    answered = trailing.get("moorage-server") == "1"
+    if name == "UNAVAILABLE" and (trailing.get("moorage-error") == "etcd-unavailable" or (
+            answered and low.startswith("etcd is unavailable"))):
+        reason = details.removeprefix("etcd is unavailable").lstrip(": ") or "no answer"
+        return CliError(f"error: the control plane at {server} answered, but its etcd is "
+                        f"unavailable ({' '.join(reason.split())}); retry once etcd is back (a "
+                        "local etcd is restarted by the control plane; check an external one)",
+                        reason="ServiceUnavailable")
+    if name == "UNAVAILABLE" and answered:
+        return CliError(f"Error from server (ServiceUnavailable): {' '.join(details.split())}",
+                        reason="ServiceUnavailable")
     if name == "UNAVAILABLE" and ("handshake" in low or "certificate" in low):
         host = server.rpartition(":")[0] or server
         return CliError(f"error: TLS with the control plane at {server} failed: its certificate "
@@ -178,11 +194,22 @@ class Client:
             kind=kind.name, namespace=namespace, all_namespaces=all_namespaces,
             label_selector=label_selector, field_selector=field_selector))
 
-    def delete(self, kind: Kind, namespace: str, name: str):
+    def delete(self, kind: Kind, namespace: str, name: str, grace: int | None = None):
+        """Deletes an object; `grace` (pods) overrides terminationGracePeriodSeconds, 0 being
+        a force delete. Returns the DeleteResponse (the object as marked or removed)."""
         from moorage.v1 import api_pb2
 
         request = api_pb2.DeleteRequest(kind=kind.name, namespace=namespace, name=name)
+        if grace is not None:
+            request.grace_period_seconds = grace
         return self._call("Delete", request, not_found=(kind, name))
+
+    def scale(self, kind: Kind, namespace: str, name: str, replicas: int):
+        from moorage.v1 import api_pb2
+
+        request = api_pb2.ScaleRequest(kind=kind.name, namespace=namespace, name=name,
+                                       replicas=replicas)
+        return self._call("Scale", request, not_found=(kind, name))
 
     def version(self):
         from moorage.v1 import api_pb2

@@ -63,6 +63,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _boolean(text: str) -> bool:
+    """`--wait=false` as kubectl takes it."""
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f'"{text}" is not true or false')
+
+
 def _add_globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     # Subcommands repeat the options with SUPPRESS so a value given before the subcommand
     # is not overwritten by the subcommand's default.
@@ -176,13 +186,30 @@ def build_parser() -> Parser:
   moor delete deployment web
   moor delete pods web-1 web-2 -n shop
   moor delete -f web.yaml
-  moor delete svc/web --ignore-not-found""")
+  moor delete svc/web --ignore-not-found
+  moor delete pod web-1 --grace-period 5        # SIGTERM, then SIGKILL after 5 s
+  moor delete pod web-1 --force --grace-period 0  # gone from the API at once
+  moor delete pod web-1 --wait=false            # do not wait until it is gone""")
     cmd.add_argument("kind", metavar="KIND", nargs="?", help=KIND_HELP)
     cmd.add_argument("names", metavar="NAME", nargs="*", help="the objects to delete")
     _add_namespace(cmd)
     _add_files(cmd, required=False)
     cmd.add_argument("--ignore-not-found", action="store_true",
                      help="treat an object that does not exist as deleted")
+    cmd.add_argument("--grace-period", type=int, default=-1, metavar="SECONDS",
+                     help="seconds a pod's containers get between SIGTERM and SIGKILL "
+                     "(default -1: the pod's terminationGracePeriodSeconds); 0 needs --force")
+    cmd.add_argument("--force", action="store_true",
+                     help="remove pods from the API at once, without waiting for their node to "
+                     "confirm that the containers stopped (grace period 0)")
+    cmd.add_argument("--now", action="store_true",
+                     help="the same as --grace-period 1: stop the containers almost at once")
+    cmd.add_argument("--wait", type=_boolean, default=True, nargs="?", const=True,
+                     metavar="BOOL", help="wait until the objects are gone, as kubectl does "
+                     "(default true; --wait=false returns once deletion has begun)")
+    cmd.add_argument("--timeout", type=_seconds, default=0.0, metavar="DURATION",
+                     help="how long --wait waits (e.g. 90s, 2m; default 0: the grace "
+                     "period plus a minute)")
 
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
@@ -221,6 +248,13 @@ def _add_node_commands(sub, command) -> None:
              "  moor drain node-2")):
         cmd = command(name, summary, example)
         cmd.add_argument("nodes", metavar="NODE", nargs="+", help="node names")
+        if name == "drain":
+            cmd.add_argument("--grace-period", type=int, default=-1, metavar="SECONDS",
+                             help="seconds each pod gets to stop (default -1: its own "
+                             "terminationGracePeriodSeconds)")
+            cmd.add_argument("--timeout", type=_seconds, default=0.0, metavar="DURATION",
+                             help="how long to wait for the pods to be gone (default 0: the "
+                             "longest grace period plus a minute)")
 
 
 def _add_token_commands(command) -> None:

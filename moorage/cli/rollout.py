@@ -17,7 +17,7 @@ from moorage.cli.commands import Context, namespace_for, out, resolve_target
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 HISTORY_ANNOTATION = "moorage.io/revision-history"
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 10
 
 
 def _target(args):
@@ -41,11 +41,15 @@ def _history(d) -> dict[int, dict]:
 def write_object(ctx: Context, kind, namespace: str, name: str, edit) -> str:
     """Applies `edit(obj)` -> message (or None: nothing to do) with the object's
     resourceVersion, retrying from a fresh read on a conflict."""
+    import time
+
     from moorage.cli import printers
     from moorage.v1 import api_pb2
 
     client = ctx.client()
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            time.sleep(0.05 * attempt)   # a controller writing status: let it finish
         d = client.get(kind, namespace, name)
         message = edit(d)
         if message is None or message.startswith("skipped"):
@@ -67,11 +71,8 @@ def scale(ctx: Context) -> int:
     if args.replicas < 0:
         raise CliError("error: --replicas must be 0 or more")
     kind, namespace, name = _target(args)
-
-    def edit(d):
-        d.spec.replicas = args.replicas
-        return "scaled"
-    out(f"deployment.apps/{name} {write_object(ctx, kind, namespace, name, edit)}")
+    ctx.client().scale(kind, namespace, name, args.replicas)
+    out(f"deployment.apps/{name} scaled")
     return 0
 
 
