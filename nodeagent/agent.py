@@ -36,7 +36,7 @@ from nodeagent.identity import (
 )
 from nodeagent.netagent import AgentNetwork
 from nodeagent.podio import PodIO
-from nodeagent.pods import StartContainer
+from nodeagent.podmanager import STATIC_SOURCE_ANNOTATION, PodManager, Wakeup
 from nodeagent.podworker import UID_CHARS, PodWorker, parse_container_id
 from nodeagent.prober import EventFn, Prober
 from nodeagent.runtime.images.registry import Progress, RegistryConfig, RegistryError
@@ -54,8 +54,6 @@ from nodeagent.session import (
 log = logging.getLogger("moorage.agent")
 
 DEFAULT_STATE_DIR = "/var/lib/moorage/agent"
-SYNC_SECONDS = 1.0
-QUICK_RESYNC_SECONDS = 0.1
 
 
 class AgentError(Exception):
@@ -106,6 +104,7 @@ def static_pods(directory: str) -> dict[str, pb.Pod]:
                 log.error("skipping %s: only Pods run from a manifest dir", doc.where)
                 continue
             pod = doc.obj
+            pod.metadata.annotations[STATIC_SOURCE_ANNOTATION] = "file"
             key = f"{pod.metadata.namespace}/{pod.metadata.name}"
             pod.metadata.uid = str(uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32]))
             pods[key] = pod
@@ -116,58 +115,45 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
         stop: threading.Event, netns_prefix: str = "moorage-",
         report: Callable[[pb.Pod, pb.PodStatus], None] | None = None,
         removed: Callable[[pb.Pod], None] | None = None,
-        wake: threading.Event | None = None, network=None,
-        event: EventFn | None = None) -> None:
+        wake: Wakeup | None = None, network=None,
+        event: EventFn | None = None,
+        confirm: Callable[[pb.Pod], None] | None = None,
+        removal_grace: Callable[[pb.Pod], int | None] = lambda pod: None) -> None:
     """Keeps the pods `desired()` returns (keyed by uid) running until `stop` is set.
 
-    `report` gets each pod's status after every sync, `removed` each pod once torn down; `wake`
-    (set along with `stop`) ends the wait between passes early, e.g. when assignments arrive
-    or a probe's verdict changes; `event` records pod Events (Session.event).
+    `report` gets each pod's status after every sync, `removed` each pod once torn down,
+    `confirm` each pod being deleted once its containers have all stopped (the control plane
+    then removes it); `removal_grace` says how long a pod that vanished from `desired()`
+    without a graceful deletion gets (None: its own grace). `wake` (set along with `stop`)
+    ends the wait between passes early, e.g. when assignments arrive or a probe's verdict
+    changes; `event` records pod Events (Session.event). Pods run side by side
+    (nodeagent/podmanager.py).
     """
-    workers: dict[str, PodWorker] = {}
-    prober = Prober(node.runtime, wake=wake.set if wake else lambda: None, event=event)
-    last_phase: dict[str, str] = {}
-    while not stop.is_set():
-        started = False
-        want = desired()
-        if network is not None:
-            network.apply({uid: sandbox.sandbox_name(uid, netns_prefix) for uid in want})
-        for key in sorted(set(workers) - set(want)):
-            worker = workers.pop(key)
-            log.info("pod %s is no longer wanted here: stopping it", _name(worker.pod))
-            try:
-                worker.teardown()
-            except Exception as err:  # noqa: BLE001 - retried: the worker goes back in the map
-                log.error("pod %s: teardown: %s", _name(worker.pod), err)
-                workers[key] = worker
-                continue
-            last_phase.pop(key, None)
-            if removed:
-                removed(worker.pod)
-        for key, pod in want.items():
-            worker = workers.get(key)
-            if worker is None:
-                worker = PodWorker(pod, node.runtime, node.images, registry,
-                                   netns_prefix=netns_prefix, network=network,
-                                   prober=prober)
-                workers[key] = worker
-            worker.pod = pod
-            try:
-                plan = worker.sync()
-            except Exception as err:  # noqa: BLE001 - one pod's failure must not stop the rest
-                log.error("pod %s: %s", _name(pod), err)
-                continue
-            started = started or any(isinstance(a, StartContainer) for a in plan.actions)
-            if last_phase.get(key) != plan.phase:
-                log.info("pod %s is %s", _name(pod), plan.phase)
-                last_phase[key] = plan.phase
-            if report:
-                report(pod, worker.status(plan))
-        # Containers just started: look again soon, so they are reported Running at once.
-        (wake or stop).wait(QUICK_RESYNC_SECONDS if started else SYNC_SECONDS)
-        if wake:
-            wake.clear()
-    prober.close()
+    wake = wake or Wakeup()
+    prober = Prober(node.runtime, wake=wake.poke, event=event)
+
+    def make_worker(pod: pb.Pod) -> PodWorker:
+        return PodWorker(pod, node.runtime, node.images, registry, netns_prefix=netns_prefix,
+                         network=network, prober=prober, event=event)
+
+    manager = PodManager(make_worker, wake, report=report, removed=removed, confirm=confirm,
+                         removal_grace=removal_grace)
+    try:
+        while not stop.is_set():
+            poked = wake.take()
+            want = desired()
+            if network is not None:
+                network.apply({uid: sandbox.sandbox_name(uid, netns_prefix)
+                               for uid in set(want) | manager.uids()})
+            delay = manager.step(want, poked)
+            wake.wait(delay)
+    finally:
+        manager.close()
+        prober.close()
+
+
+def is_static(pod: pb.Pod) -> bool:
+    return pod.metadata.annotations.get(STATIC_SOURCE_ANNOTATION) == "file"
 
 
 def _name(pod: pb.Pod) -> str:
@@ -179,6 +165,29 @@ def static_source(directory: str) -> Callable[[], dict[str, pb.Pod]]:
 
 
 # ---- joined to a control plane ----
+
+TOKEN_ENV = "MOOR_JOIN_TOKEN"
+
+
+def join_token(args) -> str:
+    """The join token from --token, --token-file or $MOOR_JOIN_TOKEN, in that order; "" for
+    none. A token on the command line works but is visible to every user in `ps`."""
+    if args.token:
+        log.warning("--token is visible to every user of this host (ps, /proc/*/cmdline); use "
+                    "--token-file FILE or the %s environment variable instead", TOKEN_ENV)
+        return args.token.strip()
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as err:
+            raise AgentError(f"--token-file {args.token_file}: cannot read it: "
+                             f"{err.strerror or err}") from None
+        if not token:
+            raise AgentError(f"--token-file {args.token_file}: the file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip()
+
 
 def running_uids(node: Node, known: Callable[[], list[str]]) -> list[str]:
     """Of the pod uids we know, those with a running container in the runtime."""
@@ -201,11 +210,13 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     try:
         ident = NodeIdentity.load_or_create(node.state_dir, node_name)
         if not ident.joined:
-            if not args.token:
+            token = join_token(args)
+            if not token:
                 raise AgentError(f"node {node_name!r} has not joined a cluster yet: pass "
-                                 "--token (make one with `moor token create`)")
+                                 "--token-file FILE or set MOOR_JOIN_TOKEN (make a token with "
+                                 "`moor token create`)")
             log.info("joining %s as node %s", args.join, node_name)
-            join(ident, args.join, args.token)
+            join(ident, args.join, token)
             log.info("joined: certificate for node %s saved under %s", node_name, ident.pki_dir)
     except (IdentityError, TokenError) as err:
         raise AgentError(str(err)) from None
@@ -260,10 +271,13 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     thread.start()
     log.info("connecting to %s as node %s", args.join, session.node_name)
     try:
+        # A session pod that left the assignments without a graceful deletion was removed
+        # from the API (a force delete, or evicted from this node while it was away): its
+        # replacement may run already, so it is killed at once.
         run(node, lambda: {**static(), **session.desired}, registry, stop,
             netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake,
-            event=session.event,
-            network=network)
+            event=session.event, network=network, confirm=session.pod_terminated,
+            removal_grace=lambda pod: None if is_static(pod) else 0)
     finally:
         loop.call_soon_threadsafe(astop.set)
         thread.join(5)
@@ -381,9 +395,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="overlay (default): pods get an address from this node's subnet on the "
                     "cluster's VXLAN overlay; none: pods have only loopback (several agents "
                     "sharing one network namespace, as in tests)")
+    sp.add_argument("--token-file", metavar="FILE",
+                    help="a file holding the join token from `moor token create` (or set "
+                    f"{TOKEN_ENV}); needed only the first time (the node's certificate is "
+                    "kept under STATE_DIR/pki)")
     sp.add_argument("--token", metavar="TOKEN",
-                    help="join token from `moor token create`; needed only the first time "
-                    "(the node's certificate is kept under STATE_DIR/pki)")
+                    help="the join token itself (works, but every user of the host sees it "
+                    "in `ps`: prefer --token-file)")
     sp.add_argument("--metrics-listen", default=metrics.DEFAULT_METRICS_LISTEN,
                     metavar="HOST:PORT", help="serve Prometheus /metrics here (default "
                     f"{metrics.DEFAULT_METRICS_LISTEN}, the kubelet's read-only port; '' "
@@ -442,7 +460,7 @@ def main(argv=None) -> None:
         if args.command == "run":
             if not args.pod_manifests and not args.join:
                 raise AgentError("run: give --pod-manifests DIR, --join HOST:PORT, or both")
-            stop, wake = threading.Event(), threading.Event()
+            stop, wake = threading.Event(), Wakeup()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: (stop.set(), wake.set()))
             registry = registry_config(args.registry_mirror, args.insecure_registry)
@@ -454,8 +472,7 @@ def main(argv=None) -> None:
                     metrics.serve(args.metrics_listen, metrics.AgentCollector(
                         node.runtime, source, args.node_name or socket.gethostname().lower(),
                         node.state_dir))
-                run(node, source, registry, stop,
-                    netns_prefix=args.netns_prefix)
+                run(node, source, registry, stop, netns_prefix=args.netns_prefix, wake=wake)
             sys.exit(0)
         if args.command == "import":
             for image in node.images.import_archive(args.path):

@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from moorage import validation as v
+from moorage.model.pods import spec_grace
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import podfiles, sandbox
+from nodeagent import hooks, podfiles, sandbox
 from nodeagent.eventmetrics import START_DURATION, pull_progress, timed_pull
 from nodeagent.pods import (
     DesiredContainer,
@@ -61,10 +64,8 @@ def parse_container_id(cid: str) -> tuple[str, str, int, str] | None:
 
 
 def desired_pod(pod: pb.Pod) -> DesiredPod:
-    grace = pod.spec.termination_grace_period_seconds if pod.spec.HasField(
-        "termination_grace_period_seconds") else 30
     return DesiredPod(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid,
-                      pod.spec.restart_policy or "Always", grace,
+                      pod.spec.restart_policy or "Always", spec_grace(pod),
                       tuple(DesiredContainer(c.name, c.image, spec_hash(c))
                             for c in pod.spec.containers))
 
@@ -107,7 +108,7 @@ class PodWorker:
     def __init__(self, pod: pb.Pod, runtime: Runtime, images: Store,
                  registry: RegistryConfig | None = None, *,
                  netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None,
-                 prober=None):
+                 prober=None, event=None):
         self.pod = pod
         # Runs the containers' probes (nodeagent/prober.py Prober), or None: no probing.
         self.prober = prober
@@ -123,6 +124,15 @@ class PodWorker:
         self.uid_prefix = pod.metadata.uid.replace("-", "")[:UID_CHARS]
         # Containers that could not start (image pull, bad spec), with their own back-off.
         self.waiting: dict[str, _Waiting] = {}
+        # Held for a whole sync pass, and by the teardown that ends a termination (which so
+        # waits for a pass still pulling an image, without keeping the pod's containers up).
+        self.pass_lock = threading.Lock()
+        # Held while a container is created and started, and to set `terminating`: once that
+        # is set, nothing of this pod starts again.
+        self.state_lock = threading.Lock()
+        self.terminating = False
+        # Called with (pod, type, reason, message) for the pod's Events (Session.event).
+        self.event = event
 
     def observe(self) -> list[ObservedContainer]:
         out = []
@@ -139,6 +149,12 @@ class PodWorker:
 
     def sync(self) -> Plan:
         """One pass: make the runtime match the pod; returns the plan with the pod's status."""
+        with self.pass_lock:
+            if self.terminating:
+                return Plan((), "Running", (), None)
+            return self._sync()
+
+    def _sync(self) -> Plan:
         # Entering the namespace to check loopback costs a thread and a netlink socket, so it
         # is done once per worker; later passes only check that the namespace is still there.
         path = self.sandbox_path
@@ -158,6 +174,8 @@ class PodWorker:
         plan = reconcile(desired_pod(self.pod), observed, now, unhealthy)
         wake = [plan.wake_at] if plan.wake_at else []
         for action in plan.actions:
+            if self.terminating:
+                break   # a termination began meanwhile: it stops what runs
             if isinstance(action, StopContainer):
                 if self.prober and action.why in KILL_REASONS:
                     self._kill_for_probe(action)
@@ -195,12 +213,15 @@ class PodWorker:
             image = self._image(c)
         except Exception as err:  # noqa: BLE001 - reported in the pod status, retried
             return self._hold(c.name, ERR_IMAGE_PULL, str(err), now)
-        try:
-            self.runtime.create(container_spec(cid, self.pod, c, image, netns_path,
-                                               self.files))
-            self.runtime.start(cid)
-        except (StartError, ValueError, OSError) as err:
-            return self._hold(c.name, CREATE_ERROR, str(err), now)
+        with self.state_lock:
+            if self.terminating:
+                return None   # deleted while its image was pulled: never started
+            try:
+                self.runtime.create(container_spec(cid, self.pod, c, image, netns_path,
+                                                   self.files))
+                self.runtime.start(cid)
+            except (StartError, ValueError, OSError) as err:
+                return self._hold(c.name, CREATE_ERROR, str(err), now)
         self.waiting.pop(c.name, None)
         START_DURATION.observe(time.perf_counter() - begun)
         return None
@@ -261,6 +282,45 @@ class PodWorker:
             return True
         c = next((c for c in self.pod.spec.containers if c.name == cs.name), None)
         return self.prober.ready(cs.id, c)
+
+    def terminate(self, deadline: Callable[[], float],
+                  stopped: Callable[[], None] = lambda: None) -> None:
+        """Stops the pod for good, on the caller's thread (each termination has its own): no
+        container starts again; each running one gets its preStop hook, then SIGTERM, then
+        SIGKILL at `deadline()` (monotonic, read again as it waits). `stopped()` is called
+        once every container has stopped; then the pod's containers, network and sandbox are
+        removed, after any sync pass still running (an image pull) has ended."""
+        with self.state_lock:
+            self.terminating = True
+        if self.prober:
+            self.prober.forget(self.pod.metadata.uid)
+        running = [c for c in self.observe() if c.running]
+        threads = [threading.Thread(target=self._stop_container, args=(c, deadline),
+                                    name=f"stop-{c.id}", daemon=True) for c in running[1:]]
+        for t in threads:
+            t.start()
+        if running:
+            self._stop_container(running[0], deadline)
+        for t in threads:
+            t.join()
+        stopped()
+        with self.pass_lock:
+            self.teardown(0)
+
+    def _stop_container(self, c: ObservedContainer, deadline: Callable[[], float]) -> None:
+        spec = next((x for x in self.pod.spec.containers if x.name == c.name), None)
+        handler = hooks.pre_stop_handler(spec) if spec is not None else None
+        if handler is not None:
+            ok, why = hooks.run_pre_stop(self.runtime, c.id, spec, handler,
+                                         self.sandbox_path or sandbox.path(self.netns),
+                                         self.pod_ip, deadline() - time.monotonic())
+            if not ok:
+                message = f"PreStopHook failed: {why}"
+                log.warning("pod %s/%s container %s: %s", self.pod.metadata.namespace,
+                            self.pod.metadata.name, c.name, message)
+                if self.event is not None:
+                    self.event(self.pod, "Warning", hooks.FAILED_PRE_STOP, message)
+        self.runtime.stop(c.id, deadline)
 
     def teardown(self, grace_seconds: int | None = None) -> None:
         """Stops and removes every container of the pod, then its sandbox."""

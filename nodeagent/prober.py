@@ -158,10 +158,10 @@ class _Instance:
 
 
 class Prober:
-    def __init__(self, runtime, wake: Callable[[], None] = lambda: None,
+    def __init__(self, runtime, wake: Callable[[str], None] = lambda uid: None,
                  event: EventFn | None = None, clock=time.time):
         self.runtime = runtime
-        self.wake = wake          # called when a verdict changes
+        self.wake = wake          # called with the pod's uid when a verdict changes
         self.event = event        # Session.event, or None (static pods: log only)
         self.clock = clock
         self._lock = threading.Lock()
@@ -275,7 +275,7 @@ class Prober:
                          p.unhealthy_message(kind, output))
                 self._emit(inst.pod, "Warning", p.UNHEALTHY, p.unhealthy_message(kind, output))
             if p.transition(before, after):
-                self.wake()
+                self.wake(inst.pod.metadata.uid)
 
     def run_once(self, inst: _Instance, spec: p.ProbeSpec) -> tuple[bool, str]:
         action, timeout = spec.action, float(spec.timeout)

@@ -214,6 +214,15 @@ class Session:
         if self._loop is not None and self._outbox is not None:
             self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
 
+    def pod_terminated(self, pod: pb.Pod) -> None:
+        """Queues a PodTerminated (every container of a pod being deleted has stopped); safe
+        from any thread. Dropped when no session is open: the pod worker repeats it while the
+        pod is still assigned."""
+        msg = agent_pb2.AgentMessage(pod_terminated=agent_pb2.PodTerminated(
+            namespace=pod.metadata.namespace, name=pod.metadata.name, uid=pod.metadata.uid))
+        if self._loop is not None and self._outbox is not None and self.connected:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
+
     def event(self, pod: pb.Pod, type_: str, reason: str, message: str) -> None:
         """Queues a PodEvent (recorded as an Event by the control plane); safe from any thread.
         Dropped when no session is open: events are best-effort, as in Kubernetes."""
@@ -392,6 +401,7 @@ class Checkpoints:
     def __init__(self, state_dir: str):
         self.dir = os.path.join(state_dir, "pods")
         self.written: dict[str, bytes] = {}   # uid -> what its file holds
+        self.saved: dict[str, pb.Pod] = {}    # uid -> the object last saved
 
     def load(self) -> dict[str, pb.Pod]:
         pods: dict[str, pb.Pod] = {}
@@ -411,7 +421,10 @@ class Checkpoints:
         the whole set, and rewriting it all made starting N pods cost N^2 writes)."""
         os.makedirs(self.dir, exist_ok=True)
         for uid, pod in pods.items():
+            if self.saved.get(uid) is pod:
+                continue   # the same object as last time: unchanged (no serialising)
             data = pod.SerializeToString(deterministic=True)
+            self.saved[uid] = pod
             if self.written.get(uid) == data:
                 continue
             path = os.path.join(self.dir, uid)
@@ -423,6 +436,7 @@ class Checkpoints:
 
     def drop(self, uid: str) -> None:
         self.written.pop(uid, None)
+        self.saved.pop(uid, None)
         try:
             os.remove(os.path.join(self.dir, uid))
         except FileNotFoundError:

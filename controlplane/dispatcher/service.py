@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from controlplane import replicas
-from controlplane.dispatcher.assignments import AssignmentIndex
+from controlplane.dispatcher.assignments import AssignmentIndex, Change
 from controlplane.dispatcher.peers import PeerIndex
 from controlplane.dispatcher.services import ServiceIndex
 from controlplane.events import EventRecorder
@@ -114,6 +114,36 @@ def merge_pod_status(pod: pb.Pod, reported: pb.PodStatus) -> pb.PodStatus:
                               last_transition_time=now_rfc3339() if moved
                               else prev.last_transition_time)
     return status
+
+
+# No item held back (None and False mean something on a session's queue).
+NOTHING = object()
+
+
+def coalesce(first: Change, queue: asyncio.Queue) -> tuple[Change, object]:
+    """`first` merged with the pod changes already waiting in `queue` (a later change of a pod
+    replaces an earlier one), up to the first item that is not a pod change: that one is
+    returned (else NOTHING), for the caller to handle next, before the rest of the queue."""
+    latest: dict[str, pb.Pod | None] = {}
+
+    def add(change: Change) -> None:
+        for uid in change.removed:
+            latest.pop(uid, None)
+            latest[uid] = None
+        for pod in change.pods:
+            latest.pop(pod.metadata.uid, None)
+            latest[pod.metadata.uid] = pod
+
+    add(first)
+    held = NOTHING
+    while not queue.empty():
+        item = queue.get_nowait()
+        if not isinstance(item, Change):
+            held = item
+            break
+        add(item)
+    return (Change(pods=[p for p in latest.values() if p is not None],
+                   removed=[u for u, p in latest.items() if p is None]), held)
 
 
 class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
@@ -224,6 +254,24 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             except Conflict:
                 continue
 
+    async def _pod_terminated(self, node: str, report: agent_pb2.PodTerminated) -> None:
+        """The agent stopped every container of a pod being deleted: remove the pod. Only a
+        pod of this node that is Terminating; a repeat for a pod already gone is ignored."""
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                pod = await self.store.get(POD, report.namespace, report.name)
+            except NotFound:
+                return
+            if pod.metadata.uid != report.uid or pod.spec.node_name != node or \
+                    not pod.metadata.deletion_timestamp:
+                return
+            try:
+                await self.store.delete(POD, report.namespace, report.name,
+                                        int(pod.metadata.resource_version))
+                return
+            except (Conflict, NotFound):
+                continue
+
     async def _pod_event(self, node: str, ev: agent_pb2.PodEvent) -> None:
         """Records an agent's event about one of its own pods (others are ignored)."""
         try:
@@ -286,6 +334,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                         await self._pod_status(name, msg.pod_status)
                     elif kind == "event":
                         await self._pod_event(name, msg.event)
+                    elif kind == "pod_terminated":
+                        await self._pod_terminated(name, msg.pod_terminated)
                     elif kind in ("stats", "net_check") and self.streams is not None:
                         self.streams.answer(name, getattr(msg, kind))
             finally:
@@ -305,8 +355,10 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             yield agent_pb2.DispatcherMessage(services=self.services.message())
             yield agent_pb2.DispatcherMessage(assignments=agent_pb2.Assignments(
                 full=True, pods=pods))
+            held = NOTHING
             while not closed.is_set():
-                change = await queue.get()
+                change = await queue.get() if held is NOTHING else held
+                held = NOTHING
                 if change is False:
                     break
                 if isinstance(change, agent_pb2.DispatcherMessage):   # from send()
@@ -315,6 +367,9 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                 if change is None:   # the index re-listed: send the whole set again
                     msg = agent_pb2.Assignments(full=True, pods=self.index.pods_on(name))
                 else:
+                    # Changes queued meanwhile go out as one message (a scale-down of a
+                    # hundred pods is one Assignments, not a hundred).
+                    change, held = coalesce(change, queue)
                     msg = agent_pb2.Assignments(pods=change.pods, removed_uids=change.removed)
                 yield agent_pb2.DispatcherMessage(assignments=msg)
         finally:

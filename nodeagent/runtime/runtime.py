@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from nodeagent.runtime.cgroups import Cgroup, Stats, remove_parent
@@ -29,6 +30,10 @@ from nodeagent.runtime.spec import (
 
 REASON_SHIM_LOST = "ShimLost"  # the shim died without recording an exit
 START_TIMEOUT = 30.0
+# How long a killed container's init and shim get to be gone and record the exit.
+KILL_WAIT_SECONDS = 10.0
+# A wait for a container to exit looks at its (movable) deadline at least this often.
+DEADLINE_RECHECK_SECONDS = 0.2
 
 
 # The shim and nsexec need only the stdlib and this package, so they skip site (-S) and find
@@ -166,21 +171,61 @@ def read_status(cdir: str) -> Status:
     return st
 
 
-def stop(cdir: str, grace: float, poll: float = 0.02) -> Status:
+def wait_exit(pid: int, start: int, deadline: Callable[[], float]) -> bool:
+    """Waits until the process (pid, start time) is gone or `deadline()` (monotonic; read
+    again as it waits, so a caller may move it closer) has passed; True if it is gone.
+
+    A pidfd wakes the wait the moment the process exits, so thousands of containers can stop
+    at once with no polling thread each."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        fd = None   # no pidfd (old kernel): poll instead
+    try:
+        if not alive(pid, start):
+            return True
+        while True:
+            left = deadline() - time.monotonic()
+            if left <= 0:
+                return not alive(pid, start)
+            step = min(left, DEADLINE_RECHECK_SECONDS)
+            if fd is not None:
+                if select.select([fd], [], [], step)[0]:
+                    return True
+            else:
+                time.sleep(min(step, 0.02))
+                if not alive(pid, start):
+                    return True
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def stop(cdir: str, grace: float | Callable[[], float], poll: float = 0.02) -> Status:
     """SIGTERM the container's init, SIGKILL it after `grace` seconds; wait for the exit record.
 
-    As PID 1 of its namespace, init only sees SIGTERM if it installed a handler, like in Docker.
+    `grace` may instead be a function giving the monotonic deadline for SIGKILL, read again
+    while waiting (a pod whose deletion is shortened stops sooner). As PID 1 of its namespace,
+    init only sees SIGTERM if it installed a handler, like in Docker.
     """
     st = read_status(cdir)
     if st.state != RUNNING:
         return st
-    _signal(st.pid, st.pid_start, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and alive(st.pid, st.pid_start):
-        time.sleep(poll)
+    if callable(grace):
+        deadline = grace
+    else:
+        at = time.monotonic() + grace
+        deadline = lambda: at  # noqa: E731
+    if deadline() > time.monotonic():
+        _signal(st.pid, st.pid_start, signal.SIGTERM)
+        wait_exit(st.pid, st.pid_start, deadline)
     _signal(st.pid, st.pid_start, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    wait_exit(st.pid, st.pid_start, lambda: time.monotonic() + KILL_WAIT_SECONDS)
+    # The shim records the exit right after init goes.
+    until = time.monotonic() + KILL_WAIT_SECONDS
+    while time.monotonic() < until:
         now = read_status(cdir)
         if now.state != RUNNING:
             return now
@@ -266,8 +311,15 @@ class Runtime:
             return "error " + (proc.stdout + proc.stderr).strip().removeprefix("error ")
         return proc.stdout
 
-    def stop(self, cid: str, grace: float = 10.0) -> Status:
+    def stop(self, cid: str, grace: float | Callable[[], float] = 10.0) -> Status:
+        """Stops the container: SIGTERM, then SIGKILL after `grace` seconds (or at the
+        monotonic deadline a callable gives); returns its final status."""
         return stop(self._dir(cid), grace)
+
+    def signal(self, cid: str, sig: int) -> bool:
+        """Sends `sig` to the container's init; False when it is not running."""
+        st = read_status(self._dir(cid))
+        return st.state == RUNNING and _signal(st.pid, st.pid_start, sig)
 
     def status(self, cid: str) -> Status:
         return read_status(self._dir(cid))
