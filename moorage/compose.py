@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from moorage import boundedyaml
+
 STACK_LABEL = "moorage.io/stack"
 SERVICE_LABEL = "moorage.io/service"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -443,7 +445,9 @@ def translate(text: str, stack: str, *, source: str = "compose.yaml",
     """The stack's Namespace, Deployments and Services; ComposeError listing every problem."""
     problems = _Problems(source)
     try:
-        doc = yaml.safe_load(text)
+        doc = boundedyaml.safe_load(text)
+    except boundedyaml.TooComplex as err:
+        raise ComposeError([f"{source}: refused: {err}"]) from None
     except yaml.YAMLError as err:
         raise ComposeError([f"{source}: not valid YAML: {err}".splitlines()[0]]) from None
     if not isinstance(doc, Mapping) or not isinstance(doc.get("services"), Mapping) \

@@ -12,20 +12,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from moorage import convert, kinds, validate
+from moorage import boundedyaml, convert, kinds, validate
 from moorage.convert import FieldError, describe
-
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):
-    """SafeLoader without YAML 1.1 timestamps: Kubernetes keeps `2024-01-01T00:00:00Z` a string."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +44,31 @@ def located(source: str, index: int, err: FieldError | str) -> str:
     return f"{where} {err.path}: {err.message}" if err.path else f"{where}: {err.message}"
 
 
-def _duplicates(node, path: str, out: list[FieldError]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            kpath = convert.join(path, str(key))
-            if key is not None:
-                if key in seen:
-                    line = key_node.start_mark.line + 1
-                    out.append(FieldError(kpath, f"duplicate field (line {line})"))
-                seen.add(key)
-            _duplicates(value_node, kpath, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _duplicates(item, f"{path}[{i}]", out)
+def _duplicates(root, out: list[FieldError]) -> None:
+    """Duplicate keys in every mapping of a document; each node is visited once (an aliased
+    mapping is reported at the first path it appears at), iteratively."""
+    visited: set[int] = set()
+    stack = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        children = []
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                kpath = convert.join(path, str(key))
+                if key is not None:
+                    if key in seen:
+                        line = key_node.start_mark.line + 1
+                        out.append(FieldError(kpath, f"duplicate field (line {line})"))
+                    seen.add(key)
+                children.append((value_node, kpath))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        stack.extend(reversed(children))   # depth first, in document order
 
 
 class _DuplicateKey(ValueError):
@@ -95,32 +93,35 @@ def load_documents(source: str, text: str, first_index: int = 0
     """
     if text.startswith("{"):
         try:
-            return [(first_index, json.loads(text, object_pairs_hook=_no_duplicates))], []
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+            boundedyaml.check_data(data)
+            return [(first_index, data)], []
         except _DuplicateKey as err:
             return [], [f'{source}[{first_index}]: duplicate field "{err}"']
+        except (RecursionError, boundedyaml.TooComplex):
+            return [], [f"{source}[{first_index}]: refused: nested more than "
+                        f"{boundedyaml.MAX_DEPTH} levels deep"]
         except ValueError:
             pass  # not JSON after all (YAML flow style); the YAML parser will say what's wrong
     docs, problems = [], []
-    loader = _Loader(text)
     index = first_index
     try:
-        while loader.check_node():
-            node = loader.get_node()
+        for loader, node in boundedyaml.compose_all(text):
             dups: list[FieldError] = []
-            _duplicates(node, "", dups)
+            _duplicates(node, dups)
             data = loader.construct_document(node)
             if dups:
                 problems += [located(source, index, d) for d in dups]
             elif data is not None:
                 docs.append((index, data))
             index += 1
+    except boundedyaml.TooComplex as err:
+        problems.append(f"{source}[{index}]: refused: {err}")
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(err, "problem", None) or str(err).splitlines()[0]
         problems.append(f"{source}[{index}]: not valid YAML{line}: {what}")
-    finally:
-        loader.dispose()
     return docs, problems
 
 

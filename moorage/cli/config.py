@@ -57,8 +57,12 @@ def read_config_file(path: pathlib.Path) -> dict[str, str]:
         raise CliError(f"error: cannot read the config file {path}: {_reason(exc)}") from None
     import yaml  # only when a config file exists, to keep `moor --help` fast
 
+    from moorage import boundedyaml
+
     try:
-        data = yaml.safe_load(text)
+        data = boundedyaml.safe_load(text)
+    except boundedyaml.TooComplex as exc:
+        raise CliError(f"error: the config file {path} is refused: {exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""

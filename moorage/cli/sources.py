@@ -141,10 +141,14 @@ def object_references(sources: list[Source]) -> list[Reference]:
     """Kind, namespace and name of every document, for `delete -f` (which needs no full parse)."""
     import yaml
 
+    from moorage import boundedyaml
+
     refs: list[Reference] = []
     for source in sources:
         try:
-            documents = list(yaml.safe_load_all(source.content))
+            documents = boundedyaml.safe_load_all(source.content)
+        except boundedyaml.TooComplex as exc:
+            raise CliError(f"error: {source.name}: refused: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark is not None else ""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
 import yaml
 
@@ -182,3 +183,23 @@ def test_watch_prints_list_then_changes(moor, controlplane):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_yaml_bombs_are_refused_by_the_cli_and_by_the_server(moor, controlplane, tmp_path):
+    from moorage.v1 import api_pb2
+    from tests.unit.test_bounded_yaml import billion_laughs
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: fine}\n---\n" +
+                    billion_laughs())
+    assert one_line_error(moor("apply", "-f", str(bomb))) == [
+        f"error: {bomb}[1]: refused: its aliases expand it to over 100000 nodes "
+        "(excessive aliasing)"]
+    assert moor("get", "ns", "fine").returncode != 0          # nothing of it was applied
+    # A client that sends the YAML itself meets the same limit on the server.
+    with pytest.raises(grpc.RpcError) as err:
+        controlplane.stub().Apply(api_pb2.ApplyRequest(manifests=[api_pb2.Manifest(
+            source="raw.yaml", content=billion_laughs())]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("raw.yaml[0]: refused: its aliases expand it to over "
+                                   "100000 nodes (excessive aliasing)")
