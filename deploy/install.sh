@@ -164,7 +164,11 @@ else
     TOKEN="$(tr -d '[:space:]' < "$TOKEN_FILE")"
   fi
   args=""
-  [ -n "$TOKEN" ] && args="--token $TOKEN"
+  if [ -n "$TOKEN" ]; then
+    # Kept in a file only root reads, never on the agent's command line (visible in `ps`).
+    ( umask 077; printf '%s\n' "$TOKEN" > "$ETC/join-token" )
+    args="--token-file $ETC/join-token"
+  fi
   [ -n "$ADVERTISE" ] && args="$args --advertise-address $ADVERTISE"
   if [ -n "$ADVERTISE" ]; then
     set_var "$ETC/agent.env" MOORAGE_METRICS_LISTEN "$ADVERTISE:10255"

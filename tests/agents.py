@@ -38,13 +38,16 @@ class Agent:
         if token is None and not os.path.exists(os.path.join(self.state, "pki", "node.crt")):
             token = self.cp.token()
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        env = dict(os.environ)
+        env.pop("MOOR_JOIN_TOKEN", None)
+        if token:
+            env["MOOR_JOIN_TOKEN"] = token   # as an operator would: never on the command line
         self.proc = subprocess.Popen(
             [*self.base, "run", "--join", self.cp.address, "--node-name", self.name,
              "--advertise-address", "127.0.0.1", "--pod-network", "none",
              "--metrics-listen", "",   # several agents share this namespace: no fixed port
-             *(("--token", token) if token else ()),
              *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
     def kill(self) -> None:

@@ -306,13 +306,19 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
     _wait_controlplane(lab)
     say(f"control plane on {lab.address} in {first.name} (pid {lab.controlplane_pid}), "
         f"with its own etcd")
-    token = join_token(lab)
+    # The token goes to the agents in a file only root reads, never on a command line.
+    token_file = os.path.join(lab.state_dir, "join-token")
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(join_token(lab) + "\n")
     lab.agent_flags = list(agent_flags)
     for host in lab.hosts:
-        host.agent_pid = _spawn(_in_netns(host.name, _agent_argv(lab, host, token)), host.log)
+        host.agent_pid = _spawn(_in_netns(host.name, _agent_argv(lab, host, token_file)),
+                                host.log)
         lab.save()
     say(f"agents in {', '.join(h.name for h in lab.hosts)}; waiting for their nodes to be Ready")
     _wait_nodes(lab)
+    os.remove(token_file)   # joined: the agents keep their certificates
     _write_config(lab, say)
     if manifests:
         out = moor("apply", "-f", manifests, server=lab.address,
@@ -320,11 +326,11 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
         say(out.stdout.rstrip())
 
 
-def _agent_argv(lab: Lab, host: Host, token: str = "") -> list[str]:
+def _agent_argv(lab: Lab, host: Host, token_file: str = "") -> list[str]:
     return _python("nodeagent.agent", *_agent_globals(host), "run", "--join", lab.address,
                    "--node-name", host.name, "--advertise-address", host.ip,
                    "--metrics-listen", f"{host.ip}:{AGENT_METRICS_PORT}",
-                   *(("--token", token) if token else ()), *lab.agent_flags)
+                   *(("--token-file", token_file) if token_file else ()), *lab.agent_flags)
 
 
 def restart_agent(lab: Lab, host_name: str, sig: int = signal.SIGKILL) -> int:

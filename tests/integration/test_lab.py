@@ -155,6 +155,10 @@ def test_status_lists_hosts_with_live_agents(lab):
     for r in rows:
         assert len(r) == 4 and r[3].isdigit(), r          # a pid, not "dead"
         assert os.path.exists(f"/proc/{r[3]}")
+        # The agents joined with a token from a file: it is on no command line (`ps`).
+        with open(f"/proc/{r[3]}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert b"--token-file" in argv and not any(a.startswith(b"MOOR1-") for a in argv)
     assert f"control plane {net}.11:7440" in out.stdout
 
 
