@@ -31,6 +31,7 @@ Run as root: python bench/cluster_vs_swarm.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -182,12 +183,13 @@ class Agent:
                        cwd=ROOT, timeout=120)
 
     def start(self, token: str = "") -> None:
+        env = dict(os.environ, MOOR_JOIN_TOKEN=token) if token else None
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*self.base, "run", "--join", self.address, "--node-name", self.name,
-                 "--advertise-address", "127.0.0.1", "--pod-network", "none",
-                 *(("--token", token) if token else ())],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+                 "--advertise-address", "127.0.0.1", "--pod-network", "none"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                env=env)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -283,10 +285,14 @@ def delete_and_drain(stub, agents: list[Agent], name: str) -> None:
         time.sleep(0.5)
 
 
-def bench_moorage(root: str, image_tar: str, results: dict) -> None:
+@contextlib.contextmanager
+def moorage_cluster(root: str, image_tar: str):
+    """A local etcd, a control plane and AGENTS joined agents with the image imported, all
+    Ready; yields (stub, address, agents) and tears everything down after."""
     etcd = LocalEtcd(os.path.join(root, "etcd"))
     cp = None
     agents: list[Agent] = []
+    channel = None
     try:
         etcd.start()
         cp, address = start_controlplane(root, etcd.endpoint)
@@ -309,7 +315,20 @@ def bench_moorage(root: str, image_tar: str, results: dict) -> None:
                 raise RuntimeError(f"agents not Ready: {sorted(ready_nodes(stub))}")
             time.sleep(0.3)
         note(f"{AGENTS} agents Ready")
+        yield stub, address, agents
+    finally:
+        if channel is not None:
+            channel.close()
+        for a in agents:
+            a.cleanup()
+        for ns in sandbox.existing(PREFIX):
+            sandbox.remove(ns)
+        terminate(cp)
+        etcd.stop()
 
+
+def bench_moorage(root: str, image_tar: str, results: dict) -> None:
+    with moorage_cluster(root, image_tar) as (stub, address, agents):
         for n in COUNTS:
             name = f"bench-{n}"
             watch = PodWatch(stub, f"app={name}")
@@ -366,14 +385,6 @@ def bench_moorage(root: str, image_tar: str, results: dict) -> None:
                 node_watch.close()
         finally:
             watch.close()
-        channel.close()
-    finally:
-        for a in agents:
-            a.cleanup()
-        for ns in sandbox.existing(PREFIX):
-            sandbox.remove(ns)
-        terminate(cp)
-        etcd.stop()
 
 
 class NodeWatch:
