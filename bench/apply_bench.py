@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 from controlplane.etcd_local import LocalEtcd, free_port, free_port_block  # noqa: E402
 from moorage import manifest  # noqa: E402
+from moorage.manifest import yamlload  # noqa: E402
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
 SEQUENTIAL = int(os.environ.get("BENCH_SEQUENTIAL", "400"))
@@ -67,7 +68,7 @@ spec:
 
 def as_sent(n: int, name: str) -> str:
     """The manifest as `moor apply` sends it: each YAML document as JSON."""
-    return json.dumps(yaml.load(DEPLOYMENT.format(name=name, n=n), Loader=manifest._Loader))
+    return json.dumps(yaml.load(DEPLOYMENT.format(name=name, n=n), Loader=yamlload.Loader))
 
 
 def deployment_bytes() -> bytes:

@@ -10,7 +10,8 @@ import time
 import uuid
 
 from controlplane.store import Op, Store
-from moorage import kinds
+from moorage.model import kinds
+from moorage.model.timestamps import rfc3339
 from moorage.v1 import objects_pb2 as pb
 
 EVENT_TTL_SECONDS = 3600
@@ -21,10 +22,6 @@ LEASE_ROTATE_SECONDS = 600
 AGGREGATE_SECONDS = 600
 AGGREGATE_KEYS = 4096
 NORMAL, WARNING = "Normal", "Warning"
-
-
-def rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 class EventRecorder:

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from moorage import kinds
+from moorage.model import kinds
 
 log = logging.getLogger("moorage.controlplane.inventory")
 

@@ -12,8 +12,9 @@ import ipaddress
 
 from aetcd import rpc
 
-DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
-DEFAULT_PREFIX_LEN = 24
+from moorage.model.network import DEFAULT_CLUSTER_CIDR, NODE_SUBNET_PREFIX
+
+DEFAULT_PREFIX_LEN = NODE_SUBNET_PREFIX
 # A node subnet needs room for .0 (VTEP), .1 (gateway), pods and the broadcast address.
 MAX_PREFIX_LEN = 30
 
@@ -103,7 +104,7 @@ async def assign_subnet(store, node_name: str, cluster_cidr: str = DEFAULT_CLUST
 async def delete_node(store, node_name: str, expect: int | None = None):
     """Deletes a Node and gives back its subnet in one Txn; returns the deleted Node."""
     from controlplane.store import Conflict, Op
-    from moorage import kinds
+    from moorage.model import kinds
 
     kind = kinds.BY_NAME["Node"]
     for _ in range(5):

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from controlplane.store import Store
+from moorage.model import hostport
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,7 @@ def advertised(listen: str, advertise: str) -> str:
     wildcard; "" for none."""
     if advertise:
         return advertise
-    host = listen.rpartition(":")[0]
-    return "" if host in WILDCARDS else listen
+    return "" if hostport.host_of(listen) in WILDCARDS else listen
 
 
 def _prefix(store: Store) -> bytes:

@@ -46,14 +46,21 @@ from controlplane.dispatcher.streams import PodsServicer, PodStreams
 from controlplane.etcd_local import EtcdLost, LocalEtcd, supervise
 from controlplane.identity import CAError, join_server_credentials, server_credentials
 from controlplane.identity.shared import load_cluster_ca
-from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, parse_cluster
+from controlplane.ipam import IPAMError, parse_cluster
 from controlplane.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
 from controlplane.metrics import LOCAL_ETCD_RESTARTS
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.service import Scheduler
-from controlplane.serviceips import DEFAULT_SERVICE_CIDR, ServiceCIDRError, parse_service_cidr
+from controlplane.serviceips import ServiceCIDRError, parse_service_cidr
 from controlplane.store import AlreadyExists, Store, StoreError
-from moorage import kinds, metricsserver
+from moorage import metricsserver
+from moorage.model import hostport, kinds
+from moorage.model.network import (
+    DEFAULT_CLUSTER_CIDR,
+    DEFAULT_SERVICE_CIDR,
+    DEFAULT_VXLAN_PORT,
+    DEFAULT_VXLAN_VNI,
+)
 from moorage.v1 import agent_pb2_grpc, api_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 
@@ -123,10 +130,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR, metavar="CIDR",
                    help="Services' virtual IPs are leased from it "
                         f"(default {DEFAULT_SERVICE_CIDR})")
-    p.add_argument("--vxlan-vni", type=int, default=1, metavar="N",
-                   help="VXLAN network identifier of the overlay (default 1)")
-    p.add_argument("--vxlan-port", type=int, default=4789, metavar="PORT",
-                   help="UDP port of the overlay's VXLAN traffic (default 4789)")
+    p.add_argument("--vxlan-vni", type=int, default=DEFAULT_VXLAN_VNI, metavar="N",
+                   help=f"VXLAN network identifier of the overlay (default {DEFAULT_VXLAN_VNI})")
+    p.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT, metavar="PORT",
+                   help="UDP port of the overlay's VXLAN traffic "
+                        f"(default {DEFAULT_VXLAN_PORT})")
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
                    help="run the scheduler, controllers and node lifecycle only while this "
                         "replica holds the etcd leader lease, so several replicas can share "
@@ -145,21 +153,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def split_hostport(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not port.isdigit():
-        raise SystemExit(f"moor-controlplane: {address!r} is not HOST:PORT")
-    return host, int(port)
+    try:
+        return hostport.split(address)
+    except hostport.HostPortError as err:
+        raise SystemExit(f"moor-controlplane: {err}") from None
 
 
 def derived_address(listen: str, offset: int) -> str:
     """The join and CA listeners' default: same host as --listen, port + offset."""
     host, port = split_hostport(listen)
-    return f"{host}:{port + offset}"
+    return hostport.join(host, port + offset)
 
 
 def certificate_hosts(listen: str, extra: list[str]) -> list[str]:
     """Names and addresses for the serving certificate: what clients may dial."""
-    host = split_hostport(listen)[0].strip("[]")
+    host = split_hostport(listen)[0]
     hosts = {"127.0.0.1", "::1", "localhost", socket.gethostname(), *extra}
     if host in ("", "0.0.0.0", "::"):
         from pyroute2 import IPRoute
@@ -172,11 +180,13 @@ def certificate_hosts(listen: str, extra: list[str]) -> list[str]:
 
 
 def _endpoint(url: str) -> tuple[str, int]:
-    hostport = url.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    try:
+        host, port = hostport.split(url.split("://", 1)[-1].rstrip("/"))
+    except hostport.HostPortError:
+        host = ""
+    if not host:
         raise SystemExit(f"moor-controlplane: --etcd-endpoints: {url!r} is not HOST:PORT or a URL")
-    return host, int(port)
+    return host, port
 
 
 ETCD_PROBE_SECONDS = 1.0
@@ -194,7 +204,7 @@ async def probe_etcd(store: Store) -> None:
 
 
 async def ensure_namespaces(store: Store) -> None:
-    from controlplane.api.apply import now_rfc3339
+    from moorage.model.timestamps import now_rfc3339
 
     for name in kinds.SYSTEM_NAMESPACES:
         ns = pb.Namespace(api_version="v1", kind="Namespace")
@@ -272,8 +282,8 @@ async def serve(args: argparse.Namespace) -> int:
                 log.error("cannot listen on %s: %s", address, err)
                 return 1
         if args.metrics_listen:
-            mhost, _, mport = args.metrics_listen.rpartition(":")
-            metricsserver.start(int(mport), addr=mhost.strip("[]") or "0.0.0.0")
+            mhost, mport = split_hostport(args.metrics_listen)
+            metricsserver.start(mport, addr=mhost or "0.0.0.0")
         await server.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set("moorage.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)

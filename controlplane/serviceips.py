@@ -20,12 +20,11 @@ from aetcd import rpc
 
 from controlplane.store import NotFound, Op, Store
 from controlplane.store.store import ABSENT
-from moorage import kinds
-from moorage.convert import FieldError
 from moorage.manifest import ManifestError, located
-from moorage.validate import NODE_PORT_RANGE
+from moorage.manifest.convert import FieldError
+from moorage.model import kinds
+from moorage.model.network import DEFAULT_SERVICE_CIDR, NODE_PORT_RANGE
 
-DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 HEADLESS = "None"
 SERVICE = kinds.BY_NAME["Service"]
 

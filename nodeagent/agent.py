@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 
 from moorage import manifest
-from moorage.jointoken import TokenError
+from moorage.model.jointoken import TokenError
 from moorage.v1 import objects_pb2 as pb
 from nodeagent import metrics, sandbox
 from nodeagent.dns import ClusterDNS

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from moorage.fsutil import write_atomic
-from moorage.jointoken import parse_token
+from moorage.model import hostport
+from moorage.model.jointoken import parse_token
 
 NODE_CN_PREFIX = "system:node:"
 # Renew once less than this fraction of the certificate's lifetime remains.
@@ -192,10 +193,13 @@ JOIN_ATTEMPT_SECONDS = 60.0
 
 
 def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    try:
+        host, port = hostport.split(address)
+    except hostport.HostPortError as err:
+        raise IdentityError(f"--join: {err}") from None
+    if not host:
         raise IdentityError(f"--join {address!r} is not HOST:PORT")
-    return host, int(port)
+    return host, port
 
 
 def _fatal(err: grpc.RpcError) -> bool:
@@ -221,11 +225,11 @@ def join(ident: NodeIdentity, address: str, token: str,
     delay = 0.2
     while True:
         try:
-            with grpc.insecure_channel(f"{host}:{port + CA_PORT_OFFSET}") as ch:
+            with grpc.insecure_channel(hostport.join(host, port + CA_PORT_OFFSET)) as ch:
                 got = agent_pb2_grpc.BootstrapStub(ch).GetCA(agent_pb2.GetCARequest(),
                                                              timeout=5)
             ca_pem = pin_ca(got.ca_pem, token)
-            join_at = f"{host}:{got.join_port or port + 2}"
+            join_at = hostport.join(host, got.join_port or port + 2)
             with grpc.secure_channel(join_at, join_channel_credentials(ca_pem)) as ch:
                 resp = agent_pb2_grpc.BootstrapStub(ch).Join(agent_pb2.JoinRequest(
                     token=token, csr_pem=ident.csr_pem(), node_name=ident.node_name),

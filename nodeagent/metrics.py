@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from moorage import metricsserver
+from moorage.model import hostport
 from nodeagent.eventmetrics import EVENT_METRICS
 from nodeagent.network import overlay
 from nodeagent.podworker import UID_CHARS, parse_container_id
@@ -398,9 +399,9 @@ def registry_for(collector: AgentCollector) -> CollectorRegistry:
 def serve(listen: str, collector: AgentCollector) -> threading.Thread | None:
     """Serves /metrics on HOST:PORT in a thread; logs and returns None if it cannot listen
     (the pods matter more than their metrics)."""
-    host, _, port = listen.rpartition(":")
     try:
-        _, thread = metricsserver.start(int(port), addr=host.strip("[]") or "0.0.0.0",
+        host, port = hostport.split(listen)
+        _, thread = metricsserver.start(port, addr=host or "0.0.0.0",
                                         registry=registry_for(collector))
     except (OSError, ValueError) as err:
         log.error("metrics: cannot listen on %s: %s (choose another with --metrics-listen, or "

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from google.protobuf.message import DecodeError
 
 from moorage.fsutil import write_atomic
+from moorage.model.network import DEFAULT_CLUSTER_CIDR, DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI
 from moorage.v1 import agent_pb2, api_pb2
 from nodeagent.network.datapath import NetConfig, NetworkError, NodeNetwork
 from nodeagent.network.ipam import PodIPAM
@@ -107,8 +108,9 @@ class AgentNetwork:
             self.net.close()
         self.net = NodeNetwork(NetConfig(
             pod_cidr=settings.pod_cidr, underlay_ip=self.underlay_ip,
-            cluster_cidr=settings.cluster_cidr or "10.244.0.0/16",
-            vni=settings.vxlan_vni or 1, port=settings.vxlan_port or 4789))
+            cluster_cidr=settings.cluster_cidr or DEFAULT_CLUSTER_CIDR,
+            vni=settings.vxlan_vni or DEFAULT_VXLAN_VNI,
+            port=settings.vxlan_port or DEFAULT_VXLAN_PORT))
         os.makedirs(self.state_dir, exist_ok=True)
         self.ipam = PodIPAM(self.state_dir, settings.pod_cidr)
         self._next_reconcile = 0.0

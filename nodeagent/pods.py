@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from moorage.model.pods import FAILED, PENDING, RUNNING, SUCCEEDED
 from nodeagent.runtime.restart import ALWAYS, NEVER, ON_FAILURE, next_restart
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 CRASH_LOOP = "CrashLoopBackOff"
 CREATING = "ContainerCreating"
 COMPLETED, ERROR = "Completed", "Error"

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from moorage import validation as v
+from moorage.model import quantities
 from moorage.model.pods import spec_grace
+from moorage.model.timestamps import rfc3339
 from moorage.v1 import objects_pb2 as pb
 from nodeagent import hooks, podfiles, sandbox
 from nodeagent.eventmetrics import START_DURATION, pull_progress, timed_pull
@@ -90,9 +91,9 @@ def container_spec(cid: str, pod: pb.Pod, c: pb.Container, image: Image,
         env=tuple(sorted(env.items())), cwd=c.working_dir or cfg.working_dir or "/",
         user=cfg.user or "0:0", hostname=pod.spec.hostname or pod.metadata.name,
         netns_path=netns_path,
-        memory_limit=v.memory_bytes(limits["memory"]) if "memory" in limits else None,
-        cpu_quota_millicores=v.cpu_millicores(limits["cpu"]) if "cpu" in limits else None,
-        cpu_request_millicores=v.cpu_millicores(cpu_request) if cpu_request else None,
+        memory_limit=quantities.memory_bytes(limits["memory"]) if "memory" in limits else None,
+        cpu_quota_millicores=quantities.cpu_millicores(limits["cpu"]) if "cpu" in limits else None,
+        cpu_request_millicores=quantities.cpu_millicores(cpu_request) if cpu_request else None,
         tty=c.tty, stdin=c.stdin, files=files)
 
 
@@ -340,4 +341,4 @@ class PodWorker:
 
 
 def _ts(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else ""
+    return rfc3339(t) if t else ""

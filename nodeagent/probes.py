@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moorage.model.pods import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_PROBE_PERIOD,
+    DEFAULT_PROBE_TIMEOUT,
+    DEFAULT_SUCCESS_THRESHOLD,
+)
+
 LIVENESS, READINESS, STARTUP = "Liveness", "Readiness", "Startup"
 KINDS = (STARTUP, LIVENESS, READINESS)
 
-# Kubernetes' defaults (moorage/validate.py fills the same ones in on the server).
-DEFAULT_PERIOD, DEFAULT_TIMEOUT = 10, 1
-DEFAULT_SUCCESS_THRESHOLD, DEFAULT_FAILURE_THRESHOLD = 1, 3
+# Kubernetes' defaults (the server fills the same ones in).
+DEFAULT_PERIOD, DEFAULT_TIMEOUT = DEFAULT_PROBE_PERIOD, DEFAULT_PROBE_TIMEOUT
 
 # Why the pod worker stops a container (StopContainer.why), and the kubelet's Event messages.
 KILL_LIVENESS = "failed liveness probe"

@@ -12,6 +12,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+from moorage.fsutil import write_atomic
+from moorage.model.network import DEFAULT_MAX_PODS
+from moorage.model.timestamps import rfc3339
+
 # The sync loop forks (pyroute2's NetNS, the runtime) while this session's gRPC threads run, and
 # gRPC's fork handlers then crash those children (SIGSEGV). They never use gRPC, so fork support
 # is not needed; it has to be off before grpc first loads.
@@ -29,7 +33,7 @@ DEFAULT_HEARTBEAT_SECONDS = 2.0
 # The pause before trying the next control-plane replica after one did not answer.
 FAILOVER_SECONDS = 0.2
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
-MAX_PODS = "110"
+MAX_PODS = str(DEFAULT_MAX_PODS)
 
 
 # ---- pure parts ----
@@ -368,11 +372,8 @@ class Session:
     def _save_replicas(self, addresses) -> None:
         if not self.replicas_file or list(addresses) == self._saved:
             return
-        tmp = self.replicas_file + ".tmp"
         try:
-            with open(tmp, "w") as f:
-                f.write("".join(a + "\n" for a in addresses))
-            os.replace(tmp, self.replicas_file)
+            write_atomic(self.replicas_file, "".join(a + "\n" for a in addresses))
             self._saved = list(addresses)
         except OSError as err:   # only a restart's fallback list is lost
             log.warning("saving the control-plane list: %s", err)
@@ -427,11 +428,8 @@ class Checkpoints:
             self.saved[uid] = pod
             if self.written.get(uid) == data:
                 continue
-            path = os.path.join(self.dir, uid)
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            # Not fsynced, as before: a checkpoint a crash loses is sent again on reconnect.
+            write_atomic(os.path.join(self.dir, uid), data, sync=False)
             self.written[uid] = data
 
     def drop(self, uid: str) -> None:
@@ -461,7 +459,7 @@ class StatusReporter:
             self.generation, self.sent = self.session.generation, {}
         # Kept from the assigned pod when the control plane has one, so it survives restarts.
         start = pod.status.start_time or self.start_time.setdefault(
-            uid, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())))
+            uid, rfc3339(self.clock()))
         status.start_time, status.host_ip = start, self.host_ip
         blob = status.SerializeToString(deterministic=True)
         if self.sent.get(uid) == blob:

@@ -9,16 +9,16 @@ Txn, so a concurrent writer makes the apply retry from fresh state instead of cl
 
 from __future__ import annotations
 
-import datetime
 import uuid
 from dataclasses import dataclass
 
 from controlplane.serviceips import DEFAULT_SERVICE_CIDR, ServiceAllocator
 from controlplane.store import Conflict, Op, Store
 from controlplane.store.store import ABSENT
-from moorage import kinds
-from moorage.convert import FieldError
 from moorage.manifest import Document, ManifestError, located
+from moorage.manifest.convert import FieldError
+from moorage.model import kinds
+from moorage.model.timestamps import now_rfc3339
 from moorage.v1 import objects_pb2 as pb
 
 MAX_APPLY_BYTES = 3 * 1024 * 1024
@@ -47,10 +47,6 @@ class Planned:
     obj: object
     previous: object | None
     expect: int                  # mod_revision to compare (ABSENT for a create)
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Applier:

@@ -16,15 +16,15 @@ from controlplane.scheduler import (
 )
 from controlplane.scheduler.objects import node_info, pod_info
 from controlplane.store import Store
-from moorage import kinds
 from moorage.manifest import Document
+from moorage.model import kinds
+from moorage.model.pods import TERMINAL_PHASES
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb
 
 NODE = kinds.BY_NAME["Node"]
 POD = kinds.BY_NAME["Pod"]
 # Pods that have finished hold no resources on their node any more.
-FINISHED_PHASES = ("Succeeded", "Failed")
 # Every pod is checked against every node, and the answer lists every node per pod, so this
 # bounds both the work and the response (well under the server's 16 MiB message limit).
 MAX_POD_NODE_PAIRS = 250_000
@@ -76,7 +76,7 @@ def replica(deployment: pb.Deployment, index: int) -> pb.Pod:
 
 
 def is_bound(pod: pb.Pod) -> bool:
-    return bool(pod.spec.node_name) and pod.status.phase not in FINISHED_PHASES
+    return bool(pod.spec.node_name) and pod.status.phase not in TERMINAL_PHASES
 
 
 def cluster_nodes(nodes: list[pb.Node], pods: list[pb.Pod],

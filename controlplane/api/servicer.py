@@ -24,10 +24,10 @@ from controlplane.identity import (
 from controlplane.metrics import WATCHES, observed
 from controlplane.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 from controlplane.store.store import StoreUnavailable
-from moorage import convert, kinds, manifest
-from moorage import validation as v
-from moorage.kinds import SYSTEM_NAMESPACES
-from moorage.model import pods
+from moorage import manifest
+from moorage.manifest import convert
+from moorage.model import kinds, pods, selectors
+from moorage.model.kinds import SYSTEM_NAMESPACES
 from moorage.model.timestamps import rfc3339
 from moorage.v1 import api_pb2, api_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
@@ -41,7 +41,7 @@ SCALE_ATTEMPTS = 50
 _CODES = [
     (manifest.ManifestError, grpc.StatusCode.INVALID_ARGUMENT),
     (kinds.UnknownKind, grpc.StatusCode.INVALID_ARGUMENT),
-    (v.SelectorError, grpc.StatusCode.INVALID_ARGUMENT),
+    (selectors.SelectorError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Conflict, grpc.StatusCode.ABORTED),
@@ -108,7 +108,8 @@ class FieldSelector:
             op = "!=" if "!=" in part else "==" if "==" in part else "="
             field, _, value = part.partition(op)
             if not field.strip():
-                raise v.SelectorError(f'invalid field selector "{text}": missing field name')
+                raise selectors.SelectorError(
+                    f'invalid field selector "{text}": missing field name')
             self.terms.append((field.strip().split("."), op == "!=", value.strip()))
 
     def matches(self, obj) -> bool:
@@ -182,13 +183,13 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     async def List(self, request, context):
         identity, decision = await guard(context, "List", request, self.ca_cert)
         kind = _kind(request.kind)
-        selector = v.parse_selector(request.label_selector)
+        selector = selectors.parse_selector(request.label_selector)
         fields = FieldSelector(request.field_selector)
         ns = None if request.all_namespaces else _namespace(kind, request.namespace)
         items, revision = await self.store.list(kind, ns)
         resp = api_pb2.ListResponse(resource_version=str(revision))
         for obj in items:
-            if v.matches(selector, obj.metadata.labels) and fields.matches(obj) and (
+            if selectors.matches(selector, obj.metadata.labels) and fields.matches(obj) and (
                     not decision.filter_owned or owns(identity, obj)):
                 resp.items.append(kinds.wrap(obj))
         return resp
@@ -305,7 +306,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     async def Watch(self, request, context):
         await guard(context, "Watch", request, self.ca_cert)
         kind = _kind(request.kind)
-        selector = v.parse_selector(request.label_selector)
+        selector = selectors.parse_selector(request.label_selector)
         ns = None if request.all_namespaces else _namespace(kind, request.namespace)
         after = int(request.resource_version) if request.resource_version else 0
         resumed = after > 0
@@ -317,12 +318,12 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
                         yield api_pb2.WatchEvent(type="RESYNC", resource_version=str(ev.revision))
                     resumed = True
                     for obj in ev.items:
-                        if v.matches(selector, obj.metadata.labels):
+                        if selectors.matches(selector, obj.metadata.labels):
                             yield api_pb2.WatchEvent(type="ADDED", object=kinds.wrap(obj),
                                                      resource_version=obj.metadata.resource_version)
                     yield api_pb2.WatchEvent(type="BOOKMARK", resource_version=str(ev.revision))
                     continue
-                if ev.obj is None or not v.matches(selector, ev.obj.metadata.labels):
+                if ev.obj is None or not selectors.matches(selector, ev.obj.metadata.labels):
                     continue
                 yield api_pb2.WatchEvent(type=ev.type, object=kinds.wrap(ev.obj),
                                          resource_version=str(ev.revision))

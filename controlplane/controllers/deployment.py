@@ -11,28 +11,28 @@ exceed replicas + maxSurge, and Recreate waits until the old ones are gone.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from google.protobuf import json_format
-
-from moorage.model.pods import is_terminating
+from moorage.model.deployments import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_MAX_SURGE,
+    DEFAULT_MAX_UNAVAILABLE,
+    DEFAULT_PROGRESS_DEADLINE_SECONDS,
+    HISTORY_ANNOTATION,
+    RECREATE,
+    REVISION_ANNOTATION,
+    TEMPLATE_HASH_LABEL,
+    desired_replicas,
+    format_history,
+    history_entry,
+    read_history,
+    template_hash,
+)
+from moorage.model.pods import TERMINAL_PHASES, is_terminating
+from moorage.model.timestamps import parse_rfc3339, rfc3339
 from moorage.v1 import objects_pb2 as pb
 
-TEMPLATE_HASH_LABEL = "pod-template-hash"
-REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
-HISTORY_ANNOTATION = "moorage.io/revision-history"
-RECREATE, ROLLING_UPDATE = "Recreate", "RollingUpdate"
-DEFAULT_MAX_SURGE = DEFAULT_MAX_UNAVAILABLE = "25%"
-DEFAULT_HISTORY_LIMIT = 10
-DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
-TERMINAL_PHASES = ("Succeeded", "Failed")
-# Consonants and digits only, as Kubernetes does, so hashes never spell words.
-_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-HASH_LENGTH = 10
 AVAILABLE, PROGRESSING = "Available", "Progressing"
 SCALING_EVENT = "ScalingReplicaSet"
 
@@ -52,19 +52,8 @@ class Plan:
         return bool(self.create or self.delete)
 
 
-def template_hash(template: pb.PodTemplateSpec) -> str:
-    """A short hash of the template that is stable across processes (deterministic bytes)."""
-    digest = int.from_bytes(hashlib.sha256(template.SerializeToString(deterministic=True))
-                            .digest()[:8], "big")
-    chars = []
-    for _ in range(HASH_LENGTH):
-        digest, i = divmod(digest, len(_ALPHABET))
-        chars.append(_ALPHABET[i])
-    return "".join(chars)
 
 
-def desired_replicas(d: pb.Deployment) -> int:
-    return d.spec.replicas if d.spec.HasField("replicas") else 1
 
 
 def _resolve(value: pb.IntOrString, default: str, total: int, round_up: bool) -> int:
@@ -111,17 +100,6 @@ def is_ready(pod: pb.Pod) -> bool:
 is_available = is_ready  # minReadySeconds is ignored (see the module docstring)
 
 
-def _rfc3339(now: float) -> str:
-    return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(ts: str) -> float | None:
-    try:
-        return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def _newest_first(pods: Iterable[pb.Pod]) -> list[pb.Pod]:
     return sorted(pods, key=lambda p: (p.metadata.creation_timestamp,
                                        int(p.metadata.resource_version or 0),
@@ -143,7 +121,7 @@ def new_pod(d: pb.Deployment, hash_: str, suffix: str, now: float) -> pb.Pod:
     meta.labels.update(tmpl.metadata.labels)
     meta.labels[TEMPLATE_HASH_LABEL] = hash_
     meta.annotations.update(tmpl.metadata.annotations)
-    meta.creation_timestamp = _rfc3339(now)
+    meta.creation_timestamp = rfc3339(now)
     meta.generation = 1
     meta.owner_references.add(api_version="apps/v1", kind="Deployment", name=d.metadata.name,
                               uid=d.metadata.uid, controller=True)
@@ -154,19 +132,6 @@ def new_pod(d: pb.Deployment, hash_: str, suffix: str, now: float) -> pb.Pod:
 
 # ---- revision history ----
 
-def read_history(d: pb.Deployment) -> dict[int, dict]:
-    """revision -> {"hash": ..., "template": <template as JSON>} from the annotation."""
-    try:
-        raw = json.loads(d.metadata.annotations.get(HISTORY_ANNOTATION, "") or "{}")
-        return {int(rev): entry for rev, entry in raw.items()}
-    except (ValueError, TypeError, AttributeError):
-        return {}
-
-
-def template_of(entry: dict) -> pb.PodTemplateSpec:
-    return json_format.ParseDict(entry["template"], pb.PodTemplateSpec())
-
-
 def _next_history(d: pb.Deployment, hash_: str) -> dict[str, str] | None:
     history = read_history(d)
     current = int(d.metadata.annotations.get(REVISION_ANNOTATION, "0") or 0)
@@ -175,14 +140,12 @@ def _next_history(d: pb.Deployment, hash_: str) -> dict[str, str] | None:
     # A template seen before (an undo) moves to the new number, as in Kubernetes.
     history = {rev: e for rev, e in history.items() if e.get("hash") != hash_}
     revision = max([current, *history]) + 1
-    history[revision] = {"hash": hash_, "template": json_format.MessageToDict(
-        d.spec.template, preserving_proto_field_name=False)}
+    history[revision] = history_entry(hash_, d.spec.template)
     limit = (d.spec.revision_history_limit if d.spec.HasField("revision_history_limit")
              else DEFAULT_HISTORY_LIMIT)
     keep = sorted(history)[-(limit + 1):]  # the current one plus `limit` old ones
-    compact = json.dumps({str(r): history[r] for r in keep}, separators=(",", ":"),
-                         sort_keys=True)
-    return {REVISION_ANNOTATION: str(revision), HISTORY_ANNOTATION: compact}
+    return {REVISION_ANNOTATION: str(revision),
+            HISTORY_ANNOTATION: format_history({r: history[r] for r in keep})}
 
 
 # ---- reconcile ----
@@ -301,7 +264,7 @@ def _status(d, pods, hash_, replicas, acted, now) -> pb.DeploymentStatus:
         observed_generation=d.metadata.generation, replicas=len(pods),
         updated_replicas=len(updated), ready_replicas=ready, available_replicas=available,
         unavailable_replicas=max(0, replicas - available))
-    stamp = _rfc3339(now)
+    stamp = rfc3339(now)
     _, unavailable = surge_and_unavailable(d)
     if available >= replicas - unavailable:
         avail = ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
@@ -319,7 +282,7 @@ def _status(d, pods, hash_, replicas, acted, now) -> pb.DeploymentStatus:
         deadline = (d.spec.progress_deadline_seconds
                     if d.spec.HasField("progress_deadline_seconds")
                     else DEFAULT_PROGRESS_DEADLINE_SECONDS)
-        last = next((_parse(c.last_update_time) for c in d.status.conditions
+        last = next((parse_rfc3339(c.last_update_time) for c in d.status.conditions
                      if c.type == PROGRESSING and c.status == "True"), None)
         if not acted and last is not None and now - last > deadline:
             prog = ("False", "ProgressDeadlineExceeded",

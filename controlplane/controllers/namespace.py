@@ -14,7 +14,7 @@ import time
 
 from controlplane.store import Op, Store, StoreError
 from controlplane.store.store import NotLeader
-from moorage import kinds
+from moorage.model import kinds
 from moorage.model.pods import graceful_delete, is_terminating
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from controlplane.store import Store
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
 
 POD = kinds.BY_NAME["Pod"]

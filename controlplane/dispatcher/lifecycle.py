@@ -18,7 +18,8 @@ from controlplane.dispatcher.service import lease_key, set_condition
 from controlplane.events import NORMAL, WARNING, EventRecorder
 from controlplane.store import Op, Store, StoreError
 from controlplane.store.store import NotLeader
-from moorage import kinds
+from moorage.model import kinds
+from moorage.model.pods import TERMINAL_PHASES
 from moorage.v1 import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ POD = kinds.BY_NAME["Pod"]
 MONITOR_SECONDS = 1.0
 EVICTION_SECONDS = 4.0
 STARTUP_GRACE_SECONDS = 20.0
-TERMINAL = ("Succeeded", "Failed")
 UNKNOWN_REASON = "NodeStatusUnknown"
 # Pods on deleted nodes are looked for every this many checks.
 ORPHAN_CHECK_EVERY = 5
@@ -112,7 +112,7 @@ class NodeLifecycle:
     async def _evict(self, name: str) -> None:
         pods, _ = await self.store.list(POD)
         for pod in pods:
-            if pod.spec.node_name != name or pod.status.phase in TERMINAL:
+            if pod.spec.node_name != name or pod.status.phase in TERMINAL_PHASES:
                 continue
             if await self._remove(pod, "NodeNotReady", f"node {name} is NotReady"):
                 log.warning("evicted %s/%s from NotReady node %s", pod.metadata.namespace,

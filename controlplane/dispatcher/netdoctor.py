@@ -7,7 +7,7 @@ import asyncio
 
 from controlplane.dispatcher.streams import StreamError
 from controlplane.identity import guard
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import agent_pb2, api_pb2, api_pb2_grpc
 
 NODE = kinds.BY_NAME["Node"]

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from controlplane.store import Store
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import agent_pb2
 from moorage.v1 import objects_pb2 as pb
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -24,8 +23,9 @@ from controlplane.events import EventRecorder
 from controlplane.identity.auth import peer_identity
 from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, assign_subnet
 from controlplane.store import Conflict, NotFound, Store
-from moorage import kinds
-from moorage import validation as v
+from moorage.model import kinds, names
+from moorage.model.network import DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI
+from moorage.model.timestamps import now_rfc3339
 from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 
@@ -37,10 +37,6 @@ HEARTBEAT_SECONDS = 2.0
 # A node whose agent has not heartbeated for this long loses its lease and goes NotReady.
 NOT_READY_SECONDS = 6
 WRITE_ATTEMPTS = 5
-
-
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def lease_key(store: Store, node: str) -> bytes:
@@ -64,8 +60,8 @@ class NetworkDefaults:
     """The overlay's cluster-wide settings, sent to every agent with its session settings."""
 
     cluster_cidr: str = DEFAULT_CLUSTER_CIDR
-    vxlan_vni: int = 1
-    vxlan_port: int = 4789
+    vxlan_vni: int = DEFAULT_VXLAN_VNI
+    vxlan_port: int = DEFAULT_VXLAN_PORT
 
 
 def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None,
@@ -305,7 +301,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "a session must start with Hello")
         hello = first.hello
-        reason = v.dns1123_subdomain(hello.node_name)
+        reason = names.dns1123_subdomain(hello.node_name)
         if reason:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"node name: {reason}")

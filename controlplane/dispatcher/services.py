@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Callable, Iterable
 
 from controlplane.store import Store
-from moorage import kinds
-from moorage.endpoints import pod_is_ready, selects, service_entry
+from moorage.model import kinds
+from moorage.model.endpoints import pod_is_ready, selects, service_entry
 from moorage.v1 import agent_pb2
 from moorage.v1 import objects_pb2 as pb
 

@@ -20,8 +20,7 @@ import grpc
 
 from controlplane.identity.auth import guard
 from controlplane.store import NotFound
-from moorage import kinds
-from moorage import validation as v
+from moorage.model import kinds, quantities
 from moorage.v1 import agent_pb2, api_pb2, api_pb2_grpc
 
 log = logging.getLogger("moorage.streams")
@@ -216,7 +215,7 @@ class PodStreams:
 def _quantity(parse, value: str) -> int:
     try:
         return parse(value) if value else 0
-    except v.QuantityError:
+    except quantities.QuantityError:
         return 0
 
 
@@ -347,8 +346,10 @@ class PodsServicer(api_pb2_grpc.PodsServicer):
             usage.CopyFrom(report.node)
             usage.name = name
             capacity = by_name[name].status.capacity
-            usage.cpu_capacity_cores = _quantity(v.cpu_millicores, capacity.get("cpu", "")) / 1000
-            usage.memory_capacity_bytes = _quantity(v.memory_bytes, capacity.get("memory", ""))
+            usage.cpu_capacity_cores = _quantity(quantities.cpu_millicores,
+                                                 capacity.get("cpu", "")) / 1000
+            usage.memory_capacity_bytes = _quantity(quantities.memory_bytes,
+                                                    capacity.get("memory", ""))
             out.nodes.append(usage)
         return out
 

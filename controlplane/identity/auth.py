@@ -28,8 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from controlplane.identity.ca import ADMIN_CN, ADMIN_ORG, NODE_CN_PREFIX, NODE_ORG
-from moorage import kinds
 from moorage.credentials import channel_credentials
+from moorage.model import kinds
 
 ANONYMOUS_METHODS = frozenset({"GetCA", "Join"})
 _NODE_KINDS = frozenset({"Node", "Pod"})

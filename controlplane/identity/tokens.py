@@ -20,10 +20,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from moorage.jointoken import (  # noqa: F401 - re-exported for callers of this module
+from moorage.model.jointoken import (
     _DIGEST_LEN,
     _SECRET_BYTES,
-    _SECRET_CHARS,
     TOKEN_PREFIX,
     TokenError,
     _b32,

@@ -19,10 +19,9 @@ from controlplane.scheduler.model import (
     Taint,
     Toleration,
 )
-from moorage import validation as v
+from moorage.model import quantities
+from moorage.model.network import DEFAULT_MAX_PODS
 from moorage.v1 import objects_pb2 as pb
-
-DEFAULT_MAX_PODS = 110
 
 
 def pod_requests(spec: pb.PodSpec) -> Resources:
@@ -31,8 +30,8 @@ def pod_requests(spec: pb.PodSpec) -> Resources:
         req, lim = c.resources.requests, c.resources.limits
         cpu_q = req.get("cpu") or lim.get("cpu")
         mem_q = req.get("memory") or lim.get("memory")
-        cpu += v.cpu_millicores(cpu_q) if cpu_q else 0
-        memory += v.memory_bytes(mem_q) if mem_q else 0
+        cpu += quantities.cpu_millicores(cpu_q) if cpu_q else 0
+        memory += quantities.memory_bytes(mem_q) if mem_q else 0
     return Resources(cpu, memory, 1)
 
 
@@ -89,9 +88,9 @@ def node_resources(node: pb.Node) -> Resources:
     memory = offered.get("memory")
     pods = offered.get("pods")
     return Resources(
-        v.cpu_millicores(cpu) if cpu else 0,
-        v.memory_bytes(memory) if memory else 0,
-        v.parse_resource("pods", pods) if pods else DEFAULT_MAX_PODS)
+        quantities.cpu_millicores(cpu) if cpu else 0,
+        quantities.memory_bytes(memory) if memory else 0,
+        quantities.parse_resource("pods", pods) if pods else DEFAULT_MAX_PODS)
 
 
 def node_info(node: pb.Node, pods: tuple[PodInfo, ...] = ()) -> NodeInfo:

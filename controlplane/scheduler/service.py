@@ -27,7 +27,9 @@ from controlplane.scheduler.objects import node_info, pod_info
 from controlplane.scheduler.outcome import Placement, Unschedulable
 from controlplane.store import Op, Store, StoreError
 from controlplane.store.store import NotLeader
-from moorage import kinds
+from moorage.model import kinds
+from moorage.model.pods import TERMINAL_PHASES
+from moorage.model.timestamps import now_rfc3339
 from moorage.v1 import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,6 @@ INITIAL_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 # An unschedulable pod's status lists at most this many per-node reasons.
 MAX_DETAILS = 50
-TERMINAL_PHASES = ("Succeeded", "Failed")
 SCHEDULED_CONDITION = "PodScheduled"
 
 
@@ -223,7 +224,7 @@ class Scheduler:
         pod.CopyFrom(q.pod)
         pod.spec.node_name = placement.node
         pod.status.ClearField("scheduling_details")
-        _set_condition(pod, "True", "", "", _now())
+        _set_condition(pod, "True", "", "", now_rfc3339())
         ops = [Op(self.store.key_of(pod), pod, int(q.pod.metadata.resource_version))]
         try:
             if self.events:
@@ -282,7 +283,7 @@ class Scheduler:
     async def _mark_unschedulable(self, q: Queued, verdict: Unschedulable) -> None:
         pod = pb.Pod()
         pod.CopyFrom(q.pod)
-        _set_condition(pod, "False", "Unschedulable", verdict.message, _now())
+        _set_condition(pod, "False", "Unschedulable", verdict.message, now_rfc3339())
         pod.status.ClearField("scheduling_details")
         for node, detail in verdict.details[:MAX_DETAILS]:
             pod.status.scheduling_details.add(node=node, reason=detail)
@@ -361,7 +362,3 @@ class Scheduler:
             for w in watchers:
                 w.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -23,7 +23,7 @@ from aetcd.exceptions import RevisionCompactedError
 
 from controlplane.metrics import ETCD_LATENCY
 from controlplane.store.health import EtcdHealth
-from moorage.kinds import Kind, kind_of
+from moorage.model.kinds import Kind, kind_of
 
 log = logging.getLogger(__name__)
 

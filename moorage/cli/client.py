@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
     from moorage.cli.config import Config
-    from moorage.kinds import Kind
+    from moorage.model.kinds import Kind
 
 # Responses carry whole objects (an apply returns each object and its previous version), so
 # gRPC's default 4 MiB receive limit would fail large lists and applies near the 3 MiB cap.
@@ -93,7 +93,9 @@ def rpc_error(exc, server: str, timeout: float | None = None) -> CliError:
         return CliError(f"Error from server (ServiceUnavailable): {' '.join(details.split())}",
                         reason="ServiceUnavailable")
     if name == "UNAVAILABLE" and ("handshake" in low or "certificate" in low):
-        host = server.rpartition(":")[0] or server
+        from moorage.model.hostport import host_of
+
+        host = host_of(server)
         return CliError(f"error: TLS with the control plane at {server} failed: its certificate "
                         "is not from the CA in your credentials, or does not name "
                         f"{host} (moor-controlplane --tls-san {host} adds it)")
@@ -180,7 +182,7 @@ class Client:
 
     def get(self, kind: Kind, namespace: str, name: str):
         """The object itself (unwrapped from `Object`)."""
-        from moorage import kinds
+        from moorage.model import kinds
         from moorage.v1 import api_pb2
 
         request = api_pb2.GetRequest(kind=kind.name, namespace=namespace, name=name)

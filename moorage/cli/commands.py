@@ -41,7 +41,7 @@ def err(text: str) -> None:
 # ---- shared helpers ------------------------------------------------------------------------
 
 def lookup_kind(name: str):
-    from moorage import kinds
+    from moorage.model import kinds
 
     try:
         return kinds.lookup(name)
@@ -75,7 +75,7 @@ def not_found(kind, name: str) -> CliError:
 
 
 def namespace_for(kind, namespace: str | None) -> str:
-    from moorage.kinds import DEFAULT_NAMESPACE
+    from moorage.model.kinds import DEFAULT_NAMESPACE
 
     if not kind.namespaced:
         return ""  # cluster-scoped: a -n given out of habit is ignored, as kubectl does
@@ -83,7 +83,7 @@ def namespace_for(kind, namespace: str | None) -> str:
 
 
 def kind_by_name(name: str):
-    from moorage import kinds
+    from moorage.model import kinds
 
     try:
         return kinds.lookup(name)
@@ -137,7 +137,7 @@ def read_manifests(args):
 # ---- apply / diff --------------------------------------------------------------------------
 
 def apply(ctx: Context) -> int:
-    from moorage import kinds
+    from moorage.model import kinds
 
     args = ctx.args
     response = ctx.client().apply(read_manifests(args), dry_run=args.dry_run)
@@ -168,7 +168,7 @@ def _diffable_yaml(obj) -> list[str]:
 
 def diff(ctx: Context) -> int:
     """Exit 0 without differences, 1 with some (kubectl's convention; errors exit 2)."""
-    from moorage import kinds
+    from moorage.model import kinds
 
     response = ctx.client().apply(read_manifests(ctx.args), dry_run=True)
     changed = False
@@ -241,7 +241,7 @@ class RowPrinter:
 
 
 def get(ctx: Context) -> int:
-    from moorage import kinds
+    from moorage.model import kinds
 
     args = ctx.args
     kind, names = resolve_target(args.kind, args.names)
@@ -297,7 +297,7 @@ def _nothing_found(kind, namespace: str, all_namespaces: bool) -> str:
 
 
 def _watch(ctx, kind, namespace, all_ns, resource_version, names, printer) -> int:
-    from moorage import kinds
+    from moorage.model import kinds
 
     args = ctx.args
     matches = field_matcher(args.field_selector) if args.field_selector else None
@@ -324,8 +324,8 @@ def _watch(ctx, kind, namespace, all_ns, resource_version, names, printer) -> in
 # ---- describe / delete / version -----------------------------------------------------------
 
 def describe(ctx: Context) -> int:
-    from moorage import kinds
     from moorage.cli import describe as render
+    from moorage.model import kinds
 
     args = ctx.args
     kind, names = resolve_target(args.kind, args.names)
@@ -361,8 +361,8 @@ def describe(ctx: Context) -> int:
 def service_endpoints(client, svc):
     """The service's ready endpoints from its pods now (as the control plane computes them for
     the agents), or None when the pods cannot be listed."""
-    from moorage import kinds
-    from moorage.endpoints import service_entry
+    from moorage.model import kinds
+    from moorage.model.endpoints import service_entry
 
     if not svc.spec.selector:
         return service_entry(svc, [])
@@ -403,7 +403,7 @@ def delete_grace(args) -> int | None:
 def delete(ctx: Context) -> int:
     """Deletes each object in turn; a failure is reported and the rest still attempted. With
     --wait (the default, as in kubectl) it then waits until every deleted object is gone."""
-    from moorage import kinds
+    from moorage.model import kinds
 
     args = ctx.args
     targets = _delete_targets(args)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass
 
 from moorage.cli.client import CliError
@@ -57,11 +56,11 @@ def read_config_file(path: pathlib.Path) -> dict[str, str]:
         raise CliError(f"error: cannot read the config file {path}: {_reason(exc)}") from None
     import yaml  # only when a config file exists, to keep `moor --help` fast
 
-    from moorage import boundedyaml
+    from moorage.manifest import yamlload
 
     try:
-        data = boundedyaml.safe_load(text)
-    except boundedyaml.TooComplex as exc:
+        data = yamlload.safe_load(text)
+    except yamlload.TooComplex as exc:
         raise CliError(f"error: the config file {path} is refused: {exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
@@ -121,18 +120,9 @@ def write_config(path: str | os.PathLike, server: str,
     if credentials:
         data["credentials"] = os.path.abspath(os.path.expanduser(str(credentials)))
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from moorage.fsutil import write_atomic
+
+    write_atomic(str(target), text, mode=0o600)
     return target
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from moorage.cli import printers as p
+from moorage.model import deployments
 
 PADDING = 2
 # A big cluster rejects a pod on many nodes; the first ones show the pattern.
@@ -230,7 +231,8 @@ def _scheduling(w: Writer, pod, scheduled) -> None:
 def _deployment(w: Writer, deploy) -> None:
     spec, status = deploy.spec, deploy.status
     w.field(0, "Selector", p.format_label_selector(spec.selector))
-    w.field(0, "Replicas", f"{p.desired_replicas(deploy)} desired | {status.updated_replicas} "
+    desired = deployments.desired_replicas(deploy)
+    w.field(0, "Replicas", f"{desired} desired | {status.updated_replicas} "
             f"updated | {status.replicas} total | {status.available_replicas} available | "
             f"{status.unavailable_replicas} unavailable")
     strategy = spec.strategy.type or "RollingUpdate"
@@ -355,7 +357,7 @@ def events_section(w: Writer, events, now: datetime) -> None:
 
 def related_events(obj, events) -> list:
     """The events about `obj`: the server's field selector narrows by name, this by kind too."""
-    from moorage.kinds import kind_of
+    from moorage.model.kinds import kind_of
 
     kind = kind_of(obj).name
     meta = obj.metadata
@@ -382,8 +384,8 @@ def describe(obj, events=None, events_error: str = "", now: datetime | None = No
              usage=None, endpoints=None) -> str:
     """The describe text of one object; `events` are Event objects (already fetched); `usage`
     a node's NodeUsage when its agent answered (the section is left out otherwise);
-    `endpoints` a Service's ServiceEntry (moorage.endpoints.service_entry)."""
-    from moorage.kinds import kind_of
+    `endpoints` a Service's ServiceEntry (moorage.model.endpoints.service_entry)."""
+    from moorage.model.kinds import kind_of
 
     now = now or datetime.now(UTC)
     kind = kind_of(obj)

@@ -21,7 +21,7 @@ def capped(lines: list[str], indent: str) -> list[str]:
 
 
 def object_ref(kind_name: str, name: str) -> str:
-    from moorage import kinds
+    from moorage.model import kinds
 
     try:
         kind = kinds.lookup(kind_name)

@@ -6,14 +6,14 @@ Deployments that own them make replacements, which the scheduler puts on other n
 
 from __future__ import annotations
 
-from moorage import kinds
 from moorage.cli.client import CliError
 from moorage.cli.commands import Context, out
 from moorage.cli.rollout import write_object
-from moorage.kinds import BY_NAME
+from moorage.model import kinds
+from moorage.model.kinds import BY_NAME
+from moorage.model.pods import TERMINAL_PHASES
 
 NODE, POD = BY_NAME["Node"], BY_NAME["Pod"]
-TERMINAL = ("Succeeded", "Failed")
 
 
 def _set_unschedulable(ctx: Context, name: str, value: bool) -> str:
@@ -57,7 +57,7 @@ def drain(ctx: Context) -> int:
         listing = client.list(POD, all_namespaces=True, field_selector=f"spec.nodeName={name}")
         pending = []
         for pod in map(kinds.unwrap, listing.items):
-            if pod.status.phase in TERMINAL:
+            if pod.status.phase in TERMINAL_PHASES:
                 continue
             out(f"evicting pod {pod.metadata.namespace}/{pod.metadata.name}")
             try:

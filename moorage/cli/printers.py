@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
+from moorage.model import deployments
+
 COLUMN_GAP = "   "
 NONE = "<none>"
 
@@ -27,7 +29,7 @@ def resource_ref(kind, name: str) -> str:
 
 
 def object_ref(obj) -> str:
-    from moorage.kinds import kind_of
+    from moorage.model.kinds import kind_of
 
     return resource_ref(kind_of(obj), obj.metadata.name)
 
@@ -195,10 +197,6 @@ def pod_status(pod) -> str:
     return status
 
 
-def desired_replicas(deployment) -> int:
-    return deployment.spec.replicas if deployment.spec.HasField("replicas") else 1
-
-
 def event_last_seen(event) -> str:
     return event.last_timestamp or event.first_timestamp or event.metadata.creation_timestamp
 
@@ -215,7 +213,7 @@ def _pod_row(pod, now):
 
 def _deployment_row(deploy, now):
     status = deploy.status
-    base = [deploy.metadata.name, f"{status.ready_replicas}/{desired_replicas(deploy)}",
+    base = [deploy.metadata.name, f"{status.ready_replicas}/{deployments.desired_replicas(deploy)}",
             str(status.updated_replicas), str(status.available_replicas),
             format_age(deploy.metadata.creation_timestamp, now)]
     containers = deploy.spec.template.spec.containers
@@ -307,7 +305,7 @@ def sort_for_display(kind, objects: list) -> list:
 # ---- documents -----------------------------------------------------------------------------
 
 def object_dict(obj) -> dict:
-    from moorage.convert import object_to_dict
+    from moorage.manifest.convert import object_to_dict
 
     return object_to_dict(obj)
 

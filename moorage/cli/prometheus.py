@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
+
+from moorage.fsutil import write_atomic
+from moorage.model import hostport
 
 AGENT_METRICS_PORT = 10255       # moor-agent --metrics-listen's default port
 CONTROLPLANE_METRICS_PORT = 7441  # moor-controlplane --metrics-listen's default port
@@ -52,15 +53,8 @@ def internal_ip(node) -> str:
     return ""
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def server_host(server: str) -> str:
-    """The host part of HOST:PORT or [V6]:PORT."""
-    host = server.rsplit(":", 1)[0] if server.count(":") == 1 or server.startswith("[") \
-        else server
-    return host.strip("[]")
+_hostport = hostport.join
+server_host = hostport.host_of
 
 
 def file_sd(nodes, controlplanes: list[str], agent_port: int) -> tuple[list[dict], list[str]]:
@@ -81,22 +75,8 @@ def file_sd(nodes, controlplanes: list[str], agent_port: int) -> tuple[list[dict
     return groups, warnings
 
 
-def write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".moor-targets-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def prometheus(ctx) -> int:
-    from moorage import kinds
+    from moorage.model import kinds
 
     args, client = ctx.args, ctx.client()
     listing = client.list(kinds.BY_NAME["Node"])

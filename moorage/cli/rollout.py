@@ -1,8 +1,8 @@
 """`moor scale` and `moor rollout status|history|undo`: Deployment changes made by Get + Apply.
 
 Writes go through Apply with the object's resourceVersion, so a change made meanwhile is a
-Conflict that is retried from a fresh read, never a lost update. The revision history is the
-Deployment controller's (controlplane/controllers/deployment.py owns the annotation format).
+Conflict that is retried from a fresh read, never a lost update. The revision history's
+format is moorage/model/deployments.py's.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import time
 
 from moorage.cli.client import CliError
 from moorage.cli.commands import Context, namespace_for, out, resolve_target
+from moorage.model.deployments import REVISION_ANNOTATION, read_history
 
-REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
-HISTORY_ANNOTATION = "moorage.io/revision-history"
 MAX_ATTEMPTS = 10
 
 
@@ -28,14 +27,6 @@ def _target(args):
     if len(names) != 1:
         raise CliError("error: give exactly one deployment, e.g. deploy/web")
     return kind, namespace_for(kind, args.namespace), names[0]
-
-
-def _history(d) -> dict[int, dict]:
-    try:
-        raw = json.loads(d.metadata.annotations.get(HISTORY_ANNOTATION, "") or "{}")
-        return {int(rev): entry for rev, entry in raw.items()}
-    except (ValueError, TypeError, AttributeError):
-        return {}
 
 
 def write_object(ctx: Context, kind, namespace: str, name: str, edit) -> str:
@@ -79,7 +70,7 @@ def scale(ctx: Context) -> int:
 def history(ctx: Context) -> int:
     kind, namespace, name = _target(ctx.args)
     d = ctx.client().get(kind, namespace, name)
-    entries = _history(d)
+    entries = read_history(d)
     out(f"deployment.apps/{name}")
     if not entries:
         out("No rollout history found.")
@@ -105,7 +96,7 @@ def undo(ctx: Context) -> int:
     kind, namespace, name = _target(args)
 
     def edit(d):
-        entries = _history(d)
+        entries = read_history(d)
         current = int(d.metadata.annotations.get(REVISION_ANNOTATION, "0") or 0)
         target = args.to_revision or max((r for r in entries if r < current), default=0)
         if target not in entries:
@@ -145,7 +136,7 @@ def rollout_message(d) -> tuple[str, bool]:
 
 
 def status(ctx: Context) -> int:
-    from moorage import kinds
+    from moorage.model import kinds
 
     args = ctx.args
     kind, namespace, name = _target(args)

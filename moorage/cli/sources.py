@@ -141,13 +141,13 @@ def object_references(sources: list[Source]) -> list[Reference]:
     """Kind, namespace and name of every document, for `delete -f` (which needs no full parse)."""
     import yaml
 
-    from moorage import boundedyaml
+    from moorage.manifest import yamlload
 
     refs: list[Reference] = []
     for source in sources:
         try:
-            documents = boundedyaml.safe_load_all(source.content)
-        except boundedyaml.TooComplex as exc:
+            documents = yamlload.safe_load_all(source.content)
+        except yamlload.TooComplex as exc:
             raise CliError(f"error: {source.name}: refused: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

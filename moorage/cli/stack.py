@@ -54,13 +54,13 @@ def _table(rows: list[tuple]) -> None:
 
 
 def _selector(name: str) -> str:
-    from moorage import compose
+    from moorage.manifest import compose
 
     return f"{compose.STACK_LABEL}={name}"
 
 
 def deploy(ctx: Context) -> int:
-    from moorage import compose
+    from moorage.manifest import compose
     from moorage.v1 import api_pb2
 
     args = ctx.args
@@ -88,7 +88,8 @@ def deploy(ctx: Context) -> int:
 
 
 def ls(ctx: Context) -> int:
-    from moorage import compose, kinds
+    from moorage.manifest import compose
+    from moorage.model import kinds
 
     client = ctx.client()
     found: Counter = Counter()
@@ -105,7 +106,8 @@ def ls(ctx: Context) -> int:
 
 
 def ps(ctx: Context) -> int:
-    from moorage import compose, kinds
+    from moorage.manifest import compose
+    from moorage.model import kinds
 
     name = ctx.args.name
     items = ctx.client().list(kinds.BY_NAME["Pod"], namespace=name,
@@ -124,7 +126,7 @@ def ps(ctx: Context) -> int:
 def rm(ctx: Context) -> int:
     """Deletes the stack's namespace (and so everything in it) when the stack made it;
     otherwise only the stack's own Deployments and Services."""
-    from moorage import kinds
+    from moorage.model import kinds
 
     name = ctx.args.name
     client = ctx.client()

@@ -9,7 +9,9 @@ from moorage.v1 import api_pb2
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    from moorage.model.timestamps import rfc3339
+
+    return rfc3339(ts)
 
 
 def _left(seconds: float) -> str:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from moorage.fsutil import write_atomic
 from moorage.lab import DEFAULT_CIDR, DEFAULT_NAME, DEFAULT_NODES, STATE_ROOT, hosts  # noqa: F401
 from moorage.lab.hosts import LabError
 
@@ -69,10 +70,7 @@ class Lab:
         return os.path.join(self.state_dir, "lab.json")
 
     def save(self) -> None:
-        tmp = self.state_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, self.state_file)
+        write_atomic(self.state_file, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, state_dir: str) -> Lab | None:
@@ -308,9 +306,7 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
         f"with its own etcd")
     # The token goes to the agents in a file only root reads, never on a command line.
     token_file = os.path.join(lab.state_dir, "join-token")
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(join_token(lab) + "\n")
+    write_atomic(token_file, join_token(lab) + "\n", mode=0o600)
     lab.agent_flags = list(agent_flags)
     for host in lab.hosts:
         host.agent_pid = _spawn(_in_netns(host.name, _agent_argv(lab, host, token_file)),

@@ -15,6 +15,14 @@ from moorage.v1 import objects_pb2 as pb
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 DEFAULT_GRACE_SECONDS = 30
+# Kubernetes' probe defaults, filled in on the server (moorage/manifest/defaults.py) and
+# assumed by the agent's prober for fields left at zero.
+DEFAULT_PROBE_PERIOD, DEFAULT_PROBE_TIMEOUT = 10, 1
+DEFAULT_SUCCESS_THRESHOLD, DEFAULT_FAILURE_THRESHOLD = 1, 3
+PROBE_DEFAULTS = {"timeout_seconds": DEFAULT_PROBE_TIMEOUT,
+                  "period_seconds": DEFAULT_PROBE_PERIOD,
+                  "success_threshold": DEFAULT_SUCCESS_THRESHOLD,
+                  "failure_threshold": DEFAULT_FAILURE_THRESHOLD}
 TERMINATING = "Terminating"
 
 

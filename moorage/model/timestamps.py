@@ -11,6 +11,12 @@ def rfc3339(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def now_rfc3339() -> str:
+    """The current wall-clock time, for code that stamps objects as it writes them (the API,
+    the dispatcher); controllers take `now` as an argument instead."""
+    return rfc3339(time.time())
+
+
 def parse_rfc3339(text: str) -> float | None:
     """The Unix time of an RFC 3339 timestamp, or None when it is empty or not one."""
     if not text:

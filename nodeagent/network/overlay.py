@@ -12,15 +12,19 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
-DEFAULT_VNI = 1
-DEFAULT_PORT = 4789
+from moorage.model.network import (  # noqa: F401 - re-exported for the datapath
+    DEFAULT_CLUSTER_CIDR,
+    DEFAULT_VXLAN_PORT,
+    DEFAULT_VXLAN_VNI,
+    VXLAN_OVERHEAD,
+)
+
+DEFAULT_VNI = DEFAULT_VXLAN_VNI
+DEFAULT_PORT = DEFAULT_VXLAN_PORT
 DEFAULT_BRIDGE = "moor0"
 DEFAULT_VXLAN = "moor.vx"
 DEFAULT_NFT_TABLE = "moorage"
 DEFAULT_VETH_PREFIX = "mv"
-# VXLAN over IPv4 adds 50 bytes: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
-VXLAN_OVERHEAD = 50
 IFNAMSIZ = 15
 # Hex digits of the pod uid in a host veth name.
 UID_DIGITS = 8

@@ -7,6 +7,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from moorage.fsutil import write_atomic
+
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_MAX_FILES = 5
 
@@ -83,12 +85,7 @@ class Status:
 
 def write_json_atomic(path: str, value: dict) -> None:
     """Write-then-rename so a reader never sees half a file, even if we die mid-write."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value))
 
 
 def read_json(path: str) -> dict:

@@ -9,8 +9,9 @@ import grpc
 import pytest
 import yaml
 
-from moorage import kinds, protogen
-from moorage.convert import object_to_dict
+from moorage import protogen
+from moorage.manifest.convert import object_to_dict
+from moorage.model import kinds
 from moorage.v1 import api_pb2, api_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 

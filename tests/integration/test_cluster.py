@@ -140,7 +140,7 @@ class ReadyCounter:
     def __init__(self, cp):
         import threading
 
-        from moorage import kinds
+        from moorage.model import kinds
         from moorage.v1 import api_pb2
 
         self.pods: dict[str, tuple[bool, str]] = {}
@@ -211,7 +211,7 @@ def test_bad_credentials_are_refused_without_a_node_record(cluster, tmp_path):
     """A wrong token, an expired token, a token for another cluster and a certificate from a
     foreign CA: each agent exits with a one-line error and etcd holds no record of it."""
     from controlplane.identity import ClusterCA
-    from moorage.jointoken import format_token
+    from moorage.model.jointoken import format_token
     from tests.agents import Agent
 
     moor, _ = cluster

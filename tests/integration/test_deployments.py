@@ -15,19 +15,19 @@ import uuid
 
 import pytest
 
-from controlplane.controllers.deployment import (
+from controlplane.controllers.deployment import is_available
+from controlplane.controllers.service import DeploymentController
+from controlplane.scheduler.service import Scheduler
+from controlplane.store import Conflict, Store, StoreError
+from moorage.model import kinds
+from moorage.model.deployments import (
     HISTORY_ANNOTATION,
     REVISION_ANNOTATION,
     TEMPLATE_HASH_LABEL,
-    is_available,
     read_history,
     template_hash,
     template_of,
 )
-from controlplane.controllers.service import DeploymentController
-from controlplane.scheduler.service import Scheduler
-from controlplane.store import Conflict, Store, StoreError
-from moorage import kinds
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import TEST_PREFIX, etcd_client, run, start_controlplane, stop_process
 from tests.integration.test_scheduler_shell import create_all, node, wait_for

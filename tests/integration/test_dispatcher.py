@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import agent_pb2, agent_pb2_grpc, api_pb2
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process

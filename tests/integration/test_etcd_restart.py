@@ -20,7 +20,7 @@ import grpc
 
 from controlplane.etcd_local import LocalEtcd
 from controlplane.store import Store
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import TEST_PREFIX, etcd_client, start_controlplane, stop_process

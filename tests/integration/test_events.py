@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from controlplane import events as ev
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import run
 

@@ -17,9 +17,10 @@ from controlplane.api.explain import cluster_nodes, expand, plan
 from controlplane.scheduler import SchedulerConfig, schedule_batch
 from controlplane.scheduler.objects import pod_info
 from controlplane.store import Store
-from moorage import kinds, manifest
+from moorage import manifest
 from moorage.cli import describe
 from moorage.cli import explain as render
+from moorage.model import kinds
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import TEST_PREFIX, etcd_client, start_controlplane, stop_process

@@ -15,7 +15,7 @@ import pytest
 from controlplane.leader import Election, run_while_leader
 from controlplane.store import NotFound, Op, Store
 from controlplane.store.store import NotLeader
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import api_pb2
 from tests.conftest import (
     TEST_PREFIX,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from controlplane.dispatcher.lifecycle import NodeLifecycle, is_ready
 from controlplane.dispatcher.service import lease_key, set_condition
-from moorage import kinds
+from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import run
 

@@ -9,7 +9,7 @@ from controlplane.metrics import PENDING_PODS, SCHEDULE_ATTEMPTS, SCHEDULING_LAT
 from controlplane.scheduler import SchedulerConfig
 from controlplane.scheduler.service import Scheduler
 from controlplane.store import Store
-from moorage import kinds, validation
+from moorage.model import kinds, quantities
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import run
 
@@ -90,7 +90,7 @@ def test_200_pods_over_20_nodes_are_bound_within_capacity_and_spread(store_facto
         assert max(per_node.values()) - min(per_node.values()) <= 1
         for name, count in per_node.items():
             cpu = count * 100   # millicores requested on that node
-            assert cpu <= 4000 and count * 64 * 2**20 <= validation.memory_bytes("8Gi"), name
+            assert cpu <= 4000 and count * 64 * 2**20 <= quantities.memory_bytes("8Gi"), name
         for p in pods:
             cond = [c for c in p.status.conditions if c.type == "PodScheduled"]
             assert cond and cond[0].status == "True"

@@ -11,8 +11,9 @@ import pytest
 from controlplane.api.apply import Applier
 from controlplane.server import ensure_namespaces
 from controlplane.serviceips import ServiceAllocator
-from moorage import kinds, manifest
+from moorage import manifest
 from moorage.manifest import ManifestError
+from moorage.model import kinds
 from tests.conftest import run
 
 SERVICE = kinds.BY_NAME["Service"]

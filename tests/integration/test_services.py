@@ -200,7 +200,7 @@ def _lab_client(lab):
 
 
 def test_scaling_down_removes_the_endpoint_from_every_host(lab, spread):
-    from moorage import kinds
+    from moorage.model import kinds
 
     deleted: list[tuple[float, str]] = []
     client = _lab_client(lab)

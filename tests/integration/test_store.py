@@ -8,7 +8,7 @@ import pytest
 
 from controlplane.store import AlreadyExists, Conflict, NotFound, Op
 from controlplane.store.store import ABSENT
-from moorage.kinds import BY_NAME
+from moorage.model.kinds import BY_NAME
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import run
 

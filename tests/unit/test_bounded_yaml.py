@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from moorage import boundedyaml, compose, manifest
+from moorage import manifest
+from moorage.manifest import compose, yamlload
 
 
 def billion_laughs(levels: int = 10, width: int = 10) -> str:
@@ -49,8 +50,8 @@ def test_compose_and_every_other_reader_refuse_them_too(text, why):
     with pytest.raises(compose.ComposeError) as err:
         compose.translate(text, "st")
     assert why in str(err.value)
-    with pytest.raises(boundedyaml.TooComplex):
-        boundedyaml.safe_load_all(text)
+    with pytest.raises(yamlload.TooComplex):
+        yamlload.safe_load_all(text)
 
 
 def test_the_document_named_is_the_bomb():
@@ -58,7 +59,7 @@ def test_the_document_named_is_the_bomb():
     docs, problems = manifest.load_documents("two.yaml", text)
     assert [i for i, _ in docs] == [0]
     assert problems == ["two.yaml[1]: refused: its aliases expand it to over "
-                        f"{boundedyaml.MAX_EXPANDED_NODES} nodes (excessive aliasing)"]
+                        f"{yamlload.MAX_EXPANDED_NODES} nodes (excessive aliasing)"]
 
 
 def test_ordinary_anchors_still_work():
@@ -75,7 +76,7 @@ services:
                     for o in objs if o["kind"] == "Deployment")
     assert images == ["busybox", "busybox"]
     shared = "base: &b {app: web}\nlabels: [*b, *b, *b]\n"
-    assert boundedyaml.safe_load(shared)["labels"] == [{"app": "web"}] * 3
+    assert yamlload.safe_load(shared)["labels"] == [{"app": "web"}] * 3
 
 
 def test_duplicates_in_an_aliased_mapping_are_reported_once():
@@ -85,5 +86,5 @@ def test_duplicates_in_an_aliased_mapping_are_reported_once():
 
 
 def test_a_recursive_alias_is_refused():
-    with pytest.raises(boundedyaml.TooComplex):
-        boundedyaml.safe_load("a: &a [*a]\n")
+    with pytest.raises(yamlload.TooComplex):
+        yamlload.safe_load("a: &a [*a]\n")

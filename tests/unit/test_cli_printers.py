@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
-from moorage import kinds
 from moorage.cli import describe, printers
+from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -203,7 +203,7 @@ def test_describe_aligns_sections_and_lists_events():
 
 
 def test_describe_service_lists_endpoints_per_port():
-    from moorage.endpoints import service_entry
+    from moorage.model.endpoints import service_entry
 
     svc = service([{"name": "web", "port": 80}, {"name": "metrics", "port": 9100}],
                   cluster_ip="10.96.0.10", selector={"app": "web"})

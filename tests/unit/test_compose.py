@@ -6,8 +6,9 @@ import textwrap
 
 import pytest
 
-from moorage import compose, manifest
-from moorage.compose import ComposeError, translate
+from moorage import manifest
+from moorage.manifest import compose
+from moorage.manifest.compose import ComposeError, translate
 
 STACK = "moortest-shop"
 

@@ -10,14 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.controllers.deployment import (
+    deletion_order,
+    is_available,
+    reconcile,
+    surge_and_unavailable,
+)
+from moorage.model.deployments import (
     HISTORY_ANNOTATION,
     REVISION_ANNOTATION,
     TEMPLATE_HASH_LABEL,
-    deletion_order,
-    is_available,
     read_history,
-    reconcile,
-    surge_and_unavailable,
     template_hash,
     template_of,
 )

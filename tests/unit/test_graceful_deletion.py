@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.controllers.deployment import TEMPLATE_HASH_LABEL, reconcile, template_hash
+from controlplane.controllers.deployment import reconcile
+from moorage.model.deployments import TEMPLATE_HASH_LABEL, template_hash
 from moorage.model.pods import graceful_delete, is_terminating, spec_grace, stop_grace
 from moorage.model.timestamps import parse_rfc3339, rfc3339
 from moorage.v1 import objects_pb2 as pb

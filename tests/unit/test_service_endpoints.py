@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from controlplane.serviceips import Pool, first_free, leases_of
-from moorage.endpoints import pod_is_ready, service_entry, target_port
+from moorage.model.endpoints import pod_is_ready, service_entry, target_port
 from moorage.v1 import objects_pb2 as pb
 
 

@@ -4,27 +4,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moorage.validation import (
-    QuantityError,
-    Requirement,
-    SelectorError,
-    cpu_millicores,
+from moorage.model.images import image_reference, parse_image_reference
+from moorage.model.names import (
     dns1123_label,
     dns1123_subdomain,
-    format_bytes,
-    format_cpu,
-    format_selector,
-    image_reference,
     label_key,
     label_value,
-    matches,
-    memory_bytes,
-    parse_image_reference,
-    parse_quantity,
-    parse_resource,
-    parse_selector,
     port_name,
     port_number,
+)
+from moorage.model.quantities import (
+    QuantityError,
+    cpu_millicores,
+    format_bytes,
+    format_cpu,
+    memory_bytes,
+    parse_quantity,
+    parse_resource,
+)
+from moorage.model.selectors import (
+    Requirement,
+    SelectorError,
+    format_selector,
+    matches,
+    parse_selector,
     requirements_from_label_selector,
 )
 

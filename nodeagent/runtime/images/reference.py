@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moorage.validation import parse_image_reference
+from moorage.model.images import parse_image_reference
 
 DOCKER_HUB = "docker.io"
 # docker.io is a name, not a host: the distribution API for Docker Hub lives here.

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from moorage import boundedyaml
+from moorage.manifest import yamlload
+from moorage.model.network import NODE_PORT_RANGE
 
 STACK_LABEL = "moorage.io/stack"
 SERVICE_LABEL = "moorage.io/service"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-NODE_PORT_RANGE = (30000, 32767)
 NOT_SUPPORTED = "not supported by Moorage"
 # Docker's healthcheck defaults.
 HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_RETRIES = 30, 30, 3
@@ -445,8 +445,8 @@ def translate(text: str, stack: str, *, source: str = "compose.yaml",
     """The stack's Namespace, Deployments and Services; ComposeError listing every problem."""
     problems = _Problems(source)
     try:
-        doc = boundedyaml.safe_load(text)
-    except boundedyaml.TooComplex as err:
+        doc = yamlload.safe_load(text)
+    except yamlload.TooComplex as err:
         raise ComposeError([f"{source}: refused: {err}"]) from None
     except yaml.YAMLError as err:
         raise ComposeError([f"{source}: not valid YAML: {err}".splitlines()[0]]) from None

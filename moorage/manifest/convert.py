@@ -279,7 +279,7 @@ def to_dict(message) -> dict:
 
 def object_to_dict(obj) -> dict:
     """A top-level object as kubectl prints it: apiVersion and kind first."""
-    from moorage.kinds import kind_of
+    from moorage.model.kinds import kind_of
 
     kind = kind_of(obj)
     body = to_dict(obj)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import yaml
 
-from moorage import boundedyaml, convert, kinds, validate
-from moorage.convert import FieldError, describe
+from moorage.manifest import checks, convert, defaults, yamlload
+from moorage.manifest.convert import FieldError, describe
+from moorage.model import kinds
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +95,19 @@ def load_documents(source: str, text: str, first_index: int = 0
     if text.startswith("{"):
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicates)
-            boundedyaml.check_data(data)
+            yamlload.check_data(data)
             return [(first_index, data)], []
         except _DuplicateKey as err:
             return [], [f'{source}[{first_index}]: duplicate field "{err}"']
-        except (RecursionError, boundedyaml.TooComplex):
+        except (RecursionError, yamlload.TooComplex):
             return [], [f"{source}[{first_index}]: refused: nested more than "
-                        f"{boundedyaml.MAX_DEPTH} levels deep"]
+                        f"{yamlload.MAX_DEPTH} levels deep"]
         except ValueError:
             pass  # not JSON after all (YAML flow style); the YAML parser will say what's wrong
     docs, problems = [], []
     index = first_index
     try:
-        for loader, node in boundedyaml.compose_all(text):
+        for loader, node in yamlload.compose_all(text):
             dups: list[FieldError] = []
             _duplicates(node, dups)
             data = loader.construct_document(node)
@@ -115,7 +116,7 @@ def load_documents(source: str, text: str, first_index: int = 0
             elif data is not None:
                 docs.append((index, data))
             index += 1
-    except boundedyaml.TooComplex as err:
+    except yamlload.TooComplex as err:
         problems.append(f"{source}[{index}]: refused: {err}")
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -172,9 +173,9 @@ def decode(data, path: str = "") -> tuple[list[object], list[FieldError]]:
     if not errors:
         if path:
             errors += [FieldError(f"{path}.{e.path}" if e.path else path, e.message)
-                       for e in validate.validate(obj)]
+                       for e in checks.validate(obj)]
         else:
-            errors += validate.validate(obj)
+            errors += checks.validate(obj)
     return [obj], errors
 
 
@@ -197,7 +198,7 @@ def parse(manifests: list[tuple[str, str] | tuple[str, str, int]],
                 kind = kinds.kind_of(obj)
                 if kind.namespaced and not obj.metadata.namespace:
                     obj.metadata.namespace = default_namespace
-                validate.default(obj)
+                defaults.default(obj)
                 ident = (kind.name, obj.metadata.namespace, obj.metadata.name)
                 here = f"{source}[{index}]"
                 if ident in seen:

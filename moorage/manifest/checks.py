@@ -9,14 +9,14 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from moorage import validation as v
-from moorage.convert import FieldError, describe, join
-from moorage.kinds import kind_of
+from moorage.manifest.convert import FieldError, describe, join
+from moorage.model import images, quantities, selectors
+from moorage.model import names as naming
+from moorage.model.kinds import kind_of
+from moorage.model.network import NODE_PORT_RANGE
 
 MAX_REPLICAS = 10_000
-DEFAULT_GRACE_SECONDS = 30
 MAX_ANNOTATIONS_BYTES = 256 * 1024
-NODE_PORT_RANGE = (30000, 32767)
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 PROTOCOLS = ("TCP", "UDP")
@@ -45,7 +45,8 @@ def validate(obj) -> list[FieldError]:
 # ---- metadata ----
 
 def _metadata(meta, kind, errs: _Errors) -> None:
-    name_check = v.dns1123_label if kind.name in ("Namespace", "Service") else v.dns1123_subdomain
+    name_check = (naming.dns1123_label if kind.name in ("Namespace", "Service")
+                  else naming.dns1123_subdomain)
     if not meta.name:
         errs.add("metadata.name", "is required")
     else:
@@ -54,7 +55,7 @@ def _metadata(meta, kind, errs: _Errors) -> None:
             errs.add("metadata.name", reason)
     if kind.namespaced:
         if meta.namespace:
-            reason = v.dns1123_label(meta.namespace)
+            reason = naming.dns1123_label(meta.namespace)
             if reason:
                 errs.add("metadata.namespace", reason)
     elif meta.namespace:
@@ -62,7 +63,7 @@ def _metadata(meta, kind, errs: _Errors) -> None:
     _labels(meta.labels, "metadata.labels", errs)
     size = 0
     for key, value in meta.annotations.items():
-        reason = v.label_key(key)
+        reason = naming.label_key(key)
         if reason:
             errs.add(join("metadata.annotations", key), reason)
         size += len(key) + len(value)
@@ -73,7 +74,7 @@ def _metadata(meta, kind, errs: _Errors) -> None:
 
 def _labels(labels, path: str, errs: _Errors) -> None:
     for key, value in labels.items():
-        reason = v.label_key(key) or v.label_value(value)
+        reason = naming.label_key(key) or naming.label_value(value)
         if reason:
             errs.add(join(path, key), reason)
 
@@ -94,13 +95,13 @@ def _pod_spec(spec, path: str, errs: _Errors, *, in_template: bool) -> None:
                  f'{describe(spec.restart_policy)}: a Deployment\'s pods must use "Always"')
     _labels(spec.node_selector, f"{path}.nodeSelector", errs)
     if spec.node_name:
-        reason = v.dns1123_subdomain(spec.node_name)
+        reason = naming.dns1123_subdomain(spec.node_name)
         if reason:
             errs.add(f"{path}.nodeName", reason)
     if spec.termination_grace_period_seconds < 0:
         errs.add(f"{path}.terminationGracePeriodSeconds", "must not be negative")
     if spec.hostname:
-        reason = v.dns1123_label(spec.hostname)
+        reason = naming.dns1123_label(spec.hostname)
         if reason:
             errs.add(f"{path}.hostname", reason)
     _affinity(spec.affinity, f"{path}.affinity", errs)
@@ -112,8 +113,8 @@ def _pod_spec(spec, path: str, errs: _Errors, *, in_template: bool) -> None:
             errs.add(f"{tp}.value", 'must be empty when operator is "Exists"')
         if not t.key and t.operator != "Exists":
             errs.add(f"{tp}.key", 'is required unless operator is "Exists"')
-        if t.key and v.label_key(t.key):
-            errs.add(f"{tp}.key", v.label_key(t.key))
+        if t.key and naming.label_key(t.key):
+            errs.add(f"{tp}.key", naming.label_key(t.key))
         if t.effect and t.effect not in TAINT_EFFECTS:
             errs.add(f"{tp}.effect", _one_of(t.effect, TAINT_EFFECTS))
 
@@ -122,7 +123,7 @@ def _container(c, path: str, names: set, host_ports: set, errs: _Errors) -> None
     if not c.name:
         errs.add(f"{path}.name", "is required")
     else:
-        reason = v.dns1123_label(c.name)
+        reason = naming.dns1123_label(c.name)
         if reason:
             errs.add(f"{path}.name", reason)
         elif c.name in names:
@@ -131,7 +132,7 @@ def _container(c, path: str, names: set, host_ports: set, errs: _Errors) -> None
     if not c.image:
         errs.add(f"{path}.image", "is required")
     else:
-        reason = v.image_reference(c.image)
+        reason = images.image_reference(c.image)
         if reason:
             errs.add(f"{path}.image", reason)
     if c.image_pull_policy and c.image_pull_policy not in PULL_POLICIES:
@@ -139,11 +140,11 @@ def _container(c, path: str, names: set, host_ports: set, errs: _Errors) -> None
     port_names: set[str] = set()
     for i, p in enumerate(c.ports):
         pp = f"{path}.ports[{i}]"
-        reason = v.port_number(p.container_port)
+        reason = naming.port_number(p.container_port)
         if reason:
             errs.add(f"{pp}.containerPort", reason if p.container_port else "is required")
         if p.host_port:
-            reason = v.port_number(p.host_port)
+            reason = naming.port_number(p.host_port)
             if reason:
                 errs.add(f"{pp}.hostPort", reason)
             key = (p.host_port, p.protocol or "TCP")
@@ -153,7 +154,7 @@ def _container(c, path: str, names: set, host_ports: set, errs: _Errors) -> None
         if p.protocol and p.protocol not in PROTOCOLS:
             errs.add(f"{pp}.protocol", _one_of(p.protocol, PROTOCOLS))
         if p.name:
-            reason = v.port_name(p.name)
+            reason = naming.port_name(p.name)
             if reason:
                 errs.add(f"{pp}.name", reason)
             elif p.name in port_names:
@@ -171,8 +172,8 @@ def _container(c, path: str, names: set, host_ports: set, errs: _Errors) -> None
     for section in ("requests", "limits"):
         for rname, raw in getattr(c.resources, section).items():
             try:
-                parsed[(section, rname)] = v.parse_resource(rname, raw)
-            except v.QuantityError as err:
+                parsed[(section, rname)] = quantities.parse_resource(rname, raw)
+            except quantities.QuantityError as err:
                 errs.add(join(f"{path}.resources.{section}", rname), str(err))
     for (section, rname), amount in parsed.items():
         limit = parsed.get(("limits", rname))
@@ -234,16 +235,16 @@ def _affinity(aff, path: str, errs: _Errors) -> None:
     for tp, term in terms:
         if not term.topology_key:
             errs.add(f"{tp}.topologyKey", "is required")
-        elif v.label_key(term.topology_key):
-            errs.add(f"{tp}.topologyKey", v.label_key(term.topology_key))
+        elif naming.label_key(term.topology_key):
+            errs.add(f"{tp}.topologyKey", naming.label_key(term.topology_key))
         _label_selector(term.label_selector, f"{tp}.labelSelector", errs)
 
 
 def _node_term(term, path: str, errs: _Errors) -> None:
     for i, r in enumerate(term.match_expressions):
         rp = f"{path}.matchExpressions[{i}]"
-        if v.label_key(r.key):
-            errs.add(f"{rp}.key", v.label_key(r.key))
+        if naming.label_key(r.key):
+            errs.add(f"{rp}.key", naming.label_key(r.key))
         if r.operator not in NODE_OPERATORS:
             errs.add(f"{rp}.operator", _one_of(r.operator, NODE_OPERATORS))
         elif r.operator in ("In", "NotIn") and not r.values:
@@ -258,8 +259,8 @@ def _label_selector(sel, path: str, errs: _Errors) -> None:
     _labels(sel.match_labels, f"{path}.matchLabels", errs)
     for i, e in enumerate(sel.match_expressions):
         try:
-            v.Requirement(e.key, e.operator, tuple(e.values))
-        except v.SelectorError as err:
+            selectors.Requirement(e.key, e.operator, tuple(e.values))
+        except selectors.SelectorError as err:
             errs.add(f"{path}.matchExpressions[{i}]", str(err))
 
 
@@ -282,15 +283,15 @@ def _deployment(obj, errs: _Errors) -> None:
     _labels(tmpl.metadata.labels, "spec.template.metadata.labels", errs)
     if spec.HasField("selector"):
         try:
-            reqs = v.requirements_from_label_selector(
+            reqs = selectors.requirements_from_label_selector(
                 dict(spec.selector.match_labels),
                 [{"key": e.key, "operator": e.operator, "values": list(e.values)}
                  for e in spec.selector.match_expressions])
-            if reqs and not v.matches(reqs, tmpl.metadata.labels):
+            if reqs and not selectors.matches(reqs, tmpl.metadata.labels):
                 errs.add("spec.template.metadata.labels",
                          f"{describe(_fmt_labels(tmpl.metadata.labels))} do not match "
-                         f"spec.selector {describe(v.format_selector(reqs))}")
-        except v.SelectorError:
+                         f"spec.selector {describe(selectors.format_selector(reqs))}")
+        except selectors.SelectorError:
             pass  # reported above
     _pod_spec(tmpl.spec, "spec.template.spec", errs, in_template=True)
     st = spec.strategy
@@ -346,7 +347,7 @@ def _service(obj, errs: _Errors) -> None:
     seen_names, seen_ports = set(), set()
     for i, p in enumerate(spec.ports):
         pp = f"spec.ports[{i}]"
-        reason = v.port_number(p.port)
+        reason = naming.port_number(p.port)
         if reason:
             errs.add(f"{pp}.port", reason if p.port else "is required")
         if p.protocol and p.protocol not in PROTOCOLS:
@@ -358,8 +359,8 @@ def _service(obj, errs: _Errors) -> None:
         if len(spec.ports) > 1 and not p.name:
             errs.add(f"{pp}.name", "is required when a service has more than one port")
         if p.name:
-            if v.port_name(p.name):
-                errs.add(f"{pp}.name", v.port_name(p.name))
+            if naming.port_name(p.name):
+                errs.add(f"{pp}.name", naming.port_name(p.name))
             elif p.name in seen_names:
                 errs.add(f"{pp}.name", f"duplicate port name {describe(p.name)}")
             seen_names.add(p.name)
@@ -378,10 +379,10 @@ def _service(obj, errs: _Errors) -> None:
 def _node(obj, errs: _Errors) -> None:
     for i, t in enumerate(obj.spec.taints):
         tp = f"spec.taints[{i}]"
-        if not t.key or v.label_key(t.key):
-            errs.add(f"{tp}.key", v.label_key(t.key) or "is required")
-        if t.value and v.label_value(t.value):
-            errs.add(f"{tp}.value", v.label_value(t.value))
+        if not t.key or naming.label_key(t.key):
+            errs.add(f"{tp}.key", naming.label_key(t.key) or "is required")
+        if t.value and naming.label_value(t.value):
+            errs.add(f"{tp}.value", naming.label_value(t.value))
         if t.effect not in TAINT_EFFECTS:
             errs.add(f"{tp}.effect", _one_of(t.effect, TAINT_EFFECTS))
     if obj.spec.pod_cidr:
@@ -392,8 +393,8 @@ def _node(obj, errs: _Errors) -> None:
     for section in ("capacity", "allocatable"):
         for rname, raw in getattr(obj.status, section).items():
             try:
-                v.parse_resource(rname, raw)
-            except v.QuantityError as err:
+                quantities.parse_resource(rname, raw)
+            except quantities.QuantityError as err:
                 errs.add(join(f"status.{section}", rname), str(err))
 
 
@@ -416,11 +417,11 @@ def _port_ref(ios, path: str, errs: _Errors, *, names=None, required=False) -> N
         if required:
             errs.add(path, "is required")
     elif which == "int_val":
-        reason = v.port_number(ios.int_val)
+        reason = naming.port_number(ios.int_val)
         if reason:
             errs.add(path, reason)
     else:
-        reason = v.port_name(ios.str_val)
+        reason = naming.port_name(ios.str_val)
         if reason:
             errs.add(path, reason)
         elif names is not None and ios.str_val not in names:
@@ -448,62 +449,3 @@ def _fmt_labels(labels) -> str:
 
 
 # ---- defaults ----
-
-def default(obj) -> None:
-    """Fills Kubernetes' defaults in place, so stored objects read back as they would there."""
-    kind = kind_of(obj).name
-    if kind == "Pod":
-        _default_pod_spec(obj.spec)
-        if not obj.status.phase:
-            obj.status.phase = "Pending"
-    elif kind == "Deployment":
-        spec = obj.spec
-        if not spec.HasField("replicas"):
-            spec.replicas = 1
-        if not spec.strategy.type:
-            spec.strategy.type = "RollingUpdate"
-        if spec.strategy.type == "RollingUpdate":
-            ru = spec.strategy.rolling_update
-            if ru.max_surge.WhichOneof("value") is None:
-                ru.max_surge.str_val = "25%"
-            if ru.max_unavailable.WhichOneof("value") is None:
-                ru.max_unavailable.str_val = "25%"
-        if not spec.HasField("revision_history_limit"):
-            spec.revision_history_limit = 10
-        if not spec.HasField("progress_deadline_seconds"):
-            spec.progress_deadline_seconds = 600
-        _default_pod_spec(spec.template.spec)
-    elif kind == "Service":
-        if not obj.spec.type:
-            obj.spec.type = "ClusterIP"
-        for p in obj.spec.ports:
-            p.protocol = p.protocol or "TCP"
-            if not p.HasField("target_port"):
-                p.target_port.int_val = p.port
-    elif kind == "Namespace":
-        obj.status.phase = obj.status.phase or "Active"
-    elif kind == "Event":
-        obj.type = obj.type or "Normal"
-        obj.count = obj.count or 1
-
-
-def _default_pod_spec(spec) -> None:
-    spec.restart_policy = spec.restart_policy or "Always"
-    if not spec.HasField("termination_grace_period_seconds"):
-        spec.termination_grace_period_seconds = DEFAULT_GRACE_SECONDS
-    for c in spec.containers:
-        if not c.image_pull_policy:
-            _, _, tag, digest = v.parse_image_reference(c.image)
-            c.image_pull_policy = "Always" if tag == "latest" and not digest else "IfNotPresent"
-        for p in c.ports:
-            p.protocol = p.protocol or "TCP"
-        for probe_name in ("liveness_probe", "readiness_probe", "startup_probe"):
-            if c.HasField(probe_name):
-                probe = getattr(c, probe_name)
-                probe.timeout_seconds = probe.timeout_seconds or 1
-                probe.period_seconds = probe.period_seconds or 10
-                probe.success_threshold = probe.success_threshold or 1
-                probe.failure_threshold = probe.failure_threshold or 3
-                if probe.HasField("http_get"):
-                    probe.http_get.path = probe.http_get.path or "/"
-                    probe.http_get.scheme = probe.http_get.scheme or "HTTP"

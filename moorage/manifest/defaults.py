@@ -1,0 +1,72 @@
+"""Kubernetes' defaults for decoded objects, filled in place (protocol TCP, restartPolicy
+Always, 25% surge, probe timings...), so stored objects read back as they would there."""
+
+from __future__ import annotations
+
+from moorage.model import images
+from moorage.model.deployments import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_MAX_SURGE,
+    DEFAULT_MAX_UNAVAILABLE,
+    DEFAULT_PROGRESS_DEADLINE_SECONDS,
+)
+from moorage.model.kinds import kind_of
+from moorage.model.pods import DEFAULT_GRACE_SECONDS, PROBE_DEFAULTS
+
+
+def default(obj) -> None:
+    """Fills Kubernetes' defaults in place, so stored objects read back as they would there."""
+    kind = kind_of(obj).name
+    if kind == "Pod":
+        _default_pod_spec(obj.spec)
+        if not obj.status.phase:
+            obj.status.phase = "Pending"
+    elif kind == "Deployment":
+        spec = obj.spec
+        if not spec.HasField("replicas"):
+            spec.replicas = 1
+        if not spec.strategy.type:
+            spec.strategy.type = "RollingUpdate"
+        if spec.strategy.type == "RollingUpdate":
+            ru = spec.strategy.rolling_update
+            if ru.max_surge.WhichOneof("value") is None:
+                ru.max_surge.str_val = DEFAULT_MAX_SURGE
+            if ru.max_unavailable.WhichOneof("value") is None:
+                ru.max_unavailable.str_val = DEFAULT_MAX_UNAVAILABLE
+        if not spec.HasField("revision_history_limit"):
+            spec.revision_history_limit = DEFAULT_HISTORY_LIMIT
+        if not spec.HasField("progress_deadline_seconds"):
+            spec.progress_deadline_seconds = DEFAULT_PROGRESS_DEADLINE_SECONDS
+        _default_pod_spec(spec.template.spec)
+    elif kind == "Service":
+        if not obj.spec.type:
+            obj.spec.type = "ClusterIP"
+        for p in obj.spec.ports:
+            p.protocol = p.protocol or "TCP"
+            if not p.HasField("target_port"):
+                p.target_port.int_val = p.port
+    elif kind == "Namespace":
+        obj.status.phase = obj.status.phase or "Active"
+    elif kind == "Event":
+        obj.type = obj.type or "Normal"
+        obj.count = obj.count or 1
+
+
+def _default_pod_spec(spec) -> None:
+    spec.restart_policy = spec.restart_policy or "Always"
+    if not spec.HasField("termination_grace_period_seconds"):
+        spec.termination_grace_period_seconds = DEFAULT_GRACE_SECONDS
+    for c in spec.containers:
+        if not c.image_pull_policy:
+            _, _, tag, digest = images.parse_image_reference(c.image)
+            c.image_pull_policy = "Always" if tag == "latest" and not digest else "IfNotPresent"
+        for p in c.ports:
+            p.protocol = p.protocol or "TCP"
+        for probe_name in ("liveness_probe", "readiness_probe", "startup_probe"):
+            if c.HasField(probe_name):
+                probe = getattr(c, probe_name)
+                for field, value in PROBE_DEFAULTS.items():
+                    setattr(probe, field, getattr(probe, field) or value)
+                if probe.HasField("http_get"):
+                    probe.http_get.path = probe.http_get.path or "/"
+                    probe.http_get.scheme = probe.http_get.scheme or "HTTP"
