@@ -32,7 +32,9 @@ $(STAMP_PY): pyproject.toml | $(STAMP_APT)
 	@$(PY) -m compileall -q moorage controlplane nodeagent > /dev/null
 	@touch $@
 
+# The linter runs first: it also enforces the layout's rules (etcd only through controlplane/store).
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 demo: install

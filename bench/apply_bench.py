@@ -30,7 +30,7 @@ from aetcd import rpc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from controlplane.etcd_local import LocalEtcd, free_port, free_port_block  # noqa: E402
+from controlplane.store.local import LocalEtcd, free_port, free_port_block
 from moorage import manifest  # noqa: E402
 from moorage.manifest import yamlload  # noqa: E402
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402

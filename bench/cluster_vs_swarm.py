@@ -46,7 +46,7 @@ import grpc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from controlplane.etcd_local import LocalEtcd, free_port_block  # noqa: E402
+from controlplane.store.local import LocalEtcd, free_port_block
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 from nodeagent import sandbox  # noqa: E402
 from nodeagent.runtime import cgroups  # noqa: E402

@@ -19,11 +19,14 @@ sys.path.insert(0, ROOT)
 
 import aetcd  # noqa: E402
 
-from controlplane.etcd_local import LocalEtcd  # noqa: E402
 from controlplane.scheduler import SchedulerConfig  # noqa: E402
-from controlplane.scheduler.service import Scheduler  # noqa: E402
-from controlplane.store import Op, Store  # noqa: E402
-from controlplane.store.store import ABSENT  # noqa: E402
+from controlplane.scheduler.binder import Scheduler
+from controlplane.store import (  # noqa: E402
+    ABSENT,  # noqa: E402
+    Op,
+    Store,
+)
+from controlplane.store.local import LocalEtcd
 from moorage.v1 import objects_pb2 as pb  # noqa: E402
 
 PODS = int(os.environ.get("BENCH_PODS", "10000"))

@@ -38,7 +38,7 @@ class EventRecorder:
     async def _lease_id(self) -> int:
         now = self.clock()
         if not self._lease or now - self._lease_at > LEASE_ROTATE_SECONDS:
-            lease = await self.store.lease(EVENT_TTL_SECONDS + LEASE_ROTATE_SECONDS)
+            lease = await self.store.leases.grant(EVENT_TTL_SECONDS + LEASE_ROTATE_SECONDS)
             self._lease, self._lease_at = lease, now
         return self._lease
 

@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from aetcd import rpc
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controlplane.store import StoreError
 from moorage.model import kinds
 
 log = logging.getLogger("moorage.controlplane.inventory")
@@ -53,10 +53,7 @@ def node_conditions(nodes) -> dict[tuple[str, str], int]:
 async def count_once(store) -> Inventory:
     counts = {}
     for kind in kinds.KINDS:
-        start = store.range_prefix(kind)
-        resp = await store._call("Range", rpc.RangeRequest(
-            key=start, range_end=_range_end(start), count_only=True))
-        counts[kind.name] = resp.count
+        counts[kind.name] = await store.count(kind)
     nodes, _ = await store.list(kinds.BY_NAME["Node"])
     return Inventory(counts, node_conditions(nodes), time.monotonic())
 
@@ -67,14 +64,9 @@ async def count_forever(store, period: float = REFRESH_SECONDS) -> None:
     while True:
         try:
             CURRENT = await count_once(store)
-        except Exception as err:  # noqa: BLE001 - metrics must never stop the control plane
+        except StoreError as err:   # metrics must never stop the control plane
             log.debug("counting objects: %s", err)
         await asyncio.sleep(period)
-
-
-def _range_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
 
 CURRENT = Inventory()
 

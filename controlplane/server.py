@@ -20,39 +20,36 @@ import uuid
 # of no use to a child that execs etcd at once, and only log a complaint. Off before grpc loads.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-import aetcd  # noqa: E402
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from controlplane import inventory, replicas
+from controlplane import inventory
+from controlplane.allocators.serviceips import ServiceCIDRError, parse_service_cidr
+from controlplane.allocators.subnets import IPAMError, parse_cluster
 from controlplane.api.bootstrap import BootstrapServicer
+from controlplane.api.cluster import ClusterServicer
 from controlplane.api.errors import EtcdErrors
-from controlplane.api.servicer import ClusterServicer
+from controlplane.api.network import NetworkServicer
+from controlplane.api.pods import PodsServicer
+from controlplane.controllers.nodes import EVICTION_SECONDS, STARTUP_GRACE_SECONDS, NodeLifecycle
 from controlplane.dispatcher.assignments import AssignmentIndex
-from controlplane.dispatcher.lifecycle import (
-    EVICTION_SECONDS,
-    STARTUP_GRACE_SECONDS,
-    NodeLifecycle,
-)
-from controlplane.dispatcher.netdoctor import NetworkServicer
-from controlplane.dispatcher.service import (
+from controlplane.dispatcher.sessions import (
     HEARTBEAT_SECONDS,
     NOT_READY_SECONDS,
     DispatcherServicer,
     NetworkDefaults,
 )
-from controlplane.dispatcher.streams import PodsServicer, PodStreams
-from controlplane.etcd_local import EtcdLost, LocalEtcd, supervise
+from controlplane.dispatcher.streams import PodStreams
+from controlplane.ha import replicas
+from controlplane.ha.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
 from controlplane.identity import CAError, join_server_credentials, server_credentials
 from controlplane.identity.shared import load_cluster_ca
-from controlplane.ipam import IPAMError, parse_cluster
-from controlplane.leader import DEFAULT_TTL, MIN_TTL, Election, run_while_leader
 from controlplane.metrics import LOCAL_ETCD_RESTARTS
 from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
-from controlplane.scheduler.service import Scheduler
-from controlplane.serviceips import ServiceCIDRError, parse_service_cidr
+from controlplane.scheduler.binder import Scheduler
 from controlplane.store import AlreadyExists, Store, StoreError
+from controlplane.store.local import EtcdLost, LocalEtcd, supervise
 from moorage import metricsserver
 from moorage.model import hostport, kinds
 from moorage.model.network import (
@@ -71,11 +68,6 @@ DEFAULT_METRICS = "127.0.0.1:7441"
 # Above the API's own apply cap, so an oversized apply gets our clear error, not gRPC's.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 5
-# gRPC's reconnect back-off grows to two minutes by default; after an etcd restart the control
-# plane should be back within seconds.
-ETCD_CHANNEL_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 200,
-                        "grpc.min_reconnect_backoff_ms": 200,
-                        "grpc.max_reconnect_backoff_ms": 2000}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -229,10 +221,8 @@ async def serve(args: argparse.Namespace) -> int:
         await asyncio.to_thread(etcd.start)
         host, port = etcd.host, etcd.client_port
         log.info("local etcd serving on %s", etcd.endpoint)
-    client = aetcd.Client(host=host, port=port, timeout=10, options=ETCD_CHANNEL_OPTIONS)
+    store = Store.connect(host, port, prefix=args.etcd_prefix)
     try:
-        await client.connect()
-        store = Store(client, prefix=args.etcd_prefix)
         await ensure_namespaces(store)
         os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
         try:
@@ -321,8 +311,8 @@ async def serve(args: argparse.Namespace) -> int:
             if args.scheduler:
                 tasks.append(Scheduler(store, scheduler_config).run())
             if args.scheduler if args.controllers is None else args.controllers:
+                from controlplane.controllers.deployments import DeploymentController
                 from controlplane.controllers.namespace import NamespaceController
-                from controlplane.controllers.service import DeploymentController
 
                 tasks.append(DeploymentController(store).run())
                 tasks.append(NamespaceController(store).run())
@@ -368,7 +358,7 @@ async def serve(args: argparse.Namespace) -> int:
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         return exit_code
     finally:
-        await client.close()
+        await store.close()
         if etcd is not None:
             await asyncio.to_thread(etcd.stop)
 

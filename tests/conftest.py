@@ -13,8 +13,8 @@ import uuid
 import aetcd
 import pytest
 
-from controlplane.etcd_local import LocalEtcd
 from controlplane.store import Store
+from controlplane.store.local import LocalEtcd
 
 # Everything a test creates (temp dirs, netns, links, cgroups) carries this in its name, so the
 # session-end check can find leftovers.
@@ -197,7 +197,7 @@ def start_controlplane(etcd: str, state_dir: str, prefix: str | None = None,
 
     import grpc
 
-    from controlplane.etcd_local import free_port_block
+    from controlplane.store.local import free_port_block
     from moorage.v1 import agent_pb2, agent_pb2_grpc
 
     prefix = prefix or "/" + unique("cp-")

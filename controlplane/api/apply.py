@@ -12,9 +12,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from controlplane.serviceips import DEFAULT_SERVICE_CIDR, ServiceAllocator
-from controlplane.store import Conflict, Op, Store
-from controlplane.store.store import ABSENT
+from controlplane.allocators.serviceips import DEFAULT_SERVICE_CIDR, ServiceAllocator
+from controlplane.store import ABSENT, Conflict, Op, Store
 from moorage.manifest import Document, ManifestError, located
 from moorage.manifest.convert import FieldError
 from moorage.model import kinds

@@ -9,7 +9,6 @@ call cleanly; the store's health (controlplane/store/health.py) logs the outage 
 
 from __future__ import annotations
 
-import aetcd
 import grpc
 
 from controlplane.store import StoreUnavailable
@@ -19,7 +18,7 @@ SERVER_MARK = ("moorage-server", "1")
 # On an answer that failed because etcd did not answer.
 ERROR_KEY, ETCD_UNAVAILABLE = "moorage-error", "etcd-unavailable"
 
-_DOWN = (StoreUnavailable, aetcd.exceptions.ClientError)
+_DOWN = StoreUnavailable
 
 
 def _why(err: Exception) -> str:

@@ -12,8 +12,7 @@ import asyncio
 import logging
 import time
 
-from controlplane.store import Op, Store, StoreError
-from controlplane.store.store import NotLeader
+from controlplane.store import NotLeader, Op, Store, StoreError
 from moorage.model import kinds
 from moorage.model.pods import graceful_delete, is_terminating
 

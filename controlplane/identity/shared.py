@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 
-from aetcd import rpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -41,21 +40,15 @@ def _local_files(state_dir: str) -> tuple[str, str]:
 
 async def load_cluster_ca(store, state_dir: str) -> ClusterCA:
     key = _key(store)
-    got = await store.txn([], [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))])
-    kvs = got.responses[0].response_range.kvs
-    if not kvs:
+    stored = await store.raw.get(key)
+    if stored is None:
         local = ClusterCA.load_or_create(state_dir)
         record = json.dumps({"key": _key_pem(local.key).decode(),
                              "cert": local.cert_pem.decode()}).encode()
-        resp = await store.txn(
-            [rpc.Compare(key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL,
-                         version=0)],
-            [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=record))],
-            [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))])
-        if resp.succeeded:
+        stored = await store.raw.create(key, record)
+        if stored is None:
             return local
-        kvs = resp.responses[0].response_range.kvs
-    ca = _from_record(state_dir, kvs[0].value)
+    ca = _from_record(state_dir, stored.value)
     key_path, cert_path = _local_files(state_dir)
     if os.path.exists(cert_path):
         with open(cert_path, "rb") as f:

@@ -72,13 +72,13 @@ async def create_token(store, ttl_seconds: float, ca_digest: bytes,
     record = {"id": tid, "secret_sha256": digest, "created": now, "expires": now + ttl_seconds}
     # The lease only garbage-collects; verify_token still checks `expires` itself, because a
     # lease can outlive its TTL by a little while etcd's leader changes.
-    lease = await store.client.lease(max(1, math.ceil(ttl_seconds + kept_after_expiry)))
-    await store.client.put(_key(store, tid), json.dumps(record).encode(), lease=lease)
+    lease = await store.leases.grant(max(1, math.ceil(ttl_seconds + kept_after_expiry)))
+    await store.raw.put(_key(store, tid), json.dumps(record).encode(), lease=lease)
     return format_token(ca_digest, secret)
 
 
 async def _load(store, tid: str) -> dict | None:
-    got = await store.client.get(_key(store, tid))
+    got = await store.raw.get(_key(store, tid))
     if got is None:
         return None
     try:
@@ -105,9 +105,8 @@ async def verify_token(store, token: str, ca_digest: bytes, now: float | None = 
 async def list_tokens(store, now: float | None = None) -> list[TokenInfo]:
     """Tokens that have not expired yet, soonest expiry first."""
     now = time.time() if now is None else now
-    resp = await store.client.get_prefix(f"{store.prefix}/tokens/".encode())
     out = []
-    for kv in resp.kvs if resp else ():
+    for kv in await store.raw.list(store.raw.key("tokens", "")):
         try:
             rec = json.loads(kv.value)
             info = TokenInfo(str(rec["id"]), float(rec["created"]), float(rec["expires"]))
@@ -124,4 +123,4 @@ async def revoke_token(store, token_or_id: str) -> bool:
     tid = token_id(text) if text.upper().startswith(TOKEN_PREFIX + "-") else text.lower()
     if not re.fullmatch(rf"[0-9a-f]{{{_ID_CHARS}}}", tid):
         raise TokenError(f"malformed token id {token_or_id!r}")
-    return await store.client.delete(_key(store, tid)) is not None
+    return await store.raw.delete(_key(store, tid))

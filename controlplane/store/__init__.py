@@ -1,15 +1,18 @@
-"""Typed objects over etcd: keys, revisions as resourceVersions, transactions and watches."""
+"""The one door to etcd: typed objects and their revisions, transactions with the leader
+guard, watches, raw records and leases, the store's health, the local etcd process, and an
+in-memory etcd for unit tests of controller shells."""
 
-from controlplane.store.store import (
+from controlplane.store.errors import (
     AlreadyExists,
     Conflict,
     NotFound,
-    Op,
-    Store,
+    NotLeader,
     StoreError,
     StoreUnavailable,
-    WatchEvent,
 )
+from controlplane.store.store import Store
+from controlplane.store.txn import ABSENT, Op
+from controlplane.store.watch import WatchEvent
 
-__all__ = ["AlreadyExists", "Conflict", "NotFound", "Op", "Store", "StoreError",
-           "StoreUnavailable", "WatchEvent"]
+__all__ = ["ABSENT", "AlreadyExists", "Conflict", "NotFound", "NotLeader", "Op", "Store",
+           "StoreError", "StoreUnavailable", "WatchEvent"]

@@ -16,8 +16,8 @@ import uuid
 import grpc
 import pytest
 
-from controlplane.etcd_local import free_port
 from controlplane.identity import ClusterCA, server_credentials
+from controlplane.store.local import free_port
 from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 from nodeagent import sandbox

@@ -16,8 +16,8 @@ import uuid
 import pytest
 
 from controlplane.controllers.deployment import is_available
-from controlplane.controllers.service import DeploymentController
-from controlplane.scheduler.service import Scheduler
+from controlplane.controllers.deployments import DeploymentController
+from controlplane.scheduler.binder import Scheduler
 from controlplane.store import Conflict, Store, StoreError
 from moorage.model import kinds
 from moorage.model.deployments import (

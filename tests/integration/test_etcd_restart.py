@@ -18,8 +18,8 @@ import urllib.request
 
 import grpc
 
-from controlplane.etcd_local import LocalEtcd
 from controlplane.store import Store
+from controlplane.store.local import LocalEtcd
 from moorage.model import kinds
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from controlplane.ipam import IPAMError, assign_subnet, release_subnet
+from controlplane.allocators.subnets import IPAMError, assign_subnet, release_subnet
 from tests.conftest import run
 
 

@@ -12,9 +12,8 @@ import urllib.request
 
 import pytest
 
-from controlplane.leader import Election, run_while_leader
-from controlplane.store import NotFound, Op, Store
-from controlplane.store.store import NotLeader
+from controlplane.ha.leader import Election, run_while_leader
+from controlplane.store import NotFound, NotLeader, Op, Store
 from moorage.model import kinds
 from moorage.v1 import api_pb2
 from tests.conftest import (

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controlplane.dispatcher.lifecycle import NodeLifecycle, is_ready
-from controlplane.dispatcher.service import lease_key, set_condition
+from controlplane.controllers.nodes import NodeLifecycle, is_ready
+from controlplane.dispatcher.sessions import lease_key, set_condition
 from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import run

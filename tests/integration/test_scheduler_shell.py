@@ -7,7 +7,7 @@ import collections
 
 from controlplane.metrics import PENDING_PODS, SCHEDULE_ATTEMPTS, SCHEDULING_LATENCY
 from controlplane.scheduler import SchedulerConfig
-from controlplane.scheduler.service import Scheduler
+from controlplane.scheduler.binder import Scheduler
 from controlplane.store import Store
 from moorage.model import kinds, quantities
 from moorage.v1 import objects_pb2 as pb
@@ -52,8 +52,7 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
 
 
 async def create_all(store: Store, objs, chunk: int = 100) -> None:
-    from controlplane.store import Op
-    from controlplane.store.store import ABSENT
+    from controlplane.store import ABSENT, Op
 
     for i in range(0, len(objs), chunk):
         ok, _, _ = await store.commit([Op(store.key_of(o), o, ABSENT) for o in objs[i:i + chunk]])

@@ -8,9 +8,9 @@ import ipaddress
 
 import pytest
 
+from controlplane.allocators.serviceips import ServiceAllocator
 from controlplane.api.apply import Applier
 from controlplane.server import ensure_namespaces
-from controlplane.serviceips import ServiceAllocator
 from moorage import manifest
 from moorage.manifest import ManifestError
 from moorage.model import kinds
@@ -77,7 +77,8 @@ def test_node_ports_are_allocated_stable_and_released_when_dropped(store_factory
 def test_headless_gets_no_address(store_factory):
     async def body(store, applier):
         svc = await apply(applier, svc_yaml(cluster_ip="None"))
-        return svc, await store.raw_keys(f"{store.prefix}/ipam/serviceips/".encode())
+        return svc, [rec.key for rec in await store.raw.list(
+            f"{store.prefix}/ipam/serviceips/".encode(), keys_only=True)]
     svc, keys = with_store(store_factory, body)
     assert svc.spec.cluster_ip == "None" and keys == []
 
@@ -145,7 +146,7 @@ def test_a_full_range_is_a_clear_error_and_stale_leases_are_taken_over(store_fac
 
 
 def test_allocator_rejects_a_bad_cidr():
-    from controlplane.serviceips import ServiceCIDRError
+    from controlplane.allocators.serviceips import ServiceCIDRError
 
     with pytest.raises(ServiceCIDRError, match="not an IPv4 network"):
         ServiceAllocator(None, "10.96.0.0/33")

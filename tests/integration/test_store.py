@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from controlplane.store import AlreadyExists, Conflict, NotFound, Op
-from controlplane.store.store import ABSENT
+from controlplane.store import ABSENT, AlreadyExists, Conflict, NotFound, Op
 from moorage.model.kinds import BY_NAME
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import run

@@ -219,7 +219,7 @@ def test_session_moves_to_another_replica_when_its_own_goes(tmp_path):
     saved = str(tmp_path / "control-planes")
 
     async def main():
-        from controlplane.etcd_local import free_port
+        from controlplane.store.local import free_port
 
         dead = f"127.0.0.1:{free_port()}"           # a replica that is down for good
         second = Dispatcher([pod("a")])

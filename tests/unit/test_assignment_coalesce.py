@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from controlplane.dispatcher.assignments import Change
-from controlplane.dispatcher.service import NOTHING, coalesce
+from controlplane.dispatcher.sessions import NOTHING, coalesce
 from moorage.v1 import objects_pb2 as pb
 
 

@@ -6,15 +6,14 @@ import asyncio
 
 import pytest
 
-from controlplane.leader import (
+from controlplane.ha.leader import (
     MIN_TTL,
     Election,
     keepalive_period,
     leadership_expired,
     run_while_leader,
 )
-from controlplane.store import Store
-from controlplane.store.store import NotLeader, StoreError
+from controlplane.store import NotLeader, Store, StoreError
 
 
 def test_keepalive_refreshes_three_times_per_ttl():

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from controlplane.serviceips import Pool, first_free, leases_of
+from controlplane.allocators.serviceips import Pool, first_free, leases_of
 from moorage.model.endpoints import pod_is_ready, service_entry, target_port
 from moorage.v1 import objects_pb2 as pb
 
@@ -115,7 +115,7 @@ def test_leases_of_headless_and_node_port_services():
 def test_index_broadcasts_the_whole_table_on_each_endpoint_change_only():
     import asyncio
 
-    from controlplane.dispatcher.services import ServiceIndex
+    from controlplane.dispatcher.servicetable import ServiceIndex
 
     async def go():
         sent = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from controlplane.store import Store
+from controlplane.store import Store, StoreError
 from moorage.model import hostport
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,14 @@ def _prefix(store: Store) -> bytes:
 
 async def addresses(store: Store) -> list[str]:
     """The advertised API address of every running replica, sorted."""
-    resp = await store.client.get_prefix(_prefix(store))
-    return sorted({kv.value.decode() for kv in resp.kvs})
+    return sorted({rec.value.decode() for rec in await store.raw.list(_prefix(store))})
 
 
 async def ordered(store: Store, own: str) -> list[str]:
     """This replica's address first, then the others'; just its own if etcd cannot say."""
     try:
         others = [a for a in await addresses(store) if a != own]
-    except Exception as err:  # noqa: BLE001 - a session must start even when this read fails
+    except StoreError as err:   # a session must start even when this read fails
         log.info("listing control-plane replicas: %s", err)
         others = []
     return ([own] if own else []) + others
@@ -57,14 +56,12 @@ async def advertise_forever(store: Store, address: str, ttl: int = TTL_SECONDS) 
         while True:
             try:
                 if lease is None:
-                    lease = await store.client.lease(ttl)
-                    await store.client.put(key, address.encode(), lease=lease)
-                else:
-                    reply = await store.client.refresh_lease(lease.id)
-                    if reply is None or reply.TTL <= 0:
-                        lease = None   # expired during a pause: register again at once
-                        continue
-            except Exception as err:  # noqa: BLE001 - etcd down: try again next round
+                    lease = await store.leases.grant(ttl)
+                    await store.raw.put(key, address.encode(), lease=lease)
+                elif await store.leases.refresh(lease) <= 0:
+                    lease = None   # expired during a pause: register again at once
+                    continue
+            except StoreError as err:   # etcd down: try again next round
                 log.log(min(logging.INFO, store.health.retry_level()),
                         "advertising this replica at %s: %s", address, err)
                 lease = None
@@ -72,6 +69,6 @@ async def advertise_forever(store: Store, address: str, ttl: int = TTL_SECONDS) 
     finally:
         if lease is not None:
             try:
-                await asyncio.shield(store.client.revoke_lease(lease.id))
-            except Exception:  # noqa: BLE001 - it expires on its own within ttl
+                await asyncio.shield(store.leases.revoke(lease))
+            except StoreError:   # it expires on its own within ttl
                 pass

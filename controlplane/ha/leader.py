@@ -10,12 +10,8 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-import aetcd
-from aetcd import rpc
-
 from controlplane.metrics import LEADER
-from controlplane.store import Store, StoreError
-from controlplane.store.store import NotLeader
+from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,6 @@ class Election:
     def __init__(self, store: Store, name: str | None = None, ttl: int = DEFAULT_TTL,
                  clock=time.monotonic):
         self.store = store
-        self.client = store.client
         self.name = name or default_name()
         self.ttl = max(int(ttl), MIN_TTL)
         self.key = f"{store.prefix}/leader".encode()
@@ -80,8 +75,8 @@ class Election:
 
     async def leader(self) -> str | None:
         """The current leader's name, as stored in etcd (None when nobody leads)."""
-        resp = await self.client.get(self.key)
-        return resp.value.decode() if resp is not None else None
+        held = await self.store.raw.get(self.key)
+        return held.value.decode() if held is not None else None
 
     # ---- campaigning ----
 
@@ -90,7 +85,7 @@ class Election:
         while not self.is_leader:
             try:
                 held = await self._try_acquire()
-            except (aetcd.exceptions.ClientError, StoreError) as err:
+            except StoreError as err:
                 # etcd is unreachable: keep campaigning, there is nothing else to do.
                 log.log(self.store.health.retry_level(),
                         "campaigning for leadership failed: %s", err)
@@ -102,27 +97,22 @@ class Election:
 
     async def _try_acquire(self) -> int | None:
         """Creates the key if absent. Returns None on success, else the holder's revision."""
-        await self.client.connect()
         await self._revoke_orphans()
         # Before the grant: etcd starts the TTL no earlier than this.
         sent = self.clock()
-        lease = await self.client.lease(self.ttl)
+        lease = await self.store.leases.grant(self.ttl)
         try:
-            resp = await self.store.txn(
-                [rpc.Compare(key=self.key, target=rpc.Compare.VERSION,
-                             result=rpc.Compare.EQUAL, version=0)],
-                [rpc.RequestOp(request_put=rpc.PutRequest(
-                    key=self.key, value=self.name.encode(), lease=lease.id))],
-                [rpc.RequestOp(request_range=rpc.RangeRequest(key=self.key))])
+            ok, revision, current = await self.store.commit(
+                [Op(self.key, self.name.encode(), ABSENT, lease=lease)])
         except BaseException:
-            await _quietly(self.client.revoke_lease(lease.id))
+            await _quietly(self.store.leases.revoke(lease))
             raise
-        if not resp.succeeded:
+        if not ok:
             # An unused lease would only linger until its TTL; drop it now.
-            await _quietly(self.client.revoke_lease(lease.id))
-            kvs = resp.responses[0].response_range.kvs
-            return kvs[0].mod_revision if kvs else 0
-        self.lease_id, self.revision, self.last_renewed = lease.id, resp.header.revision, sent
+            await _quietly(self.store.leases.revoke(lease))
+            held = current.get(self.key)
+            return held.mod_revision if held is not None else 0
+        self.lease_id, self.revision, self.last_renewed = lease, revision, sent
         self.lost.clear()
         self.elected.set()
         LEADER.labels(self.name).set(1)
@@ -132,13 +122,7 @@ class Election:
 
     async def _revoke_orphans(self) -> None:
         for lease in list(self._orphans):
-            try:
-                await self.client.revoke_lease(lease)
-            except (aetcd.exceptions.ConnectionFailedError,
-                    aetcd.exceptions.ConnectionTimeoutError):
-                raise
-            except aetcd.exceptions.ClientError:
-                pass  # already expired: nothing left to revoke
+            await self.store.leases.revoke(lease)   # one already expired is fine
             self._orphans.discard(lease)
 
     async def _wait_deleted(self, held: int) -> None:
@@ -147,21 +131,14 @@ class Election:
         hand-over quick, correctness never depends on it."""
         if held == 0:
             return
-        watch = None
         try:
             async with asyncio.timeout(self.ttl):
-                watch = await self.client.watch(self.key, start_revision=held + 1)
-                async for ev in watch:
-                    if ev.kind == "DELETE":
-                        return
+                await self.store.raw.watch_deleted(self.key, held)
         except TimeoutError:
             pass
-        except Exception as err:  # noqa: BLE001 - the caller re-checks the key anyway
+        except StoreError as err:   # the caller re-checks the key anyway
             log.debug("watching the leader key: %r", err)
             await asyncio.sleep(min(1.0, self.ttl / 3))
-        finally:
-            if watch is not None:
-                await _quietly(watch.cancel())
 
     # ---- while leading ----
 
@@ -177,13 +154,13 @@ class Election:
             sent = self.clock()
             try:
                 async with asyncio.timeout(period):
-                    reply = await self.client.refresh_lease(self.lease_id)
-                    current = await self.client.get(self.key)
-            except Exception as err:  # noqa: BLE001 - whatever broke, the TTL check decides
+                    remaining = await self.store.leases.refresh(self.lease_id)
+                    current = await self.store.raw.get(self.key)
+            except (StoreError, TimeoutError) as err:   # the TTL check decides
                 log.log(self.store.health.retry_level(),
                         "refreshing the leader lease failed: %r", err)
                 continue
-            if reply is None or reply.TTL <= 0:
+            if remaining <= 0:
                 self._lose("the lease expired")
                 return
             if current is None or current.mod_revision != self.revision:
@@ -226,11 +203,8 @@ class Election:
         revision, lease = self.revision, self.lease_id
         self.lease_id = 0  # _lose must not revoke it in the background; we do it here
         self._lose("resigned")
-        await _quietly(self.store.txn(
-            [rpc.Compare(key=self.key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
-                         mod_revision=revision)],
-            [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self.key))]))
-        await _quietly(self.client.revoke_lease(lease))
+        await _quietly(self.store.commit([Op(self.key, None, revision)]))
+        await _quietly(self.store.leases.revoke(lease))
 
     async def close(self) -> None:
         await self.resign()

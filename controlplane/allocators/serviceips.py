@@ -16,10 +16,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from aetcd import rpc
-
-from controlplane.store import NotFound, Op, Store
-from controlplane.store.store import ABSENT
+from controlplane.store import ABSENT, NotFound, Op, Store
 from moorage.manifest import ManifestError, located
 from moorage.manifest.convert import FieldError
 from moorage.model import kinds
@@ -132,10 +129,8 @@ class ServiceAllocator:
 
     async def _read(self, pool: Pool) -> _Table:
         start = self._prefix(pool)
-        resp = await self.store._call("Range", rpc.RangeRequest(
-            key=start, range_end=_prefix_end(start)))
         leases = {}
-        for kv in resp.kvs:
+        for kv in await self.store.raw.list(start):
             value = kv.key[len(start):].decode()
             leases[value] = _Lease(value, kv.value.decode(), kv.mod_revision)
         return _Table(pool, leases)
@@ -294,9 +289,3 @@ class _FieldProblem(Exception):
     def __init__(self, path: str, message: str):
         super().__init__(f"{path}: {message}")
         self.error = FieldError(path, message)
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    import aetcd
-
-    return aetcd.utils.prefix_range_end(prefix)

@@ -25,8 +25,7 @@ from controlplane.scheduler.core import batch_order, schedule_batch
 from controlplane.scheduler.model import NodeInfo, PodInfo
 from controlplane.scheduler.objects import node_info, pod_info
 from controlplane.scheduler.outcome import Placement, Unschedulable
-from controlplane.store import Op, Store, StoreError
-from controlplane.store.store import NotLeader
+from controlplane.store import NotLeader, Op, Store, StoreError
 from moorage.model import kinds
 from moorage.model.pods import TERMINAL_PHASES
 from moorage.model.timestamps import now_rfc3339

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from aetcd import rpc
-
+from controlplane.store import ABSENT, Op
 from moorage.model.network import DEFAULT_CLUSTER_CIDR, NODE_SUBNET_PREFIX
 
 DEFAULT_PREFIX_LEN = NODE_SUBNET_PREFIX
@@ -55,15 +54,6 @@ def parse_cluster(cluster_cidr: str, prefix_len: int) -> ipaddress.IPv4Network:
     return cluster
 
 
-def _compare_absent(key: bytes) -> rpc.Compare:
-    return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL,
-                       create_revision=0)
-
-
-def _put(key: bytes, value: str) -> rpc.RequestOp:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value.encode()))
-
-
 async def _get(store, key: bytes):
     found, _ = await store.get_many([key])
     return found.get(key)
@@ -85,17 +75,16 @@ async def assign_subnet(store, node_name: str, cluster_cidr: str = DEFAULT_CLUST
             # Leased under another cluster CIDR: give it back and take one from this one.
             await release_subnet(store, node_name)
             continue
-        keys = await store.raw_keys(_subnets_prefix(store).encode())
-        taken = {_parse_subnet_key(store, key) for key in keys}
+        keys = await store.raw.list(_subnets_prefix(store).encode(), keys_only=True)
+        taken = {_parse_subnet_key(store, rec.key) for rec in keys}
         free = next((s for s in cluster.subnets(new_prefix=prefix_len) if s not in taken), None)
         if free is None:
             raise IPAMError(f"cluster CIDR {cluster} has no free /{prefix_len} left for node "
                             f"{node_name!r}: release unused nodes' subnets or widen the CIDR")
         subnet_key = _subnet_key(store, free)
-        txn = await store.txn(
-            [_compare_absent(subnet_key), _compare_absent(node_key)],
-            [_put(subnet_key, node_name), _put(node_key, str(free))])
-        if txn.succeeded:
+        ok, _, _ = await store.commit([Op(subnet_key, node_name.encode(), ABSENT),
+                                       Op(node_key, str(free).encode(), ABSENT)])
+        if ok:
             return str(free)
         # Lost a race: either the subnet went to someone else or this node got one concurrently;
         # the next round sees which.
@@ -103,7 +92,7 @@ async def assign_subnet(store, node_name: str, cluster_cidr: str = DEFAULT_CLUST
 
 async def delete_node(store, node_name: str, expect: int | None = None):
     """Deletes a Node and gives back its subnet in one Txn; returns the deleted Node."""
-    from controlplane.store import Conflict, Op
+    from controlplane.store import Conflict
     from moorage.model import kinds
 
     kind = kinds.BY_NAME["Node"]
@@ -140,20 +129,15 @@ async def release_subnet(store, node_name: str) -> str | None:
         if existing is None:
             return None
         subnet = existing.value.decode()
+        ops = [Op(node_key, None, existing.mod_revision)]
         try:
             subnet_key = _subnet_key(store, ipaddress.IPv4Network(subnet))
         except ValueError:
             subnet_key = None
-        compare = [rpc.Compare(key=node_key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL,
-                               mod_revision=existing.mod_revision)]
-        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=node_key))]
         if subnet_key is not None:
             owner = await _get(store, subnet_key)
             if owner is not None and owner.value.decode() == node_name:
-                compare.append(rpc.Compare(key=subnet_key, target=rpc.Compare.MOD,
-                                           result=rpc.Compare.EQUAL,
-                                           mod_revision=owner.mod_revision))
-                ops.append(rpc.RequestOp(
-                    request_delete_range=rpc.DeleteRangeRequest(key=subnet_key)))
-        if (await store.txn(compare, ops)).succeeded:
+                ops.append(Op(subnet_key, None, owner.mod_revision))
+        ok, _, _ = await store.commit(ops)
+        if ok:
             return subnet

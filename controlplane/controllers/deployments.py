@@ -21,8 +21,7 @@ from controlplane.controllers.deployment import (
     reconcile,
 )
 from controlplane.events import NORMAL, EventRecorder
-from controlplane.store import Op, Store, StoreError
-from controlplane.store.store import ABSENT, NotLeader
+from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
 from moorage.model import kinds
 from moorage.model.pods import graceful_delete, is_terminating
 from moorage.v1 import objects_pb2 as pb

@@ -14,10 +14,9 @@ import asyncio
 import logging
 import time
 
-from controlplane.dispatcher.service import lease_key, set_condition
+from controlplane.dispatcher.sessions import lease_key, set_condition
 from controlplane.events import NORMAL, WARNING, EventRecorder
-from controlplane.store import Op, Store, StoreError
-from controlplane.store.store import NotLeader
+from controlplane.store import NotLeader, Op, Store, StoreError
 from moorage.model import kinds
 from moorage.model.pods import TERMINAL_PHASES
 from moorage.v1 import objects_pb2 as pb
@@ -62,7 +61,8 @@ class NodeLifecycle:
 
     async def _alive(self) -> set[str]:
         prefix = lease_key(self.store, "")
-        return {key[len(prefix):].decode() for key in await self.store.raw_keys(prefix)}
+        return {rec.key[len(prefix):].decode()
+                for rec in await self.store.raw.list(prefix, keys_only=True)}
 
     async def check(self) -> None:
         nodes, _ = await self.store.list(NODE)

@@ -22,8 +22,14 @@ from controlplane.identity import (
     token_id,
 )
 from controlplane.metrics import WATCHES, observed
-from controlplane.store import AlreadyExists, Conflict, NotFound, Store, StoreError
-from controlplane.store.store import StoreUnavailable
+from controlplane.store import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
 from moorage import manifest
 from moorage.manifest import convert
 from moorage.model import kinds, pods, selectors
@@ -215,7 +221,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         elif kind.name == "Node":
             # Its pod subnet goes back to the pool in the same Txn (a node that rejoins gets
             # a fresh one).
-            from controlplane.ipam import delete_node
+            from controlplane.allocators.subnets import delete_node
 
             obj = await delete_node(self.store, request.name, expect)
         else:
@@ -348,12 +354,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     @mapped
     async def Version(self, request, context):
         await guard(context, "Version", request, self.ca_cert)
-        etcd_version = ""
-        try:
-            status = await self.store.client.status()
-            etcd_version = status.version
-        except Exception as err:  # noqa: BLE001 - the version is informative only
-            log.warning("etcd status failed: %s", err)
+        etcd_version = await self.store.etcd_version()
         return api_pb2.VersionResponse(version=moorage.__version__, etcd_version=etcd_version)
 
 

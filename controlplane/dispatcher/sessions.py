@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from controlplane import replicas
+from controlplane.allocators.subnets import DEFAULT_CLUSTER_CIDR, IPAMError, assign_subnet
 from controlplane.dispatcher.assignments import AssignmentIndex, Change
 from controlplane.dispatcher.peers import PeerIndex
-from controlplane.dispatcher.services import ServiceIndex
+from controlplane.dispatcher.servicetable import ServiceIndex
 from controlplane.events import EventRecorder
+from controlplane.ha import replicas
 from controlplane.identity.auth import peer_identity
-from controlplane.ipam import DEFAULT_CLUSTER_CIDR, IPAMError, assign_subnet
 from controlplane.store import Conflict, NotFound, Store
 from moorage.model import kinds, names
 from moorage.model.network import DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI
@@ -187,10 +187,9 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         pod_cidr = await assign_subnet(self.store, hello.node_name, self.network.cluster_cidr)
         # The lease goes first: the lifecycle controller lists nodes, then leases, so it can
         # never see this node's Ready record without also seeing the lease that backs it.
-        await self.store.client.connect()
-        lease = await self.store.client.lease(self.not_ready_seconds)
-        await self.store.client.put(lease_key(self.store, hello.node_name),
-                                    hello.node_name.encode(), lease=lease)
+        lease = await self.store.leases.grant(self.not_ready_seconds)
+        await self.store.raw.put(lease_key(self.store, hello.node_name),
+                                 hello.node_name.encode(), lease=lease)
         for _ in range(WRITE_ATTEMPTS):
             try:
                 current = await self.store.get(NODE, "", hello.node_name)
@@ -207,16 +206,15 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                 continue
         else:
             raise Conflict(f"node {hello.node_name} kept changing while registering it")
-        return lease.id, pod_cidr
+        return lease, pod_cidr
 
     async def _heartbeat(self, node: str, lease_id: int) -> int:
-        reply = await self.store.client.refresh_lease(lease_id)
-        if reply is None or reply.TTL <= 0:
+        if await self.store.leases.refresh(lease_id) <= 0:
             # The lease expired (a long pause): the node is back, take a new one.
-            lease = await self.store.client.lease(self.not_ready_seconds)
-            await self.store.client.put(lease_key(self.store, node), node.encode(), lease=lease)
+            lease = await self.store.leases.grant(self.not_ready_seconds)
+            await self.store.raw.put(lease_key(self.store, node), node.encode(), lease=lease)
             await self._mark_ready(node)
-            return lease.id
+            return lease
         return lease_id
 
     async def _mark_ready(self, name: str) -> None:
