@@ -9,7 +9,6 @@ not delivered yet; older watch events for those keys are then ignored by revisio
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -20,6 +19,7 @@ from controlplane.controllers.deployment import (
     is_owned_by,
     reconcile,
 )
+from controlplane.controllers.runner import DirtyKeys, Runner, Watch
 from controlplane.events import NORMAL, EventRecorder
 from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
 from moorage.model import kinds
@@ -60,11 +60,13 @@ class DeploymentController:
         self.pods: dict[str, pb.Pod] = {}
         self.owned: dict[str, set[str]] = {}
         self.seen_rv: dict[str, int] = {}
-        self.dirty: set[str] = set()
-        self.later: dict[str, float] = {}
-        self.synced = asyncio.Event()
-        self._pods_synced = self._deployments_synced = False
-        self._wake = asyncio.Event()
+        self.keys = DirtyKeys(time.monotonic)
+        self.next_sweep = 0.0
+        self.runner = Runner(self.step, store, [
+            Watch(POD, self._resync_pods, self.put_pod, self.drop_pod),
+            Watch(DEPLOYMENT, self._resync_deployments, self.put_deployment,
+                  self.drop_deployment)])
+        self.synced = self.runner.synced
 
     # ---- cache (from the watches and our own writes) ----
 
@@ -76,8 +78,7 @@ class DeploymentController:
 
     def _mark(self, key: str | None) -> None:
         if key is not None:
-            self.dirty.add(key)
-            self._wake.set()
+            self.keys.mark(key)
 
     def put_pod(self, pod: pb.Pod) -> None:
         key = "pod:" + _key(pod)
@@ -227,10 +228,9 @@ class DeploymentController:
                     (self.drop_pod if kind is POD else self.drop_deployment)(cached)
 
     def _retry(self, key: str) -> None:
-        self.later[key] = asyncio.get_running_loop().time() + RETRY_SECONDS
-        self._wake.set()
+        self.keys.mark(key, RETRY_SECONDS)
 
-    # ---- the loop ----
+    # ---- the loop (controllers/runner.py) ----
 
     def _resync_pods(self, pods) -> None:
         for pod in list(self.pods.values()):
@@ -238,74 +238,34 @@ class DeploymentController:
         self.seen_rv = {k: v for k, v in self.seen_rv.items() if not k.startswith("pod:")}
         for pod in pods:
             self.put_pod(pod)
-        self._pods_synced = True
-        self._maybe_synced()
 
     def _resync_deployments(self, deployments) -> None:
         for d in list(self.deployments.values()):
             self.drop_deployment(d)
         for d in deployments:
             self.put_deployment(d)
-        self._deployments_synced = True
-        self._maybe_synced()
 
-    async def _watch_pods(self) -> None:
-        await self.store.follow(POD, resync=self._resync_pods, put=self.put_pod,
-                                delete=self.drop_pod)
-
-    async def _watch_deployments(self) -> None:
-        await self.store.follow(DEPLOYMENT, resync=self._resync_deployments,
-                                put=self.put_deployment, delete=self.drop_deployment)
-
-    def _maybe_synced(self) -> None:
-        if self._pods_synced and self._deployments_synced:
-            self.synced.set()
-            self._wake.set()
-
-    def _sweep(self) -> None:
-        for key in list(self.deployments) + list(self.owned):
-            self._mark(key)
+    async def step(self) -> float | None:
+        """Syncs every due Deployment; a periodic sweep catches progress deadlines and
+        anything a lost write left undone. Returns when to step again."""
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            for key in list(self.deployments) + list(self.owned):
+                self._mark(key)
+            self.next_sweep = now + SWEEP_SECONDS
+        for key in self.keys.take():
+            try:
+                await self.sync(key)
+            except NotLeader:
+                raise
+            except Exception:  # noqa: BLE001 - one bad Deployment must not stop the rest
+                log.exception("syncing deployment %s failed", key)
+                self._retry(key)
+        self.owned = {k: v for k, v in self.owned.items() if v}
+        due = self.keys.next_in()
+        sweep = max(0.0, self.next_sweep - time.monotonic())
+        return sweep if due is None else min(due, sweep)
 
     async def run(self) -> None:
         """Runs until cancelled."""
-        loop = asyncio.get_running_loop()
-        watchers = [asyncio.create_task(self._watch_pods()),
-                    asyncio.create_task(self._watch_deployments())]
-        try:
-            await self.synced.wait()
-            next_sweep = loop.time()
-            while True:
-                now = loop.time()
-                if now >= next_sweep:
-                    self._sweep()
-                    next_sweep = now + SWEEP_SECONDS
-                for key, due in list(self.later.items()):
-                    if due <= now:
-                        del self.later[key]
-                        self.dirty.add(key)
-                keys, self.dirty = sorted(self.dirty), set()
-                self._wake.clear()
-                for key in keys:
-                    try:
-                        await self.sync(key)
-                    except NotLeader:
-                        raise
-                    except Exception:  # noqa: BLE001 - one bad Deployment must not stop the rest
-                        log.exception("syncing deployment %s failed", key)
-                        self._retry(key)
-                self.owned = {k: v for k, v in self.owned.items() if v}
-                if self.dirty:
-                    await asyncio.sleep(0)  # let watch events in between passes
-                    continue
-                wake_at = min([next_sweep, *self.later.values()])
-                try:
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - loop.time()))
-                except TimeoutError:
-                    pass
-                for w in watchers:
-                    if w.done() and w.exception():
-                        raise w.exception()
-        finally:
-            for w in watchers:
-                w.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+        await self.runner.run()

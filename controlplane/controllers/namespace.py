@@ -1,17 +1,18 @@
 """The namespace controller: finishes deleting Terminating namespaces.
 
 Deleting a namespace removes everything in it but its pods at once and marks it Terminating
-(controlplane/api/servicer.py). This controller then deletes its pods as any deletion does
+(controlplane/api/cluster.py). This controller then deletes its pods as any deletion does
 (gracefully: running ones become Terminating and go when their agents confirm) and removes the
-namespace in a Txn that requires it to hold no pod, so nothing in it outlives it.
+namespace in a Txn that requires it to hold no pod, so nothing in it outlives it. It runs on
+the shared runner, woken by namespace changes and every half second while one terminates.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
+from controlplane.controllers.runner import Runner, Watch
 from controlplane.store import NotLeader, Op, Store, StoreError
 from moorage.model import kinds
 from moorage.model.pods import graceful_delete, is_terminating
@@ -30,13 +31,27 @@ class NamespaceController:
         self.store = store
         self.clock = clock
         self.period = period
+        self.terminating: dict[str, object] = {}
+        self.runner = Runner(self.step, store, [Watch(
+            NAMESPACE, self._resync, self._put, lambda ns: self.terminating.pop(
+                ns.metadata.name, None))])
+
+    def _resync(self, namespaces) -> None:
+        self.terminating = {}
+        for ns in namespaces:
+            self._put(ns)
+
+    def _put(self, ns) -> None:
+        if is_terminating(ns):
+            self.terminating[ns.metadata.name] = ns
+        else:
+            self.terminating.pop(ns.metadata.name, None)
 
     async def sync(self) -> int:
         """One pass over every Terminating namespace; returns how many are left."""
-        namespaces, _ = await self.store.list(NAMESPACE)
         left = 0
-        for ns in namespaces:
-            if is_terminating(ns) and not await self._finish(ns):
+        for ns in list(self.terminating.values()):
+            if not await self._finish(ns):
                 left += 1
         return left
 
@@ -62,14 +77,17 @@ class NamespaceController:
             log.info("namespace %s is gone", name)
         return done
 
+    async def step(self) -> float | None:
+        try:
+            left = await self.sync()
+        except NotLeader:
+            raise
+        except StoreError as err:   # etcd down, or a race: look again next period
+            log.log(min(logging.INFO, self.store.health.retry_level()),
+                    "namespace controller: %s", err)
+            return self.period
+        return self.period if left else None
+
     async def run(self) -> None:
         """Runs until cancelled."""
-        while True:
-            try:
-                await self.sync()
-            except NotLeader:
-                raise
-            except StoreError as err:   # etcd down, or a race: look again next period
-                log.log(min(logging.INFO, self.store.health.retry_level()),
-                        "namespace controller: %s", err)
-            await asyncio.sleep(self.period)
+        await self.runner.run()

@@ -43,8 +43,10 @@ def lease_key(store: Store, node: str) -> bytes:
     return f"{store.prefix}/node-leases/{node}".encode()
 
 
-def set_condition(conditions, type_: str, status: str, reason: str, message: str) -> None:
-    now = now_rfc3339()
+def set_condition(conditions, type_: str, status: str, reason: str, message: str,
+                  now: str) -> None:
+    """Sets a node condition as of `now` (RFC 3339); the transition time moves only when the
+    status does."""
     for c in conditions:
         if c.type == type_:
             if c.status != status:
@@ -65,14 +67,16 @@ class NetworkDefaults:
 
 
 def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None,
-                    pod_cidr: str = "") -> pb.Node:
+                    pod_cidr: str = "", now: str = "") -> pb.Node:
+    """The Node an agent's Hello describes, merged into the stored one, stamped `now`."""
+    now = now or now_rfc3339()
     node = pb.Node(api_version="v1", kind="Node")
     if current is not None:
         node.CopyFrom(current)
     else:
         node.metadata.name = hello.node_name
         node.metadata.uid = str(uuid.uuid4())
-        node.metadata.creation_timestamp = now_rfc3339()
+        node.metadata.creation_timestamp = now
         node.metadata.generation = 1
     # Labels the agent reports win; labels an operator added stay.
     node.metadata.labels.update(hello.labels)
@@ -87,7 +91,7 @@ def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None,
     node.status.addresses.extend(hello.addresses)
     node.status.node_info.CopyFrom(hello.node_info)
     set_condition(node.status.conditions, "Ready", "True", "AgentReady",
-                  "the agent is connected and heartbeating")
+                  "the agent is connected and heartbeating", now)
     return node
 
 
@@ -221,7 +225,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         for _ in range(WRITE_ATTEMPTS):
             node = await self.store.get(NODE, "", name)
             set_condition(node.status.conditions, "Ready", "True", "AgentReady",
-                          "the agent is connected and heartbeating")
+                          "the agent is connected and heartbeating", now_rfc3339())
             try:
                 await self.store.update(node)
                 return

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from controlplane.controllers.runner import Runner, Watch
 from controlplane.events import NORMAL, WARNING, EventRecorder
 from controlplane.metrics import (
     PENDING_PODS,
@@ -87,9 +88,10 @@ class Scheduler:
         self.start = 0
         self.bindings = 0
         self.conflicts = 0
-        self.synced = asyncio.Event()
-        self._pods_synced = self._nodes_synced = False
-        self._wake = asyncio.Event()
+        self.runner = Runner(self.step, store, [
+            Watch(POD, self._replace_pods, self.on_pod, self.on_pod_deleted),
+            Watch(NODE, self._resync_nodes, self.on_node, self.on_node_deleted)])
+        self.synced = self.runner.synced
 
     # ---- cache maintenance (from the watches) ----
 
@@ -117,7 +119,7 @@ class Scheduler:
         if queued is None:
             now = self.clock()
             self.queue[key] = Queued(pod, pod_info(pod), first_seen=now, next_try=now)
-            self._wake.set()
+            self.runner.wake()
         else:
             queued.pod, queued.info = pod, pod_info(pod)
 
@@ -143,7 +145,7 @@ class Scheduler:
         for q in self.queue.values():
             if q.attempts:
                 q.next_try = min(q.next_try, max(now, q.last_try + INITIAL_BACKOFF_SECONDS))
-        self._wake.set()
+        self.runner.wake()
 
     def _replace_pods(self, pods) -> None:
         self.queue.clear()
@@ -258,7 +260,7 @@ class Scheduler:
         self._forget(key)
         q.next_try = self.clock() + delay
         self.queue[key] = q
-        self._wake.set()
+        self.runner.wake()
 
     def _refresh(self, q: Queued, kv) -> None:
         """After a lost race: drop the pod if it is gone, or take the stored version."""
@@ -311,53 +313,18 @@ class Scheduler:
 
     # ---- the loop ----
 
-    def _resync_pods(self, pods) -> None:
-        self._replace_pods(pods)
-        self._pods_synced = True
-        self._maybe_synced()
-
     def _resync_nodes(self, nodes) -> None:
         self.nodes = {n.metadata.name: n for n in nodes}
         self._node_base.clear()
-        self._nodes_synced = True
         self._cluster_changed()
-        self._maybe_synced()
 
-    async def _watch_pods(self) -> None:
-        await self.store.follow(POD, resync=self._resync_pods, put=self.on_pod,
-                                delete=self.on_pod_deleted)
-
-    async def _watch_nodes(self) -> None:
-        await self.store.follow(NODE, resync=self._resync_nodes, put=self.on_node,
-                                delete=self.on_node_deleted)
-
-    def _maybe_synced(self) -> None:
-        if self._pods_synced and self._nodes_synced:
-            self.synced.set()
-            self._wake.set()
+    async def step(self) -> float | None:
+        """One batch; returns when the next is due (0: at once, the queue has more)."""
+        if await self.schedule_once():
+            return 0.0
+        waits = [q.next_try for q in self.queue.values()]
+        return max(0.0, min(waits) - self.clock()) if waits else None
 
     async def run(self) -> None:
-        """Runs until cancelled."""
-        watchers = [asyncio.create_task(self._watch_pods()),
-                    asyncio.create_task(self._watch_nodes())]
-        try:
-            await self.synced.wait()
-            while True:
-                decided = await self.schedule_once()
-                if decided:
-                    await asyncio.sleep(0)  # let watch events in between batches
-                    continue
-                self._wake.clear()
-                waits = [q.next_try for q in self.queue.values()]
-                timeout = max(0.0, min(waits) - self.clock()) if waits else None
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
-                for w in watchers:
-                    if w.done() and w.exception():
-                        raise w.exception()
-        finally:
-            for w in watchers:
-                w.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+        """Runs until cancelled (controllers/runner.py)."""
+        await self.runner.run()

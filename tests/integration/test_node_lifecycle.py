@@ -14,7 +14,7 @@ NODE = kinds.BY_NAME["Node"]
 def node(name: str, status: str, reason: str) -> pb.Node:
     n = pb.Node()
     n.metadata.name = name
-    set_condition(n.status.conditions, "Ready", status, reason, "")
+    set_condition(n.status.conditions, "Ready", status, reason, "", "2026-01-01T00:00:00Z")
     return n
 
 
