@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 
 from controlplane.store.local import LocalEtcd, free_port_block
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
-from nodeagent import sandbox  # noqa: E402
+from nodeagent.pods import sandbox
 from nodeagent.runtime import cgroups  # noqa: E402
 from nodeagent.runtime.runtime import Runtime  # noqa: E402
 from tests import imagebuild  # noqa: E402

@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import metrics
-from nodeagent.podworker import container_id
+from nodeagent.metrics import collector as metrics
+from nodeagent.pods.worker import container_id
 from nodeagent.runtime import cgroups
 from nodeagent.runtime.runtime import Runtime
 from nodeagent.runtime.spec import ContainerSpec

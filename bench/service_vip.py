@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from moorage.v1 import agent_pb2
-from nodeagent.services import NodeContext, apply_script, render, rules_from_table
+from nodeagent.network.services import NodeContext, apply_script, render, rules_from_table
 from tests.netlab import Lab
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))

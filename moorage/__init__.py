@@ -1,3 +1,4 @@
-"""Moorage: what the CLI, the control plane and the node agent share (API, model, manifests)."""
+"""Moorage: what the CLI, the control plane and the node agent share (the generated API, the
+model, manifests), the moor CLI and the lab; it imports no daemon."""
 
 __version__ = "0.1.0"

@@ -79,7 +79,7 @@ def start_agents(cp, root: str, names, image_tar: str | None = None,
 
 
 def remove_sandboxes(prefix: str) -> None:
-    from nodeagent import sandbox
+    from nodeagent.pods import sandbox
 
     for ns in sandbox.existing(prefix):
         sandbox.remove(ns)

@@ -166,7 +166,7 @@ class ControlPlane:
         """mTLS channel credentials of a node, signed directly by this cluster's CA (what a
         join would give it)."""
         from controlplane.identity import ClusterCA
-        from nodeagent.identity import NodeIdentity
+        from nodeagent.session.identity import NodeIdentity
 
         ca = ClusterCA.load_or_create(self.state_dir)
         ident = NodeIdentity.load_or_create(state_dir, node_name)

@@ -1,1 +1,3 @@
-"""gRPC servicers: validate requests, apply them to the store, stream watches."""
+"""The gRPC servicers: the Cluster API (apply, get, list, watch, delete, scale, explain, tokens),
+pods (logs, exec, top), network (doctor), bootstrap (joins), and how every one fails when etcd
+does."""

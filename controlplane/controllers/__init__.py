@@ -1,1 +1,2 @@
-"""Controllers that turn desired objects into pods: a pure core per kind and a watch-fed shell."""
+"""Controllers: a pure core per kind (decide or reconcile, the clock an argument) and a thin shell
+on the one shared runner (runner.py): Deployments, namespaces, node lifecycle."""

@@ -1,1 +1,3 @@
-"""Agent sessions: node registration and liveness, pod assignments out, pod status in."""
+"""Agent sessions: node registration and liveness, pod assignments out, pod status and deletion
+confirmations in, the peer and service tables streamed to every agent, and the broker for
+logs/exec/top streams."""

@@ -93,7 +93,7 @@ def _hosts_of(name: str, state_dir: str, lab: Lab | None) -> list[Host]:
 
 
 def _remove_containers(host_list: list[Host], say: Say) -> None:
-    from nodeagent import sandbox
+    from nodeagent.pods import sandbox
     from nodeagent.runtime.cgroups import remove_parent
     from nodeagent.runtime.runtime import Runtime
 

@@ -1,1 +1,2 @@
-"""Pod networking on a node: the VXLAN overlay datapath, pod IP allocation and its doctor."""
+"""Pod networking on a node: the VXLAN overlay datapath, pod IP allocation, the doctor, the
+agent's network state, Service rules (nftables) and cluster DNS."""

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nodeagent import sandbox
+from nodeagent.pods import sandbox
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX, unique

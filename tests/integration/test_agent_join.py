@@ -20,9 +20,9 @@ from controlplane.identity import ClusterCA, server_credentials
 from controlplane.store.local import free_port
 from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import sandbox
-from nodeagent.identity import NodeIdentity
+from nodeagent.pods import sandbox
 from nodeagent.runtime.runtime import Runtime
+from nodeagent.session.identity import NodeIdentity
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX, unique
 

@@ -237,7 +237,7 @@ def test_bad_credentials_are_refused_without_a_node_record(cluster, tmp_path):
     # A node certificate issued by another CA: the TLS handshake fails, nothing registers.
     foreign = ClusterCA.load_or_create(str(tmp_path / "foreign"))
     impostor = Agent(moor.root, "intruder-4", cp)
-    from nodeagent.identity import NodeIdentity
+    from nodeagent.session.identity import NodeIdentity
 
     ident = NodeIdentity.load_or_create(impostor.state, "intruder-4")
     ident.save(foreign.sign_node_csr(ident.csr_pem(), "intruder-4"), foreign.cert_pem)
@@ -260,7 +260,7 @@ def test_node_certificate_is_renewed_before_it_expires(etcd_endpoint, tmp_state)
     first certificate has expired a restarted agent still gets in with the renewed one."""
     import datetime as dt
 
-    from nodeagent.identity import NodeIdentity
+    from nodeagent.session.identity import NodeIdentity
     from tests.agents import Agent
 
     cp = start_controlplane(etcd_endpoint, os.path.join(tmp_state, "cp"), extra_args=(

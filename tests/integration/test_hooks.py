@@ -11,7 +11,7 @@ import time
 import pytest
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import hooks
+from nodeagent.pods import hooks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="enters a network namespace: root")
 

@@ -27,7 +27,7 @@ from controlplane.identity.ca import ClusterCA
 from controlplane.identity.join import JoinError, handle_join
 from controlplane.identity.tokens import TokenError
 from moorage.v1 import api_pb2
-from nodeagent.identity import NodeIdentity, join_channel_credentials, pin_ca
+from nodeagent.session.identity import NodeIdentity, join_channel_credentials, pin_ca
 from tests.conftest import run
 
 

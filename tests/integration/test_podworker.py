@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.podworker import PodWorker, parse_container_id
+from nodeagent.pods.worker import PodWorker, parse_container_id
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
@@ -143,5 +143,5 @@ def test_teardown_stops_running_containers_and_removes_the_sandbox(node):
     assert plan.phase == "Running"
     w.teardown(0)
     assert runtime.list() == []
-    from nodeagent import sandbox
+    from nodeagent.pods import sandbox
     assert w.netns not in sandbox.existing(TEST_PREFIX)

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.podworker import PodWorker
+from nodeagent.pods.worker import PodWorker
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild as ib

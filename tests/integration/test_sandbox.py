@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from nodeagent import sandbox
+from nodeagent.pods import sandbox
 from tests.conftest import TEST_PREFIX
 
 

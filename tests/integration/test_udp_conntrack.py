@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from nodeagent import sandbox
-from nodeagent.services import flush_udp_conntrack
+from nodeagent.network.services import flush_udp_conntrack
+from nodeagent.pods import sandbox
 from tests.conftest import unique
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes a netns and nft rules: root")

@@ -13,9 +13,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import metrics
+from nodeagent.metrics import collector as metrics
 from nodeagent.network import overlay
-from nodeagent.podworker import container_id
+from nodeagent.pods.worker import container_id
 from nodeagent.runtime.cgroups import Cgroup
 from nodeagent.runtime.spec import Status, proc_start_time
 

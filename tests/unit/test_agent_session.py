@@ -12,18 +12,16 @@ import pytest
 import moorage
 from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.session import (
-    Checkpoints,
+from nodeagent.session.checkpoints import Checkpoints
+from nodeagent.session.hostfacts import (
     HostFacts,
-    Session,
-    StatusReporter,
-    apply_assignments,
-    backoff_delays,
     build_hello,
     meminfo_total,
     os_release_name,
     parse_labels,
 )
+from nodeagent.session.reporting import StatusReporter
+from nodeagent.session.stream import Session, apply_assignments, backoff_delays
 
 
 def pod(uid: str, name: str = "", image: str = "busybox") -> pb.Pod:

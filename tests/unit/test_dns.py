@@ -10,8 +10,8 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from moorage.v1 import agent_pb2
-from nodeagent import podfiles
-from nodeagent.dns import ClusterDNS, answer, host_nameservers, zone
+from nodeagent.network.dns import ClusterDNS, answer, host_nameservers, zone
+from nodeagent.pods import files as podfiles
 from nodeagent.runtime.rootfs import bind_files
 from nodeagent.runtime.syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT, RecordingSyscalls
 

@@ -22,7 +22,7 @@ from controlplane.identity.ca import CAError, ClusterCA, split_bundle
 from controlplane.identity.join import JoinError, handle_renew
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.identity import IdentityError, NodeIdentity, pin_ca
+from nodeagent.session.identity import IdentityError, NodeIdentity, pin_ca
 
 
 @pytest.fixture

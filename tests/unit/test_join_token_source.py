@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from nodeagent.agent import AgentError, join_token, parse_args
+from nodeagent.agent import parse_args
+from nodeagent.daemon import AgentError, join_token
 
 TOKEN = "MOOR1-abc-def"
 

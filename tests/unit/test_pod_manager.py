@@ -10,8 +10,8 @@ import time
 
 from moorage.model.pods import graceful_delete
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.podmanager import PodManager, Wakeup
-from nodeagent.pods import Plan
+from nodeagent.pods.manager import PodManager, Wakeup
+from nodeagent.pods.plan import Plan
 
 WAIT = 10.0
 

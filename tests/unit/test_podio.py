@@ -13,17 +13,10 @@ from controlplane.dispatcher.streams import PodStreams, StreamError, choose_cont
 from moorage.cli.podio import format_cpu, format_memory, format_percent, node_rows, pod_rows
 from moorage.v1 import agent_pb2, api_pb2
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.podio import (
-    PodIOError,
-    coalesce,
-    log_lines,
-    parse_meminfo,
-    parse_proc_stat,
-    read_logs,
-    select_container,
-    tail,
-)
-from nodeagent.podworker import container_id
+from nodeagent.pods.worker import container_id
+from nodeagent.streams.common import PodIOError, coalesce, select_container
+from nodeagent.streams.logs import log_lines, read_logs, tail
+from nodeagent.streams.top import parse_meminfo, parse_proc_stat
 
 UID = "0f3c9a2e-1111-2222-3333-444455556666"
 OTHER = "9a9a9a9a-1111-2222-3333-444455556666"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.pods import (
+from nodeagent.pods.plan import (
     DesiredContainer,
     DesiredPod,
     ObservedContainer,

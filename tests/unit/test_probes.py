@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import probes as p
-from nodeagent.pods import DesiredContainer, DesiredPod, ObservedContainer, StopContainer, reconcile
-from nodeagent.prober import probe_spec
+from nodeagent.pods import probes as p
+from nodeagent.pods.plan import (
+    DesiredContainer,
+    DesiredPod,
+    ObservedContainer,
+    StopContainer,
+    reconcile,
+)
+from nodeagent.pods.prober import probe_spec
 
 EXEC = p.Exec(("true",))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from moorage.v1 import agent_pb2
-from nodeagent.services import (
+from nodeagent.network.services import (
     Endpoint,
     NodeContext,
     PortRule,
@@ -157,7 +157,7 @@ def test_proxy_flushes_udp_conntrack_of_endpoints_that_left():
 
 
 def test_stale_udp_endpoints_are_per_service_port():
-    from nodeagent.services import stale_udp_endpoints
+    from nodeagent.network.services import stale_udp_endpoints
 
     dns = agent_pb2.ServiceEntry(namespace="kube", name="dns", cluster_ip="10.96.0.53")
     dns.ports.add(name="dns", protocol="UDP", port=53)

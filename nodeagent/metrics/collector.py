@@ -25,9 +25,9 @@ from prometheus_client.registry import Collector
 
 from moorage import metricsserver
 from moorage.model import hostport
-from nodeagent.eventmetrics import EVENT_METRICS
+from nodeagent.metrics.events import EVENT_METRICS
 from nodeagent.network import overlay
-from nodeagent.podworker import UID_CHARS, parse_container_id
+from nodeagent.pods.worker import UID_CHARS, parse_container_id
 from nodeagent.runtime.cgroups import Cgroup
 from nodeagent.runtime.spec import REASON_OOM, RUNNING, Status
 

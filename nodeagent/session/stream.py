@@ -6,15 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import platform
-import socket
-import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 
 from moorage.fsutil import write_atomic
-from moorage.model.network import DEFAULT_MAX_PODS
-from moorage.model.timestamps import rfc3339
 
 # The sync loop forks (pyroute2's NetNS, the runtime) while this session's gRPC threads run, and
 # gRPC's fork handlers then crash those children (SIGSEGV). They never use gRPC, so fork support
@@ -23,9 +17,9 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc  # noqa: E402
 
-import moorage
 from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
+from nodeagent.session.hostfacts import HostFacts, build_hello
 
 log = logging.getLogger("moorage.agent.session")
 
@@ -33,7 +27,6 @@ DEFAULT_HEARTBEAT_SECONDS = 2.0
 # The pause before trying the next control-plane replica after one did not answer.
 FAILOVER_SECONDS = 0.2
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
-MAX_PODS = str(DEFAULT_MAX_PODS)
 
 
 # ---- pure parts ----
@@ -60,93 +53,6 @@ def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_MAX) -> It
     while True:
         yield delay
         delay = min(cap, delay * 2)
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """`k=v,k2=v2` as given to --labels; raises ValueError naming the bad item."""
-    labels: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--labels {item!r}: want KEY=VALUE")
-        labels[key] = value
-    return labels
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What Hello says about the machine; read once by `read_host_facts`, or made up in tests."""
-
-    cpus: int
-    memory_bytes: int
-    internal_ip: str
-    hostname: str
-    kernel_version: str = ""
-    os_image: str = ""
-    architecture: str = ""
-    extra_capacity: dict[str, str] = field(default_factory=dict)
-
-
-def build_hello(node_name: str, labels: dict[str, str], facts: HostFacts,
-                running_pod_uids: list[str]) -> agent_pb2.AgentMessage:
-    capacity = {"cpu": str(facts.cpus), "memory": str(facts.memory_bytes), "pods": MAX_PODS,
-                **facts.extra_capacity}
-    hello = agent_pb2.Hello(
-        node_name=node_name, labels=labels, capacity=capacity,
-        addresses=[pb.NodeAddress(type="InternalIP", address=facts.internal_ip),
-                   pb.NodeAddress(type="Hostname", address=facts.hostname)],
-        node_info=pb.NodeSystemInfo(
-            kernel_version=facts.kernel_version, os_image=facts.os_image,
-            architecture=facts.architecture, operating_system="linux",
-            agent_version=moorage.__version__),
-        running_pod_uids=sorted(running_pod_uids))
-    return agent_pb2.AgentMessage(hello=hello)
-
-
-def meminfo_total(text: str) -> int:
-    """MemTotal from /proc/meminfo's text, in bytes (the file says kB)."""
-    for line in text.splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise ValueError("no MemTotal in /proc/meminfo")
-
-
-def os_release_name(text: str) -> str:
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key == "PRETTY_NAME":
-            return value.strip().strip('"')
-    return "Linux"
-
-
-# ---- reading the host ----
-
-def default_route_address() -> str:
-    """The address this host's default route leaves from; connecting a UDP socket sends
-    nothing but makes the kernel pick the source address."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))   # TEST-NET-1: never routed anywhere real
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def read_host_facts(advertise_address: str | None = None) -> HostFacts:
-    uname = os.uname()
-    return HostFacts(
-        cpus=os.cpu_count() or 1, memory_bytes=meminfo_total(_read("/proc/meminfo")),
-        internal_ip=advertise_address or default_route_address(), hostname=socket.gethostname(),
-        kernel_version=uname.release, os_image=os_release_name(_read("/etc/os-release")),
-        architecture=platform.machine())
 
 
 # ---- the stream ----
@@ -390,83 +296,3 @@ class Session:
             report = report_type(error=f"{type(err).__name__}: {err}")
         report.id = req.id
         self._outbox.put_nowait(agent_pb2.AgentMessage(**{field: report}))
-
-
-class Checkpoints:
-    """The session's pods as last assigned, one file per uid under <state>/pods.
-
-    They let a restarted agent name the pods it runs in Hello (container ids carry only a uid
-    prefix) and keep running them, or tear them down, once the control plane says.
-    """
-
-    def __init__(self, state_dir: str):
-        self.dir = os.path.join(state_dir, "pods")
-        self.written: dict[str, bytes] = {}   # uid -> what its file holds
-        self.saved: dict[str, pb.Pod] = {}    # uid -> the object last saved
-
-    def load(self) -> dict[str, pb.Pod]:
-        pods: dict[str, pb.Pod] = {}
-        for name in sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else ():
-            try:
-                with open(os.path.join(self.dir, name), "rb") as f:
-                    pod = pb.Pod.FromString(f.read())
-            except (OSError, ValueError) as err:
-                log.error("skipping pod checkpoint %s: %s", name, err)
-                continue
-            pods[pod.metadata.uid] = pod
-            self.written[pod.metadata.uid] = pod.SerializeToString(deterministic=True)
-        return pods
-
-    def save(self, pods: dict[str, pb.Pod]) -> None:
-        """Writes the pods whose file is missing or differs (each assignment message carries
-        the whole set, and rewriting it all made starting N pods cost N^2 writes)."""
-        os.makedirs(self.dir, exist_ok=True)
-        for uid, pod in pods.items():
-            if self.saved.get(uid) is pod:
-                continue   # the same object as last time: unchanged (no serialising)
-            data = pod.SerializeToString(deterministic=True)
-            self.saved[uid] = pod
-            if self.written.get(uid) == data:
-                continue
-            # Not fsynced, as before: a checkpoint a crash loses is sent again on reconnect.
-            write_atomic(os.path.join(self.dir, uid), data, sync=False)
-            self.written[uid] = data
-
-    def drop(self, uid: str) -> None:
-        self.written.pop(uid, None)
-        self.saved.pop(uid, None)
-        try:
-            os.remove(os.path.join(self.dir, uid))
-        except FileNotFoundError:
-            pass
-
-
-class StatusReporter:
-    """Sends a pod's status through the session when it differs from what was last sent, and
-    everything again on each new session (the control plane may have restarted)."""
-
-    def __init__(self, session: Session, host_ip: str, clock=time.time):
-        self.session, self.host_ip, self.clock = session, host_ip, clock
-        self.sent: dict[str, bytes] = {}
-        self.start_time: dict[str, str] = {}
-        self.generation = -1
-
-    def __call__(self, pod: pb.Pod, status: pb.PodStatus) -> None:
-        uid = pod.metadata.uid
-        if uid not in self.session.desired or not self.session.connected:
-            return   # a static pod, or nobody to tell: a new session resends anyway
-        if self.session.generation != self.generation:
-            self.generation, self.sent = self.session.generation, {}
-        # Kept from the assigned pod when the control plane has one, so it survives restarts.
-        start = pod.status.start_time or self.start_time.setdefault(
-            uid, rfc3339(self.clock()))
-        status.start_time, status.host_ip = start, self.host_ip
-        blob = status.SerializeToString(deterministic=True)
-        if self.sent.get(uid) == blob:
-            return
-        self.sent[uid] = blob
-        self.session.report(pod.metadata.namespace, pod.metadata.name, uid, status)
-
-    def forget(self, uid: str) -> None:
-        self.sent.pop(uid, None)
-        self.start_time.pop(uid, None)

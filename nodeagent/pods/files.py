@@ -10,7 +10,7 @@ import os
 import shutil
 
 from moorage.fsutil import write_atomic
-from nodeagent.dns import CLUSTER_DOMAIN
+from nodeagent.network.dns import CLUSTER_DOMAIN
 
 NDOTS = 5
 RESOLV_CONF, HOSTS = "/etc/resolv.conf", "/etc/hosts"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from moorage.model.pods import is_terminating, stop_grace
 from moorage.v1 import objects_pb2 as pb
-from nodeagent.pods import Plan, StartContainer
+from nodeagent.pods.plan import Plan, StartContainer
 
 log = logging.getLogger("moorage.agent")
 

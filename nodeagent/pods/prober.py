@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import probes as p
-from nodeagent import sandbox
+from nodeagent.pods import probes as p
+from nodeagent.pods import sandbox
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from moorage.model import quantities
 from moorage.model.pods import spec_grace
 from moorage.model.timestamps import rfc3339
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import hooks, podfiles, sandbox
-from nodeagent.eventmetrics import START_DURATION, pull_progress, timed_pull
-from nodeagent.pods import (
+from nodeagent.metrics.events import START_DURATION, pull_progress, timed_pull
+from nodeagent.pods import files as podfiles
+from nodeagent.pods import hooks, sandbox
+from nodeagent.pods.plan import (
     DesiredContainer,
     DesiredPod,
     ObservedContainer,
@@ -31,7 +32,7 @@ from nodeagent.pods import (
     StopContainer,
     reconcile,
 )
-from nodeagent.probes import KILL_REASONS
+from nodeagent.pods.probes import KILL_REASONS
 from nodeagent.runtime.images.registry import RegistryConfig
 from nodeagent.runtime.images.store import Image, Store
 from nodeagent.runtime.restart import NEVER, backoff

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 
 from moorage.v1 import objects_pb2 as pb
-from nodeagent import probes as p
-from nodeagent.prober import exec_check, http_check, in_netns, probe_spec
+from nodeagent.pods import probes as p
+from nodeagent.pods.prober import exec_check, http_check, in_netns, probe_spec
 
 FAILED_PRE_STOP = "FailedPreStopHook"
 
