@@ -51,6 +51,7 @@ from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 from nodeagent.pods import sandbox
 from nodeagent.runtime import cgroups  # noqa: E402
 from nodeagent.runtime.runtime import Runtime  # noqa: E402
+from nodeagent.runtime.syscalls import LibcSyscalls  # noqa: E402
 from tests import imagebuild  # noqa: E402
 
 PREFIX = "moorbench-"
@@ -321,8 +322,9 @@ def moorage_cluster(root: str, image_tar: str):
             channel.close()
         for a in agents:
             a.cleanup()
+        sandboxes = sandbox.Sandboxes(LibcSyscalls())
         for ns in sandbox.existing(PREFIX):
-            sandbox.remove(ns)
+            sandboxes.remove(ns)
         terminate(cp)
         etcd.stop()
 

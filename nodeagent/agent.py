@@ -102,6 +102,26 @@ def cmd_exec(node: Node, args) -> int:
     return proc.wait()
 
 
+def cmd_reset(node: Node, args) -> int:
+    """Removes every container of this state dir, the runtime's cgroup parent and the pod
+    network namespaces with this agent's prefix: the node as if the agent had never run (what
+    `moor lab down` asks of each host). Prints one line per thing removed."""
+    from nodeagent.pods import sandbox
+    from nodeagent.runtime.cgroups import remove_parent
+    from nodeagent.runtime.syscalls import LibcSyscalls
+
+    count = len(node.runtime.list())
+    node.runtime.remove_all()
+    if count:
+        print(f"removed {count} container{'s' if count != 1 else ''}")
+    remove_parent(args.cgroup_root)
+    sandboxes = sandbox.Sandboxes(LibcSyscalls())
+    for ns in sandbox.existing(args.netns_prefix):
+        sandboxes.remove(ns)
+        print(f"removed pod netns {ns}")
+    return 0
+
+
 def cmd_gc(node: Node, args) -> int:
     in_use = [d for info in node.runtime.list()
               for d in node.runtime.spec(info.id).lower_dirs]
@@ -177,6 +197,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     sp.add_argument("-i", "--stdin", action="store_true")
     sp.add_argument("container")
     sp.add_argument("argv", nargs="+", metavar="COMMAND")
+    sub.add_parser("reset", help="remove every container, the cgroup parent and the pod "
+                   "network namespaces of this agent (a node left as if it never ran)")
     sp = sub.add_parser("gc", help="remove images not kept and layers no container uses")
     sp.add_argument("--keep", action="append", default=[], metavar="IMAGE")
     return p.parse_args(_implicit_run(sys.argv[1:] if argv is None else list(argv)))
@@ -184,7 +206,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 _RUN_OPTIONS = ("--join", "--pod-manifests")
 _GLOBAL_OPTIONS = ("--state-dir", "--cgroup-root", "--netns-prefix", "--log-level")
-_COMMANDS = ("run", "pull", "import", "images", "ps", "logs", "exec", "gc")
+_COMMANDS = ("run", "pull", "import", "images", "ps", "logs", "exec", "gc", "reset")
 
 
 def _implicit_run(argv: list[str]) -> list[str]:
@@ -234,7 +256,7 @@ def main(argv=None) -> None:
                 print(f"{image.reference} {image.manifest_digest}")
             sys.exit(0)
         handlers = {"pull": cmd_pull, "images": cmd_images, "ps": cmd_ps, "logs": cmd_logs,
-                    "exec": cmd_exec, "gc": cmd_gc}
+                    "exec": cmd_exec, "gc": cmd_gc, "reset": cmd_reset}
         sys.exit(handlers[args.command](node, args))
     except KeyboardInterrupt:
         sys.exit(130)

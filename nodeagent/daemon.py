@@ -27,6 +27,7 @@ from nodeagent.pods.worker import UID_CHARS, PodWorker, parse_container_id
 from nodeagent.runtime.images.registry import RegistryConfig, RegistryError
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
+from nodeagent.runtime.syscalls import LibcSyscalls
 from nodeagent.session.checkpoints import Checkpoints
 from nodeagent.session.hostfacts import parse_labels, read_host_facts
 from nodeagent.session.identity import (
@@ -119,9 +120,11 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
     wake = wake or Wakeup()
     prober = Prober(node.runtime, wake=wake.poke, event=event)
 
+    sandboxes = sandbox.Sandboxes(LibcSyscalls())
+
     def make_worker(pod: pb.Pod) -> PodWorker:
         return PodWorker(pod, node.runtime, node.images, registry, netns_prefix=netns_prefix,
-                         network=network, prober=prober, event=event)
+                         network=network, prober=prober, event=event, sandboxes=sandboxes)
 
     manager = PodManager(make_worker, wake, report=report, removed=removed, confirm=confirm,
                          removal_grace=removal_grace)

@@ -80,6 +80,8 @@ def start_agents(cp, root: str, names, image_tar: str | None = None,
 
 def remove_sandboxes(prefix: str) -> None:
     from nodeagent.pods import sandbox
+    from nodeagent.runtime.syscalls import LibcSyscalls
 
+    sandboxes = sandbox.Sandboxes(LibcSyscalls())
     for ns in sandbox.existing(prefix):
-        sandbox.remove(ns)
+        sandboxes.remove(ns)

@@ -13,12 +13,23 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 
 from moorage.lab import hosts
-from moorage.lab.cluster import POINTER_DIR, Host, Lab, Say, _cmdline, _is_zombie, alive
+from moorage.lab.cluster import (
+    POINTER_DIR,
+    Host,
+    Lab,
+    Say,
+    _cmdline,
+    _is_zombie,
+    _python,
+    alive,
+)
 
 STOP_GRACE_SECONDS = 10
+RESET_TIMEOUT_SECONDS = 120
 KILL_WAIT_SECONDS = 5
 MNT_DETACH = 2
 CGROUP_MOUNT = "/sys/fs/cgroup"
@@ -93,22 +104,20 @@ def _hosts_of(name: str, state_dir: str, lab: Lab | None) -> list[Host]:
 
 
 def _remove_containers(host_list: list[Host], say: Say) -> None:
-    from nodeagent.pods import sandbox
-    from nodeagent.runtime.cgroups import remove_parent
-    from nodeagent.runtime.runtime import Runtime
-
+    """Each host's agent state goes through the agent's own `reset` (shared code imports no
+    daemon): containers, the cgroup parent, pod namespaces."""
     for host in host_list:
-        containers = os.path.join(host.state_dir, "containers")
-        if os.path.isdir(containers):
-            runtime = Runtime(containers, cgroup_root=host.cgroup_root)
-            count = len(runtime.list())
-            runtime.remove_all()
-            if count:
-                say(f"removed {count} container{'s' if count != 1 else ''} of {host.name}")
-        remove_parent(host.cgroup_root)
-        for ns in sandbox.existing(host.netns_prefix):
-            sandbox.remove(ns)
-            say(f"removed pod netns {ns}")
+        if not os.path.isdir(host.state_dir):
+            continue
+        out = subprocess.run(_python(
+            "nodeagent.agent", "--state-dir", host.state_dir, "--cgroup-root", host.cgroup_root,
+            "--netns-prefix", host.netns_prefix, "reset"),
+            capture_output=True, text=True, timeout=RESET_TIMEOUT_SECONDS)
+        for line in out.stdout.splitlines():
+            say(f"{line} of {host.name}" if "container" in line else line)
+        if out.returncode != 0:
+            why = (out.stderr.strip().splitlines() or ["no message"])[-1]
+            say(f"resetting {host.name} failed: {why}")
 
 
 # ---- processes ----

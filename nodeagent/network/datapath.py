@@ -12,14 +12,13 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from nodeagent.network import overlay
+from nodeagent.network import nft, overlay
 from nodeagent.network.overlay import (  # noqa: F401 - re-exported: callers build Peers here
     FdbEntry,
     NeighEntry,
@@ -384,7 +383,7 @@ def _ignore_missing(fn, *args, **kwargs) -> bool:
 
 
 def _nft(args: list[str], script: str | None = None, check: bool = True):
-    proc = subprocess.run(["nft", *args], input=script, capture_output=True, text=True)
+    proc = nft.run(args, script)
     if check and proc.returncode != 0:
         raise NetworkError(f"nft {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc

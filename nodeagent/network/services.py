@@ -29,13 +29,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from moorage.v1 import agent_pb2
+from nodeagent.network import nft
+from nodeagent.runtime.netns import path as sandbox_path
 
 log = logging.getLogger("moorage.agent.services")
 
@@ -234,8 +235,7 @@ def flush_udp_conntrack(ips: Iterable[str]) -> int:
 
 def apply_script(script: str, netns: str | None = None) -> None:
     """Runs an nft script as one transaction (in a named netns if given)."""
-    cmd = (["ip", "netns", "exec", netns] if netns else []) + ["nft", "-f", "-"]
-    proc = subprocess.run(cmd, input=script, capture_output=True, text=True)
+    proc = nft.run(["-f", "-"], script, netns_path=sandbox_path(netns) if netns else None)
     if proc.returncode != 0:
         raise ServiceRulesError(f"nft -f failed: {proc.stderr.strip()[:2000]}")
 

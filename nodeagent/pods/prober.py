@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.pods import probes as p
-from nodeagent.pods import sandbox
+from nodeagent.runtime.netns import on_thread
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def probe_specs(c: pb.Container) -> dict[str, p.ProbeSpec]:
 
 def in_netns(netns_path: str, fn: Callable[[], object], timeout: float) -> object:
     """fn() on a new thread inside the network namespace at netns_path."""
-    return sandbox.on_thread(fn, netns_path, timeout)
+    return on_thread(fn, netns_path, timeout)
 
 
 def tcp_check(action: p.TCPSocket, host: str, timeout: float) -> tuple[bool, str]:

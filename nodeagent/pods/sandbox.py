@@ -5,40 +5,22 @@ the pod goes. Namespaces are named `<prefix><pod uid>` and pinned under /run/net
 `ip netns` also finds them.
 
 A namespace is made on a short-lived thread that unshares its own network namespace and
-bind-mounts it, as `ip netns add` does; pyroute2's own helpers fork a process for each call,
-which made starting many pods cost a fork per pod per pass.
+bind-mounts it, as `ip netns add` does (runtime/netns.py); pyroute2's own helpers fork a
+process for each call, which made starting many pods cost a fork per pod per pass. Every
+mount goes through the `Syscalls` a `Sandboxes` is given.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 
 from pyroute2 import IPRoute, netns
 
-from nodeagent.runtime.syscalls import (
-    CLONE_NEWNET,
-    MNT_DETACH,
-    MS_BIND,
-    MS_REC,
-    MS_SHARED,
-    LibcSyscalls,
-)
+from nodeagent.runtime.netns import NETNS_DIR, on_thread, path
+from nodeagent.runtime.syscalls import MNT_DETACH, MS_BIND, MS_REC, MS_SHARED, Syscalls
 
 DEFAULT_PREFIX = "moorage-"
-NETNS_DIR = netns.NETNS_RUN_DIR
-
-_syscalls: LibcSyscalls | None = None
-_dir_ready = threading.Lock()
-_dir_shared = False
-
-
-def _sysc() -> LibcSyscalls:
-    global _syscalls
-    if _syscalls is None:
-        _syscalls = LibcSyscalls()
-    return _syscalls
 
 
 def sandbox_name(pod_uid: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -46,57 +28,8 @@ def sandbox_name(pod_uid: str, prefix: str = DEFAULT_PREFIX) -> str:
     return prefix + pod_uid.replace("-", "")[:12]
 
 
-def path(name: str) -> str:
-    return os.path.join(NETNS_DIR, name)
-
-
-def on_thread(fn: Callable[[], object], netns_path: str | None = None,
-              timeout: float = 30.0) -> object:
-    """fn() on a new thread that first enters the namespace at `netns_path` (or, with None, a
-    new network namespace of its own); the thread ends with fn, so no other work ever runs in
-    that namespace by mistake. The result or exception is handed back."""
-    sysc = _sysc()
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            if netns_path is None:
-                sysc.unshare(CLONE_NEWNET)
-            else:
-                fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    sysc.setns(fd, CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-            box["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the caller
-            box["error"] = err
-
-    t = threading.Thread(target=target, name="netns", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise TimeoutError(f"timed out after {timeout:g}s")
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box.get("value")
-
-
-def _share_dir() -> None:
-    """/run/netns as a shared mount, as iproute2 makes it, so pins propagate to mount
-    namespaces made later."""
-    global _dir_shared
-    with _dir_ready:
-        if _dir_shared:
-            return
-        os.makedirs(NETNS_DIR, exist_ok=True)
-        sysc = _sysc()
-        try:
-            sysc.mount("", NETNS_DIR, "none", MS_SHARED | MS_REC)
-        except OSError:   # not a mount point yet: bind it onto itself, then share
-            sysc.mount(NETNS_DIR, NETNS_DIR, "none", MS_BIND | MS_REC)
-            sysc.mount("", NETNS_DIR, "none", MS_SHARED | MS_REC)
-        _dir_shared = True
+def existing(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    return sorted(n for n in netns.listnetns() if n.startswith(prefix))
 
 
 def _loopback_up() -> None:
@@ -107,51 +40,64 @@ def _loopback_up() -> None:
             ipr.link("set", index=lo[0], state="up")
 
 
-def _create(name: str) -> None:
-    _share_dir()
-    pin = path(name)
-    os.close(os.open(pin, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+class Sandboxes:
+    def __init__(self, sysc: Syscalls):
+        self.sysc = sysc
+        self._dir_ready = threading.Lock()
+        self._dir_shared = False
 
-    def make() -> None:
-        _sysc().mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", pin, "none",
-                      MS_BIND)
-        _loopback_up()
-    try:
-        on_thread(make)
-    except BaseException:
-        _unpin(pin)
-        raise
+    def _share_dir(self) -> None:
+        """/run/netns as a shared mount, as iproute2 makes it, so pins propagate to mount
+        namespaces made later."""
+        with self._dir_ready:
+            if self._dir_shared:
+                return
+            os.makedirs(NETNS_DIR, exist_ok=True)
+            try:
+                self.sysc.mount("", NETNS_DIR, "none", MS_SHARED | MS_REC)
+            except OSError:   # not a mount point yet: bind it onto itself, then share
+                self.sysc.mount(NETNS_DIR, NETNS_DIR, "none", MS_BIND | MS_REC)
+                self.sysc.mount("", NETNS_DIR, "none", MS_SHARED | MS_REC)
+            self._dir_shared = True
 
+    def _create(self, name: str) -> None:
+        self._share_dir()
+        pin = path(name)
+        os.close(os.open(pin, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
 
-def _unpin(pin: str) -> None:
-    try:
-        _sysc().umount2(pin, MNT_DETACH)
-    except OSError:
-        pass   # never mounted (a failed create)
-    try:
-        os.unlink(pin)
-    except FileNotFoundError:
-        pass
-
-
-def ensure(name: str) -> str:
-    """Creates the namespace with loopback up, or returns the existing one with loopback up;
-    idempotent. A pin left without its namespace (a create cut short) is made again."""
-    pin = path(name)
-    if os.path.exists(pin):
+        def make() -> None:
+            self.sysc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", pin, "none",
+                            MS_BIND)
+            _loopback_up()
         try:
-            on_thread(_loopback_up, pin)
-            return pin
-        except OSError:   # setns refused: a plain file, not a namespace
-            _unpin(pin)
-    _create(name)
-    return pin
+            on_thread(make, sysc=self.sysc)
+        except BaseException:
+            self._unpin(pin)
+            raise
 
+    def _unpin(self, pin: str) -> None:
+        try:
+            self.sysc.umount2(pin, MNT_DETACH)
+        except OSError:
+            pass   # never mounted (a failed create)
+        try:
+            os.unlink(pin)
+        except FileNotFoundError:
+            pass
 
-def remove(name: str) -> None:
-    if os.path.lexists(path(name)):
-        _unpin(path(name))
+    def ensure(self, name: str) -> str:
+        """Creates the namespace with loopback up, or returns the existing one with loopback
+        up; idempotent. A pin left without its namespace (a create cut short) is made again."""
+        pin = path(name)
+        if os.path.exists(pin):
+            try:
+                on_thread(_loopback_up, pin, sysc=self.sysc)
+                return pin
+            except OSError:   # setns refused: a plain file, not a namespace
+                self._unpin(pin)
+        self._create(name)
+        return pin
 
-
-def existing(prefix: str = DEFAULT_PREFIX) -> list[str]:
-    return sorted(n for n in netns.listnetns() if n.startswith(prefix))
+    def remove(self, name: str) -> None:
+        if os.path.lexists(path(name)):
+            self._unpin(path(name))

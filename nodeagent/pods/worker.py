@@ -38,6 +38,7 @@ from nodeagent.runtime.images.store import Image, Store
 from nodeagent.runtime.restart import NEVER, backoff
 from nodeagent.runtime.runtime import Runtime, StartError
 from nodeagent.runtime.spec import RUNNING, ContainerSpec
+from nodeagent.runtime.syscalls import LibcSyscalls
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class PodWorker:
     def __init__(self, pod: pb.Pod, runtime: Runtime, images: Store,
                  registry: RegistryConfig | None = None, *,
                  netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None,
-                 prober=None, event=None):
+                 prober=None, event=None, sandboxes: sandbox.Sandboxes | None = None):
         self.pod = pod
         # Runs the containers' probes (nodeagent/prober.py Prober), or None: no probing.
         self.prober = prober
@@ -121,6 +122,7 @@ class PodWorker:
         self.files: tuple[tuple[str, str], ...] = ()
         self.runtime, self.images, self.registry = runtime, images, registry
         self.netns = sandbox.sandbox_name(pod.metadata.uid, netns_prefix)
+        self.sandboxes = sandboxes or sandbox.Sandboxes(LibcSyscalls())
         self.sandbox_path: str | None = None
         self.clock = clock
         self.uid_prefix = pod.metadata.uid.replace("-", "")[:UID_CHARS]
@@ -161,7 +163,7 @@ class PodWorker:
         # is done once per worker; later passes only check that the namespace is still there.
         path = self.sandbox_path
         if path is None or not os.path.exists(path):
-            path = self.sandbox_path = sandbox.ensure(self.netns)
+            path = self.sandbox_path = self.sandboxes.ensure(self.netns)
         now = self.clock()
         if self.network is not None and not self.pod_ip:
             try:
@@ -337,7 +339,7 @@ class PodWorker:
             podfiles.remove(self._files_dir())
         if self.prober:
             self.prober.forget(self.pod.metadata.uid)
-        sandbox.remove(self.netns)
+        self.sandboxes.remove(self.netns)
         self.sandbox_path = None
 
 

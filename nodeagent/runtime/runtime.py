@@ -27,6 +27,7 @@ from nodeagent.runtime.spec import (
     read_json,
     write_json_atomic,
 )
+from nodeagent.runtime.syscalls import MNT_DETACH, LibcSyscalls, Syscalls
 
 REASON_SHIM_LOST = "ShimLost"  # the shim died without recording an exit
 START_TIMEOUT = 30.0
@@ -237,8 +238,10 @@ class Runtime:
     """Containers under state_dir/<id>/; cgroups under <cgroup mount>/<cgroup_root>/<id>."""
 
     def __init__(self, state_dir: str, cgroup_root: str = "moorage",
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, sysc: Syscalls | None = None) -> None:
         self.state_dir, self.cgroup_root, self.python = state_dir, cgroup_root, python
+        # The kernel seam for what the agent's own process mounts and unmounts.
+        self.sysc = sysc or LibcSyscalls()
         os.makedirs(state_dir, exist_ok=True)
         # "." names are never container ids, so the fork server's log cannot clash with one.
         self.zygote = Zygote(python, _helper_env(), os.path.join(state_dir, ".zygote.log"))
@@ -358,7 +361,10 @@ class Runtime:
         # leftover here would mean an exec'd process still pins it, so detach it to be safe.
         rootfs = os.path.join(cdir, "rootfs")
         if os.path.ismount(rootfs):
-            subprocess.run(["umount", "-l", rootfs], check=False)
+            try:
+                self.sysc.umount2(rootfs, MNT_DETACH)
+            except OSError:
+                pass   # gone meanwhile
         shutil.rmtree(cdir)
 
     def exec(self, cid: str, argv: list[str], tty: bool = False, stdin=None,

@@ -15,11 +15,15 @@ import pytest
 
 from nodeagent.pods import sandbox
 from nodeagent.runtime.runtime import Runtime
+from nodeagent.runtime.syscalls import LibcSyscalls
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX, unique
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 # Its own pod-namespace prefix: other tests' clean-ups never touch it, nor it theirs.
+SANDBOXES = sandbox.Sandboxes(LibcSyscalls())
+
+
 NETNS_PREFIX = unique("ns") + "-"
 
 POD = """\
@@ -60,7 +64,7 @@ def agent_env():
             p.wait()
     Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root).remove_all()
     for name in sandbox.existing(NETNS_PREFIX):
-        sandbox.remove(name)
+        SANDBOXES.remove(name)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -22,12 +22,16 @@ from moorage.v1 import agent_pb2, agent_pb2_grpc
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.pods import sandbox
 from nodeagent.runtime.runtime import Runtime
+from nodeagent.runtime.syscalls import LibcSyscalls
 from nodeagent.session.identity import NodeIdentity
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX, unique
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 # Its own pod-namespace prefix: other tests' clean-ups never touch it, nor it theirs.
+SANDBOXES = sandbox.Sandboxes(LibcSyscalls())
+
+
 NETNS_PREFIX = unique("ns") + "-"
 
 NODE = TEST_PREFIX + "node"
@@ -152,7 +156,7 @@ def env():
     fake.close()
     Runtime(os.path.join(state, "containers"), cgroup_root=cgroup_root).remove_all()
     for name in sandbox.existing(NETNS_PREFIX):
-        sandbox.remove(name)
+        SANDBOXES.remove(name)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -6,15 +6,18 @@ import os
 import subprocess
 
 from nodeagent.pods import sandbox
+from nodeagent.runtime.syscalls import LibcSyscalls
 from tests.conftest import TEST_PREFIX
+
+SANDBOXES = sandbox.Sandboxes(LibcSyscalls())
 
 
 def test_sandbox_lifecycle():
     name = sandbox.sandbox_name("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", prefix=TEST_PREFIX)
     assert name == TEST_PREFIX + "0f1e2d3c4b5a"
     try:
-        p = sandbox.ensure(name)
-        assert sandbox.ensure(name) == p          # idempotent
+        p = SANDBOXES.ensure(name)
+        assert SANDBOXES.ensure(name) == p          # idempotent
         assert name in sandbox.existing(TEST_PREFIX)
         out = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "link", "show", "lo"],
                              capture_output=True, text=True, check=True).stdout
@@ -24,9 +27,9 @@ def test_sandbox_lifecycle():
                                capture_output=True, text=True, check=True).stdout
         assert len(links.strip().splitlines()) == 1
     finally:
-        sandbox.remove(name)
+        SANDBOXES.remove(name)
     assert name not in sandbox.existing(TEST_PREFIX)
-    sandbox.remove(name)                          # removing twice is fine
+    SANDBOXES.remove(name)                          # removing twice is fine
 
 
 def test_sandbox_repairs_a_pin_without_namespace_and_loopback_down():
@@ -35,10 +38,10 @@ def test_sandbox_repairs_a_pin_without_namespace_and_loopback_down():
     os.makedirs(os.path.dirname(pin), exist_ok=True)
     open(pin, "w").close()          # what a create cut short between its two steps leaves
     try:
-        assert sandbox.ensure(name) == pin
+        assert SANDBOXES.ensure(name) == pin
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "down"],
                        check=True)
-        sandbox.ensure(name)        # an existing namespace gets its loopback back up
+        SANDBOXES.ensure(name)        # an existing namespace gets its loopback back up
         out = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "link", "show", "lo"],
                              capture_output=True, text=True, check=True).stdout
         assert ",UP" in out, out
@@ -47,5 +50,5 @@ def test_sandbox_repairs_a_pin_without_namespace_and_loopback_down():
                                capture_output=True, text=True, check=True).stdout
         assert len(links.strip().splitlines()) == 1
     finally:
-        sandbox.remove(name)
+        SANDBOXES.remove(name)
     assert not os.path.exists(pin)

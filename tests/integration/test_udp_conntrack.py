@@ -10,11 +10,16 @@ import pytest
 
 from nodeagent.network.services import flush_udp_conntrack
 from nodeagent.pods import sandbox
+from nodeagent.runtime.netns import on_thread
+from nodeagent.runtime.syscalls import LibcSyscalls
 from tests.conftest import unique
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes a netns and nft rules: root")
 
 ENDPOINT, VIP = "10.99.0.1", "10.96.0.1"
+
+SANDBOXES = sandbox.Sandboxes(LibcSyscalls())
+
 
 NFT = f"""
 table ip t {{
@@ -40,12 +45,12 @@ def udp_entries(ns: str) -> list[tuple[str, str]]:
         with Conntrack() as ct:
             return [(e.tuple_orig.daddr, e.tuple_reply.saddr) for e in ct.dump_entries(
                 tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP))]
-    return sandbox.on_thread(dump, sandbox.path(ns))
+    return on_thread(dump, sandbox.path(ns))
 
 
 def test_flush_deletes_only_dnated_udp_entries_to_the_endpoint():
     ns = unique("ct")
-    sandbox.ensure(ns)
+    SANDBOXES.ensure(ns)
     try:
         # No dummy driver on every kernel: a veth pair with both ends in the namespace.
         sh(ns, "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
@@ -59,13 +64,13 @@ def test_flush_deletes_only_dnated_udp_entries_to_the_endpoint():
             for dst, port in ((VIP, 9999), (ENDPOINT, 7777)):   # through the VIP; direct
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.sendto(b"x", (dst, port))
-        sandbox.on_thread(send, sandbox.path(ns))
+        on_thread(send, sandbox.path(ns))
         before = udp_entries(ns)
         assert (VIP, ENDPOINT) in before and (ENDPOINT, ENDPOINT) in before, before
 
-        deleted = sandbox.on_thread(lambda: flush_udp_conntrack([ENDPOINT]), sandbox.path(ns))
+        deleted = on_thread(lambda: flush_udp_conntrack([ENDPOINT]), sandbox.path(ns))
         after = udp_entries(ns)
         assert deleted == 1
         assert (VIP, ENDPOINT) not in after and (ENDPOINT, ENDPOINT) in after, after
     finally:
-        sandbox.remove(ns)
+        SANDBOXES.remove(ns)
