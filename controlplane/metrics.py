@@ -50,7 +50,7 @@ def observed(method_name: str):
 def _code(context) -> str:
     try:
         code = context.code()
-    except Exception:  # not every context exposes the code before the call ends
+    except (AttributeError, RuntimeError):  # not every context exposes the code yet
         return "UNKNOWN"
     if code is None:
         return "OK"

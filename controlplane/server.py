@@ -32,6 +32,8 @@ from controlplane.api.cluster import ClusterServicer
 from controlplane.api.errors import EtcdErrors
 from controlplane.api.network import NetworkServicer
 from controlplane.api.pods import PodsServicer
+from controlplane.controllers.deployments import DeploymentController
+from controlplane.controllers.namespace import NamespaceController
 from controlplane.controllers.nodes import EVICTION_SECONDS, STARTUP_GRACE_SECONDS, NodeLifecycle
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.sessions import (
@@ -211,7 +213,8 @@ async def ensure_namespaces(store: Store) -> None:
             pass
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def _open_store(args: argparse.Namespace) -> tuple[Store, LocalEtcd | None]:
+    """The store, on --etcd-endpoints or on a local etcd this process starts and owns."""
     etcd = None
     if args.etcd_endpoints:
         host, port = _endpoint(args.etcd_endpoints.split(",")[0])
@@ -221,7 +224,128 @@ async def serve(args: argparse.Namespace) -> int:
         await asyncio.to_thread(etcd.start)
         host, port = etcd.host, etcd.client_port
         log.info("local etcd serving on %s", etcd.endpoint)
-    store = Store.connect(host, port, prefix=args.etcd_prefix)
+    return Store.connect(host, port, prefix=args.etcd_prefix), etcd
+
+
+def _servicers(args, store: Store, ca, server, join_listen: str, scheduler_config):
+    """Every service on the one gRPC server; (dispatcher, assignments, health)."""
+    api_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(
+        store, scheduler_config, ca, service_cidr=args.service_cidr), server)
+    agent_pb2_grpc.add_BootstrapServicer_to_server(BootstrapServicer(
+        store, ca, split_hostport(join_listen)[1],
+        dt.timedelta(seconds=args.node_cert_validity)), server)
+    assignments = AssignmentIndex(store)
+    dispatcher = DispatcherServicer(
+        store, assignments, args.heartbeat_period, args.node_not_ready_after,
+        ca_cert=ca.cert, network=NetworkDefaults(args.cluster_cidr, args.vxlan_vni,
+                                                  args.vxlan_port))
+    dispatcher.replica_address = replicas.advertised(args.listen, args.advertise_address)
+    agent_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+    dispatcher.streams = PodStreams(store, dispatcher)
+    api_pb2_grpc.add_PodsServicer_to_server(
+        PodsServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
+    api_pb2_grpc.add_NetworkServicer_to_server(
+        NetworkServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return dispatcher, assignments, health
+
+
+def _listen(server, listeners) -> bool:
+    for address, creds in listeners:
+        try:
+            if creds is None:
+                server.add_insecure_port(address)
+            else:
+                server.add_secure_port(address, creds)
+        except RuntimeError as err:
+            log.error("cannot listen on %s: %s", address, err)
+            return False
+    return True
+
+
+def _leader_tasks(args, scheduler_config):
+    def tasks(store: Store) -> list:
+        # Built afresh on every election, so a new term starts from etcd, not old caches.
+        out = []
+        if args.node_lifecycle:
+            out.append(NodeLifecycle(
+                store, eviction_seconds=args.pod_eviction_after,
+                startup_grace_seconds=args.eviction_startup_grace).run())
+        if args.scheduler:
+            out.append(Scheduler(store, scheduler_config).run())
+        if args.scheduler if args.controllers is None else args.controllers:
+            out.append(DeploymentController(store).run())
+            out.append(NamespaceController(store).run())
+        return out
+    return tasks
+
+
+def _etcd_health(health):
+    def state(up: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if up
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in ("", "moorage.v1.Cluster"):
+            asyncio.get_running_loop().create_task(health.set(service, status))
+    return state
+
+
+def _background(args, store: Store, etcd, dispatcher, assignments,
+                scheduler_config) -> list[asyncio.Task]:
+    tasks = [asyncio.create_task(assignments.run()),
+             asyncio.create_task(dispatcher.peers.run()),
+             asyncio.create_task(dispatcher.services.run()),
+             asyncio.create_task(inventory.count_forever(store)),
+             asyncio.create_task(probe_etcd(store))]
+    if etcd is not None:
+        tasks.append(asyncio.create_task(supervise(etcd, log,
+                                                   on_restart=LOCAL_ETCD_RESTARTS.inc)))
+    if dispatcher.replica_address:
+        tasks.append(asyncio.create_task(
+            replicas.advertise_forever(store, dispatcher.replica_address)))
+    leader_tasks = _leader_tasks(args, scheduler_config)
+    if args.leader_elect and (args.node_lifecycle or args.scheduler or args.controllers):
+        election = Election(store, name=args.replica_name or None, ttl=args.leader_lease_ttl)
+        tasks.append(asyncio.create_task(run_while_leader(election, leader_tasks)))
+    else:
+        tasks += [asyncio.create_task(t) for t in leader_tasks(store)]
+    return tasks
+
+
+async def _run_until_stopped(background: list[asyncio.Task]) -> int:
+    """Waits for SIGTERM/SIGINT or a failed background task; the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    exit_code = 0
+
+    def failed(task: asyncio.Task) -> None:
+        # A dead scheduler must not leave a control plane that looks healthy: exit non-zero,
+        # so that systemd restarts it.
+        nonlocal exit_code
+        if not task.cancelled() and task.exception() is not None:
+            err = task.exception()
+            if isinstance(err, EtcdLost):
+                log.error("%s", err)
+                print(f"moor-controlplane: {err}", file=sys.stderr, flush=True)
+            else:
+                log.error("background task failed: %r", err, exc_info=err)
+            exit_code = 1
+            stop.set()
+
+    for task in background:
+        task.add_done_callback(failed)
+    await stop.wait()
+    log.info("shutting down")
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    return exit_code
+
+
+async def serve(args: argparse.Namespace) -> int:
+    store, etcd = await _open_store(args)
     try:
         await ensure_namespaces(store)
         os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
@@ -240,37 +364,12 @@ async def serve(args: argparse.Namespace) -> int:
             ("grpc.so_reuseport", 0),
         ])
         scheduler_config = SchedulerConfig(strategy=args.scheduler_strategy)
-        servicer = ClusterServicer(store, scheduler_config, ca,
-                                   service_cidr=args.service_cidr)
-        api_pb2_grpc.add_ClusterServicer_to_server(servicer, server)
-        agent_pb2_grpc.add_BootstrapServicer_to_server(BootstrapServicer(
-            store, ca, split_hostport(join_listen)[1],
-            dt.timedelta(seconds=args.node_cert_validity)), server)
-        assignments = AssignmentIndex(store)
-        dispatcher = DispatcherServicer(
-            store, assignments, args.heartbeat_period, args.node_not_ready_after,
-            ca_cert=ca.cert, network=NetworkDefaults(args.cluster_cidr, args.vxlan_vni,
-                                                      args.vxlan_port))
-        dispatcher.replica_address = replicas.advertised(args.listen, args.advertise_address)
-        agent_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
-        dispatcher.streams = PodStreams(store, dispatcher)
-        api_pb2_grpc.add_PodsServicer_to_server(
-            PodsServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
-        api_pb2_grpc.add_NetworkServicer_to_server(
-            NetworkServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
-        health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        listeners = [(args.listen, server_credentials(ca, cert, key)),
-                     (join_listen, join_server_credentials(cert, key)), (ca_listen, None)]
-        for address, creds in listeners:
-            try:
-                if creds is None:
-                    server.add_insecure_port(address)
-                else:
-                    server.add_secure_port(address, creds)
-            except RuntimeError as err:
-                log.error("cannot listen on %s: %s", address, err)
-                return 1
+        dispatcher, assignments, health = _servicers(args, store, ca, server, join_listen,
+                                                     scheduler_config)
+        if not _listen(server, [(args.listen, server_credentials(ca, cert, key)),
+                                (join_listen, join_server_credentials(cert, key)),
+                                (ca_listen, None)]):
+            return 1
         if args.metrics_listen:
             mhost, mport = split_hostport(args.metrics_listen)
             metricsserver.start(mport, addr=mhost or "0.0.0.0")
@@ -281,79 +380,9 @@ async def serve(args: argparse.Namespace) -> int:
                  args.listen, join_listen, ca_listen)
         print(f"moor-controlplane: serving on {args.listen}; admin credentials in {admin_path}",
               flush=True)
-
-        def etcd_state(up: bool) -> None:
-            status = (health_pb2.HealthCheckResponse.SERVING if up
-                      else health_pb2.HealthCheckResponse.NOT_SERVING)
-            for service in ("", "moorage.v1.Cluster"):
-                asyncio.get_running_loop().create_task(health.set(service, status))
-
-        store.health.listeners.append(etcd_state)
-        background = [asyncio.create_task(assignments.run()),
-                      asyncio.create_task(dispatcher.peers.run()),
-                      asyncio.create_task(dispatcher.services.run()),
-                      asyncio.create_task(inventory.count_forever(store)),
-                      asyncio.create_task(probe_etcd(store))]
-        if etcd is not None:
-            background.append(asyncio.create_task(supervise(
-                etcd, log, on_restart=LOCAL_ETCD_RESTARTS.inc)))
-        if dispatcher.replica_address:
-            background.append(asyncio.create_task(
-                replicas.advertise_forever(store, dispatcher.replica_address)))
-
-        def leader_tasks(store: Store) -> list:
-            # Built afresh on every election, so a new term starts from etcd, not old caches.
-            tasks = []
-            if args.node_lifecycle:
-                tasks.append(NodeLifecycle(
-                    store, eviction_seconds=args.pod_eviction_after,
-                    startup_grace_seconds=args.eviction_startup_grace).run())
-            if args.scheduler:
-                tasks.append(Scheduler(store, scheduler_config).run())
-            if args.scheduler if args.controllers is None else args.controllers:
-                from controlplane.controllers.deployments import DeploymentController
-                from controlplane.controllers.namespace import NamespaceController
-
-                tasks.append(DeploymentController(store).run())
-                tasks.append(NamespaceController(store).run())
-            return tasks
-
-        wanted = bool(args.node_lifecycle or args.scheduler or args.controllers)
-        if args.leader_elect and wanted:
-            election = Election(store, name=args.replica_name or None,
-                                ttl=args.leader_lease_ttl)
-            background.append(asyncio.create_task(run_while_leader(election, leader_tasks)))
-        else:
-            background += [asyncio.create_task(t) for t in leader_tasks(store)]
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-
-        exit_code = 0
-
-        def failed(task: asyncio.Task) -> None:
-            # A dead scheduler must not leave a control plane that looks healthy: exit
-            # non-zero, so that systemd restarts it.
-            nonlocal exit_code
-            if not task.cancelled() and task.exception() is not None:
-                err = task.exception()
-                if isinstance(err, EtcdLost):
-                    log.error("%s", err)
-                    print(f"moor-controlplane: {err}", file=sys.stderr, flush=True)
-                else:
-                    log.error("background task failed: %r", err)
-                exit_code = 1
-                stop.set()
-
-        for task in background:
-            task.add_done_callback(failed)
-        await stop.wait()
-        log.info("shutting down")
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        store.health.listeners.append(_etcd_health(health))
+        exit_code = await _run_until_stopped(_background(
+            args, store, etcd, dispatcher, assignments, scheduler_config))
         await health.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         return exit_code

@@ -22,7 +22,7 @@ from controlplane.dispatcher.servicetable import ServiceIndex
 from controlplane.events import EventRecorder
 from controlplane.ha import replicas
 from controlplane.identity.auth import peer_identity
-from controlplane.store import Conflict, NotFound, Store
+from controlplane.store import Conflict, NotFound, Store, StoreError
 from moorage.model import kinds, names
 from moorage.model.network import DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI
 from moorage.model.timestamps import now_rfc3339
@@ -281,7 +281,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         type_ = ev.type if ev.type in ("Normal", "Warning") else "Normal"
         try:
             await self.events.record(pod, type_, ev.reason[:128], ev.message[:1024])
-        except Exception as err:  # noqa: BLE001 - events are best-effort; the session goes on
+        except StoreError as err:   # events are best-effort; the session goes on
             log.warning("recording an event for pod %s/%s: %s", ev.namespace, ev.pod, err)
 
     async def _node_identity(self, context, method: str) -> str:
@@ -294,6 +294,26 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{identity} is not a node and may not call {method}")
         return identity.name
+
+    async def _read(self, name: str, lease_id: int, request_iterator, closed: asyncio.Event,
+                    queue: asyncio.Queue) -> None:
+        """The agent's messages, in order: heartbeats, statuses, events, confirmations."""
+        try:
+            async for msg in request_iterator:
+                kind = msg.WhichOneof("message")
+                if kind == "heartbeat":
+                    lease_id = await self._heartbeat(name, lease_id)
+                elif kind == "pod_status":
+                    await self._pod_status(name, msg.pod_status)
+                elif kind == "event":
+                    await self._pod_event(name, msg.event)
+                elif kind == "pod_terminated":
+                    await self._pod_terminated(name, msg.pod_terminated)
+                elif kind in ("stats", "net_check") and self.streams is not None:
+                    self.streams.answer(name, getattr(msg, kind))
+        finally:
+            closed.set()
+            queue.put_nowait(False)
 
     async def Session(self, request_iterator, context):
         caller = await self._node_identity(context, "Session")
@@ -321,25 +341,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.sessions[name] = queue
         closed = asyncio.Event()
 
-        async def read():
-            nonlocal lease_id
-            try:
-                async for msg in request_iterator:
-                    kind = msg.WhichOneof("message")
-                    if kind == "heartbeat":
-                        lease_id = await self._heartbeat(name, lease_id)
-                    elif kind == "pod_status":
-                        await self._pod_status(name, msg.pod_status)
-                    elif kind == "event":
-                        await self._pod_event(name, msg.event)
-                    elif kind == "pod_terminated":
-                        await self._pod_terminated(name, msg.pod_terminated)
-                    elif kind in ("stats", "net_check") and self.streams is not None:
-                        self.streams.answer(name, getattr(msg, kind))
-            finally:
-                closed.set()
-                queue.put_nowait(False)
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(self._read(name, lease_id, request_iterator, closed,
+                                                queue))
         try:
             yield agent_pb2.DispatcherMessage(settings=agent_pb2.SessionSettings(
                 heartbeat_period_ms=int(self.heartbeat_seconds * 1000),

@@ -370,7 +370,7 @@ def related_events(obj, events) -> list:
 
 def usage_section(w: Writer, usage) -> None:
     """A node's live usage (api NodeUsage, measured by its agent just now), as `moor top`."""
-    from moorage.cli.podio import format_cpu, format_memory, format_percent
+    from moorage.cli.streams import format_cpu, format_memory, format_percent
 
     w.line(0, "Usage:", "(live, from the agent)")
     w.table(1, ["Resource", "Used", "Of capacity"], [

@@ -118,6 +118,37 @@ def build_parser() -> Parser:
         _add_globals(cmd, suppress=True)
         return cmd
 
+    _add_manifest_commands(command)
+    _add_delete_command(command)
+    _add_rollout_commands(sub, command)
+    _add_node_commands(sub, command)
+    _add_token_commands(command)
+    from moorage.cli import lab, prometheus, stack, streams
+
+    streams.add_commands(sub, _add_globals)
+    prometheus.add_commands(sub, _add_globals)
+    stack.add_commands(sub, _add_globals)
+    cmd = command("net", "check the pod network", """\
+  moor net doctor                        every node checks its routes, neighbour and FDB
+                                         entries and MTUs, and pings its peers""")
+    actions = cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
+                                 required=True)
+    act = actions.add_parser("doctor", help="report overlay drift, MTU mismatches and "
+                             "unreachable peers (exit 1 when any)",
+                             description="Each node compares the kernel's routes, neighbour "
+                             "and FDB entries with the node list, checks MTUs and probes every "
+                             "peer over the overlay. Exit status 1 when there is an error or a "
+                             "node could not be checked.")
+    _add_globals(act, suppress=True)
+    lab.add_parser(sub)
+
+    command("version", "print the client and server versions", """\
+  moor version
+  moor --server 10.0.0.5:7440 version""")
+    return parser
+
+
+def _add_manifest_commands(command) -> None:
     cmd = command("apply", "create or update objects from manifests", """\
   moor apply -f web.yaml
   moor apply -f manifests/ -R
@@ -182,6 +213,9 @@ def build_parser() -> Parser:
     cmd.add_argument("names", metavar="NAME", nargs="*", help="the object(s) to describe")
     _add_namespace(cmd)
 
+
+
+def _add_delete_command(command) -> None:
     cmd = command("delete", "delete objects by name or by manifest", """\
   moor delete deployment web
   moor delete pods web-1 web-2 -n shop
@@ -210,33 +244,6 @@ def build_parser() -> Parser:
     cmd.add_argument("--timeout", type=_seconds, default=0.0, metavar="DURATION",
                      help="how long --wait waits (e.g. 90s, 2m; default 0: the grace "
                      "period plus a minute)")
-
-    _add_rollout_commands(sub, command)
-    _add_node_commands(sub, command)
-    _add_token_commands(command)
-    from moorage.cli import lab, podio, prometheus, stack
-
-    podio.add_commands(sub, _add_globals)
-    prometheus.add_commands(sub, _add_globals)
-    stack.add_commands(sub, _add_globals)
-    cmd = command("net", "check the pod network", """\
-  moor net doctor                        every node checks its routes, neighbour and FDB
-                                         entries and MTUs, and pings its peers""")
-    actions = cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
-                                 required=True)
-    act = actions.add_parser("doctor", help="report overlay drift, MTU mismatches and "
-                             "unreachable peers (exit 1 when any)",
-                             description="Each node compares the kernel's routes, neighbour "
-                             "and FDB entries with the node list, checks MTUs and probes every "
-                             "peer over the overlay. Exit status 1 when there is an error or a "
-                             "node could not be checked.")
-    _add_globals(act, suppress=True)
-    lab.add_parser(sub)
-
-    command("version", "print the client and server versions", """\
-  moor version
-  moor --server 10.0.0.5:7440 version""")
-    return parser
 
 
 def _add_node_commands(sub, command) -> None:
@@ -335,14 +342,24 @@ def _dispatch(args) -> int:
         from moorage.cli import lab
 
         return lab.run(args)
-    from moorage.cli import commands, netdoctor, nodes, podio, prometheus, rollout, stack, tokens
+    from moorage.cli import (
+        commands,
+        deleting,
+        netdoctor,
+        nodes,
+        prometheus,
+        rollout,
+        stack,
+        streams,
+        tokens,
+    )
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
-               "describe": commands.describe, "delete": commands.delete,
+               "describe": commands.describe, "delete": deleting.delete,
                "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
                "token": tokens.token, "net": netdoctor.doctor, "version": commands.version,
-               **podio.HANDLERS, **stack.HANDLERS, **prometheus.HANDLERS}[args.command]
+               **streams.HANDLERS, **stack.HANDLERS, **prometheus.HANDLERS}[args.command]
     ctx = commands.Context(args)
     try:
         return handler(ctx)

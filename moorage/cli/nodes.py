@@ -48,7 +48,7 @@ def uncordon(ctx: Context) -> int:
 def drain(ctx: Context) -> int:
     """Cordons each node, deletes its pods (gracefully) and waits until they are gone, as
     `kubectl drain` does."""
-    from moorage.cli.commands import _wait_gone
+    from moorage.cli.deleting import wait_gone
 
     client = ctx.client()
     grace = ctx.args.grace_period if ctx.args.grace_period >= 0 else None
@@ -69,7 +69,7 @@ def drain(ctx: Context) -> int:
             marked = kinds.unwrap(resp.object)
             if marked.metadata.deletion_timestamp:
                 pending.append((POD, pod.metadata.namespace, pod.metadata.name, marked))
-        if pending and not _wait_gone(client, pending, ctx.args.timeout):
+        if pending and not wait_gone(client, pending, ctx.args.timeout):
             return 1
         out(f"node/{name} drained")
     return 0

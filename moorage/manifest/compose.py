@@ -374,20 +374,7 @@ def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str]
     if ports:
         container["ports"] = [{"containerPort": p.target, "protocol": p.protocol}
                               for p in {(p.target, p.protocol): p for p in ports}.values()]
-    deploy = svc.get("deploy") or {}
-    if not isinstance(deploy, Mapping):
-        problems.add(f"{path}.deploy", "want a mapping")
-        deploy = {}
-    problems.unsupported(f"{path}.deploy", DEPLOY_KEYS, deploy)
-    if deploy.get("mode", "replicated") != "replicated":
-        problems.add(f"{path}.deploy.mode", f"{deploy['mode']!r}: only replicated is supported")
-    replicas = deploy.get("replicas", 1)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-        problems.add(f"{path}.deploy.replicas", f"{replicas!r}: want a whole number >= 0")
-        replicas = 1
-    endpoint_mode = deploy.get("endpoint_mode", "vip")
-    if endpoint_mode not in ("vip", "dnsrr"):
-        problems.add(f"{path}.deploy.endpoint_mode", f"{endpoint_mode!r}: want vip or dnsrr")
+    deploy, replicas, endpoint_mode = _deploy(svc, path, problems)
     resources = _resources(deploy, f"{path}.deploy.resources", problems)
     if resources:
         container["resources"] = resources
@@ -405,15 +392,40 @@ def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str]
         notes.append(f"{path}.depends_on: accepted, but services start together (there is no "
                      f"start order); make {name} retry until what it needs answers")
 
-    labels = {STACK_LABEL: stack}
     pod_labels = {STACK_LABEL: stack, SERVICE_LABEL: name}
     pod_spec: dict = {"containers": [container], **_placement(
         deploy, f"{path}.deploy.placement", problems)}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": stack, "labels": labels},
+        "metadata": {"name": name, "namespace": stack, "labels": {STACK_LABEL: stack}},
         "spec": {"replicas": replicas, "selector": {"matchLabels": pod_labels},
                  "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}}}
+    return [deployment, _service_object(name, stack, pod_labels, ports, endpoint_mode, path,
+                                        problems)]
+
+
+def _deploy(svc, path: str, problems: _Problems) -> tuple[Mapping, int, str]:
+    """The service's `deploy` section: (the section, replicas, endpoint mode)."""
+    deploy = svc.get("deploy") or {}
+    if not isinstance(deploy, Mapping):
+        problems.add(f"{path}.deploy", "want a mapping")
+        deploy = {}
+    problems.unsupported(f"{path}.deploy", DEPLOY_KEYS, deploy)
+    if deploy.get("mode", "replicated") != "replicated":
+        problems.add(f"{path}.deploy.mode", f"{deploy['mode']!r}: only replicated is supported")
+    replicas = deploy.get("replicas", 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        problems.add(f"{path}.deploy.replicas", f"{replicas!r}: want a whole number >= 0")
+        replicas = 1
+    endpoint_mode = deploy.get("endpoint_mode", "vip")
+    if endpoint_mode not in ("vip", "dnsrr"):
+        problems.add(f"{path}.deploy.endpoint_mode", f"{endpoint_mode!r}: want vip or dnsrr")
+    return deploy, replicas, endpoint_mode
+
+
+def _service_object(name: str, stack: str, pod_labels: dict, ports, endpoint_mode: str,
+                    path: str, problems: _Problems) -> dict:
+    """The Service every Compose service gets, so the others reach it by name."""
     service_spec: dict = {"selector": pod_labels}
     if endpoint_mode == "dnsrr" or not ports:
         service_spec["clusterIP"] = "None"
@@ -434,10 +446,9 @@ def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str]
         service_ports.append(sp)
     if service_ports:
         service_spec["ports"] = service_ports
-    service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": name, "namespace": stack, "labels": labels},
-               "spec": service_spec}
-    return [deployment, service]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": stack, "labels": {STACK_LABEL: stack}},
+            "spec": service_spec}
 
 
 def translate(text: str, stack: str, *, source: str = "compose.yaml",

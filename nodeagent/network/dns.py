@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from dnslib import QTYPE, RCODE, RR, SOA, A, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SOA, A, DNSError, DNSRecord
 from dnslib.server import DNSLogger, DNSServer
 
 from moorage.v1 import agent_pb2
@@ -161,7 +161,7 @@ class ClusterDNS:
             try:
                 raw = request.send(server, self.upstream_port, tcp=tcp, timeout=left)
                 reply = DNSRecord.parse(raw)
-            except Exception as err:  # noqa: BLE001 - socket errors, timeouts, bad replies
+            except (OSError, ValueError, DNSError) as err:   # socket errors, timeouts, bad replies
                 log.debug("dns: upstream %s: %s", server, err)
                 continue
             if reply.header.id == request.header.id:

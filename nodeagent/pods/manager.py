@@ -183,8 +183,8 @@ class PodManager:
                 continue
             try:
                 plan, status = future.result()
-            except Exception as err:  # noqa: BLE001 - one pod's failure must not stop the rest
-                log.error("pod %s: %s", _name(worker.pod), err)
+            except Exception:  # noqa: BLE001 - one pod's failure must not stop the rest
+                log.exception("pod %s: its sync pass failed", _name(worker.pod))
                 continue
             if any(isinstance(a, StartContainer) for a in plan.actions):
                 self.due[uid] = min(self.due.get(uid, now), now + QUICK_RESYNC_SECONDS)
@@ -233,7 +233,8 @@ class PodManager:
                 continue
             worker = self.workers[uid]
             if term.error is not None:
-                log.error("pod %s: tearing it down: %s", _name(worker.pod), term.error)
+                log.error("pod %s: tearing it down: %s", _name(worker.pod), term.error,
+                          exc_info=term.error)
                 del self.terminations[uid]
                 self.retry_at[uid] = now + RETRY_SECONDS
                 continue

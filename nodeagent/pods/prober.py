@@ -263,7 +263,14 @@ class Prober:
                 continue
             spec = inst.specs[kind]
             began = self.clock()
-            ok, output = self.run_once(inst, spec)
+            try:
+                ok, output = self.run_once(inst, spec)
+            except Exception:
+                # A bug, not a probe result: say so with its traceback and stop probing this
+                # instance, so it is neither killed nor marked unready because of it.
+                log.exception("pod %s container %s: the %s probe crashed", _name(inst.pod),
+                              inst.name, kind.lower())
+                return
             due[kind] = p.next_due(spec, began)
             if inst.stop.is_set():
                 return
@@ -287,15 +294,13 @@ class Prober:
             # A little longer than the socket's own timeout, which reports the failure first.
             return in_netns(inst.netns_path, lambda: check(action, host, timeout),
                             timeout + 1.0)
-        except Exception as err:  # noqa: BLE001 - any error is a failed probe
+        except (OSError, TimeoutError, ValueError, RuntimeError,
+                subprocess.SubprocessError) as err:   # what a probe can meet: a failure
             return False, str(err) or type(err).__name__
 
     def _emit(self, pod: pb.Pod, type_: str, reason: str, message: str) -> None:
         if self.event is not None:
-            try:
-                self.event(pod, type_, reason, message)
-            except Exception as err:  # noqa: BLE001 - events are best-effort
-                log.debug("event %s for %s dropped: %s", reason, _name(pod), err)
+            self.event(pod, type_, reason, message)   # queued; dropped without a session
 
 
 def _name(pod: pb.Pod) -> str:

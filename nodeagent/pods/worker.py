@@ -20,6 +20,8 @@ from moorage.model.pods import spec_grace
 from moorage.model.timestamps import rfc3339
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.metrics.events import START_DURATION, pull_progress, timed_pull
+from nodeagent.network.datapath import NetworkError
+from nodeagent.network.ipam import PodIPAMError
 from nodeagent.pods import files as podfiles
 from nodeagent.pods import hooks, sandbox
 from nodeagent.pods.plan import (
@@ -33,8 +35,11 @@ from nodeagent.pods.plan import (
     reconcile,
 )
 from nodeagent.pods.probes import KILL_REASONS
-from nodeagent.runtime.images.registry import RegistryConfig
+from nodeagent.runtime.images.archive import ArchiveError
+from nodeagent.runtime.images.layers import LayerError
+from nodeagent.runtime.images.registry import RegistryConfig, RegistryError
 from nodeagent.runtime.images.store import Image, Store
+from nodeagent.runtime.images.store import StoreError as ImageStoreError
 from nodeagent.runtime.restart import NEVER, backoff
 from nodeagent.runtime.runtime import Runtime, StartError
 from nodeagent.runtime.spec import RUNNING, ContainerSpec
@@ -169,7 +174,7 @@ class PodWorker:
             try:
                 self.pod_ip = self.network.attach(self.netns, self.pod.metadata.uid)
                 self.files = self._write_pod_files()
-            except Exception as err:  # noqa: BLE001 - retried next pass; containers wait
+            except (NetworkError, PodIPAMError, OSError) as err:   # retried next pass
                 log.warning("pod %s/%s: network: %s", self.pod.metadata.namespace,
                             self.pod.metadata.name, err)
                 return Plan([], "Pending", [], now + 1.0)
@@ -215,7 +220,8 @@ class PodWorker:
         cid = container_id(self.pod.metadata.uid, c.name, action.attempt, spec_hash(c))
         try:
             image = self._image(c)
-        except Exception as err:  # noqa: BLE001 - reported in the pod status, retried
+        except (RegistryError, ImageStoreError, LayerError, ArchiveError, LookupError,
+                OSError, ValueError) as err:   # reported in the pod status, retried
             return self._hold(c.name, ERR_IMAGE_PULL, str(err), now)
         with self.state_lock:
             if self.terminating:

@@ -108,13 +108,7 @@ def run(config_path: str, report_fd: int | None) -> int:
     cg = container_cgroup(config, spec.id)
     sysc = LibcSyscalls()
     netns_fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC) if spec.netns_path else -1
-    if spec.tty:
-        # The child opens the pty inside the container and sends the master back on this.
-        tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        out_r, out_w, err_r, err_w = -1, tty_child.detach(), -1, -1
-    else:
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+    tty_parent, out_r, out_w, err_r, err_w = _output_fds(spec.tty)
     sync_r, sync_w = os.pipe()
     errp_r, errp_w = os.pipe2(os.O_CLOEXEC)
     # Only children enter a new pid namespace, so the shim unshares it and its one fork is PID 1.
@@ -165,17 +159,35 @@ def run(config_path: str, report_fd: int | None) -> int:
     if report_fd is not None:
         os.close(report_fd)
 
+    _until_exit(cdir, spec, running, {out_r: "stdout", err_r: "stderr"}, cg)
+    return 0
+
+
+def _output_fds(tty: bool) -> tuple[socket.socket | None, int, int, int, int]:
+    """(tty socket, stdout read/write, stderr read/write): with a TTY the child opens the pty
+    inside the container and sends its master back on the socket."""
+    if tty:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return parent, -1, child.detach(), -1, -1
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    return None, out_r, out_w, err_r, err_w
+
+
+def _until_exit(cdir: str, spec: ContainerSpec, running: Status, streams: dict[int, str],
+                cg) -> None:
+    """Logs the container's output until its init exits, then records how it ended."""
+    from dataclasses import replace
+
     logs = LogWriter(os.path.join(cdir, "container.log"), spec.log_max_bytes, spec.log_max_files)
-    wait_status = supervise(pid, {out_r: "stdout", err_r: "stderr"}, logs)
+    wait_status = supervise(running.pid, streams, logs)
     logs.close()
     code = exit_code_of(wait_status)
     oom = cg.oom_kills() > 0
     reason = REASON_OOM if oom else (REASON_COMPLETED if code == 0 else REASON_ERROR)
-    from dataclasses import replace
     write_status(cdir, replace(running, state=EXITED, exit_code=code, reason=reason,
                                finished_at=time.time()))
     _remove_quietly(cg)
-    return 0
 
 
 def supervise(pid: int, streams: dict[int, str], logs: LogWriter) -> int:

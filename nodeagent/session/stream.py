@@ -206,8 +206,11 @@ class Session:
             call.cancel()
         except grpc.aio.AioRpcError as err:
             log.warning("session to %s: %s %s", self.address, err.code().name, err.details())
-        except Exception as err:  # noqa: BLE001 - any failure means: reconnect, never exit
+        except (TimeoutError, OSError, grpc.RpcError) as err:
             log.warning("session to %s: %s", self.address, err)
+        except Exception:
+            # A bug (in a callback, most likely): its traceback, then reconnect as ever.
+            log.exception("session to %s failed", self.address)
         finally:
             self.connected = False
             self.channel = None

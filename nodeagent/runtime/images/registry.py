@@ -352,7 +352,7 @@ class RegistryClient:
 def _read_error_body(e: urllib.error.HTTPError) -> bytes:
     try:
         return e.read(64 << 10)
-    except Exception:  # the body only decorates the message; its absence is fine
+    except (OSError, ValueError):  # the body only decorates the message; its absence is fine
         return b""
     finally:
         e.close()

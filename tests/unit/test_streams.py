@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from controlplane.dispatcher.streams import PodStreams, StreamError, choose_container, status_code
-from moorage.cli.podio import format_cpu, format_memory, format_percent, node_rows, pod_rows
+from moorage.cli.streams import format_cpu, format_memory, format_percent, node_rows, pod_rows
 from moorage.v1 import agent_pb2, api_pb2
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.pods.worker import container_id
