@@ -160,3 +160,69 @@ def make_cluster(
 def anti_affinity_to(app: str, topology_key: str = HOSTNAME_LABEL) -> PodAntiAffinityTerm:
     """Required anti-affinity against pods labelled app=`app`."""
     return PodAntiAffinityTerm((Requirement("app", "In", (app,)),), topology_key)
+
+
+# ---- API objects (protobuf), as stored and streamed ----
+
+def pb_pod(name: str = "web", namespace: str = "default", *, uid: str = "", node: str = "",
+           image: str = "busybox", phase: str = "", grace: int | None = None,
+           labels: Mapping[str, str] | None = None, container: str = "app"):
+    """A Pod with one container; unset fields stay unset (no uid, no node, no phase)."""
+    from moorage.v1 import objects_pb2 as pb
+
+    p = pb.Pod(api_version="v1", kind="Pod")
+    p.metadata.name, p.metadata.namespace = name, namespace
+    if uid:
+        p.metadata.uid = uid
+    p.metadata.labels.update(labels or {})
+    p.spec.node_name = node
+    if grace is not None:
+        p.spec.termination_grace_period_seconds = grace
+    p.spec.containers.add(name=container, image=image)
+    if phase:
+        p.status.phase = phase
+    return p
+
+
+def pb_node(name: str, *, ready: str | None = "True", reason: str = "AgentReady",
+            capacity: Mapping[str, str] | None = None):
+    """A Node with a Ready condition (None: no condition at all)."""
+    from moorage.v1 import objects_pb2 as pb
+
+    n = pb.Node(api_version="v1", kind="Node")
+    n.metadata.name = name
+    n.status.allocatable.update(capacity or {})
+    n.status.capacity.update(capacity or {})
+    if ready is not None:
+        n.status.conditions.add(type="Ready", status=ready, reason=reason,
+                                last_transition_time="2026-01-01T00:00:00Z")
+    return n
+
+
+# ---- manifests (YAML text), as operators write them ----
+
+def deployment_yaml(name: str, replicas: int = 1, *, namespace: str = "default",
+                    image: str = "busybox:test", command: str = "sleep 3600",
+                    grace: int = 1, memory: str = "4Mi", node: str = "",
+                    strategy: str = "") -> str:
+    """A Deployment of one busybox container (imagePullPolicy Never: images are imported),
+    `command` run by sh as PID 1 (exec'd, so `sleep` ignores SIGTERM as in Docker)."""
+    selector = f"      nodeSelector: {{kubernetes.io/hostname: {node}}}\n" if node else ""
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+{strategy}  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: {grace}
+{selector}      containers:
+      - name: app
+        image: {image}
+        imagePullPolicy: Never
+        command: ["sh", "-c", "exec {command}"]
+        resources: {{requests: {{cpu: 1m, memory: {memory}}}}}
+"""

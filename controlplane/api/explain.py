@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Set
 from dataclasses import dataclass
 
+from controlplane.controllers.deployment import new_pod
 from controlplane.scheduler import (
     NodeInfo,
     Placement,
@@ -18,6 +19,7 @@ from controlplane.scheduler.objects import node_info, pod_info
 from controlplane.store import Store
 from moorage.manifest import Document
 from moorage.model import kinds
+from moorage.model.deployments import template_hash
 from moorage.model.pods import TERMINAL_PHASES
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb
@@ -60,18 +62,11 @@ def expand(docs: list[Document]) -> list[NewPod]:
 
 
 def replica(deployment: pb.Deployment, index: int) -> pb.Pod:
-    """Replica `index` of a Deployment, as its controller would create it."""
-    template = deployment.spec.template
-    pod = pb.Pod(api_version="v1", kind="Pod")
+    """Replica `index` of a Deployment, as its controller would create it (the same builder:
+    labels, pod-template-hash, controller reference), named `<deployment>-<index>` to read."""
+    pod = new_pod(deployment, template_hash(deployment.spec.template), str(index), 0.0)
     pod.metadata.name = f"{deployment.metadata.name}-{index}"
-    pod.metadata.namespace = deployment.metadata.namespace
-    pod.metadata.labels.update(template.metadata.labels)
-    pod.metadata.annotations.update(template.metadata.annotations)
-    # The controller reference is what makes the scheduler spread replicas over each other.
-    pod.metadata.owner_references.add(api_version="apps/v1", kind="Deployment",
-                                      name=deployment.metadata.name, controller=True)
-    pod.spec.CopyFrom(template.spec)
-    pod.status.phase = "Pending"
+    pod.metadata.ClearField("creation_timestamp")
     return pod
 
 

@@ -67,6 +67,13 @@ class ServiceIndex:
             loop = asyncio.get_running_loop()
             self._flush = loop.call_later(self.coalesce_seconds, self._send)
 
+    def flush(self) -> None:
+        """Sends a table that is waiting out the coalescing delay now (none waiting: nothing
+        to do); a barrier for tests, and a last send before shutting down."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._send()
+
     def _send(self) -> None:
         self._flush = None
         table = self.message()

@@ -27,6 +27,7 @@ from nodeagent.runtime.spec import (
     read_json,
     write_json_atomic,
 )
+from nodeagent.runtime.stats import StatsReader
 from nodeagent.runtime.syscalls import MNT_DETACH, LibcSyscalls, Syscalls
 
 REASON_SHIM_LOST = "ShimLost"  # the shim died without recording an exit
@@ -242,6 +243,8 @@ class Runtime:
         self.state_dir, self.cgroup_root, self.python = state_dir, cgroup_root, python
         # The kernel seam for what the agent's own process mounts and unmounts.
         self.sysc = sysc or LibcSyscalls()
+        # Cached status and cgroup reads for frequent readers (metrics scrapes).
+        self.stats_reader = StatsReader(self)
         os.makedirs(state_dir, exist_ok=True)
         # "." names are never container ids, so the fork server's log cannot clash with one.
         self.zygote = Zygote(python, _helper_env(), os.path.join(state_dir, ".zygote.log"))

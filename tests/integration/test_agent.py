@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from nodeagent.runtime.runtime import Runtime
 from nodeagent.runtime.syscalls import LibcSyscalls
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX, unique
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 # Its own pod-namespace prefix: other tests' clean-ups never touch it, nor it theirs.
@@ -73,14 +73,6 @@ def running_containers(cli):
     return [r.split() for r in rows if r.split()[3] == "running"]
 
 
-def wait_until(fn, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 def test_static_pod_lifecycle_and_agent_crash(agent_env):
@@ -99,14 +91,18 @@ def test_static_pod_lifecycle_and_agent_crash(agent_env):
 
     agent.send_signal(signal.SIGKILL)
     agent.wait()
-    time.sleep(1)
     assert [r[0] for r in running_containers(cli)] == [cid]   # outlived its agent
 
     start()                                                   # adopts, does not duplicate
-    time.sleep(3)
-    assert [r[0] for r in running_containers(cli)] == [cid]
+    # A barrier: a second pod, which the new agent starts in a pass that also looked at the
+    # first one; by the time it runs, a duplicate of the first would run too.
+    with open(os.path.join(manifests, "other.yaml"), "w") as f:
+        f.write(POD.replace("name: web", "name: other"))
+    both = wait_until(lambda: len(running_containers(cli)) >= 2 and running_containers(cli))
+    assert len(both) == 2 and cid in [r[0] for r in both]
 
     os.remove(os.path.join(manifests, "web.yaml"))
+    os.remove(os.path.join(manifests, "other.yaml"))
     wait_until(lambda: cli("ps").stdout.count("\n") == 1)     # header only: all gone
     assert not sandbox.existing(NETNS_PREFIX)
 

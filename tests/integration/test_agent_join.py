@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 
 import grpc
@@ -26,6 +26,7 @@ from nodeagent.runtime.syscalls import LibcSyscalls
 from nodeagent.session.identity import NodeIdentity
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX, unique
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 # Its own pod-namespace prefix: other tests' clean-ups never touch it, nor it theirs.
@@ -111,9 +112,9 @@ class FakeDispatcher(agent_pb2_grpc.DispatcherServicer):
             reader.cancel()
 
 
-def busybox_pod(uid: str) -> pb.Pod:
+def busybox_pod(uid: str, name: str = "hi") -> pb.Pod:
     p = pb.Pod(api_version="v1", kind="Pod")
-    p.metadata.namespace, p.metadata.name, p.metadata.uid = "default", "hi", uid
+    p.metadata.namespace, p.metadata.name, p.metadata.uid = "default", name, uid
     p.spec.node_name = NODE
     p.spec.termination_grace_period_seconds = 1   # sh as PID 1 ignores SIGTERM
     p.spec.containers.add(name="app", image="busybox:test", image_pull_policy="Never",
@@ -160,14 +161,6 @@ def env():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_until(fn, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def running(cli) -> list[str]:
@@ -201,17 +194,22 @@ def test_join_runs_assigned_pods_and_survives_a_control_plane_restart(env):
     assert [(c.name, c.state) for c in report.status.container_statuses] == [("app", "running")]
 
     fake.stop()                                  # the control plane goes away...
-    time.sleep(1.5)
+    # A barrier: the agent has noticed (its log says the session ended)...
+    log_path = os.path.join(root, "agent.log")
+    wait_until(lambda: "session ended" in pathlib.Path(log_path).read_text())
     assert running(cli) == [cid]                 # ...and the pod keeps running
     fake.start()
     hello = wait_until(lambda: len(fake.hellos) == 2 and fake.hellos[1])
     assert list(hello.running_pod_uids) == [uid]
     # The new session hears every pod's status again, and the pod was never restarted.
     wait_until(lambda: [r for r in fake.reports if r.status.phase == "Running"][1:])
-    time.sleep(1)
-    assert running(cli) == [cid] and agent.poll() is None
+    # A barrier: a second pod, started by a pass that also looked at the first one again.
+    uid2 = str(uuid.uuid4())
+    fake.push(agent_pb2.Assignments(pods=[busybox_pod(uid2, name="hi2")]))
+    wait_until(lambda: len(running(cli)) == 2)
+    assert cid in running(cli) and agent.poll() is None
 
-    fake.push(agent_pb2.Assignments(removed_uids=[uid]))
+    fake.push(agent_pb2.Assignments(removed_uids=[uid, uid2]))
     wait_until(lambda: cli("ps").stdout.count("\n") == 1)   # header only: all gone
     assert not sandbox.existing(NETNS_PREFIX)
     with open(os.path.join(root, "agent.log")) as f:

@@ -23,35 +23,15 @@ import pytest
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.agents import start_agents
+from tests.builders import deployment_yaml as deployment
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
+from tests.wait import wait_until as wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 
 NODES = ("churn-1", "churn-2", "churn-3")
 
 
-def deployment(name: str, replicas: int, grace: int, command: str = "sleep 3600",
-               image: str = "busybox:test", strategy: str = "", memory: str = "4Mi",
-               node: str = "") -> str:
-    selector = f"      nodeSelector: {{kubernetes.io/hostname: {node}}}\n" if node else ""
-    return f"""\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: default}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-{strategy}  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      terminationGracePeriodSeconds: {grace}
-{selector}      containers:
-      - name: app
-        image: {image}
-        imagePullPolicy: Never
-        command: ["sh", "-c", "exec {command}"]
-        resources: {{requests: {{cpu: 1m, memory: {memory}}}}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +58,6 @@ def cluster(etcd_endpoint):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_for(fn, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def ready_nodes(moor) -> set[str]:

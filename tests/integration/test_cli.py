@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import select
 import subprocess
 import sys
 import time
@@ -171,7 +172,9 @@ def test_watch_prints_list_then_changes(moor, controlplane):
                              "cli-watch", "-w"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
-        time.sleep(1.5)
+        # A barrier: the watch has listed (and says there is nothing yet) before the change.
+        ready, _, _ = select.select([proc.stderr], [], [], 30)
+        assert ready and "No resources found" in proc.stderr.readline()
         pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: w1, namespace: cli-watch}\n"
                "spec: {containers: [{name: c, image: busybox}]}\n")
         assert moor("apply", "-f", "-", stdin=pod).returncode == 0

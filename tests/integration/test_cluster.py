@@ -19,6 +19,7 @@ from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
 from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
+from tests.wait import wait_until as wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 
@@ -69,14 +70,6 @@ def pods(moor) -> list[dict]:
     return json.loads(out.stdout)["items"] if out.returncode == 0 else []
 
 
-def wait_for(fn, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError("timed out")
 
 
 def running_on(moor) -> dict[str, str]:
@@ -242,7 +235,8 @@ def test_bad_credentials_are_refused_without_a_node_record(cluster, tmp_path):
     ident = NodeIdentity.load_or_create(impostor.state, "intruder-4")
     ident.save(foreign.sign_node_csr(ident.csr_pem(), "intruder-4"), foreign.cert_pem)
     impostor.start()
-    time.sleep(3)
+    # A barrier: the impostor's own log shows it tried twice and was turned away.
+    wait_for(lambda: impostor.log().count("session to") >= 2)
     impostor.cleanup()
     assert node_keys(cp) == before
     assert not any(n.startswith("intruder") for n in node_states(moor))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
 
 import grpc
 import pytest
@@ -15,6 +14,7 @@ from moorage.model import kinds
 from moorage.v1 import agent_pb2, agent_pb2_grpc, api_pb2
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
+from tests.wait import wait_until_async as eventually
 
 POD_YAML = """\
 apiVersion: v1
@@ -76,15 +76,6 @@ class FakeAgent:
                         self.desired.pop(uid, None)
 
 
-async def eventually(fn, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.1)
 
 
 def get(stub, kind, name, ns=""):

@@ -21,6 +21,7 @@ from moorage import manifest
 from moorage.cli import describe
 from moorage.cli import explain as render
 from moorage.model import kinds
+from moorage.model.deployments import template_hash
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import TEST_PREFIX, etcd_client, start_controlplane, stop_process
@@ -99,7 +100,10 @@ def test_deployment_expands_into_owned_replicas_and_other_kinds_into_none():
         ("Deployment", "web", "web-3"), ("Pod", "solo", "solo")]
     replica = new[0].pod
     assert replica.metadata.namespace == "default"
-    assert dict(replica.metadata.labels) == {"app": "web"}
+    # Labelled as the controller labels its pods, pod-template-hash included.
+    assert dict(replica.metadata.labels) == {
+        "app": "web", "pod-template-hash": template_hash(docs(deployment_yaml("web", 3))[0]
+                                                         .obj.spec.template)}
     assert replica.spec.containers[0].resources.requests["memory"] == "128Mi"
     ref = replica.metadata.owner_references[0]
     assert (ref.api_version, ref.kind, ref.name, ref.controller) == (

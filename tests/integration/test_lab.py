@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from moorage.lab import hosts
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX
+from tests.wait import wait_until as wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes netns, links, cgroups: root")
 
@@ -127,14 +127,6 @@ def lab():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_for(fn, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError("timed out")
 
 
 def test_moor_finds_the_lab_from_its_config_file(lab):

@@ -26,6 +26,7 @@ from tests.conftest import (
     unique,
 )
 from tests.integration.test_scheduler_shell import node, pod
+from tests.wait import wait_until as _wait
 
 POD = kinds.BY_NAME["Pod"]
 TTL = 2
@@ -213,14 +214,6 @@ def _metric_leader(cp) -> str | None:
     return None
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _apply_pods(cp, names) -> None:

@@ -12,6 +12,7 @@ from controlplane.store import Store
 from moorage.model import kinds, quantities
 from moorage.v1 import objects_pb2 as pb
 from tests.conftest import run
+from tests.wait import wait_until_async as wait_for
 
 POD = kinds.BY_NAME["Pod"]
 NODE = kinds.BY_NAME["Node"]
@@ -40,15 +41,6 @@ def pod(name: str, cpu: str = "100m", memory: str = "64Mi", ns: str = "default",
     return p
 
 
-async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 async def create_all(store: Store, objs, chunk: int = 100) -> None:

@@ -12,6 +12,7 @@ from controlplane.store import ABSENT, AlreadyExists, Conflict, NotFound, NotLea
 from controlplane.store.memory import MemoryEtcd
 from moorage.model.kinds import BY_NAME
 from moorage.v1 import objects_pb2 as pb
+from tests.builders import pb_pod
 from tests.conftest import run
 
 POD = BY_NAME["Pod"]
@@ -30,10 +31,7 @@ def any_store(request, store_factory):
 
 
 def pod(name: str, ns: str = "default", image: str = "nginx") -> pb.Pod:
-    p = pb.Pod()
-    p.metadata.name, p.metadata.namespace = name, ns
-    p.spec.containers.add(name="c", image=image)
-    return p
+    return pb_pod(name, ns, image=image, container="c")
 
 
 def test_create_get_update_delete_round_trip(any_store):

@@ -17,6 +17,7 @@ import pytest
 from tests import imagebuild
 from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 
@@ -79,14 +80,12 @@ def cluster(etcd_endpoint):
 
 
 def wait_for(fn, timeout=90, what="condition", agents=()):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.3)
-    logs = "\n".join(f"--- {a.name}\n{a.log()}" for a in agents)
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+    """The shared wait, with the agents' logs added to a timeout."""
+    try:
+        return wait_until(fn, timeout, what, interval=0.3)
+    except AssertionError as err:
+        logs = "\n".join(f"--- {a.name}\n{a.log()}" for a in agents)
+        raise AssertionError(f"{err}\n{logs}") from None
 
 
 def ready_nodes(moor) -> list[str]:

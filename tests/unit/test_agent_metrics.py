@@ -16,6 +16,7 @@ from moorage.v1 import objects_pb2 as pb
 from nodeagent.metrics import collector as metrics
 from nodeagent.network import overlay
 from nodeagent.pods.worker import container_id
+from nodeagent.runtime import stats
 from nodeagent.runtime.cgroups import Cgroup
 from nodeagent.runtime.spec import Status, proc_start_time
 
@@ -58,6 +59,8 @@ class FakeRuntime:
         self.cg_mount = os.path.join(base, "cgroup")
         self.version = version
         os.makedirs(self.state_dir)
+        # The real reader over this layout: only the cgroup mount is faked.
+        self.stats_reader = stats.StatsReader(self)
 
     def cgroup(self, cid: str) -> Cgroup:
         if self.version == 2:
@@ -201,7 +204,7 @@ def test_unlimited_memory_reads_as_zero(tmp_state):
     pytest.param(b"oom 1\n", b"oom_kill", 0, id="absent"),
 ])
 def test_field(text, key, want):
-    assert metrics._field(text, key) == want
+    assert stats._field(text, key) == want
 
 
 def test_parse_cpu_modes_skips_total():

@@ -22,13 +22,11 @@ from nodeagent.session.hostfacts import (
 )
 from nodeagent.session.reporting import StatusReporter
 from nodeagent.session.stream import Session, apply_assignments, backoff_delays
+from tests.builders import pb_pod
 
 
 def pod(uid: str, name: str = "", image: str = "busybox") -> pb.Pod:
-    p = pb.Pod()
-    p.metadata.namespace, p.metadata.name, p.metadata.uid = "default", name or uid, uid
-    p.spec.containers.add(name="app", image=image)
-    return p
+    return pb_pod(name or uid, uid=uid, image=image)
 
 
 FACTS = HostFacts(cpus=2, memory_bytes=4 * 2**30, internal_ip="10.0.0.7", hostname="n1",

@@ -12,17 +12,12 @@ from moorage.model.deployments import TEMPLATE_HASH_LABEL, template_hash
 from moorage.model.pods import graceful_delete, is_terminating, spec_grace, stop_grace
 from moorage.model.timestamps import parse_rfc3339, rfc3339
 from moorage.v1 import objects_pb2 as pb
+from tests.builders import pb_pod
 from tests.unit.test_deployment_controller import NOW, make_deployment, make_pod
 
 
 def pod(node: str = "n1", phase: str = "Running", grace: int | None = None) -> pb.Pod:
-    p = pb.Pod(api_version="v1", kind="Pod")
-    p.metadata.name, p.metadata.namespace = "web", "default"
-    p.spec.node_name = node
-    p.status.phase = phase
-    if grace is not None:
-        p.spec.termination_grace_period_seconds = grace
-    return p
+    return pb_pod("web", node=node, phase=phase, grace=grace)
 
 
 @pytest.mark.parametrize("p, grace, want", [

@@ -20,6 +20,7 @@ from controlplane.store import Store
 from controlplane.store.memory import MemoryEtcd
 from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
+from tests.builders import pb_pod
 from tests.conftest import run
 
 STAMP = "2026-01-01T00:00:00Z"
@@ -60,10 +61,7 @@ def test_decide(n, leased, since, now, evicting, want, want_since):
 
 
 def pod(name: str, node_name: str) -> pb.Pod:
-    p = pb.Pod()
-    p.metadata.name, p.metadata.namespace = name, "default"
-    p.spec.node_name = node_name
-    return p
+    return pb_pod(name, node=node_name)
 
 
 def test_orphans_wait_the_grace_and_forget_what_is_gone():

@@ -127,18 +127,18 @@ def test_index_broadcasts_the_whole_table_on_each_endpoint_change_only():
         assert [e.ip for e in index.message().services[0].endpoints] == ["10.244.1.5"]
 
         index._put_pod(make_pod("web-2", "10.244.2.5", ready=False))
-        await asyncio.sleep(0.01)
+        index.flush()    # a barrier: whatever the index would send is sent now
         assert sent == []                                    # not ready: nothing changed
         index._put_pod(make_pod("web-2", "10.244.2.5"))
         index._put_pod(make_pod("db-1", "10.244.2.9", labels={"app": "db"}))
-        await asyncio.sleep(0.01)
+        index.flush()
         assert [[e.ip for e in t.services[0].endpoints] for t in sent] == [
             ["10.244.1.5", "10.244.2.5"]]
         index._delete_pod(make_pod("web-1", "10.244.1.5"))
-        await asyncio.sleep(0.01)
+        index.flush()
         assert [e.ip for e in sent[-1].services[0].endpoints] == ["10.244.2.5"]
         index._delete_service(make_service())
-        await asyncio.sleep(0.01)
+        index.flush()
         assert list(sent[-1].services) == []
 
     asyncio.run(go())
