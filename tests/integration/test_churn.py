@@ -101,14 +101,14 @@ def uid_prefixes(items: list[dict]) -> set[str]:
 def test_scale_down_stops_pods_in_parallel_while_new_pods_start(cluster):
     moor = cluster
     grace = 5
-    assert moor("apply", "-f", "-", stdin=deployment("sleepers", 60, grace)).returncode == 0
+    assert moor("apply", "-f", "-", stdin=deployment("sleepers", 60, grace=grace)).returncode == 0
     wait_for(lambda: len(running(moor, "sleepers")) == 60, 120, "60 sleepers Running")
     old = uid_prefixes(pods(moor, "sleepers"))
     assert containers_running(moor, old) == 60
 
     begun = time.monotonic()
     assert moor("scale", "deployment/sleepers", "--replicas", "0").returncode == 0
-    assert moor("apply", "-f", "-", stdin=deployment("fresh", 3, 1)).returncode == 0
+    assert moor("apply", "-f", "-", stdin=deployment("fresh", 3, grace=1)).returncode == 0
 
     # The deleted pods stay in the API, Terminating, with their deletion timestamp.
     def terminating():
@@ -139,7 +139,7 @@ def test_rolling_update_never_runs_more_than_replicas_plus_surge(cluster):
     replicas = 2
     strategy = ("  strategy:\n    type: RollingUpdate\n"
                 "    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}\n")
-    manifest = deployment("roll", replicas, 10, strategy=strategy)
+    manifest = deployment("roll", replicas, grace=10, strategy=strategy)
     assert moor("apply", "-f", "-", stdin=manifest).returncode == 0
     wait_for(lambda: len(running(moor, "roll")) == replicas, 60, "the first revision")
     # Nothing else runs on the nodes, so every container counted below is the rollout's.
@@ -183,14 +183,14 @@ def test_terminating_pod_holds_its_nodes_memory_until_gone(cluster):
     memory_gib = int(info["status"]["allocatable"]["memory"]) // 2**30
     big = f"{max(1, memory_gib * 3 // 4)}Gi"     # most of the node: two never fit at once
     assert moor("apply", "-f", "-", stdin=deployment(
-        "hog", 1, 4, memory=big, node=node)).returncode == 0
+        "hog", 1, grace=4, memory=big, node=node)).returncode == 0
     wait_for(lambda: len(running(moor, "hog")) == 1, 60, "the first hog Running")
     old = uid_prefixes(pods(moor, "hog"))
     assert moor("delete", "deployment", "hog").returncode == 0
     wait_for(lambda: all(p["metadata"].get("deletionTimestamp") for p in pods(moor, "hog")),
              10, "the hog to be Terminating")
     assert moor("apply", "-f", "-", stdin=deployment(
-        "hog2", 1, 1, memory=big, node=node)).returncode == 0
+        "hog2", 1, grace=1, memory=big, node=node)).returncode == 0
 
     # While the old one stops, the new one cannot fit: the scheduler says so (a barrier: the
     # scheduler has looked at it) and the old containers still run.
@@ -275,7 +275,7 @@ def test_namespace_delete_is_graceful_and_blocks_new_content(cluster):
     moor = cluster
     ns = "churn-ns"
     manifest = (f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n" +
-                deployment("inner", 2, 3).replace("namespace: default", f"namespace: {ns}"))
+                deployment("inner", 2, grace=3, namespace=ns))
     assert moor("apply", "-f", "-", stdin=manifest).returncode == 0
 
     def inner(phase_only=True):
@@ -288,8 +288,7 @@ def test_namespace_delete_is_graceful_and_blocks_new_content(cluster):
     assert out.returncode == 0, out.stderr
     # The namespace is Terminating while its pods stop; nothing new may be created in it.
     assert "Terminating" in moor("get", "namespace", ns).stdout
-    refused = moor("apply", "-f", "-", stdin=deployment("late", 1, 1).replace(
-        "namespace: default", f"namespace: {ns}"))
+    refused = moor("apply", "-f", "-", stdin=deployment("late", 1, grace=1, namespace=ns))
     assert refused.returncode == 1
     assert f"unable to create new content in namespace {ns} because it is being terminated" \
         in refused.stderr, refused.stderr

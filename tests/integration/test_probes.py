@@ -18,7 +18,7 @@ import pytest
 from tests import imagebuild
 from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process
-from tests.integration.test_podio import phases, ready_nodes, restart_count, wait_for
+from tests.integration.test_streams import phases, ready_nodes, restart_count, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 
