@@ -40,33 +40,16 @@ from cluster_vs_swarm import ROOT, Dockerd, moorage_cluster, note  # noqa: E402
 
 from moorage.v1 import api_pb2  # noqa: E402
 from tests import imagebuild  # noqa: E402
+from tests.builders import deployment_yaml  # noqa: E402
 
 SCALE_REPLICAS = 100
 ROLL_REPLICAS = 30
 GRACE = 2
 TARGET_RATIO = 0.5
 TIMEOUT = 300.0
-COMMAND = "exec sleep 3600"
+COMMAND = "sleep 3600"   # exec'd: sleep is PID 1 and ignores SIGTERM
 POLL = 0.1
 
-DEPLOYMENT = """\
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: default}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      terminationGracePeriodSeconds: {grace}
-      containers:
-      - name: app
-        image: {image}
-        imagePullPolicy: Never
-        command: ["sh", "-c", "{command}"]
-        resources: {{requests: {{cpu: 1m, memory: 4Mi}}}}
-"""
 
 
 def wait(pred, what: str, timeout: float = TIMEOUT) -> float:
@@ -99,9 +82,8 @@ def pods(stub, app: str) -> list:
 def bench_moorage(root: str, image_tar: str, results: dict) -> None:
     with moorage_cluster(root, image_tar) as (stub, address, agents):
         # scale 100 -> 0
-        moor(address, "apply", "-f", "-", stdin=DEPLOYMENT.format(
-            name="churn", replicas=SCALE_REPLICAS, grace=GRACE, image="busybox:test",
-            command=COMMAND))
+        moor(address, "apply", "-f", "-", stdin=deployment_yaml(
+            "churn", SCALE_REPLICAS, grace=GRACE, command=COMMAND))
         wait(lambda: containers(agents) == SCALE_REPLICAS, "100 containers")
         start = time.monotonic()
         moor(address, "scale", "deployment/churn", "--replicas", "0")
@@ -113,8 +95,7 @@ def bench_moorage(root: str, image_tar: str, results: dict) -> None:
         moor(address, "delete", "deployment", "churn")
 
         # rolling update of 30
-        roll = DEPLOYMENT.format(name="roll", replicas=ROLL_REPLICAS, grace=GRACE,
-                                 image="busybox:test", command=COMMAND)
+        roll = deployment_yaml("roll", ROLL_REPLICAS, grace=GRACE, command=COMMAND)
         moor(address, "apply", "-f", "-", stdin=roll)
         wait(lambda: containers(agents) == ROLL_REPLICAS, "30 containers")
         start = time.monotonic()
@@ -136,7 +117,7 @@ def bench_moorage(root: str, image_tar: str, results: dict) -> None:
         pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: one, namespace: default}\n"
                "spec:\n  terminationGracePeriodSeconds: 30\n  containers:\n  - name: app\n"
                "    image: busybox:test\n    imagePullPolicy: Never\n"
-               f'    command: ["sh", "-c", "{COMMAND}"]\n')
+               f'    command: ["sh", "-c", "exec {COMMAND}"]\n')
         moor(address, "apply", "-f", "-", stdin=pod)
         wait(lambda: containers(agents) == 1, "the pod's container")
         start = time.monotonic()
@@ -184,7 +165,8 @@ def bench_swarm(root: str, image_tar: str, results: dict) -> str:
         grace = f"{GRACE}s"
 
         d.docker("service", "create", "--replicas", str(SCALE_REPLICAS), "--name", "churn",
-                 "--detach", "--stop-grace-period", grace, "busybox:test", "sh", "-c", COMMAND)
+                 "--detach", "--stop-grace-period", grace, "busybox:test", "sh", "-c",
+                 f"exec {COMMAND}")
         wait(lambda: swarm_containers(d, "churn") == SCALE_REPLICAS, "100 swarm containers")
         start = time.monotonic()
         d.docker("service", "scale", "--detach", "churn=0")
@@ -199,7 +181,7 @@ def bench_swarm(root: str, image_tar: str, results: dict) -> str:
             name = f"roll-{label}"
             d.docker("service", "create", "--replicas", str(ROLL_REPLICAS), "--name", name,
                      "--detach", "--stop-grace-period", grace, "busybox:test", "sh", "-c",
-                     COMMAND)
+                     f"exec {COMMAND}")
             wait(lambda n=name: swarm_containers(d, n) == ROLL_REPLICAS, "30 swarm containers")
             start = time.monotonic()
             d.docker("service", "update", "--detach", "--image", "busybox:v2", *flags, name)

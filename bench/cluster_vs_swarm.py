@@ -46,7 +46,7 @@ import grpc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from controlplane.store.local import LocalEtcd, free_port_block
+from controlplane.store.local import LocalEtcd, free_port_block, stop_process
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 from nodeagent.pods import sandbox
 from nodeagent.runtime import cgroups  # noqa: E402
@@ -90,14 +90,8 @@ def note(msg: str) -> None:
 
 
 def terminate(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc is not None:
+        stop_process(proc, timeout)
 
 
 def _sigterm(signum, frame):

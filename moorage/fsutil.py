@@ -25,3 +25,12 @@ def write_atomic(path: str, data: bytes | str, mode: int = 0o644, sync: bool = T
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_text_or_empty(path: str) -> str:
+    """The file's text, or "" when it cannot be read (absent, a directory, no permission)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""

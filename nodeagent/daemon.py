@@ -115,7 +115,7 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
     without a graceful deletion gets (None: its own grace). `wake` (set along with `stop`)
     ends the wait between passes early, e.g. when assignments arrive or a probe's verdict
     changes; `event` records pod Events (Session.event). Pods run side by side
-    (nodeagent/podmanager.py).
+    (nodeagent/pods/manager.py).
     """
     wake = wake or Wakeup()
     prober = Prober(node.runtime, wake=wake.poke, event=event)

@@ -14,7 +14,7 @@ import aetcd
 import pytest
 
 from controlplane.store import Store
-from controlplane.store.local import LocalEtcd
+from controlplane.store.local import LocalEtcd, stop_process
 
 # Everything a test creates (temp dirs, netns, links, cgroups) carries this in its name, so the
 # session-end check can find leftovers.
@@ -238,17 +238,6 @@ def start_controlplane(etcd: str, state_dir: str, prefix: str | None = None,
         proc.kill()
         raise RuntimeError("control plane did not start")
     return ControlPlane(address, f"127.0.0.1:{mport}", prefix, etcd, proc, state_dir, ca_address)
-
-
-def stop_process(proc, timeout: float = 10) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from controlplane.store import ABSENT, NotFound, Op, Store
+from controlplane.store.errors import check_version
 from moorage.manifest import ManifestError, located
 from moorage.manifest.convert import FieldError
 from moorage.model import kinds
@@ -268,10 +269,7 @@ class ServiceAllocator:
         for _ in range(5):
             svc = await self.store.get(SERVICE, namespace, name)
             rev = int(svc.metadata.resource_version)
-            if expect is not None and expect != rev:
-                raise Conflict(f'Operation cannot be fulfilled on services "{name}": the object '
-                               f"has been modified (resourceVersion {expect} is stale, current "
-                               f"is {rev}); read it again and retry", rev)
+            check_version("services", name, expect, rev)
             ip, ports = leases_of(svc)
             keys = ([self.key(self.ips, ip)] if ip else []) + [
                 self.key(self.ports, str(p)) for p in sorted(ports)]

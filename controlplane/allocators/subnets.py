@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 
 from controlplane.store import ABSENT, Op
+from controlplane.store.errors import check_version
 from moorage.model.network import DEFAULT_CLUSTER_CIDR, NODE_SUBNET_PREFIX
 
 DEFAULT_PREFIX_LEN = NODE_SUBNET_PREFIX
@@ -99,10 +100,7 @@ async def delete_node(store, node_name: str, expect: int | None = None):
     for _ in range(5):
         node = await store.get(kind, "", node_name)
         rev = int(node.metadata.resource_version)
-        if expect is not None and expect != rev:
-            raise Conflict(f'Operation cannot be fulfilled on nodes "{node_name}": the object '
-                           f"has been modified (resourceVersion {expect} is stale, current is "
-                           f"{rev}); read it again and retry", rev)
+        check_version("nodes", node_name, expect, rev)
         ops = [Op(store.key_of(node), None, rev)]
         node_key = _node_key(store, node_name)
         existing = await _get(store, node_key)

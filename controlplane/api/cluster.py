@@ -30,6 +30,7 @@ from controlplane.store import (
     StoreError,
     StoreUnavailable,
 )
+from controlplane.store.errors import check_version
 from moorage import manifest
 from moorage.manifest import convert
 from moorage.model import kinds, pods, selectors
@@ -244,10 +245,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         for _ in range(SCALE_ATTEMPTS):
             d = await self.store.get(kind, ns, request.name)
             rev = int(d.metadata.resource_version)
-            if expect is not None and expect != rev:
-                raise Conflict(f'Operation cannot be fulfilled on deployments.apps '
-                               f'"{request.name}": the object has been modified '
-                               f"(resourceVersion {expect} is stale, current is {rev})", rev)
+            check_version("deployments.apps", request.name, expect, rev)
             if d.spec.HasField("replicas") and d.spec.replicas == request.replicas:
                 return kinds.wrap(d)
             d.spec.replicas = request.replicas
@@ -267,10 +265,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         for _ in range(DELETE_ATTEMPTS):
             pod = await self.store.get(POD, namespace, name)
             rev = int(pod.metadata.resource_version)
-            if expect is not None and expect != rev:
-                raise Conflict(f'Operation cannot be fulfilled on pods "{name}": the object '
-                               f"has been modified (resourceVersion {expect} is stale, current "
-                               f"is {rev}); read it again and retry", rev)
+            check_version("pods", name, expect, rev)
             marked = pods.graceful_delete(pod, grace, time.time())
             try:
                 if marked is None:

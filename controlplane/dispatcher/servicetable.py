@@ -2,7 +2,7 @@
 one Pod watch, and sent whole to every agent session whenever it changes (and at session
 start), for the agents' service rules and DNS.
 
-`service_entry` (moorage/endpoints.py, shared with `moor describe`) is pure; the index only
+`service_entry` (moorage/model/endpoints.py, shared with `moor describe`) is pure; the index only
 keeps the watched objects and coalesces bursts of changes (a rollout touches many pods at
 once) into one broadcast.
 """

@@ -165,7 +165,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.events = EventRecorder(store, "kubelet")
         self.peers = PeerIndex(store, self.broadcast)
         self.services = ServiceIndex(store, self.broadcast_services)
-        # This replica's advertised API address (controlplane/replicas.py); "" for none.
+        # This replica's advertised API address (controlplane/ha/replicas.py); "" for none.
         self.replica_address = ""
 
     def broadcast(self, peers: agent_pb2.Peers) -> None:

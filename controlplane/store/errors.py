@@ -52,6 +52,14 @@ def not_found(kind: Kind, namespace: str, name: str) -> str:
     return f'{kind.plural} "{name}" not found{where}'
 
 
+def check_version(resource: str, name: str, expect: int | None, current: int) -> None:
+    """Conflict, worded as Kubernetes words it, when a request's resourceVersion is stale."""
+    if expect is not None and expect != current:
+        raise Conflict(f'Operation cannot be fulfilled on {resource} "{name}": the object has '
+                       f"been modified (resourceVersion {expect} is stale, current is "
+                       f"{current}); read it again and retry", current)
+
+
 def conflict(kind: Kind, namespace: str, name: str, expect, kv) -> Conflict:
     if kv is None:
         return Conflict(f'{kind.plural} "{name}" was deleted meanwhile '

@@ -116,14 +116,20 @@ class LocalEtcd:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
+        if proc is not None:
+            stop_process(proc, timeout)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout`; the exit code (None if it was not started)."""
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return proc.returncode
 
 
 class EtcdLost(RuntimeError):

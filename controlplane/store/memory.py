@@ -1,6 +1,6 @@
 """An in-memory etcd, for unit tests of controller shells: `Store(MemoryEtcd())` behaves as a
 Store on a real etcd, down to revisions, compares, nested Txns, leases and watches, which
-tests/integration/test_store_contract.py checks by running the same cases against both.
+tests/integration/test_store.py checks by running the same cases against both.
 
 It speaks the slice of aetcd's client the store uses (kvstub.Range/Txn, lease calls, watch,
 status) with etcd's own protobuf messages. Lease expiry follows `clock`; `fail(True)` makes

@@ -125,7 +125,7 @@ def build_parser() -> Parser:
     _add_token_commands(command)
     from moorage.cli import lab, prometheus, stack, streams
 
-    streams.add_commands(sub, _add_globals)
+    streams.add_commands(command)
     prometheus.add_commands(sub, _add_globals)
     stack.add_commands(sub, _add_globals)
     cmd = command("net", "check the pod network", """\

@@ -1,6 +1,6 @@
-"""`moor stack deploy|ls|ps|rm`: Compose files run as Deployments and Services (moorage/compose.py),
-as `docker stack` runs them on Swarm. A stack NAME lives in the namespace NAME and every object
-of it carries the label moorage.io/stack=NAME.
+"""`moor stack deploy|ls|ps|rm`: Compose files run as Deployments and Services
+(moorage/manifest/compose.py), as `docker stack` runs them on Swarm. A stack NAME lives in the
+namespace NAME and every object of it carries the label moorage.io/stack=NAME.
 
 moorage.compose is imported where it is used: every `moor` command builds this module's parser,
 and only stack commands should pay for the Compose translator."""

@@ -3,7 +3,6 @@ served by the agent that runs the pod (through the control plane's Pods API)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import queue
 import sys
@@ -63,16 +62,9 @@ def pod_rows(pods, all_namespaces: bool = False, containers: bool = False) -> li
 
 # ---- parser ----
 
-def add_commands(sub, add_globals) -> None:
-    """Adds `logs`, `exec` and `top` to `moor`'s subparsers; `add_globals(parser, suppress)`
-    repeats the global options on each."""
-    def command(name: str, help_text: str, examples: str, description: str = ""):
-        cmd = sub.add_parser(name, help=help_text, description=description or help_text,
-                             epilog="examples:\n" + examples,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_globals(cmd, suppress=True)
-        return cmd
-
+def add_commands(command) -> None:
+    """Adds `logs`, `exec` and `top` to `moor`; `command(name, help, examples)` makes a
+    subcommand's parser with the global options (moorage/cli/main.py)."""
     def namespace(cmd):
         cmd.add_argument("-n", "--namespace", metavar="NS",
                          help='the pod\'s namespace (default: "default")')

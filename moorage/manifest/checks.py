@@ -31,6 +31,13 @@ class _Errors(list):
     def add(self, path: str, message: str) -> None:
         self.append(FieldError(path, message))
 
+    def required(self, path: str, value: str, check) -> bool:
+        """Add "is required" for an empty value, else what `check` finds; True when it passes."""
+        reason = check(value) if value else "is required"
+        if reason:
+            self.add(path, reason)
+        return not reason
+
 
 def validate(obj) -> list[FieldError]:
     errs = _Errors()
@@ -47,12 +54,7 @@ def validate(obj) -> list[FieldError]:
 def _metadata(meta, kind, errs: _Errors) -> None:
     name_check = (naming.dns1123_label if kind.name in ("Namespace", "Service")
                   else naming.dns1123_subdomain)
-    if not meta.name:
-        errs.add("metadata.name", "is required")
-    else:
-        reason = name_check(meta.name)
-        if reason:
-            errs.add("metadata.name", reason)
+    errs.required("metadata.name", meta.name, name_check)
     if kind.namespaced:
         if meta.namespace:
             reason = naming.dns1123_label(meta.namespace)
@@ -120,21 +122,11 @@ def _pod_spec(spec, path: str, errs: _Errors, *, in_template: bool) -> None:
 
 
 def _container(c, path: str, names: set, host_ports: set, errs: _Errors) -> None:
-    if not c.name:
-        errs.add(f"{path}.name", "is required")
-    else:
-        reason = naming.dns1123_label(c.name)
-        if reason:
-            errs.add(f"{path}.name", reason)
-        elif c.name in names:
-            errs.add(f"{path}.name", f"duplicate container name {describe(c.name)}")
+    if errs.required(f"{path}.name", c.name, naming.dns1123_label) and c.name in names:
+        errs.add(f"{path}.name", f"duplicate container name {describe(c.name)}")
+    if c.name:
         names.add(c.name)
-    if not c.image:
-        errs.add(f"{path}.image", "is required")
-    else:
-        reason = images.image_reference(c.image)
-        if reason:
-            errs.add(f"{path}.image", reason)
+    errs.required(f"{path}.image", c.image, images.image_reference)
     if c.image_pull_policy and c.image_pull_policy not in PULL_POLICIES:
         errs.add(f"{path}.imagePullPolicy", _one_of(c.image_pull_policy, PULL_POLICIES))
     port_names: set[str] = set()

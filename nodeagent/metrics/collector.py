@@ -7,7 +7,7 @@ scrape always sees fresh numbers and an idle agent does no work. Every container
 the labels namespace, pod, container and node.
 
 Events that happen between scrapes (a container starting, an image pull) are counted as they
-happen in nodeagent/eventmetrics.py and served alongside.
+happen in nodeagent/metrics/events.py and served alongside.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Agent metrics counted as things happen (a container start, an image pull), served on the
-agent's /metrics next to what nodeagent/metrics.py reads at scrape time. Registered in no
+agent's /metrics next to what nodeagent/metrics/collector.py reads at scrape time. Registered in no
 registry here, so importing this module has no side effect on the default one."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Runs containers' probes off the sync thread: one thread per probed container instance,
-which runs its probes on their schedules and keeps their verdicts (nodeagent/probes.py).
+which runs its probes on their schedules and keeps their verdicts (nodeagent/pods/probes.py).
 
 The pod worker tells it which instances run (`sync`) and asks for verdicts (`ready`,
 `unhealthy`); a verdict that changes wakes the sync loop, and every failure is an Unhealthy
@@ -50,7 +50,7 @@ def _port(ref: pb.IntOrString, c: pb.Container) -> int:
 
 
 def probe_spec(kind: str, probe: pb.Probe, c: pb.Container) -> p.ProbeSpec:
-    """The probe as nodeagent/probes.py knows it, with defaults and named ports resolved."""
+    """The probe as nodeagent/pods/probes.py knows it, with defaults and named ports resolved."""
     if probe.HasField("http_get"):
         get = probe.http_get
         action: p.Action = p.HTTPGet(_port(get.port, c), get.path or "/", get.host,

@@ -1,7 +1,7 @@
 """Container probes, pure: what a probe is, how results add up to a verdict, and what the
 verdicts mean for a container (ready, started, to be killed), as the kubelet decides.
 
-No I/O and no clock: nodeagent/prober.py runs the probes on its own threads and feeds each
+No I/O and no clock: nodeagent/pods/prober.py runs the probes on its own threads and feeds each
 result to `observe`; the pod worker asks `is_ready` and `kill_reason`. Results belong to one
 container instance (its id): a restarted container starts over.
 """

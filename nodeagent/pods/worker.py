@@ -118,9 +118,9 @@ class PodWorker:
                  netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None,
                  prober=None, event=None, sandboxes: sandbox.Sandboxes | None = None):
         self.pod = pod
-        # Runs the containers' probes (nodeagent/prober.py Prober), or None: no probing.
+        # Runs the containers' probes (nodeagent/pods/prober.py Prober), or None: no probing.
         self.prober = prober
-        # The pod network (nodeagent/netagent.py AgentNetwork), or None for loopback only.
+        # The pod network (nodeagent/network/agent.py AgentNetwork), or None for loopback only.
         self.network = network
         self.pod_ip = ""
         # The pod's /etc/resolv.conf and /etc/hosts (ContainerSpec.files), on the overlay only.

@@ -8,6 +8,7 @@ import os
 import socket
 import termios
 
+from moorage.fsutil import read_text_or_empty
 from nodeagent.runtime.rootfs import (
     RootfsPlan,
     bind_files,
@@ -51,17 +52,9 @@ def environment(spec: ContainerSpec) -> dict[str, str]:
     return env
 
 
-def _read_or_empty(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def last_cap() -> int:
     try:
-        return int(_read_or_empty("/proc/sys/kernel/cap_last_cap").strip())
+        return int(read_text_or_empty("/proc/sys/kernel/cap_last_cap").strip())
     except ValueError:
         return 40
 
@@ -136,8 +129,8 @@ def run(sysc: Syscalls, spec: ContainerSpec, cdir: str, out_w: int, err_w: int, 
         # joins it while we build the rootfs; nothing of the workload runs before we are in.
         prepare(sysc, spec, cdir, netns_fd)
         os.umask(0o022)
-        ident = resolve_user(spec.user, _read_or_empty("/etc/passwd"),
-                             _read_or_empty("/etc/group"))
+        ident = resolve_user(spec.user, read_text_or_empty("/etc/passwd"),
+                             read_text_or_empty("/etc/group"))
         cap_last = last_cap()
         env = environment(spec)
         if os.read(sync_r, 1) != b"g":  # the shim has put us into the cgroup

@@ -12,6 +12,7 @@ import signal
 import sys
 import termios
 
+from moorage.fsutil import read_text_or_empty
 from nodeagent.runtime.cgroups import Cgroup
 from nodeagent.runtime.container_init import environment, last_cap
 from nodeagent.runtime.container_init import harden as harden_process
@@ -46,7 +47,8 @@ def main(argv: list[str]) -> int:
         sysc.setns(fd, 0)
         os.close(fd)
     os.chdir("/")
-    ident = resolve_user(spec.user, _read("/etc/passwd"), _read("/etc/group"))
+    ident = resolve_user(spec.user, read_text_or_empty("/etc/passwd"),
+                         read_text_or_empty("/etc/group"))
     cap_last = last_cap()
     env = environment(spec)
     tty = os.environ.get("MOORAGE_EXEC_TTY") == "1"
@@ -72,14 +74,6 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda s, _f: os.kill(pid, s))
     _, status = os.waitpid(pid, 0)
     return exit_code_of(status)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

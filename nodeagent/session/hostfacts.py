@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass, field
 
 import moorage
+from moorage.fsutil import read_text_or_empty
 from moorage.model.network import DEFAULT_MAX_PODS
 from moorage.v1 import agent_pb2
 from moorage.v1 import objects_pb2 as pb
@@ -83,18 +84,12 @@ def default_route_address() -> str:
             return "127.0.0.1"
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def read_host_facts(advertise_address: str | None = None) -> HostFacts:
     uname = os.uname()
     return HostFacts(
-        cpus=os.cpu_count() or 1, memory_bytes=meminfo_total(_read("/proc/meminfo")),
+        cpus=os.cpu_count() or 1,
+        memory_bytes=meminfo_total(read_text_or_empty("/proc/meminfo")),
         internal_ip=advertise_address or default_route_address(), hostname=socket.gethostname(),
-        kernel_version=uname.release, os_image=os_release_name(_read("/etc/os-release")),
+        kernel_version=uname.release,
+        os_image=os_release_name(read_text_or_empty("/etc/os-release")),
         architecture=platform.machine())

@@ -101,7 +101,7 @@ class Session:
         # (must not block), and answer a stats request (its report is sent back on the session).
         self.on_open_stream = on_open_stream
         self.on_stats = on_stats
-        # The overlay (nodeagent/netagent.py): this node's subnet and settings, the peer list
+        # The overlay (nodeagent/network/agent.py): this node's subnet and settings, the peer list
         # (must not block), and the doctor's check (answered like stats).
         self.on_network = on_network
         self.on_peers = on_peers
