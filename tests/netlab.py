@@ -1,5 +1,8 @@
-"""Simulated hosts for overlay tests and benchmarks, as root: one network namespace per host,
-joined by veths to a bridge in an "underlay" namespace, all named with the test mark ("moortest").
+"""Simulated hosts for overlay tests and benchmarks, as root, built with `moor lab`'s host
+plumbing (moorage/lab/hosts.py): one network namespace per host, each on a veth to a bridge.
+Unlike `moor lab`, the bridge sits in an "underlay" namespace of its own, so no firewall of
+this machine sees the hosts' traffic and a test can listen "outside the cluster" there. Every
+name carries the test mark ("moortest").
 
 `Lab.call(host, fn, ...)` runs `fn` in a forked child that has entered the host's namespace,
 the way the agent runs in its host's, and returns its (pickled) result.
@@ -13,15 +16,15 @@ import subprocess
 import traceback
 import uuid
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import netns
 from pyroute2.netns import setns
 
+from moorage.lab import hosts as lab_hosts
 from nodeagent.network.datapath import NetConfig, NodeNetwork, Peer
 
 TEST_MARK = "moortest"
-UNDERLAY_NET = "10.213.0"
-UNDERLAY_GATEWAY = f"{UNDERLAY_NET}.1"
-UNDERLAY_IFNAME = "ul0"
+UNDERLAY = lab_hosts.Underlay.parse("10.213.0.0/24", 9)
+UNDERLAY_GATEWAY = UNDERLAY.gateway
 
 
 def call_in_netns(name: str, fn, *args, **kwargs):
@@ -70,11 +73,11 @@ class Lab:
     def __init__(self, hosts: int, tag: str = "", mtu: int = 1500):
         # "moortest" with no dash after it: agent tests clean up every "moortest-*" netns,
         # and would pull these from under a running test; the leftover check still sees them.
-        self.tag = f"{TEST_MARK}net{tag}{uuid.uuid4().hex[:6]}-"
+        self.name = f"{TEST_MARK}net{tag}{uuid.uuid4().hex[:6]}"
+        self.tag = self.name + "-"
         self.underlay = self.tag + "ul"
-        self.hosts = [f"{self.tag}h{i}" for i in range(1, hosts + 1)]
-        self.configs = [NetConfig(pod_cidr=f"10.244.{i}.0/24",
-                                  underlay_ip=f"{UNDERLAY_NET}.{10 + i}")
+        self.hosts = [lab_hosts.host_netns(self.name, i) for i in range(1, hosts + 1)]
+        self.configs = [NetConfig(pod_cidr=f"10.244.{i}.0/24", underlay_ip=UNDERLAY.host_ip(i))
                         for i in range(1, hosts + 1)]
         self.procs: list[subprocess.Popen] = []
         self.mtu = mtu   # of the underlay: bridge and veths
@@ -84,24 +87,13 @@ class Lab:
         return [Peer(h, c.underlay_ip, c.pod_cidr) for h, c in zip(self.hosts, self.configs)]
 
     def build(self) -> Lab:
-        netns.create(self.underlay)
-        with IPRoute(netns=self.underlay, flags=0) as ul:
-            ul.link("set", index=ul.link_lookup(ifname="lo")[0], state="up")
-            ul.link("add", ifname="br0", kind="bridge", mtu=self.mtu)
-            br = ul.link_lookup(ifname="br0")[0]
-            ul.addr("add", index=br, address=UNDERLAY_GATEWAY, prefixlen=24)
-            ul.link("set", index=br, state="up")
-            for i, (host, cfg) in enumerate(zip(self.hosts, self.configs), 1):
-                netns.create(host)
-                ul.link("add", ifname=f"h{i}", kind="veth", mtu=self.mtu,
-                        peer={"ifname": UNDERLAY_IFNAME, "net_ns_fd": host, "mtu": self.mtu})
-                port = ul.link_lookup(ifname=f"h{i}")[0]
-                ul.link("set", index=port, master=br, state="up")
-                with IPRoute(netns=host, flags=0) as h:
-                    h.link("set", index=h.link_lookup(ifname="lo")[0], state="up")
-                    idx = h.link_lookup(ifname=UNDERLAY_IFNAME)[0]
-                    h.addr("add", index=idx, address=cfg.underlay_ip, prefixlen=24)
-                    h.link("set", index=idx, state="up")
+        bridge = lab_hosts.bridge_name(self.name)
+        lab_hosts.create_netns(self.underlay)
+        lab_hosts.create_bridge(bridge, UNDERLAY, netns=self.underlay, mtu=self.mtu)
+        for i, (host, cfg) in enumerate(zip(self.hosts, self.configs), 1):
+            lab_hosts.create_netns(host)
+            lab_hosts.plug_host(host, lab_hosts.veth_name(self.name, i), bridge, cfg.underlay_ip,
+                            UNDERLAY, bridge_netns=self.underlay, mtu=self.mtu)
         return self
 
     def call(self, host: int, fn, *args, **kwargs):
@@ -112,15 +104,16 @@ class Lab:
 
     def pod_netns(self, name: str) -> str:
         pod = f"{self.tag}{name}"
-        netns.create(pod)
+        lab_hosts.create_netns(pod)
         return pod
 
-    def exec(self, ns: str, *cmd: str, timeout: float = 20, check: bool = True):
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True,
-                              text=True, timeout=timeout, check=check)
+    def exec(self, ns: str, *cmd: str, timeout: float = 20, check: bool = True,
+             input: str | None = None):
+        return subprocess.run(lab_hosts.in_netns(ns, list(cmd)), capture_output=True, text=True,
+                              timeout=timeout, check=check, input=input)
 
     def spawn(self, ns: str, *cmd: str) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd],
+        proc = subprocess.Popen(lab_hosts.in_netns(ns, list(cmd)),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.procs.append(proc)
         return proc
@@ -130,7 +123,9 @@ class Lab:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-        for name in netns.listnetns():
+        # The hosts' and pods' namespaces, then the underlay's, which takes the bridge and the
+        # veths with it.
+        for name in sorted(netns.listnetns(), key=lambda n: n == self.underlay):
             if name.startswith(self.tag):
                 netns.remove(name)
 

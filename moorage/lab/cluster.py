@@ -121,10 +121,6 @@ def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _in_netns(ns: str, argv: list[str]) -> list[str]:
-    return ["nsenter", f"--net={os.path.join(hosts.NETNS_DIR, ns)}", "--", *argv]
-
-
 # Kept so that Popen.__del__ neither warns about nor reaps the lab's processes: they are meant
 # to outlive this one (its exit hands them to init).
 _SPAWNED: dict[int, subprocess.Popen] = {}
@@ -296,7 +292,7 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
     if images:
         say(f"imported {', '.join(images)} into every host")
     first = lab.hosts[0]
-    lab.controlplane_pid = _spawn(_in_netns(first.name, _python(
+    lab.controlplane_pid = _spawn(hosts.in_netns(first.name, _python(
         "controlplane.server", "--listen", lab.address,
         "--metrics-listen", f"{first.ip}:{METRICS_PORT}", "--state-dir", lab.controlplane_dir)),
         lab.controlplane_log)
@@ -309,7 +305,7 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
     write_atomic(token_file, join_token(lab) + "\n", mode=0o600)
     lab.agent_flags = list(agent_flags)
     for host in lab.hosts:
-        host.agent_pid = _spawn(_in_netns(host.name, _agent_argv(lab, host, token_file)),
+        host.agent_pid = _spawn(hosts.in_netns(host.name, _agent_argv(lab, host, token_file)),
                                 host.log)
         lab.save()
     say(f"agents in {', '.join(h.name for h in lab.hosts)}; waiting for their nodes to be Ready")
@@ -340,7 +336,7 @@ def restart_agent(lab: Lab, host_name: str, sig: int = signal.SIGKILL) -> int:
         deadline = time.monotonic() + 10
         while alive(host.agent_pid, host.state_dir) and time.monotonic() < deadline:
             time.sleep(0.05)
-    host.agent_pid = _spawn(_in_netns(host.name, _agent_argv(lab, host)), host.log)
+    host.agent_pid = _spawn(hosts.in_netns(host.name, _agent_argv(lab, host)), host.log)
     lab.save()
     return host.agent_pid
 

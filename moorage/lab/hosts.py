@@ -136,9 +136,25 @@ def route_conflicts(underlay: Underlay) -> list[str]:
     return found
 
 
-def create_bridge(bridge: str, underlay: Underlay) -> None:
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=bridge, kind="bridge")
+def in_netns(ns: str, argv: list[str]) -> list[str]:
+    """`argv` run inside the namespace `ns` (its network namespace only, as the agent's is)."""
+    return ["nsenter", f"--net={os.path.join(NETNS_DIR, ns)}", "--", *argv]
+
+
+def _netlink(ns: str | None):
+    # The namespace that holds the bridge: this one (a lab) or one of its own (the tests'
+    # underlay, so that no firewall of this machine sees the hosts' traffic).
+    return NetNS(ns) if ns else IPRoute()
+
+
+def create_bridge(bridge: str, underlay: Underlay, *, netns: str | None = None,
+                  mtu: int | None = None) -> None:
+    """The underlay's bridge holding its gateway address, in this namespace or `netns`."""
+    extra = {"mtu": mtu} if mtu else {}
+    with _netlink(netns) as ipr:
+        if netns:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        ipr.link("add", ifname=bridge, kind="bridge", **extra)
         index = ipr.link_lookup(ifname=bridge)[0]
         ipr.addr("add", index=index, address=underlay.gateway, prefixlen=underlay.prefixlen)
         ipr.link("set", index=index, state="up")
@@ -148,12 +164,16 @@ def create_netns(ns: str) -> None:
     netns.create(ns)
 
 
-def plug_host(ns: str, veth: str, bridge: str, address: str, underlay: Underlay) -> None:
-    """Joins the host namespace `ns` to the bridge: a veth pair whose inner end becomes eth0
-    with `address`, loopback up, and a default route via the gateway."""
+def plug_host(ns: str, veth: str, bridge: str, address: str, underlay: Underlay, *,
+              bridge_netns: str | None = None, mtu: int | None = None) -> None:
+    """Joins the host namespace `ns` to the bridge (in this namespace or `bridge_netns`): a
+    veth pair whose inner end becomes eth0 with `address`, loopback up, and a default route
+    via the gateway."""
     peer = veth[:-1] + "p"  # the inner end's name until it is renamed eth0
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
+    extra = {"mtu": mtu} if mtu else {}
+    with _netlink(bridge_netns) as ipr:
+        ipr.link("add", ifname=veth, kind="veth", **extra,
+                 peer={"ifname": peer, "net_ns_fd": ns, **extra})
         index = ipr.link_lookup(ifname=veth)[0]
         bridge_index = ipr.link_lookup(ifname=bridge)[0]
         ipr.link("set", index=index, master=bridge_index, state="up")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -119,8 +118,7 @@ def test_pods_talk_across_hosts_over_vxlan(cluster):
     counter = "moortest_udp"
     script = (f"table ip {counter} {{ chain out {{ type filter hook output priority 0; "
               f"udp dport 4789 ip daddr 10.213.0.13 counter\n}}\n}}\n")
-    subprocess.run(["ip", "netns", "exec", lab.hosts[0], "nft", "-f", "-"], input=script,
-                   text=True, check=True)
+    lab.exec(lab.hosts[0], "nft", "-f", "-", input=script)
     try:
         before = _nft_packets(lab, 0, counter)
         assert cluster.ping(0, cluster.pods[2][2])
@@ -195,8 +193,7 @@ def test_reconcile_and_doctor_find_and_fix_drift(cluster):
 def test_doctor_reports_an_unreachable_peer(cluster):
     lab = cluster.lab
     block = "table ip moortest_block { chain in { type filter hook input priority 0; udp dport 4789 drop\n}\n}\n"
-    subprocess.run(["ip", "netns", "exec", lab.hosts[2], "nft", "-f", "-"], input=block,
-                   text=True, check=True)
+    lab.exec(lab.hosts[2], "nft", "-f", "-", input=block)
     try:
         found = lab.call(0, in_node, doctor.diagnose, lab.configs[0], lab.peers, 0.5)
     finally:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from moorage.lab.hosts import in_netns
 from tests import imagebuild
 from tests.conftest import TEST_PREFIX
 from tests.integration.test_lab import LabUnderTest, wait_for
@@ -110,8 +111,8 @@ def pexec(lab, pod: dict, *cmd: str, timeout: float = 60) -> subprocess.Complete
 
 
 def rules(lab, i: int) -> str:
-    out = subprocess.run(["ip", "netns", "exec", host(lab, i), "nft", "list", "table", "ip",
-                          "moorage-svc"], capture_output=True, text=True)
+    out = subprocess.run(in_netns(host(lab, i), ["nft", "list", "table", "ip", "moorage-svc"]),
+                         capture_output=True, text=True)
     return out.stdout if out.returncode == 0 else ""
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from moorage.lab.hosts import in_netns
 from nodeagent.network.services import flush_udp_conntrack
 from nodeagent.pods import sandbox
 from nodeagent.runtime.netns import on_thread
@@ -32,7 +33,7 @@ table ip t {{
 
 
 def sh(ns: str, *cmd: str, stdin: str | None = None) -> None:
-    subprocess.run(["ip", "netns", "exec", ns, *cmd], input=stdin, text=True, check=True,
+    subprocess.run(in_netns(ns, list(cmd)), input=stdin, text=True, check=True,
                    capture_output=True)
 
 
