@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from controlplane.controllers.nodes import NodeLifecycle, is_ready
-from controlplane.dispatcher.sessions import lease_key, set_condition
+from controlplane.dispatcher.sessions import lease_key
 from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
+from tests.builders import pb_node
 from tests.conftest import run
 
 NODE = kinds.BY_NAME["Node"]
 
 
 def node(name: str, status: str, reason: str) -> pb.Node:
-    n = pb.Node()
-    n.metadata.name = name
-    set_condition(n.status.conditions, "Ready", status, reason, "", "2026-01-01T00:00:00Z")
-    return n
+    return pb_node(name, ready=status, reason=reason)
 
 
 def test_ready_follows_the_lease_both_ways(store_factory):

@@ -8,13 +8,11 @@ import asyncio
 from controlplane.dispatcher.assignments import Change
 from controlplane.dispatcher.sessions import NOTHING, coalesce
 from moorage.v1 import objects_pb2 as pb
+from tests.builders import pb_pod
 
 
 def pod(uid: str, image: str = "a") -> pb.Pod:
-    p = pb.Pod()
-    p.metadata.uid = uid
-    p.spec.containers.add(name="c", image=image)
-    return p
+    return pb_pod(uid, uid=uid, image=image, container="c")
 
 
 def test_changes_merge_until_something_else():

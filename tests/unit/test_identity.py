@@ -23,6 +23,7 @@ from controlplane.identity.join import JoinError, handle_renew
 from moorage.v1 import api_pb2
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.session.identity import IdentityError, NodeIdentity, pin_ca
+from tests.builders import pb_pod
 
 
 @pytest.fixture
@@ -312,9 +313,7 @@ def test_join_refused_on_plaintext():
 
 
 def pod(name: str, node: str) -> pb.Pod:
-    p = pb.Pod()
-    p.metadata.name, p.spec.node_name = name, node
-    return p
+    return pb_pod(name, node=node)
 
 
 def test_owns():

@@ -15,22 +15,18 @@ from controlplane.controllers.nodes import (
     is_ready,
     orphans,
 )
-from controlplane.dispatcher.sessions import lease_key, set_condition
+from controlplane.dispatcher.sessions import lease_key
 from controlplane.store import Store
 from controlplane.store.memory import MemoryEtcd
 from moorage.model import kinds
 from moorage.v1 import objects_pb2 as pb
-from tests.builders import pb_pod
+from tests.builders import pb_node, pb_pod
 from tests.conftest import run
 
-STAMP = "2026-01-01T00:00:00Z"
 
 
 def node(name: str, status: str = "True", reason: str = "AgentReady") -> pb.Node:
-    n = pb.Node()
-    n.metadata.name = name
-    set_condition(n.status.conditions, "Ready", status, reason, "", STAMP)
-    return n
+    return pb_node(name, ready=status, reason=reason)
 
 
 @pytest.mark.parametrize("n, leased, since, now, evicting, want, want_since", [

@@ -12,17 +12,13 @@ from moorage.model.pods import graceful_delete
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.pods.manager import PodManager, Wakeup
 from nodeagent.pods.plan import Plan
+from tests.builders import pb_pod
 
 WAIT = 10.0
 
 
 def make_pod(uid: str, grace: int = 30) -> pb.Pod:
-    p = pb.Pod()
-    p.metadata.name, p.metadata.namespace, p.metadata.uid = uid, "default", uid
-    p.spec.node_name = "n1"
-    p.spec.termination_grace_period_seconds = grace
-    p.status.phase = "Running"
-    return p
+    return pb_pod(uid, uid=uid, node="n1", grace=grace, phase="Running")
 
 
 def deleting(p: pb.Pod, grace: int | None = None) -> pb.Pod:
