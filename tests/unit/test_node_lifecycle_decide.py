@@ -24,7 +24,6 @@ from tests.builders import pb_node, pb_pod
 from tests.conftest import run
 
 
-
 def node(name: str, status: str = "True", reason: str = "AgentReady") -> pb.Node:
     return pb_node(name, ready=status, reason=reason)
 
