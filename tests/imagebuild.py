@@ -196,6 +196,13 @@ def write_docker_save(path: str, image: TestImage, repo_tags: Sequence[str]) -> 
     _write_tar(path, files)
 
 
+def busybox_tar(directory: str, repo_tags: Sequence[str] = ("busybox:test",)) -> str:
+    """directory/busybox.tar: the busybox image, `docker save`d under `repo_tags`."""
+    path = os.path.join(directory, "busybox.tar")
+    write_docker_save(path, make_image(), repo_tags)
+    return path
+
+
 def write_oci_layout(path: str, image: TestImage, ref_name: str, as_tar: bool = False) -> None:
     """An OCI image layout (a dir, or a tar of one) whose index names the image ref_name."""
     files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}

@@ -77,8 +77,7 @@ def running_containers(cli):
 
 def test_static_pod_lifecycle_and_agent_crash(agent_env):
     cli, start, manifests, root = agent_env
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     assert "busybox:test" in cli("import", tar).stdout
     assert "busybox:test" in cli("images").stdout
     with open(os.path.join(manifests, "web.yaml"), "w") as f:

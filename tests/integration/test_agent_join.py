@@ -170,8 +170,7 @@ def running(cli) -> list[str]:
 
 def test_join_runs_assigned_pods_and_survives_a_control_plane_restart(env):
     fake, cli, start_agent, root = env
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     cli("import", tar)
     fake.start()
     agent = start_agent()

@@ -39,8 +39,7 @@ def cluster(etcd_endpoint):
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "churn-")
     cp = start_controlplane(etcd_endpoint, os.path.join(root, "cp"), extra_args=(
         "--controllers",))
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test", "busybox:v2"])
+    tar = imagebuild.busybox_tar(root, ("busybox:test", "busybox:v2"))
     agents = start_agents(cp, root, list(NODES), tar)
     env = cp.env()
 

@@ -49,8 +49,7 @@ def cluster(etcd_endpoint):
     cp = start_controlplane(etcd_endpoint, os.path.join(root, "cp"), extra_args=(
         "--controllers", "--node-not-ready-after", "3", "--pod-eviction-after", "1",
         "--eviction-startup-grace", "0"))
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test", "busybox:v2"])
+    tar = imagebuild.busybox_tar(root, ("busybox:test", "busybox:v2"))
     agents = start_agents(cp, root, ["node-1", "node-2", "node-3"], tar)
     env = cp.env()
 

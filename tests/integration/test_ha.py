@@ -51,8 +51,7 @@ def test_agents_fail_over_to_another_replica_and_keep_their_pods(etcd_endpoint):
         cps.append(start_controlplane(etcd_endpoint, os.path.join(root, "cp1"),
                                       prefix=cps[0].prefix,
                                       extra_args=(*FAST, "--replica-name", "cp1")))
-        tar = os.path.join(root, "busybox.tar")
-        imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+        tar = imagebuild.busybox_tar(root)
         agents = start_agents(cps[0], root, ["ha-1", "ha-2"], tar)
 
         def moor(cp, *args, stdin=None):

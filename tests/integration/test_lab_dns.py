@@ -74,8 +74,7 @@ needs_table = pytest.mark.skipif(not _service_table_broadcast(),
 def lab():
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "dns-")
     t = LabUnderTest(root)
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     try:
         out = t.lab("up", "--nodes", "3", "--import", tar, "--underlay-cidr", t.cidr)
         assert out.returncode == 0, f"lab up failed:\n{out.stdout}\n{out.stderr}"

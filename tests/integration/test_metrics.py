@@ -96,8 +96,7 @@ class Prometheus:
 def setup():
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "metrics-")
     lab = LabUnderTest(root)
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     manifests = os.path.join(root, "manifests")
     os.mkdir(manifests)
     with open(os.path.join(manifests, "web.yaml"), "w") as f:

@@ -33,8 +33,7 @@ class Clock:
 def node():
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "agent-")
     images = Store(os.path.join(root, "images"))
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     images.import_archive(tar)
     runtime = Runtime(os.path.join(root, "containers"), cgroup_root=TEST_PREFIX + "agent")
     workers = []

@@ -60,8 +60,7 @@ PODS = [
 def cluster(etcd_endpoint):
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "probes-")
     cp = start_controlplane(etcd_endpoint, os.path.join(root, "cp"))
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     agents = start_agents(cp, root, [NODE], tar)
     env = cp.env()
 

@@ -67,8 +67,7 @@ GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc {ip} {port}"
 def lab():
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "svc-")
     t = LabUnderTest(root)
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     manifests = os.path.join(root, "manifests")
     os.mkdir(manifests)
     with open(os.path.join(manifests, "web.yaml"), "w") as f:

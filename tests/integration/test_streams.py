@@ -40,8 +40,7 @@ def pod(name: str, node: str, containers: dict[str, str], restart: str = "Always
 def cluster(etcd_endpoint):
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "podio-")
     cp = start_controlplane(etcd_endpoint, os.path.join(root, "cp"))
-    tar = os.path.join(root, "busybox.tar")
-    imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:test"])
+    tar = imagebuild.busybox_tar(root)
     agents = start_agents(cp, root, NODES, tar)
     env = cp.env()
 
