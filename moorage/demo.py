@@ -20,6 +20,8 @@ import time
 
 from moorage.lab import cluster
 from moorage.lab.hosts import LabError
+from moorage.lab.state import state_dir_for
+from moorage.lab.teardown import down
 from moorage.localimage import write_docker_save
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -66,7 +68,7 @@ def _up(work: str) -> cluster.Lab:
     write_docker_save(image, [IMAGE])
     print(f"$ moor lab up --name {NAME} --nodes {NODES} --import busybox.tar   "
           f"# {IMAGE}, built from this machine's busybox-static\n", flush=True)
-    lab = cluster.plan(NAME, NODES, cluster.DEFAULT_CIDR, cluster.state_dir_for(NAME))
+    lab = cluster.plan(NAME, NODES, cluster.DEFAULT_CIDR, state_dir_for(NAME))
     return cluster.up(lab, images=(image,), say=lambda line: print(line, flush=True))
 
 
@@ -95,10 +97,8 @@ def _show(work: str) -> bool:
 
 
 def _down() -> int:
-    from moorage.lab.teardown import down
-
     print(f"\n$ moor lab down --name {NAME}", flush=True)
-    left = down(NAME, cluster.state_dir_for(NAME))
+    left = down(NAME, state_dir_for(NAME))
     if left:
         print("error: these are left:\n  " + "\n  ".join(left), file=sys.stderr)
         return 1

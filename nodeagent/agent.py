@@ -30,6 +30,7 @@ from nodeagent.daemon import (
 from nodeagent.metrics import collector as metrics
 from nodeagent.pods.manager import Wakeup
 from nodeagent.pods.worker import parse_container_id
+from nodeagent.runtime.images.archive import import_archive
 from nodeagent.runtime.images.registry import Progress
 from nodeagent.runtime.logs import follow
 
@@ -252,7 +253,7 @@ def main(argv=None) -> None:
                 run(node, source, registry, stop, netns_prefix=args.netns_prefix, wake=wake)
             sys.exit(0)
         if args.command == "import":
-            for image in node.images.import_archive(args.path):
+            for image in import_archive(node.images, args.path):
                 print(f"{image.reference} {image.manifest_digest}")
             sys.exit(0)
         handlers = {"pull": cmd_pull, "images": cmd_images, "ps": cmd_ps, "logs": cmd_logs,

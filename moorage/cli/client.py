@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self
 
+from moorage.cli.errors import CliError
+
 if TYPE_CHECKING:
     from moorage.cli.config import Config
     from moorage.model.kinds import Kind
@@ -51,17 +53,6 @@ def _channel_credentials(config: Config):
         return channel_credentials(config.credentials)
     except CredentialsError as err:
         raise CliError(f"error: {err} (from {config.credentials_source})") from None
-
-
-class CliError(Exception):
-    """A failure to report: `message` holds finished lines for stderr, `code` the exit status."""
-
-    def __init__(self, message: str, code: int = 1, reason: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        # kubectl's reason ("NotFound", ...) for errors from the server; empty for local ones.
-        self.reason = reason
 
 
 def qualified_plural(kind: Kind) -> str:

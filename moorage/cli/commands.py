@@ -6,7 +6,8 @@ import difflib
 import sys
 
 from moorage.cli import printers
-from moorage.cli.client import Client, CliError, qualified_plural
+from moorage.cli.client import Client, qualified_plural
+from moorage.cli.errors import CliError
 
 
 class Context:

@@ -7,7 +7,7 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-from moorage.cli.client import CliError
+from moorage.cli.errors import CliError
 
 DEFAULT_SERVER = "127.0.0.1:7440"
 DEFAULT_PORT = 7440

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from moorage.cli import printers
-from moorage.cli.client import CliError
 from moorage.cli.commands import (
     Context,
     err,
@@ -13,6 +12,7 @@ from moorage.cli.commands import (
     out,
     resolve_target,
 )
+from moorage.cli.errors import CliError
 
 # kubectl's flags: --grace-period 0 only with --force (else it becomes 1), --now is 1.
 IMMEDIATE_WARNING = ("warning: immediate deletion does not wait for the node to confirm that "

@@ -60,14 +60,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moorage.lab import cluster
     from moorage.lab.hosts import LabError
+    from moorage.lab.state import state_dir_for
 
     try:
         if os.geteuid() != 0:
             raise LabError("moor lab needs root: it makes network namespaces, links and "
                            "cgroups (try sudo)")
-        state_dir = cluster.state_dir_for(args.name, args.state_dir)
+        state_dir = state_dir_for(args.name, args.state_dir)
         if args.lab_command == "up":
             return _up(args, state_dir)
         if args.lab_command == "status":
@@ -95,13 +95,14 @@ def _up(args: argparse.Namespace, state_dir: str) -> int:
 
 def _status(name: str, state_dir: str) -> int:
     from moorage.lab import cluster
+    from moorage.lab.processes import alive
 
     lab, rows = cluster.status(name, state_dir)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     pid = f"pid {lab.controlplane_pid or '-'}"
-    if lab.controlplane_pid and not cluster.alive(lab.controlplane_pid, lab.controlplane_dir):
+    if lab.controlplane_pid and not alive(lab.controlplane_pid, lab.controlplane_dir):
         pid += " dead"
     print(f"\ncontrol plane {lab.address} in {lab.hosts[0].name}, {pid}; state {lab.state_dir}")
     return 0

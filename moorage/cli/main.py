@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from moorage.cli.client import CliError
+from moorage.cli.errors import CliError
 
 # kubectl's `diff` exits 1 when objects differ, so its errors need a distinct code.
 DIFF_ERROR_CODE = 2

@@ -6,8 +6,8 @@ Deployments that own them make replacements, which the scheduler puts on other n
 
 from __future__ import annotations
 
-from moorage.cli.client import CliError
 from moorage.cli.commands import Context, out
+from moorage.cli.errors import CliError
 from moorage.cli.rollout import write_object
 from moorage.model import kinds
 from moorage.model.kinds import BY_NAME

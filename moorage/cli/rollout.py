@@ -12,8 +12,8 @@ import queue
 import threading
 import time
 
-from moorage.cli.client import CliError
 from moorage.cli.commands import Context, namespace_for, out, resolve_target
+from moorage.cli.errors import CliError
 from moorage.model.deployments import REVISION_ANNOTATION, read_history
 
 MAX_ATTEMPTS = 10

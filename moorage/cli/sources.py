@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from moorage.cli.client import CliError
+from moorage.cli.errors import CliError
 
 # One apply is one etcd transaction and one gRPC message; both have limits a little above this.
 MAX_APPLY_BYTES = 3 * 1024 * 1024

@@ -12,8 +12,8 @@ import json
 import os
 from collections import Counter
 
-from moorage.cli.client import CliError
 from moorage.cli.commands import Context, out
+from moorage.cli.errors import CliError
 
 EXAMPLES = """\
   moor stack deploy -c compose.yaml shop      its services run in namespace "shop"

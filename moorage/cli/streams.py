@@ -8,7 +8,7 @@ import queue
 import sys
 import threading
 
-from moorage.cli.client import CliError
+from moorage.cli.errors import CliError
 
 # Exit status after Ctrl-C, as a shell reports a SIGINT death.
 INTERRUPTED = 130

@@ -29,7 +29,7 @@ def token(ctx: Context) -> int:
     if args.action == "create":
         ttl = int(round(args.ttl))
         if ttl < 1:
-            from moorage.cli.client import CliError
+            from moorage.cli.errors import CliError
 
             raise CliError("error: --ttl must be at least 1s")
         resp = client._call("CreateToken", api_pb2.CreateTokenRequest(ttl_seconds=ttl))

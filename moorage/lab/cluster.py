@@ -8,24 +8,20 @@ from a new shell and after an `up` that failed or was killed half-way.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 from moorage.fsutil import write_atomic
-from moorage.lab import DEFAULT_CIDR, DEFAULT_NAME, DEFAULT_NODES, STATE_ROOT, hosts  # noqa: F401
+from moorage.lab import DEFAULT_CIDR, DEFAULT_NAME, DEFAULT_NODES, hosts  # noqa: F401
 from moorage.lab.hosts import LabError
+from moorage.lab.processes import alive, python_argv, spawn, tail
+from moorage.lab.state import POINTER_DIR, Host, Lab, Say
+from moorage.lab.teardown import down
 
-# Where `status` and `down --name` find a lab made with --state-dir; on tmpfs, like /run/netns,
-# so it goes at reboot together with the namespaces it describes.
-POINTER_DIR = "/run/moorage/lab"
 API_PORT = 7440
 METRICS_PORT = 7441
 AGENT_METRICS_PORT = 10255
@@ -33,67 +29,6 @@ CONTROLPLANE_READY = "moor-controlplane: serving on"
 CONTROLPLANE_SECONDS = 30
 NODES_SECONDS = 60
 JOIN_TOKEN_TTL = "1h"
-
-Say = Callable[[str], None]
-
-
-@dataclass(slots=True)
-class Host:
-    name: str             # the host's netns and its node's name: NAME-h<i>
-    ip: str
-    state_dir: str
-    cgroup_root: str
-    netns_prefix: str
-    log: str
-    agent_pid: int = 0
-
-
-@dataclass(slots=True)
-class Lab:
-    name: str
-    state_dir: str
-    underlay: str
-    gateway: str
-    bridge: str
-    address: str          # the control plane's API address
-    controlplane_dir: str
-    controlplane_log: str
-    controlplane_pid: int = 0
-    hosts: list[Host] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
-    config_path: str = ""
-    # Extra `moor-agent run` flags (registry mirrors, ...), for restarts.
-    agent_flags: list[str] = field(default_factory=list)
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.state_dir, "lab.json")
-
-    def save(self) -> None:
-        write_atomic(self.state_file, json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, state_dir: str) -> Lab | None:
-        try:
-            with open(os.path.join(state_dir, "lab.json")) as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise LabError(f"cannot read {state_dir}/lab.json: {err}") from None
-        data["hosts"] = [Host(**h) for h in data.get("hosts", [])]
-        return cls(**data)
-
-
-def state_dir_for(name: str, flag: str | None = None) -> str:
-    """--state-dir, else where `up` recorded it, else the default."""
-    if flag:
-        return os.path.abspath(flag)
-    pointer = os.path.join(POINTER_DIR, name)
-    if os.path.islink(pointer):
-        return os.readlink(pointer)
-    return os.path.join(STATE_ROOT, name)
-
 
 def plan(name: str, nodes: int, cidr: str, state_dir: str) -> Lab:
     """The lab to make, with every name and address decided; pure."""
@@ -115,66 +50,12 @@ def plan(name: str, nodes: int, cidr: str, state_dir: str) -> Lab:
     return lab
 
 
-# ---- processes ----
-
-def _python(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
-
-
-# Kept so that Popen.__del__ neither warns about nor reaps the lab's processes: they are meant
-# to outlive this one (its exit hands them to init).
-_SPAWNED: dict[int, subprocess.Popen] = {}
-
-
-def _spawn(argv: list[str], log_path: str) -> int:
-    # A session of its own: the lab outlives this process and the terminal that started it.
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    _SPAWNED[proc.pid] = proc
-    return proc.pid
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def alive(pid: int, marker: str) -> bool:
-    """Whether `pid` runs and is ours (its command line names `marker`), not a reused pid."""
-    proc = _SPAWNED.get(pid)
-    if proc is not None:
-        # Started by this process: ask it. Its command line is still ours until it has
-        # exec'd, so the marker test would call a starting child dead.
-        return proc.poll() is None
-    return bool(pid) and marker in _cmdline(pid) and not _is_zombie(pid)
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
-
-
 # ---- up ----
 
 def moor(*args: str, server: str | None = None, credentials: str | None = None,
          check: bool = False) -> subprocess.CompletedProcess:
     """Runs the `moor` CLI; --server given explicitly so the caller's config does not matter."""
-    argv = _python("moorage.cli.main")
+    argv = python_argv("moorage.cli.main")
     if server:
         argv += ["--server", server]
     if credentials:
@@ -241,8 +122,6 @@ def up(lab: Lab, *, images: tuple[str, ...] = (), agent_flags: tuple[str, ...] =
         reason = str(err) if isinstance(err, LabError) else f"{type(err).__name__}: {err}"
         kept = _keep_logs(lab)
         say("up failed: removing what it made")
-        from moorage.lab.teardown import down
-
         down(lab.name, lab.state_dir, say=lambda line: say("  " + line))
         if kept:
             reason += f"\n(the logs are kept in {kept}; the paths above are gone)"
@@ -285,14 +164,14 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
     say(f"hosts: {', '.join(f'{h.name} ({h.ip})' for h in lab.hosts)}")
     for host in lab.hosts:
         for image in images:
-            out = subprocess.run(_python("nodeagent.agent", *_agent_globals(host), "import",
+            out = subprocess.run(python_argv("nodeagent.agent", *_agent_globals(host), "import",
                                          image), capture_output=True, text=True)
             if out.returncode != 0:
                 raise LabError(f"importing {image} into {host.name}: {out.stderr.strip()}")
     if images:
         say(f"imported {', '.join(images)} into every host")
     first = lab.hosts[0]
-    lab.controlplane_pid = _spawn(hosts.in_netns(first.name, _python(
+    lab.controlplane_pid = spawn(hosts.in_netns(first.name, python_argv(
         "controlplane.server", "--listen", lab.address,
         "--metrics-listen", f"{first.ip}:{METRICS_PORT}", "--state-dir", lab.controlplane_dir)),
         lab.controlplane_log)
@@ -305,7 +184,7 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
     write_atomic(token_file, join_token(lab) + "\n", mode=0o600)
     lab.agent_flags = list(agent_flags)
     for host in lab.hosts:
-        host.agent_pid = _spawn(hosts.in_netns(host.name, _agent_argv(lab, host, token_file)),
+        host.agent_pid = spawn(hosts.in_netns(host.name, _agent_argv(lab, host, token_file)),
                                 host.log)
         lab.save()
     say(f"agents in {', '.join(h.name for h in lab.hosts)}; waiting for their nodes to be Ready")
@@ -319,7 +198,7 @@ def _make(lab: Lab, images, agent_flags, manifests, say: Say) -> None:
 
 
 def _agent_argv(lab: Lab, host: Host, token_file: str = "") -> list[str]:
-    return _python("nodeagent.agent", *_agent_globals(host), "run", "--join", lab.address,
+    return python_argv("nodeagent.agent", *_agent_globals(host), "run", "--join", lab.address,
                    "--node-name", host.name, "--advertise-address", host.ip,
                    "--metrics-listen", f"{host.ip}:{AGENT_METRICS_PORT}",
                    *(("--token-file", token_file) if token_file else ()), *lab.agent_flags)
@@ -336,7 +215,7 @@ def restart_agent(lab: Lab, host_name: str, sig: int = signal.SIGKILL) -> int:
         deadline = time.monotonic() + 10
         while alive(host.agent_pid, host.state_dir) and time.monotonic() < deadline:
             time.sleep(0.05)
-    host.agent_pid = _spawn(hosts.in_netns(host.name, _agent_argv(lab, host)), host.log)
+    host.agent_pid = spawn(hosts.in_netns(host.name, _agent_argv(lab, host)), host.log)
     lab.save()
     return host.agent_pid
 
@@ -349,11 +228,11 @@ def _agent_globals(host: Host) -> list[str]:
 def _wait_controlplane(lab: Lab) -> None:
     deadline = time.monotonic() + CONTROLPLANE_SECONDS
     while time.monotonic() < deadline:
-        if CONTROLPLANE_READY in _tail(lab.controlplane_log, 200):
+        if CONTROLPLANE_READY in tail(lab.controlplane_log, 200):
             return
         if not alive(lab.controlplane_pid, lab.controlplane_dir):
             raise LabError(f"the control plane exited; its log {lab.controlplane_log} ends:\n"
-                           + _tail(lab.controlplane_log))
+                           + tail(lab.controlplane_log))
         time.sleep(0.2)
     raise LabError(f"the control plane did not start within {CONTROLPLANE_SECONDS}s; "
                    f"see {lab.controlplane_log}")

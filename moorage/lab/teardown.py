@@ -17,16 +17,8 @@ import subprocess
 import time
 
 from moorage.lab import hosts
-from moorage.lab.cluster import (
-    POINTER_DIR,
-    Host,
-    Lab,
-    Say,
-    _cmdline,
-    _is_zombie,
-    _python,
-    alive,
-)
+from moorage.lab.processes import alive, cmdline, is_zombie, python_argv
+from moorage.lab.state import POINTER_DIR, Host, Lab, Say
 
 STOP_GRACE_SECONDS = 10
 RESET_TIMEOUT_SECONDS = 120
@@ -45,7 +37,7 @@ def down(name: str, state_dir: str, say: Say = print) -> list[str]:
 
     # The daemons first, so no agent restarts a container while they are removed.
     daemons = {pid: m for pid, m in processes_naming(markers).items()
-               if any(d in _cmdline(pid) for d in DAEMONS)}
+               if any(d in cmdline(pid) for d in DAEMONS)}
     if lab:
         daemons.update({h.agent_pid: h.state_dir for h in lab.hosts if h.agent_pid})
         if lab.controlplane_pid:
@@ -109,7 +101,7 @@ def _remove_containers(host_list: list[Host], say: Say) -> None:
     for host in host_list:
         if not os.path.isdir(host.state_dir):
             continue
-        out = subprocess.run(_python(
+        out = subprocess.run(python_argv(
             "nodeagent.agent", "--state-dir", host.state_dir, "--cgroup-root", host.cgroup_root,
             "--netns-prefix", host.netns_prefix, "reset"),
             capture_output=True, text=True, timeout=RESET_TIMEOUT_SECONDS)
@@ -123,7 +115,7 @@ def _remove_containers(host_list: list[Host], say: Say) -> None:
 # ---- processes ----
 
 def _stop_and_say(pids: dict[int, str], say: Say) -> None:
-    names = {pid: _cmdline(pid) for pid in pids}
+    names = {pid: cmdline(pid) for pid in pids}
     for pid in stop(pids):
         say(f"stopped pid {pid}: {_short(names[pid])}")
 
@@ -186,12 +178,12 @@ def processes_naming(markers: list[str | re.Pattern]) -> dict[int, str]:
     for pid in _pids():
         if pid in skip:
             continue
-        cmd = _cmdline(pid)
+        cmd = cmdline(pid)
         for marker in markers:
             hit = marker if isinstance(marker, str) and marker in cmd else None
             if isinstance(marker, re.Pattern) and (m := marker.search(cmd)):
                 hit = m.group(0)
-            if hit and not _is_zombie(pid):
+            if hit and not is_zombie(pid):
                 found[pid] = hit
                 break
     return found
@@ -209,8 +201,8 @@ def processes_in(inodes: set[int]) -> dict[int, str]:
         except OSError:
             continue
         if pid not in skip and int(link.split("[")[1].rstrip("]")) in inodes:
-            cmd = _cmdline(pid)
-            if cmd and not _is_zombie(pid):
+            cmd = cmdline(pid)
+            if cmd and not is_zombie(pid):
                 found[pid] = cmd
     return found
 
@@ -278,7 +270,7 @@ def _remove_config(lab: Lab | None, say: Say) -> None:
     import pathlib
 
     from moorage.cli import config
-    from moorage.cli.client import CliError
+    from moorage.cli.errors import CliError
 
     if not lab or not lab.config_path:
         return
@@ -296,7 +288,7 @@ def leftovers(name: str, state_dir: str, inodes: set[int] = frozenset()) -> list
     """Anything of the lab still there: processes, netns, links, mounts, cgroups, files."""
     procs = {**processes_naming(_markers(name, state_dir)),
              **processes_in(set(inodes))}
-    left = [f"process {pid}: {_short(_cmdline(pid))}" for pid in sorted(procs)]
+    left = [f"process {pid}: {_short(cmdline(pid))}" for pid in sorted(procs)]
     left += [f"netns {ns}" for ns in hosts.host_namespaces(name)]
     left += [f"link {link}" for link in hosts.links(name)]
     left += [f"mount {m}" for m in mounts(name, state_dir)]

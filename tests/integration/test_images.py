@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from nodeagent.runtime.images import store as store_module
-from nodeagent.runtime.images.archive import ArchiveError
+from nodeagent.runtime.images.archive import ArchiveError, import_archive
 from nodeagent.runtime.images.registry import Credentials, RegistryConfig, host_architecture
 from nodeagent.runtime.images.store import Store, StoreError
 from tests import imagebuild as ib
@@ -310,7 +310,7 @@ def test_import_archive(store, kind):
         ib.write_docker_save(path, image, ["localhost/imported:v1", "imported:v1"])
     else:
         ib.write_oci_layout(path, image, "localhost/imported:v1", as_tar=kind == "oci-tar")
-    images = store.import_archive(path)
+    images = import_archive(store, path)
     assert images[0].reference == "localhost/imported:v1"
     assert store.get("localhost/imported:v1").diff_ids == image.diff_ids
     assert images[0].config.cmd == ("sleep", "60")
@@ -328,7 +328,7 @@ def test_import_rejects_a_tampered_oci_blob(store):
     with open(blob, "ab") as f:
         f.write(b"junk")
     with pytest.raises(ArchiveError, match="failed verification"):
-        store.import_archive(path)
+        import_archive(store, path)
     assert contents(store)["layers"] == [] and contents(store)["images"] == []
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.pods.worker import PodWorker, parse_container_id
+from nodeagent.runtime.images.archive import import_archive
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild
@@ -34,7 +35,7 @@ def node():
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "agent-")
     images = Store(os.path.join(root, "images"))
     tar = imagebuild.busybox_tar(root)
-    images.import_archive(tar)
+    import_archive(images, tar)
     runtime = Runtime(os.path.join(root, "containers"), cgroup_root=TEST_PREFIX + "agent")
     workers = []
     yield runtime, images, workers

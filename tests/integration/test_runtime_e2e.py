@@ -14,6 +14,7 @@ import pytest
 
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.pods.worker import PodWorker
+from nodeagent.runtime.images.archive import import_archive
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
 from tests import imagebuild as ib
@@ -84,7 +85,7 @@ def test_fork_bomb_is_contained_by_the_pids_limit_and_the_host_stays_healthy(env
     tmp = os.path.dirname(runtime.state_dir)
     tar = os.path.join(tmp, "bb.tar")
     ib.write_docker_save(tar, ib.make_image(), ["busybox:bomb"])
-    (image,) = images.import_archive(tar)
+    (image,) = import_archive(images, tar)
     # The flood runs beside a PID 1 that never forks. With the flood as PID 1 (the classic
     # `b() { b | b & }; b`), busybox sh exits at its first failed fork and the kernel kills
     # the whole pid namespace with it, often before a single sample: nothing to measure.

@@ -106,8 +106,14 @@ def _read_json(source, name: str, where: str):
 
 
 def import_archive(store: Store, path: str, repository: str | None = None) -> list[Image]:
-    """Imports every image in the archive at path; `repository` names images an OCI layout
-    tags with a bare tag. Callers hold the store's writing lock."""
+    """Imports every image in the archive at path (a `docker save` tarball or an OCI layout,
+    as a directory or a tar) into `store`; `repository` names images an OCI layout tags with
+    a bare tag."""
+    with store.writing():
+        return _import(store, path, repository)
+
+
+def _import(store: Store, path: str, repository: str | None) -> list[Image]:
     source = _DirSource(path) if os.path.isdir(path) else _TarSource(path)
     try:
         if source.exists("oci-layout") and source.exists("index.json"):

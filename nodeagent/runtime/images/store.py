@@ -268,13 +268,6 @@ class Store:
         except (ReferenceError, RegistryError, StoreError, OSError) as e:
             raise StoreError(f"pulling {ref}: {e}") from None
 
-    def import_archive(self, path: str, repository: str | None = None) -> list[Image]:
-        """Imports a `docker save` tarball or an OCI layout (dir or tar); see archive.py."""
-        from .archive import import_archive
-
-        with self.writing():
-            return import_archive(self, path, repository)
-
     # ---- removing ----
 
     def remove(self, ref: str) -> bool:
