@@ -52,6 +52,7 @@ from controlplane.scheduler import BINPACK, SPREAD, SchedulerConfig
 from controlplane.scheduler.binder import Scheduler
 from controlplane.store import AlreadyExists, Store, StoreError
 from controlplane.store.local import EtcdLost, LocalEtcd, supervise
+from controlplane.store.sealing import KEY_FILE, Sealer, SealError
 from moorage import metricsserver
 from moorage.model import hostport, kinds
 from moorage.model.network import (
@@ -81,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--state-dir", default="/var/lib/moorage/controlplane", metavar="DIR",
                    help="where the local etcd, the cluster CA (pki/) and the admin credential "
                         "(admin.pem) are kept")
+    p.add_argument("--secrets-key-file", default="", metavar="FILE",
+                   help="the keys that seal Secrets in etcd (default: secrets.key in the state "
+                   "dir, made on first start); every replica needs the same file")
     p.add_argument("--etcd-endpoints", default="", metavar="URL,...",
                    help="external etcd, e.g. http://10.0.0.5:2379; default: a local etcd")
     p.add_argument("--advertise-address", default="", metavar="HOST:PORT",
@@ -215,6 +219,7 @@ async def ensure_namespaces(store: Store) -> None:
 
 async def _open_store(args: argparse.Namespace) -> tuple[Store, LocalEtcd | None]:
     """The store, on --etcd-endpoints or on a local etcd this process starts and owns."""
+    sealer = _sealer(args)
     etcd = None
     if args.etcd_endpoints:
         host, port = _endpoint(args.etcd_endpoints.split(",")[0])
@@ -224,7 +229,15 @@ async def _open_store(args: argparse.Namespace) -> tuple[Store, LocalEtcd | None
         await asyncio.to_thread(etcd.start)
         host, port = etcd.host, etcd.client_port
         log.info("local etcd serving on %s", etcd.endpoint)
-    return Store.connect(host, port, prefix=args.etcd_prefix), etcd
+    return Store.connect(host, port, prefix=args.etcd_prefix, sealer=sealer), etcd
+
+
+def _sealer(args: argparse.Namespace) -> Sealer:
+    """The secrets key file: --secrets-key-file must exist; the default one is made."""
+    if args.secrets_key_file:
+        return Sealer.load(args.secrets_key_file)
+    os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
+    return Sealer.load(os.path.join(args.state_dir, KEY_FILE), create=True)
 
 
 def _servicers(args, store: Store, ca, server, join_listen: str, scheduler_config):
@@ -410,7 +423,7 @@ def main(argv=None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(asyncio.run(serve(args)))
-    except RuntimeError as err:  # etcd failed to start, and the like
+    except (RuntimeError, SealError) as err:  # etcd failed to start, no secrets key, ...
         print(f"moor-controlplane: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

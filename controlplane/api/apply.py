@@ -101,7 +101,7 @@ class Applier:
             if ok:
                 for p in plans:
                     if p.action != "unchanged":
-                        encoded = self.store.encode(p.obj)
+                        encoded = self.store.encode(p.obj, p.key)
                         self._remember(p.key, revision, encoded)
                         p.obj.metadata.resource_version = str(revision)
                 changed = any(p.action != "unchanged" for p in plans)
@@ -116,9 +116,7 @@ class Applier:
         hit = self.cache.get(key)
         if hit is None:
             return None, ABSENT
-        obj = kind.message.FromString(hit[1])
-        obj.metadata.resource_version = str(hit[0])
-        return obj, hit[0]
+        return self.store.decode_value(kind, key, hit[1], hit[0]), hit[0]
 
     def _terminating_namespaces(self, ns_keys: list[bytes]) -> set[str]:
         out = set()
@@ -239,6 +237,26 @@ def _preserve_owned_fields(new, current, raw: dict) -> None:
                 port.node_port = old.node_port
     elif kind == "Node" and not new.spec.pod_cidr:
         new.spec.pod_cidr = current.spec.pod_cidr
+    elif kind in ("ConfigMap", "Secret"):
+        _check_config_update(new, current)
+
+
+_FROZEN = "field is immutable when `immutable` is set"
+
+
+def _check_config_update(new, current) -> None:
+    """Kubernetes' rules: a Secret's type never changes; once `immutable` is true, neither
+    the data nor `immutable` itself may change."""
+    if kinds.kind_of(new).name == "Secret" and new.type != current.type:
+        raise Invalid("type", f"field is immutable (it is {current.type})")
+    if not current.immutable:
+        return
+    if not new.immutable:
+        raise Invalid("immutable", _FROZEN)
+    if new.data != current.data:
+        raise Invalid("data", _FROZEN)
+    if kinds.kind_of(new).name == "ConfigMap" and new.binary_data != current.binary_data:
+        raise Invalid("binaryData", _FROZEN)
 
 
 def _check_pod_update(new: pb.PodSpec, current: pb.PodSpec) -> None:

@@ -29,11 +29,12 @@ from controlplane.store import (
     Store,
     StoreError,
     StoreUnavailable,
+    sealing,
 )
 from controlplane.store.errors import check_version
 from moorage import manifest
 from moorage.manifest import convert
-from moorage.model import kinds, pods, selectors
+from moorage.model import configs, kinds, pods, selectors
 from moorage.model.kinds import SYSTEM_NAMESPACES
 from moorage.model.timestamps import rfc3339
 from moorage.v1 import api_pb2, api_pb2_grpc
@@ -42,6 +43,7 @@ from moorage.v1 import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 POD = kinds.BY_NAME["Pod"]
+SECRET = kinds.BY_NAME["Secret"]
 DELETE_ATTEMPTS = 5
 SCALE_ATTEMPTS = 50
 
@@ -178,12 +180,26 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     async def Get(self, request, context):
         identity, decision = await guard(context, "Get", request, self.ca_cert)
         kind = _kind(request.kind)
-        obj = await self.store.get(kind, _namespace(kind, request.namespace), request.name)
+        namespace = _namespace(kind, request.namespace)
+        if decision.used_by_node and not await self._node_uses(
+                identity.name, kind.name, namespace, request.name):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f'{kind.plural} "{request.name}" is forbidden: {identity} runs '
+                                f"no pod in namespace {namespace} that uses it")
+        obj = await self.store.get(kind, namespace, request.name)
         if decision.filter_owned and not owns(identity, obj):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{identity} may not read {kind.name.lower()} "
                                 f"{request.name!r}: it is not bound to it")
         return kinds.wrap(obj)
+
+    async def _node_uses(self, node: str, kind: str, namespace: str, name: str) -> bool:
+        """Whether a pod bound to `node` names the ConfigMap or Secret (Kubernetes' node
+        authorizer: a node reads only what its own pods use, and only while they do)."""
+        pods_here, _ = await self.store.list(POD, namespace)
+        want = configs.Ref(kind, name)
+        return any(p.spec.node_name == node and want in configs.references(p.spec)
+                   for p in pods_here)
 
     @observed("List")
     @mapped
@@ -387,6 +403,21 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         if not revoked:
             await context.abort(grpc.StatusCode.NOT_FOUND, f'join token "{tid}" not found')
         return api_pb2.RevokeTokenResponse(revoked=True, id=tid)
+
+    @observed("RotateSecretsKey")
+    @mapped
+    async def RotateSecretsKey(self, request, context):
+        await guard(context, "RotateSecretsKey", request, self.ca_cert)
+        sealer = self.store.sealer
+        if sealer is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this control plane has no secrets key file")
+        previous = sealer.key_ids()
+        new_id = sealer.rotate()
+        count = await sealing.reseal(self.store, self.store.range_prefix(SECRET))
+        log.info("secrets key rotated to %s: %d Secrets sealed again", new_id, count)
+        return api_pb2.RotateSecretsKeyResponse(
+            key_id=new_id, resealed=count, key_file=sealer.path, previous_key_ids=previous)
 
 
 DEFAULT_TOKEN_TTL = 24 * 3600

@@ -9,7 +9,8 @@ invisible; hence certificate-less calls get their own listeners on the same grpc
 `authorize` applies the same rules whichever listener a call arrived on; `tls=False` marks a
 plaintext call so Join (which carries the token secret) is refused there.
 
-Rules: admin may do anything. A node may Get its own Node and the Pods bound to it, List Nodes
+Rules: admin may do anything. A node may Get its own Node, the Pods bound to it and the
+ConfigMaps and Secrets those pods use, List Nodes
 (its own only) and Pods with `fieldSelector spec.nodeName=<itself>`, and Renew its own
 certificate; it writes its Node and its pods' status only through its Dispatcher session, which
 checks the same ownership. Anonymous callers may only GetCA and Join. Everything else is
@@ -57,6 +58,9 @@ class Decision:
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
     filter_owned: bool = False
+    # A node reading a ConfigMap or Secret: allowed only if one of its pods uses it, which
+    # the servicer checks against the pods bound to it.
+    used_by_node: bool = False
 
 
 ALLOW = Decision(True)
@@ -206,6 +210,8 @@ def authorize(identity: Identity | None, method: str, request, *, tls: bool = Tr
             return _deny(f"{identity} may not read node {request.name!r}")
         if kind in _NODE_KINDS:
             return Decision(True, filter_owned=True)
+        if kind in ("ConfigMap", "Secret"):
+            return Decision(True, used_by_node=True)
         return _deny(f"{identity} may not get {kind or 'unknown'} objects")
     if short == "List":
         kind = _kind(getattr(request, "kind", ""))

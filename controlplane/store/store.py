@@ -31,6 +31,7 @@ from controlplane.store.errors import (
     translate,
 )
 from controlplane.store.health import EtcdHealth
+from controlplane.store.sealing import Sealer, SealError
 from controlplane.store.txn import ABSENT, Op, range_end
 from moorage.model.kinds import Kind, kind_of
 
@@ -44,9 +45,12 @@ REQUEST_TIMEOUT_SECONDS = 10
 
 
 class Store:
-    def __init__(self, client, prefix: str = DEFAULT_PREFIX):
+    def __init__(self, client, prefix: str = DEFAULT_PREFIX, sealer: Sealer | None = None):
         self.client = client
         self.prefix = prefix.rstrip("/")
+        # Seals Secrets at rest (sealing.py); without one, a Secret can be neither written
+        # nor read.
+        self.sealer = sealer
         self._group = txn.GroupCommit(lambda req: self._call("Txn", req))
         # Shared by every view (`with_guard` copies): whether etcd answers (health.py).
         self.health = EtcdHealth()
@@ -54,10 +58,11 @@ class Store:
         self.guard: tuple[bytes, int] | None = None
 
     @classmethod
-    def connect(cls, host: str, port: int, prefix: str = DEFAULT_PREFIX) -> Store:
+    def connect(cls, host: str, port: int, prefix: str = DEFAULT_PREFIX,
+                sealer: Sealer | None = None) -> Store:
         """A store on the etcd at host:port (the connection is made on first use)."""
         return cls(aetcd.Client(host=host, port=port, timeout=REQUEST_TIMEOUT_SECONDS,
-                                options=CHANNEL_OPTIONS), prefix=prefix)
+                                options=CHANNEL_OPTIONS), prefix=prefix, sealer=sealer)
 
     async def close(self) -> None:
         await self.client.close()
@@ -92,21 +97,32 @@ class Store:
             return f"{self.prefix}/{kind.plural}/{namespace}/".encode()
         return f"{self.prefix}/{kind.plural}/".encode()
 
-    @staticmethod
-    def decode(kind: Kind, kv) -> object:
-        obj = kind.message.FromString(kv.value)
-        obj.metadata.resource_version = str(kv.mod_revision)
+    def decode(self, kind: Kind, kv) -> object:
+        return self.decode_value(kind, kv.key, kv.value, kv.mod_revision)
+
+    def decode_value(self, kind: Kind, key: bytes, value: bytes, revision: int) -> object:
+        if kind.name == "Secret":
+            value = self._sealer().open(key, value)
+        obj = kind.message.FromString(value)
+        obj.metadata.resource_version = str(revision)
         return obj
 
-    @staticmethod
-    def encode(obj) -> bytes:
+    def encode(self, obj, key: bytes = b"") -> bytes:
         if isinstance(obj, bytes):      # a raw record in a Txn (a lease, a token)
             return obj
         # resourceVersion is derived from etcd on every read; storing it would let it go stale.
         if obj.metadata.resource_version:
             obj = type(obj).FromString(obj.SerializeToString())
             obj.metadata.ClearField("resource_version")
+        if kind_of(obj).name == "Secret":
+            return self._sealer().seal(key or self.key_of(obj), obj.SerializeToString())
         return obj.SerializeToString()
+
+    def _sealer(self) -> Sealer:
+        if self.sealer is None:
+            raise SealError("Secrets cannot be stored: this control plane has no secrets key "
+                            "(--secrets-key-file)")
+        return self.sealer
 
     # ---- the one door ----
 

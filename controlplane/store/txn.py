@@ -76,7 +76,7 @@ def request(ops: Sequence[Op], encode, guard: tuple[bytes, int] | None) -> rpc.T
         if op.guard_only:
             continue
         success.append(delete(op.key) if op.obj is None
-                       else put(op.key, encode(op.obj), op.lease))
+                       else put(op.key, encode(op.obj, op.key), op.lease))
     return rpc.TxnRequest(compare=compare, success=success, failure=failure)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from moorage.manifest import configchecks
 from moorage.manifest.convert import FieldError, describe, join
 from moorage.model import images, quantities, selectors
 from moorage.model import names as naming
@@ -88,8 +89,11 @@ def _pod_spec(spec, path: str, errs: _Errors, *, in_template: bool) -> None:
         errs.add(f"{path}.containers", "at least one container is required")
     names: set[str] = set()
     host_ports: set[tuple[int, str]] = set()
+    vols = configchecks.volumes(spec, path, errs)
     for i, c in enumerate(spec.containers):
         _container(c, f"{path}.containers[{i}]", names, host_ports, errs)
+        configchecks.mounts(c, f"{path}.containers[{i}]", vols, errs)
+        configchecks.env_sources(c, f"{path}.containers[{i}]", errs)
     if spec.restart_policy and spec.restart_policy not in RESTART_POLICIES:
         errs.add(f"{path}.restartPolicy", _one_of(spec.restart_policy, RESTART_POLICIES))
     if in_template and spec.restart_policy not in ("", "Always"):
@@ -398,7 +402,8 @@ def _event(obj, errs: _Errors) -> None:
 
 
 _KIND_CHECKS = {"Pod": _pod, "Deployment": _deployment, "Service": _service, "Node": _node,
-                "Event": _event}
+                "Event": _event, "ConfigMap": configchecks.config_map,
+                "Secret": configchecks.secret}
 
 
 # ---- helpers ----

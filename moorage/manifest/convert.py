@@ -7,6 +7,8 @@ itself: every unknown field, Kubernetes field Moorage does not support, or wrong
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import functools
 import re
@@ -27,6 +29,9 @@ _QUANTITY_MAPS = {
     "moorage.v1.NodeStatus.allocatable",
 }
 
+# A Secret's values: errors about them say what shape was found, never the value.
+_SENSITIVE_MAPS = {"moorage.v1.Secret.data", "moorage.v1.Secret.string_data"}
+
 # Read-only metadata that `moor get -o yaml` prints; accepted in manifests so that output can be
 # applied back, and ignored (resourceVersion is checked as a precondition by the server).
 SERVER_SET_METADATA = {"uid", "creationTimestamp", "generation", "resourceVersion",
@@ -38,18 +43,25 @@ K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
     "moorage.v1.ObjectMeta": frozenset({
         "generateName", "finalizers", "managedFields", "selfLink"}),
     "moorage.v1.PodSpec": frozenset({
-        "volumes", "initContainers", "ephemeralContainers", "serviceAccountName",
+        "initContainers", "ephemeralContainers", "serviceAccountName",
         "serviceAccount", "automountServiceAccountToken", "hostNetwork", "hostPID", "hostIPC",
-        "shareProcessNamespace", "securityContext", "imagePullSecrets", "subdomain",
+        "shareProcessNamespace", "securityContext", "subdomain",
         "schedulerName", "priorityClassName", "dnsPolicy", "dnsConfig", "hostAliases",
         "readinessGates", "runtimeClassName", "enableServiceLinks", "preemptionPolicy",
         "overhead", "topologySpreadConstraints", "setHostnameAsFQDN", "os", "hostUsers",
         "schedulingGates", "resourceClaims", "activeDeadlineSeconds", "resources"}),
     "moorage.v1.Container": frozenset({
-        "volumeMounts", "volumeDevices", "envFrom", "securityContext",
+        "volumeDevices", "securityContext",
         "terminationMessagePath", "terminationMessagePolicy", "stdinOnce", "resizePolicy",
         "restartPolicy"}),
-    "moorage.v1.EnvVar": frozenset({"valueFrom"}),
+    "moorage.v1.EnvVarSource": frozenset({"fieldRef", "resourceFieldRef"}),
+    "moorage.v1.VolumeMount": frozenset({"mountPropagation", "subPathExpr", "recursiveReadOnly"}),
+    "moorage.v1.Volume": frozenset({
+        "emptyDir", "hostPath", "persistentVolumeClaim", "projected", "downwardAPI", "nfs",
+        "csi", "ephemeral", "image", "iscsi", "awsElasticBlockStore", "gcePersistentDisk",
+        "azureDisk", "azureFile", "cephfs", "cinder", "fc", "flexVolume", "flocker",
+        "gitRepo", "glusterfs", "photonPersistentDisk", "portworxVolume", "quobyte", "rbd",
+        "scaleIO", "storageos", "vsphereVolume"}),
     "moorage.v1.Lifecycle": frozenset({"postStart", "stopSignal"}),
     "moorage.v1.LifecycleHandler": frozenset({"tcpSocket"}),
     "moorage.v1.Probe": frozenset({"grpc"}),
@@ -165,16 +177,29 @@ def _set_field(message, field, value, path: str, errors: list[FieldError]) -> No
             return
         target = getattr(message, field.name)
         quantities = field.full_name in _QUANTITY_MAPS
+        binary = field.message_type.fields_by_name["value"].type == FD.TYPE_BYTES
         for k, v in value.items():
             kpath = join(path, str(k))
             if not isinstance(k, str):
                 errors.append(FieldError(kpath, f"key {describe(k)} must be a string"))
+            elif binary and isinstance(v, str):
+                decoded, reason = decode_base64(v)
+                if reason:
+                    errors.append(FieldError(kpath, reason))
+                else:
+                    target[k] = decoded
+            elif binary and v is None:
+                target[k] = b""
             elif isinstance(v, str):
                 target[k] = v
             elif quantities and isinstance(v, (int, float)) and not isinstance(v, bool):
                 target[k] = repr(v)
             elif v is None:
                 target[k] = ""
+            elif field.full_name in _SENSITIVE_MAPS:
+                # A Secret's value is never repeated, not even in an error.
+                errors.append(FieldError(kpath, f"expected a string, got {_shape(v)} (the "
+                                                "value is not shown; quote it)"))
             else:
                 hint = _quote_hint(v)
                 errors.append(FieldError(kpath, f"expected a string, got {describe(v)}{hint}"))
@@ -213,6 +238,32 @@ def _set_field(message, field, value, path: str, errors: list[FieldError]) -> No
     ok, converted = _scalar(field, value, path, errors)
     if ok:
         setattr(message, field.name, converted)
+
+
+_BASE64_CHARS = re.compile(rb"[^A-Za-z0-9+/=]")
+
+
+def decode_base64(text: str) -> tuple[bytes, str]:
+    """Standard base64 as Kubernetes reads `data` (line breaks ignored, padding required):
+    (the bytes, "") or (b"", why not, in Go's words)."""
+    raw = text.replace("\r", "").replace("\n", "").encode("utf-8", "replace")
+    bad = _BASE64_CHARS.search(raw)
+    if bad is None and "=" in raw.rstrip(b"=").decode():
+        bad = re.search(rb"=", raw)
+    if bad is not None:
+        return b"", f"illegal base64 data at input byte {bad.start()}"
+    try:
+        return base64.b64decode(raw, validate=True), ""
+    except (binascii.Error, ValueError):
+        return b"", f"illegal base64 data at input byte {len(raw) - len(raw) % 4}"
+
+
+def _shape(v) -> str:
+    if isinstance(v, bool):
+        return "true or false"
+    if isinstance(v, (int, float)):
+        return "a number"
+    return "an object" if isinstance(v, dict) else "a list" if isinstance(v, list) else "a value"
 
 
 def _quote_hint(v) -> str:
@@ -259,7 +310,10 @@ def to_dict(message) -> dict:
     for field, value in message.ListFields():
         name = field.json_name
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            out[name] = dict(sorted(value.items()))
+            if field.message_type.fields_by_name["value"].type == FD.TYPE_BYTES:
+                out[name] = {k: base64.b64encode(v).decode() for k, v in sorted(value.items())}
+            else:
+                out[name] = dict(sorted(value.items()))
         elif field.is_repeated:
             if field.type == FD.TYPE_MESSAGE:
                 out[name] = [to_dict(v) for v in value]
@@ -288,4 +342,5 @@ def object_to_dict(obj) -> dict:
     return {"apiVersion": kind.api_version, "kind": kind.name, **body}
 
 
-__all__ = ["FieldError", "describe", "from_dict", "join", "object_to_dict", "pb", "to_dict"]
+__all__ = ["FieldError", "decode_base64", "describe", "from_dict", "join", "object_to_dict", "pb",
+           "to_dict"]

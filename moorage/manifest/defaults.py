@@ -4,6 +4,7 @@ Always, 25% surge, probe timings...), so stored objects read back as they would 
 from __future__ import annotations
 
 from moorage.model import images
+from moorage.model.configs import OPAQUE
 from moorage.model.deployments import (
     DEFAULT_HISTORY_LIMIT,
     DEFAULT_MAX_SURGE,
@@ -50,6 +51,12 @@ def default(obj) -> None:
     elif kind == "Event":
         obj.type = obj.type or "Normal"
         obj.count = obj.count or 1
+    elif kind == "Secret":
+        obj.type = obj.type or OPAQUE
+        # stringData is write-only: merged into data (its keys win) and never stored.
+        for key, value in obj.string_data.items():
+            obj.data[key] = value.encode()
+        obj.ClearField("string_data")
 
 
 def _default_pod_spec(spec) -> None:

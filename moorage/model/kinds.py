@@ -25,6 +25,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("Service", "v1", "services", pb.Service, True, "service", ("svc",)),
     Kind("Node", "v1", "nodes", pb.Node, False, "node", ("no",)),
     Kind("Event", "v1", "events", pb.Event, True, "event", ("ev",)),
+    Kind("ConfigMap", "v1", "configmaps", pb.ConfigMap, True, "config_map", ("cm",)),
+    Kind("Secret", "v1", "secrets", pb.Secret, True, "secret"),
 )
 
 BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}

@@ -245,6 +245,24 @@ class RevokeTokenResponse(_message.Message):
     id: str
     def __init__(self, revoked: _Optional[bool] = ..., id: _Optional[str] = ...) -> None: ...
 
+class RotateSecretsKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotateSecretsKeyResponse(_message.Message):
+    __slots__ = ("key_id", "resealed", "key_file", "previous_key_ids", "replica")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    RESEALED_FIELD_NUMBER: _ClassVar[int]
+    KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    resealed: int
+    key_file: str
+    previous_key_ids: _containers.RepeatedScalarFieldContainer[str]
+    replica: str
+    def __init__(self, key_id: _Optional[str] = ..., resealed: _Optional[int] = ..., key_file: _Optional[str] = ..., previous_key_ids: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ...) -> None: ...
+
 class LogsRequest(_message.Message):
     __slots__ = ("namespace", "pod", "container", "follow", "previous", "tail_lines", "timestamps")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

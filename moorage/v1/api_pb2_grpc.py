@@ -90,6 +90,11 @@ class ClusterStub:
                 request_serializer=moorage_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=moorage_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.RotateSecretsKey = channel.unary_unary(
+                '/moorage.v1.Cluster/RotateSecretsKey',
+                request_serializer=moorage_dot_v1_dot_api__pb2.RotateSecretsKeyRequest.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.RotateSecretsKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -170,6 +175,14 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSecretsKey(self, request, context):
+        """Admin only: a new secrets key, first in the answering replica's key file, and every
+        Secret sealed again under it in one pass (the old keys stay in the file for reading).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +240,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=moorage_dot_v1_dot_api__pb2.RevokeTokenRequest.FromString,
                     response_serializer=moorage_dot_v1_dot_api__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'RotateSecretsKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSecretsKey,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.RotateSecretsKeyRequest.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.RotateSecretsKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +544,33 @@ class Cluster:
             '/moorage.v1.Cluster/RevokeToken',
             moorage_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
             moorage_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSecretsKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moorage.v1.Cluster/RotateSecretsKey',
+            moorage_dot_v1_dot_api__pb2.RotateSecretsKeyRequest.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.RotateSecretsKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
