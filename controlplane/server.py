@@ -308,6 +308,7 @@ def _background(args, store: Store, etcd, dispatcher, assignments,
     tasks = [asyncio.create_task(assignments.run()),
              asyncio.create_task(dispatcher.peers.run()),
              asyncio.create_task(dispatcher.services.run()),
+             asyncio.create_task(dispatcher.configs.run()),
              asyncio.create_task(inventory.count_forever(store)),
              asyncio.create_task(probe_etcd(store))]
     if etcd is not None:

@@ -104,10 +104,11 @@ def cmd_exec(node: Node, args) -> int:
 
 
 def cmd_reset(node: Node, args) -> int:
-    """Removes every container of this state dir, the runtime's cgroup parent and the pod
-    network namespaces with this agent's prefix: the node as if the agent had never run (what
-    `moor lab down` asks of each host). Prints one line per thing removed."""
-    from nodeagent.pods import sandbox
+    """Removes every container of this state dir, the runtime's cgroup parent, the pod
+    network namespaces with this agent's prefix and the pods' volumes: the node as if the agent
+    had never run (what `moor lab down` asks of each host). Prints one line per thing
+    removed."""
+    from nodeagent.pods import sandbox, volumes
     from nodeagent.runtime.cgroups import remove_parent
     from nodeagent.runtime.syscalls import LibcSyscalls
 
@@ -120,6 +121,8 @@ def cmd_reset(node: Node, args) -> int:
     for ns in sandbox.existing(args.netns_prefix):
         sandboxes.remove(ns)
         print(f"removed pod netns {ns}")
+    for uid in volumes.remove_all(LibcSyscalls(), node.volumes_root):
+        print(f"removed the volumes of pod {uid}")
     return 0
 
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 
 from moorage import manifest
+from moorage.model.configs import references
 from moorage.model.jointoken import TokenError
 from moorage.v1 import objects_pb2 as pb
 from nodeagent.metrics import collector as metrics
@@ -21,6 +22,7 @@ from nodeagent.network.agent import AgentNetwork
 from nodeagent.network.dns import ClusterDNS
 from nodeagent.network.services import ServiceProxy, node_context
 from nodeagent.pods import sandbox
+from nodeagent.pods.configstore import ConfigStore
 from nodeagent.pods.manager import STATIC_SOURCE_ANNOTATION, PodManager, Wakeup
 from nodeagent.pods.prober import EventFn, Prober
 from nodeagent.pods.worker import UID_CHARS, PodWorker, parse_container_id
@@ -42,6 +44,11 @@ from nodeagent.session.stream import Session
 from nodeagent.streams.server import StreamServer
 
 log = logging.getLogger("moorage.agent")
+
+
+# A session message may carry many pods, or ConfigMaps and Secrets of up to 1 MiB each (the
+# control plane splits those into messages of at most CONFIG_MESSAGE_BYTES).
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 
 class AgentError(Exception):
@@ -69,6 +76,8 @@ class Node:
         self.state_dir = state_dir
         self.images = Store(os.path.join(state_dir, "images"))
         self.runtime = Runtime(os.path.join(state_dir, "containers"), cgroup_root=cgroup_root)
+        # Each pod's configMap and secret volumes, on a tmpfs of the pod's own.
+        self.volumes_root = os.path.join(state_dir, "volumes")
 
 
 def static_pods(directory: str) -> dict[str, pb.Pod]:
@@ -106,7 +115,8 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
         wake: Wakeup | None = None, network=None,
         event: EventFn | None = None,
         confirm: Callable[[pb.Pod], None] | None = None,
-        removal_grace: Callable[[pb.Pod], int | None] = lambda pod: None) -> None:
+        removal_grace: Callable[[pb.Pod], int | None] = lambda pod: None,
+        configs: ConfigStore | None = None) -> None:
     """Keeps the pods `desired()` returns (keyed by uid) running until `stop` is set.
 
     `report` gets each pod's status after every sync, `removed` each pod once torn down,
@@ -114,17 +124,19 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
     then removes it); `removal_grace` says how long a pod that vanished from `desired()`
     without a graceful deletion gets (None: its own grace). `wake` (set along with `stop`)
     ends the wait between passes early, e.g. when assignments arrive or a probe's verdict
-    changes; `event` records pod Events (Session.event). Pods run side by side
-    (nodeagent/pods/manager.py).
+    changes; `event` records pod Events (Session.event); `configs` holds the ConfigMaps and
+    Secrets the pods use. Pods run side by side (nodeagent/pods/manager.py).
     """
     wake = wake or Wakeup()
     prober = Prober(node.runtime, wake=wake.poke, event=event)
 
     sandboxes = sandbox.Sandboxes(LibcSyscalls())
+    configs = configs or ConfigStore()
 
     def make_worker(pod: pb.Pod) -> PodWorker:
         return PodWorker(pod, node.runtime, node.images, registry, netns_prefix=netns_prefix,
-                         network=network, prober=prober, event=event, sandboxes=sandboxes)
+                         network=network, prober=prober, event=event, sandboxes=sandboxes,
+                         configs=configs, volumes_root=node.volumes_root)
 
     manager = PodManager(make_worker, wake, report=report, removed=removed, confirm=confirm,
                          removal_grace=removal_grace)
@@ -229,6 +241,16 @@ def _network(node: Node, args, session: Session, facts, wake, stop: threading.Ev
     return network
 
 
+def _take_config(configs: ConfigStore, msg, session: Session, wake: Wakeup) -> None:
+    """Keeps the ConfigMaps and Secrets the session sent; the pods using a changed one get a
+    pass now (their volumes are rewritten, held containers retried)."""
+    changed = configs.apply(msg)
+    for uid, pod in list(session.desired.items()):
+        ns = pod.metadata.namespace
+        if any((r.kind, ns, r.name) in changed for r in references(pod.spec)):
+            wake.poke(uid)
+
+
 def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event,
                wake: Wakeup) -> None:
     """Runs a Session in a thread of its own (asyncio) while this thread syncs pods."""
@@ -243,12 +265,15 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     session = Session(args.join, node_name, facts,
                       labels=labels, desired=checkpoints.load(),
                       on_assignments=lambda pods: (checkpoints.save(pods), wake.set()),
-                      channel_factory=secure_channel_factory(ident),
+                      channel_factory=secure_channel_factory(ident, options=[
+                          ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]),
                       replicas_file=os.path.join(node.state_dir, "control-planes"))
     session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
     streams = StreamServer(node.runtime, session)
     session.on_open_stream, session.on_stats = streams.open_stream, streams.stats
     network = _network(node, args, session, facts, wake, stop)
+    configs = ConfigStore()
+    session.on_config = lambda msg: _take_config(configs, msg, session, wake)
     reporter = StatusReporter(session, facts.internal_ip)
     static = static_source(args.pod_manifests) if args.pod_manifests else dict
     if args.metrics_listen:
@@ -278,7 +303,7 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
         run(node, lambda: {**static(), **session.desired}, registry, stop,
             netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake,
             event=session.event, network=network, confirm=session.pod_terminated,
-            removal_grace=lambda pod: None if is_static(pod) else 0)
+            removal_grace=lambda pod: None if is_static(pod) else 0, configs=configs)
     finally:
         loop.call_soon_threadsafe(astop.set)
         thread.join(5)

@@ -68,6 +68,7 @@ class Agent:
             stop_process(self.proc)
         Runtime(os.path.join(self.state, "containers"), cgroup_root=self.cgroup_root).remove_all()
         remove_sandboxes(self.netns_prefix)
+        remove_volumes(os.path.join(self.state, "volumes"))
 
 
 def start_agents(cp, root: str, names, image_tar: str | None = None,
@@ -85,3 +86,11 @@ def remove_sandboxes(prefix: str) -> None:
     sandboxes = sandbox.Sandboxes(LibcSyscalls())
     for ns in sandbox.existing(prefix):
         sandboxes.remove(ns)
+
+
+def remove_volumes(root: str) -> None:
+    """Every pod volume tmpfs an agent left under its state dir (it was killed, say)."""
+    from nodeagent.pods import volumes
+    from nodeagent.runtime.syscalls import LibcSyscalls
+
+    volumes.remove_all(LibcSyscalls(), root)

@@ -17,6 +17,7 @@ import grpc
 
 from controlplane.allocators.subnets import DEFAULT_CLUSTER_CIDR, IPAMError, assign_subnet
 from controlplane.dispatcher.assignments import AssignmentIndex, Change
+from controlplane.dispatcher.configs import ConfigIndex, Key, SessionConfigs, split
 from controlplane.dispatcher.peers import PeerIndex
 from controlplane.dispatcher.servicetable import ServiceIndex
 from controlplane.events import EventRecorder
@@ -120,6 +121,13 @@ def merge_pod_status(pod: pb.Pod, reported: pb.PodStatus) -> pb.PodStatus:
 NOTHING = object()
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigChanged:
+    """On a session's queue: a ConfigMap or Secret changed (its node may not use it)."""
+
+    key: Key
+
+
 def coalesce(first: Change, queue: asyncio.Queue) -> tuple[Change, object]:
     """`first` merged with the pod changes already waiting in `queue` (a later change of a pod
     replaces an earlier one), up to the first item that is not a pod change: that one is
@@ -165,6 +173,7 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.events = EventRecorder(store, "kubelet")
         self.peers = PeerIndex(store, self.broadcast)
         self.services = ServiceIndex(store, self.broadcast_services)
+        self.configs = ConfigIndex(store, self._config_changed)
         # This replica's advertised API address (controlplane/ha/replicas.py); "" for none.
         self.replica_address = ""
 
@@ -177,6 +186,11 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         msg = agent_pb2.DispatcherMessage(services=table)
         for queue in list(self.sessions.values()):
             queue.put_nowait(msg)
+
+    def _config_changed(self, key: Key) -> None:
+        # Each session decides whether its node uses the object (SessionConfigs.concerns).
+        for queue in list(self.sessions.values()):
+            queue.put_nowait(ConfigChanged(key))
 
     def send(self, node: str, msg: agent_pb2.DispatcherMessage) -> bool:
         """Queues `msg` on the node's open session; False when the node has none here."""
@@ -354,6 +368,10 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             yield agent_pb2.DispatcherMessage(peers=self.peers.message())
             await self.services.synced.wait()
             yield agent_pb2.DispatcherMessage(services=self.services.message())
+            await self.configs.synced.wait()
+            sent = SessionConfigs(self.configs)
+            for part in split(sent.additions(pods, full=True)):
+                yield agent_pb2.DispatcherMessage(config=part)
             yield agent_pb2.DispatcherMessage(assignments=agent_pb2.Assignments(
                 full=True, pods=pods))
             held = NOTHING
@@ -365,6 +383,12 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                 if isinstance(change, agent_pb2.DispatcherMessage):   # from send()
                     yield change
                     continue
+                if isinstance(change, ConfigChanged):
+                    here = self.index.pods_on(name)
+                    update = sent.additions(here) if sent.concerns(change.key, here) else None
+                    for part in split(update) if update is not None else ():
+                        yield agent_pb2.DispatcherMessage(config=part)
+                    continue
                 if change is None:   # the index re-listed: send the whole set again
                     msg = agent_pb2.Assignments(full=True, pods=self.index.pods_on(name))
                 else:
@@ -372,7 +396,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                     # hundred pods is one Assignments, not a hundred).
                     change, held = coalesce(change, queue)
                     msg = agent_pb2.Assignments(pods=change.pods, removed_uids=change.removed)
-                yield agent_pb2.DispatcherMessage(assignments=msg)
+                for out in self._with_configs(msg, sent, self.index.pods_on(name)):
+                    yield out
         finally:
             if self.sessions.get(name) is queue:
                 del self.sessions[name]
@@ -380,6 +405,19 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             log.info("node %s disconnected", name)
+
+    @staticmethod
+    def _with_configs(msg: agent_pb2.Assignments, sent: SessionConfigs, pods: list[pb.Pod]
+                      ) -> list[agent_pb2.DispatcherMessage]:
+        """The assignments with what their pods need first and what none needs any more
+        after."""
+        out = [agent_pb2.DispatcherMessage(config=part)
+               for part in split(sent.additions(pods) or agent_pb2.ConfigData())
+               if part.ByteSize()]
+        out.append(agent_pb2.DispatcherMessage(assignments=msg))
+        gone = sent.removals(pods)
+        out += [agent_pb2.DispatcherMessage(config=part) for part in split(gone)] if gone else []
+        return out
 
     async def Stream(self, request_iterator, context):
         """An agent's half of a logs or exec request (see controlplane/dispatcher/streams.py)."""

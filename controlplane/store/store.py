@@ -187,12 +187,20 @@ class Store:
         return _read_back(resp), resp.header.revision
 
     async def list(self, kind: Kind, namespace: str | None = None,
-                   revision: int = 0) -> tuple[list, int]:
-        """Every object of a kind (in one namespace, or all) at one etcd revision."""
+                   revision: int = 0, skip_unreadable: bool = False) -> tuple[list, int]:
+        """Every object of a kind (in one namespace, or all) at one etcd revision; with
+        `skip_unreadable`, without the Secrets this replica cannot open (else SealError)."""
         start = self.range_prefix(kind, namespace)
         resp = await self._call("Range", rpc.RangeRequest(
             key=start, range_end=range_end(start), revision=revision))
-        return [self.decode(kind, kv) for kv in resp.kvs], resp.header.revision
+        out = []
+        for kv in resp.kvs:
+            try:
+                out.append(self.decode(kind, kv))
+            except SealError:
+                if not skip_unreadable:
+                    raise
+        return out, resp.header.revision
 
     async def count(self, kind: Kind) -> int:
         return await self.raw.count(self.range_prefix(kind))

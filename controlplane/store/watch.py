@@ -18,6 +18,7 @@ import grpc
 from aetcd.exceptions import RevisionCompactedError
 
 from controlplane.store.errors import StoreUnavailable, brief
+from controlplane.store.sealing import SealError
 from controlplane.store.txn import range_end
 from moorage.model.kinds import Kind
 
@@ -69,13 +70,17 @@ async def watch(store, kind: Kind, namespace: str | None = None,
                 after = kv.mod_revision
                 if ev.kind == "DELETE":
                     prev = ev.prev_kv
-                    obj = store.decode(kind, prev) if prev is not None else None
+                    obj = _decode(store, kind, prev) if prev is not None else None
                     if obj is not None:
                         obj.metadata.resource_version = str(kv.mod_revision)
                     yield WatchEvent("DELETED", obj, kv.mod_revision)
                 else:
                     typ = "ADDED" if kv.version == 1 else "MODIFIED"
-                    yield WatchEvent(typ, store.decode(kind, kv), kv.mod_revision)
+                    obj = _decode(store, kind, kv)
+                    if obj.metadata.uid:
+                        yield WatchEvent(typ, obj, kv.mod_revision)
+                    else:   # a Secret this replica cannot open is, to watchers, not there
+                        yield WatchEvent("DELETED", obj, kv.mod_revision)
         except RevisionCompactedError:
             items, after = await _list_retrying(store, kind, namespace)
             yield WatchEvent("RESYNC", None, after, items)
@@ -105,11 +110,25 @@ async def follow(store, kind: Kind, *, resync, put, delete,
             put(ev.obj)
 
 
+def _decode(store, kind: Kind, kv):
+    """The object, or for a Secret this replica cannot open (SealError, logged once by the
+    sealer) a bare one with only its name and namespace."""
+    try:
+        return store.decode(kind, kv)
+    except SealError:
+        stub = kind.message()
+        rest = kv.key.decode()[len(store.range_prefix(kind)):]
+        ns, _, name = rest.rpartition("/")
+        stub.metadata.name, stub.metadata.namespace = name, ns
+        stub.metadata.resource_version = str(kv.mod_revision)
+        return stub
+
+
 async def _list_retrying(store, kind: Kind, namespace: str | None) -> tuple[list, int]:
     backoff = RETRY_INITIAL_SECONDS
     while True:
         try:
-            return await store.list(kind, namespace)
+            return await store.list(kind, namespace, skip_unreadable=True)
         except StoreUnavailable as err:
             log.log(store.health.retry_level(), "listing %s: %s; retrying in %.1fs",
                     kind.plural, err, backoff)

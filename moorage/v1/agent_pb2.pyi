@@ -213,7 +213,7 @@ class NetCheckReport(_message.Message):
     def __init__(self, id: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[_api_pb2.NetFinding, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DispatcherMessage(_message.Message):
-    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check", "services")
+    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check", "services", "config")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +221,7 @@ class DispatcherMessage(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     NET_CHECK_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     settings: SessionSettings
     assignments: Assignments
     open_stream: OpenStream
@@ -228,7 +229,20 @@ class DispatcherMessage(_message.Message):
     peers: Peers
     net_check: NetCheckRequest
     services: ServiceTable
-    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ..., services: _Optional[_Union[ServiceTable, _Mapping]] = ...) -> None: ...
+    config: ConfigData
+    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ..., services: _Optional[_Union[ServiceTable, _Mapping]] = ..., config: _Optional[_Union[ConfigData, _Mapping]] = ...) -> None: ...
+
+class ConfigData(_message.Message):
+    __slots__ = ("full", "config_maps", "secrets", "removed")
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_MAPS_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    config_maps: _containers.RepeatedCompositeFieldContainer[_objects_pb2.ConfigMap]
+    secrets: _containers.RepeatedCompositeFieldContainer[_objects_pb2.Secret]
+    removed: _containers.RepeatedCompositeFieldContainer[_objects_pb2.ObjectReference]
+    def __init__(self, full: _Optional[bool] = ..., config_maps: _Optional[_Iterable[_Union[_objects_pb2.ConfigMap, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[_objects_pb2.Secret, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[_objects_pb2.ObjectReference, _Mapping]]] = ...) -> None: ...
 
 class PodEvent(_message.Message):
     __slots__ = ("namespace", "pod", "uid", "type", "reason", "message")

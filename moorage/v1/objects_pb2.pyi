@@ -525,7 +525,7 @@ class PodCondition(_message.Message):
     def __init__(self, type: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., last_transition_time: _Optional[str] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
-    __slots__ = ("name", "state", "reason", "exit_code", "restart_count", "ready", "image", "started_at", "finished_at")
+    __slots__ = ("name", "state", "reason", "exit_code", "restart_count", "ready", "image", "started_at", "finished_at", "message")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -535,6 +535,7 @@ class ContainerStatus(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     reason: str
@@ -544,7 +545,8 @@ class ContainerStatus(_message.Message):
     image: str
     started_at: str
     finished_at: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., restart_count: _Optional[int] = ..., ready: _Optional[bool] = ..., image: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ...) -> None: ...
+    message: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., restart_count: _Optional[int] = ..., ready: _Optional[bool] = ..., image: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class NodeReason(_message.Message):
     __slots__ = ("node", "reason")

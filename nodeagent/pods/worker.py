@@ -7,6 +7,7 @@ restarted agent rebuilds everything it needs from the runtime's own records.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -22,8 +23,9 @@ from moorage.v1 import objects_pb2 as pb
 from nodeagent.metrics.events import START_DURATION, pull_progress, timed_pull
 from nodeagent.network.datapath import NetworkError
 from nodeagent.network.ipam import PodIPAMError
+from nodeagent.pods import configenv, hooks, pullsecrets, sandbox
 from nodeagent.pods import files as podfiles
-from nodeagent.pods import hooks, sandbox
+from nodeagent.pods.configstore import ConfigStore
 from nodeagent.pods.plan import (
     DesiredContainer,
     DesiredPod,
@@ -35,6 +37,7 @@ from nodeagent.pods.plan import (
     reconcile,
 )
 from nodeagent.pods.probes import KILL_REASONS
+from nodeagent.pods.volumes import PodVolumes
 from nodeagent.runtime.images.archive import ArchiveError
 from nodeagent.runtime.images.layers import LayerError
 from nodeagent.runtime.images.registry import RegistryConfig, RegistryError
@@ -51,6 +54,7 @@ UID_CHARS = 12
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF = "ErrImagePull", "ImagePullBackOff"
 ERR_IMAGE_NEVER_PULL, CREATE_ERROR = "ErrImageNeverPull", "CreateContainerError"
+CREATE_CONFIG_ERROR = "CreateContainerConfigError"
 
 
 def spec_hash(container: pb.Container) -> str:
@@ -79,8 +83,12 @@ def desired_pod(pod: pb.Pod) -> DesiredPod:
 
 
 def container_spec(cid: str, pod: pb.Pod, c: pb.Container, image: Image,
-                   netns_path: str | None, files: tuple = ()) -> ContainerSpec:
-    """Kubernetes' rules: command replaces the image's Entrypoint, args its Cmd."""
+                   netns_path: str | None, files: tuple = (), *,
+                   env_values: dict[str, tuple[str, bool]] | None = None,
+                   mounts: tuple = (), env_file: str = "") -> ContainerSpec:
+    """Kubernetes' rules: command replaces the image's Entrypoint, args its Cmd.
+    `env_values` (configenv.resolve's) replace the literal env; those from Secrets are left
+    out of the spec, for `env_file`."""
     cfg = image.config
     entrypoint = list(c.command) or list(cfg.entrypoint or ())
     args = list(c.args) if (c.args or c.command) else list(cfg.cmd or ())
@@ -90,7 +98,14 @@ def container_spec(cid: str, pod: pb.Pod, c: pb.Container, image: Image,
     env = dict(e.split("=", 1) for e in (cfg.env or ()) if "=" in e)
     env.setdefault("PATH", DEFAULT_PATH)
     env["HOSTNAME"] = pod.spec.hostname or pod.metadata.name
-    env.update({e.name: e.value for e in c.env})
+    if env_values is None:
+        env.update({e.name: e.value for e in c.env})
+    else:
+        for name, (value, secret) in env_values.items():
+            if secret:
+                env.pop(name, None)
+            else:
+                env[name] = value
     limits, requests = c.resources.limits, c.resources.requests
     cpu_request = requests.get("cpu") or limits.get("cpu")
     return ContainerSpec(
@@ -101,7 +116,7 @@ def container_spec(cid: str, pod: pb.Pod, c: pb.Container, image: Image,
         memory_limit=quantities.memory_bytes(limits["memory"]) if "memory" in limits else None,
         cpu_quota_millicores=quantities.cpu_millicores(limits["cpu"]) if "cpu" in limits else None,
         cpu_request_millicores=quantities.cpu_millicores(cpu_request) if cpu_request else None,
-        tty=c.tty, stdin=c.stdin, files=files)
+        tty=c.tty, stdin=c.stdin, files=files, mounts=mounts, env_file=env_file)
 
 
 @dataclass
@@ -110,14 +125,22 @@ class _Waiting:
     message: str
     failures: int
     until: float
+    # The ConfigStore's generation then: a change of any object ends a config error's wait.
+    generation: int = 0
 
 
 class PodWorker:
     def __init__(self, pod: pb.Pod, runtime: Runtime, images: Store,
                  registry: RegistryConfig | None = None, *,
                  netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None,
-                 prober=None, event=None, sandboxes: sandbox.Sandboxes | None = None):
+                 prober=None, event=None, sandboxes: sandbox.Sandboxes | None = None,
+                 configs: ConfigStore | None = None, volumes_root: str = ""):
         self.pod = pod
+        # The ConfigMaps and Secrets the control plane sent, and this pod's volumes of them
+        # (on a tmpfs under volumes_root); None without a control plane.
+        self.configs = configs or ConfigStore()
+        self.volumes = PodVolumes(pod, volumes_root, self.configs, LibcSyscalls()) \
+            if volumes_root else None
         # Runs the containers' probes (nodeagent/pods/prober.py Prober), or None: no probing.
         self.prober = prober
         # The pod network (nodeagent/network/agent.py AgentNetwork), or None for loopback only.
@@ -182,6 +205,7 @@ class PodWorker:
         unhealthy = self.prober.unhealthy(self.pod.metadata.uid) if self.prober else None
         plan = reconcile(desired_pod(self.pod), observed, now, unhealthy)
         wake = [plan.wake_at] if plan.wake_at else []
+        volume_problem = self._sync_volumes()
         for action in plan.actions:
             if self.terminating:
                 break   # a termination began meanwhile: it stops what runs
@@ -192,7 +216,8 @@ class PodWorker:
             elif isinstance(action, RemoveContainer):
                 self.runtime.remove(action.id)
             elif isinstance(action, StartContainer):
-                until = self._start(action, path, now)
+                until = self._hold_config(action.name, volume_problem, now) \
+                    if volume_problem else self._start(action, path, now)
                 if until:
                     wake.append(until)
         if self.prober:
@@ -210,10 +235,29 @@ class PodWorker:
         log.info("pod %s/%s container %s %s: killing it", self.pod.metadata.namespace,
                  self.pod.metadata.name, parsed[1] if parsed else action.id, action.why)
 
+    def _sync_volumes(self) -> str:
+        """Writes the pod's volumes as their objects now stand (so updates reach running
+        containers within a pass); why they cannot be set up, or ""."""
+        if self.volumes is None:
+            return ""
+        self.volumes.pod = self.pod
+        try:
+            return self.volumes.sync()
+        except OSError as err:
+            return f"setting up the pod's volumes: {err}"
+
+    def _hold_config(self, name: str, problem: str, now: float) -> float:
+        held = self.waiting.get(name)
+        if held and held.reason == CREATE_CONFIG_ERROR and held.message == problem and \
+                held.generation == self.configs.generation and held.until > now:
+            return held.until
+        return self._hold(name, CREATE_CONFIG_ERROR, problem, now)
+
     def _start(self, action: StartContainer, netns_path: str, now: float) -> float | None:
         """Starts a container; on failure records why and returns when to try again."""
         held = self.waiting.get(action.name)
-        if held and held.until > now:
+        if held and held.until > now and not (held.reason == CREATE_CONFIG_ERROR and
+                                              held.generation != self.configs.generation):
             return held.until
         begun = time.perf_counter()
         c = next(c for c in self.pod.spec.containers if c.name == action.name)
@@ -223,18 +267,41 @@ class PodWorker:
         except (RegistryError, ImageStoreError, LayerError, ArchiveError, LookupError,
                 OSError, ValueError) as err:   # reported in the pod status, retried
             return self._hold(c.name, ERR_IMAGE_PULL, str(err), now)
+        resolved = configenv.resolve(c, self.pod.metadata.namespace, self._lookup)
+        if resolved.problem:
+            return self._hold(c.name, CREATE_CONFIG_ERROR, resolved.problem, now)
+        for warning in resolved.skipped:
+            self._event("Warning", "InvalidEnvironmentVariableNames", warning)
         with self.state_lock:
             if self.terminating:
                 return None   # deleted while its image was pulled: never started
             try:
-                self.runtime.create(container_spec(cid, self.pod, c, image, netns_path,
-                                                   self.files))
+                self.runtime.create(self._spec(cid, c, image, netns_path, resolved.values))
                 self.runtime.start(cid)
+            except LookupError as err:     # a subPath that is not in the volume
+                return self._hold(c.name, CREATE_CONFIG_ERROR, str(err), now)
             except (StartError, ValueError, OSError) as err:
                 return self._hold(c.name, CREATE_ERROR, str(err), now)
         self.waiting.pop(c.name, None)
         START_DURATION.observe(time.perf_counter() - begun)
         return None
+
+    def _lookup(self, kind: str, name: str):
+        return self.configs.get(kind, self.pod.metadata.namespace, name)
+
+    def _spec(self, cid: str, c: pb.Container, image: Image, netns_path: str,
+              values: dict[str, tuple[str, bool]]) -> ContainerSpec:
+        secret = {k: v for k, (v, from_secret) in values.items() if from_secret}
+        env_file = self.volumes.env_file(cid, secret) if secret and self.volumes else ""
+        if secret and self.volumes is None:
+            raise ValueError("values from Secrets need the pod's tmpfs (no volumes root)")
+        mounts = self.volumes.mounts(c) if self.volumes else ()
+        return container_spec(cid, self.pod, c, image, netns_path, self.files,
+                              env_values=values, mounts=mounts, env_file=env_file)
+
+    def _event(self, type_: str, reason: str, message: str) -> None:
+        if self.event is not None:
+            self.event(self.pod, type_, reason, message)
 
     def _files_dir(self) -> str:
         return os.path.join(self.network.state_dir, "pods", self.pod.metadata.uid)
@@ -252,9 +319,12 @@ class PodWorker:
         if reason == ERR_IMAGE_PULL and failures > 1:
             reason = IMAGE_PULL_BACKOFF
         until = now + max(1.0, backoff(failures))
-        self.waiting[name] = _Waiting(reason, message, failures, until)
+        self.waiting[name] = _Waiting(reason, message, failures, until,
+                                      self.configs.generation)
         log.warning("pod %s/%s container %s: %s: %s", self.pod.metadata.namespace,
                     self.pod.metadata.name, name, reason, message)
+        if reason == CREATE_CONFIG_ERROR and (prev is None or prev.message != message):
+            self._event("Warning", "Failed", f"Error: {message}")
         return until
 
     def _image(self, c: pb.Container) -> Image:
@@ -267,7 +337,20 @@ class PodWorker:
         if have is not None and policy == "IfNotPresent":
             return have
         with timed_pull():
-            return self.images.pull(c.image, self.registry, pull_progress())
+            return self.images.pull(c.image, self._registry(), pull_progress())
+
+    def _registry(self) -> RegistryConfig | None:
+        """The node's registry settings plus the pod's imagePullSecrets' credentials."""
+        if not self.pod.spec.image_pull_secrets:
+            return self.registry
+        creds, missing = pullsecrets.credentials(self.pod.spec.image_pull_secrets,
+                                                 self._lookup)
+        if missing:
+            self._event("Warning", "FailedToRetrieveImagePullSecret",
+                        f"Unable to retrieve some image pull secrets ({', '.join(missing)}); "
+                        "attempting to pull the image may not succeed.")
+        base = self.registry or RegistryConfig()
+        return dataclasses.replace(base, credentials={**base.credentials, **creds})
 
     def status(self, plan: Plan) -> pb.PodStatus:
         """The pod's status as the API shows it (phase, per-container states, restarts)."""
@@ -280,6 +363,7 @@ class PodWorker:
             image = next((c.image for c in self.pod.spec.containers if c.name == cs.name), "")
             out.container_statuses.add(
                 name=cs.name, state=state, reason=reason, restart_count=cs.restarts,
+                message=held.message if held and cs.state == "waiting" else "",
                 exit_code=cs.exit_code or 0, ready=self._ready(cs), image=image,
                 started_at=_ts(cs.started_at), finished_at=_ts(cs.finished_at))
         return out
@@ -345,6 +429,8 @@ class PodWorker:
             podfiles.remove(self._files_dir())
         if self.prober:
             self.prober.forget(self.pod.metadata.uid)
+        if self.volumes is not None:
+            self.volumes.remove()
         self.sandboxes.remove(self.netns)
         self.sandbox_path = None
 

@@ -12,6 +12,7 @@ from moorage.fsutil import read_text_or_empty
 from nodeagent.runtime.rootfs import (
     RootfsPlan,
     bind_files,
+    bind_mounts,
     mask_paths,
     pivot,
     readonly_paths,
@@ -43,13 +44,24 @@ def plan_for(spec: ContainerSpec, cdir: str) -> RootfsPlan:
                       os.path.join(cdir, "rootfs"))
 
 
-def environment(spec: ContainerSpec) -> dict[str, str]:
+def environment(spec: ContainerSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The process's variables: defaults, the spec's, then `extra` (read_env_file's)."""
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname or spec.id[:12]}
     if spec.tty:
         env["TERM"] = "xterm"
     env.update(dict(spec.env))
+    env.update(extra or {})
     env.setdefault("HOME", "/")
     return env
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """A spec's env_file (read while the host's paths are still reachable); {} for none."""
+    if not path:
+        return {}
+    with open(path, "rb") as f:
+        entries = f.read().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
 
 
 def last_cap() -> int:
@@ -68,6 +80,7 @@ def prepare(sysc: Syscalls, spec: ContainerSpec, cdir: str, netns_fd: int) -> No
         sysc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
     setup_rootfs(sysc, plan_for(spec, cdir))
     bind_files(sysc, plan_for(spec, cdir).merged, spec.files)
+    bind_mounts(sysc, plan_for(spec, cdir).merged, spec.mounts)
     sysc.sethostname(spec.hostname or spec.id[:12])
     pivot(sysc, plan_for(spec, cdir).merged)
     mask_paths(sysc)
@@ -127,12 +140,13 @@ def run(sysc: Syscalls, spec: ContainerSpec, cdir: str, out_w: int, err_w: int, 
         os.umask(0)
         # Joining a v1 cgroup waits out an RCU grace period (~8 ms here), so the shim makes and
         # joins it while we build the rootfs; nothing of the workload runs before we are in.
+        extra = read_env_file(spec.env_file)
         prepare(sysc, spec, cdir, netns_fd)
         os.umask(0o022)
         ident = resolve_user(spec.user, read_text_or_empty("/etc/passwd"),
                              read_text_or_empty("/etc/group"))
         cap_last = last_cap()
-        env = environment(spec)
+        env = environment(spec, extra)
         if os.read(sync_r, 1) != b"g":  # the shim has put us into the cgroup
             os._exit(127)
         if spec.tty:

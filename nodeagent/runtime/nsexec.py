@@ -14,7 +14,7 @@ import termios
 
 from moorage.fsutil import read_text_or_empty
 from nodeagent.runtime.cgroups import Cgroup
-from nodeagent.runtime.container_init import environment, last_cap
+from nodeagent.runtime.container_init import environment, last_cap, read_env_file
 from nodeagent.runtime.container_init import harden as harden_process
 from nodeagent.runtime.runtime import read_status
 from nodeagent.runtime.security import resolve_user
@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     if not alive(st.pid, st.pid_start):  # the pid could have been recycled while we opened
         print(f"container {spec.id} exited", file=sys.stderr)
         return 126
+    extra = read_env_file(spec.env_file)   # before setns: it is a path of the host
     sysc = LibcSyscalls()
     for fd in fds:
         sysc.setns(fd, 0)
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
     ident = resolve_user(spec.user, read_text_or_empty("/etc/passwd"),
                          read_text_or_empty("/etc/group"))
     cap_last = last_cap()
-    env = environment(spec)
+    env = environment(spec, extra)
     tty = os.environ.get("MOORAGE_EXEC_TTY") == "1"
     pid = os.fork()
     if pid == 0:

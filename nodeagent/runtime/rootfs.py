@@ -113,11 +113,54 @@ def bind_files(sys: Syscalls, root: str, files: tuple[tuple[str, str], ...]) -> 
     for path, host in files:
         if not path.startswith("/") or ".." in path.split("/"):
             raise ValueError(f"file mount {path!r}: want an absolute path without '..'")
-        target = root + path
+        target = secure_join(root, path)
         sys.mkdir(os.path.dirname(target))
         sys.touch(target)
         sys.mount(host, target, None, MS_BIND)
         sys.mount(host, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def secure_join(root: str, path: str, max_links: int = 40) -> str:
+    """root + path with every symlink of the image resolved as if root were /, so a link
+    such as /var/run -> /run (or -> ../../..) can never lead outside root."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, part)
+        if os.path.islink(here):
+            links += 1
+            if links > max_links:
+                raise ValueError(f"{path!r}: too many symbolic links in the image")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
+
+
+def bind_mounts(sys: Syscalls, root: str, mounts: tuple[tuple[str, str, bool], ...]) -> None:
+    """Binds each host file or directory at its path under root (made if missing), read-only
+    when asked; before pivot_root, like bind_files."""
+    for path, host, read_only in mounts:
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"volume mount {path!r}: want an absolute path without '..'")
+        target = secure_join(root, path)
+        if os.path.isdir(host):
+            sys.mkdir(target)
+        else:
+            sys.mkdir(os.path.dirname(target))
+            sys.touch(target)
+        sys.mount(host, target, None, MS_BIND | MS_REC)
+        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if read_only else 0)
+        sys.mount(host, target, None, flags)
 
 
 def pivot(sys: Syscalls, new_root: str) -> None:

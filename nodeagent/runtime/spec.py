@@ -28,7 +28,10 @@ REASON_START_ERROR = "StartError"
 class ContainerSpec:
     """What to run. lower_dirs are the image layers, top layer first; netns_path is optional.
     files: (path in the container, host file) pairs bound read-only over the image's (the pod's
-    /etc/resolv.conf and /etc/hosts, as the kubelet does)."""
+    /etc/resolv.conf and /etc/hosts, as the kubelet does). mounts: (path in the container, host
+    file or directory, read-only) binds (the pod's volumes). env_file: a host file of
+    NUL-separated KEY=VALUE entries added to env (values from Secrets, kept on a tmpfs rather
+    than in this spec, which is written to disk)."""
 
     id: str
     args: tuple[str, ...]
@@ -47,6 +50,8 @@ class ContainerSpec:
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_max_files: int = DEFAULT_LOG_MAX_FILES
     files: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[tuple[str, str, bool], ...] = ()
+    env_file: str = ""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,6 +63,7 @@ class ContainerSpec:
         d["lower_dirs"] = tuple(d["lower_dirs"])
         d["env"] = tuple(tuple(kv) for kv in d.get("env", ()))
         d["files"] = tuple(tuple(kv) for kv in d.get("files", ()))
+        d["mounts"] = tuple(tuple(m) for m in d.get("mounts", ()))
         return cls(**d)
 
 

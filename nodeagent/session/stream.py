@@ -109,6 +109,8 @@ class Session:
         # Every Service with its ready endpoints, whole, on each change (must not block):
         # for the service rules and the DNS server.
         self.on_services = on_services
+        # The ConfigMaps and Secrets the node's pods use (must not block); set by the daemon.
+        self.on_config: Callable[[agent_pb2.ConfigData], None] | None = None
         self.desired: dict[str, pb.Pod] = dict(desired or {})
         self.heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
         self.generation = 0
@@ -253,6 +255,9 @@ class Session:
         elif kind == "services":
             if self.on_services is not None:
                 self.on_services(msg.services)
+        elif kind == "config":
+            if self.on_config is not None:
+                self.on_config(msg.config)
         elif kind == "net_check" and self.on_net_check is not None:
             self._spawn(self._answer(msg.net_check, self.on_net_check, "net_check",
                                      agent_pb2.NetCheckReport))
