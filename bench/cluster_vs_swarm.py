@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 
 from controlplane.store.local import LocalEtcd, free_port_block, stop_process
 from moorage.v1 import api_pb2, api_pb2_grpc  # noqa: E402
-from nodeagent.pods import sandbox
+from nodeagent.pods import sandbox, volumes
 from nodeagent.runtime import cgroups  # noqa: E402
 from nodeagent.runtime.runtime import Runtime  # noqa: E402
 from nodeagent.runtime.syscalls import LibcSyscalls  # noqa: E402
@@ -213,6 +213,7 @@ class Agent:
             finally:
                 runtime.close()
         cgroups.remove_parent(self.cgroup_root)
+        volumes.remove_all(LibcSyscalls(), os.path.join(self.state, "volumes"))
 
 
 def start_controlplane(root: str, etcd: str) -> tuple[subprocess.Popen, str]:

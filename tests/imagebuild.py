@@ -7,6 +7,7 @@ twice has the same digest and two images can share it.
 
 from __future__ import annotations
 
+import base64
 import functools
 import gzip
 import hashlib
@@ -232,9 +233,24 @@ def _write_tar(path: str, files: dict[str, bytes]) -> None:
 
 # ---- a real registry ----
 
+_BASIC: dict[str, str] = {}
+
+
 def _request(url: str, method: str, data: bytes | None = None,
              headers: dict | None = None) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    """One HTTP request; credentials in the URL (http://user:password@host) go as Basic
+    auth, for a registry that requires it."""
+    headers = dict(headers or {})
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    if parts.username:
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        # Kept for the upload URLs the registry hands back, which carry no credentials.
+        _BASIC[host] = "Basic " + base64.b64encode(pair.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    if host in _BASIC:
+        headers["Authorization"] = _BASIC[host]
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return resp.status, dict(resp.headers), resp.read()
 

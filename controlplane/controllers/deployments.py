@@ -9,6 +9,7 @@ not delivered yet; older watch events for those keys are then ignored by revisio
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ from controlplane.controllers.deployment import (
 from controlplane.controllers.runner import DirtyKeys, Runner, Watch
 from controlplane.events import NORMAL, EventRecorder
 from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
-from moorage.model import kinds
+from moorage.model import configs, kinds
 from moorage.model.pods import graceful_delete, is_terminating
 from moorage.v1 import objects_pb2 as pb
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 POD = kinds.BY_NAME["Pod"]
 DEPLOYMENT = kinds.BY_NAME["Deployment"]
+CONFIG_KINDS = (kinds.BY_NAME["ConfigMap"], kinds.BY_NAME["Secret"])
 # Pods created or deleted per Txn: each also carries an Event, and etcd caps a Txn at 128 ops.
 BURST = 40
 RETRY_SECONDS = 0.5
@@ -40,6 +42,10 @@ _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 def _key(obj) -> str:
     return f"{obj.metadata.namespace}/{obj.metadata.name}"
+
+
+def restarts_on_change(d: pb.Deployment) -> bool:
+    return d.metadata.annotations.get(configs.RESTART_ON_CHANGE, "").lower() == "true"
 
 
 def owner_key(pod: pb.Pod) -> str | None:
@@ -62,10 +68,15 @@ class DeploymentController:
         self.seen_rv: dict[str, int] = {}
         self.keys = DirtyKeys(time.monotonic)
         self.next_sweep = 0.0
+        # (kind, namespace, name) -> "uid/generation" of every ConfigMap and Secret: what a
+        # restart-on-config-change Deployment's pods were made from (never their data).
+        self.config_versions: dict[tuple[str, str, str], str] = {}
         self.runner = Runner(self.step, store, [
             Watch(POD, self._resync_pods, self.put_pod, self.drop_pod),
             Watch(DEPLOYMENT, self._resync_deployments, self.put_deployment,
-                  self.drop_deployment)])
+                  self.drop_deployment),
+            *(Watch(kind, lambda items, k=kind.name: self._resync_configs(k, items),
+                    self.put_config, self.drop_config) for kind in CONFIG_KINDS)])
         self.synced = self.runner.synced
 
     # ---- cache (from the watches and our own writes) ----
@@ -111,6 +122,56 @@ class DeploymentController:
         self.seen_rv.pop("deploy:" + _key(d), None)
         self._mark(_key(d))
 
+    @staticmethod
+    def _config_key(obj) -> tuple[str, str, str]:
+        return (kinds.kind_of(obj).name, obj.metadata.namespace, obj.metadata.name)
+
+    def put_config(self, obj) -> None:
+        key = self._config_key(obj)
+        version = f"{obj.metadata.uid}/{obj.metadata.generation}"
+        if not obj.metadata.uid:   # a Secret this replica cannot open: as if absent
+            self.drop_config(obj)
+        elif self.config_versions.get(key) != version:
+            self.config_versions[key] = version
+            self._mark_users(key)
+
+    def drop_config(self, obj) -> None:
+        key = self._config_key(obj)
+        if self.config_versions.pop(key, None) is not None:
+            self._mark_users(key)
+
+    def _resync_configs(self, kind: str, items) -> None:
+        self.config_versions = {k: v for k, v in self.config_versions.items() if k[0] != kind}
+        for obj in items:
+            self.config_versions[self._config_key(obj)] = \
+                f"{obj.metadata.uid}/{obj.metadata.generation}"
+        for key, d in self.deployments.items():
+            if restarts_on_change(d):
+                self._mark(key)
+
+    def _mark_users(self, key: tuple[str, str, str]) -> None:
+        ref = configs.Ref(key[0], key[2])
+        for dkey, d in self.deployments.items():
+            if d.metadata.namespace == key[1] and restarts_on_change(d) and \
+                    ref in configs.references(d.spec.template.spec):
+                self._mark(dkey)
+
+    def effective(self, d: pb.Deployment) -> pb.Deployment:
+        """What to reconcile: `d`, or for a restart-on-config-change Deployment a copy whose
+        pod template carries the versions of the ConfigMaps and Secrets it uses (so a change
+        to one is a new template, rolled out as any other; the stored spec is untouched)."""
+        if not restarts_on_change(d):
+            return d
+        ns = d.metadata.namespace
+        refs = sorted(configs.references(d.spec.template.spec))
+        stamp = "|".join(f"{r.kind}/{r.name}={self.config_versions.get((r.kind, ns, r.name), '-')}"
+                         for r in refs)
+        out = pb.Deployment()
+        out.CopyFrom(d)
+        out.spec.template.metadata.annotations[configs.CONFIG_HASH] = \
+            hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        return out
+
     # ---- one pass for one Deployment ----
 
     def _suffixes(self):
@@ -130,7 +191,7 @@ class DeploymentController:
         # deployment.kubernetes.io/), so the stored object is the whole truth.
         d = pb.Deployment()
         d.CopyFrom(stored)
-        plan = reconcile(d, pods, self.clock(), self._suffixes())
+        plan = reconcile(self.effective(d), pods, self.clock(), self._suffixes())
         strays = [p for p in pods if not is_owned_by(p, d)]  # from an older same-named one
         updated = pb.Deployment()
         updated.CopyFrom(d)

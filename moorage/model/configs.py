@@ -3,7 +3,6 @@ objects a pod spec references (for delivery to nodes, node authorization and res
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -103,14 +102,3 @@ def data_of(obj) -> dict[str, bytes]:
         out.update(obj.binary_data)
         return out
     return dict(obj.data)
-
-
-def content_hash(objects) -> str:
-    """A short digest of the objects' names and data, in order: what a restart-on-change
-    Deployment stamps on its pod template."""
-    h = hashlib.sha256()
-    for obj in objects:
-        h.update(f"{type(obj).__name__}/{obj.metadata.name}\0".encode())
-        for key, value in sorted(data_of(obj).items()):
-            h.update(key.encode() + b"\0" + hashlib.sha256(value).digest())
-    return h.hexdigest()[:16]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from moorage.v1 import api_pb2, api_pb2_grpc
 from tests import imagebuild
 from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, etcd_client, run, start_controlplane, stop_process
+from tests.integration.test_images import Registry
 from tests.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
@@ -71,10 +73,24 @@ APP = pod("moortest-app", NODE_A, "exec sleep 3600",
 
 
 @pytest.fixture(scope="module")
-def cluster(etcd_endpoint):
+def registry():
+    """A registry that wants a username and password, holding busybox as private/bb:1."""
+    tmp = tempfile.mkdtemp(prefix=TEST_PREFIX + "authreg-")
+    reg = Registry(tmp, users={"puller": "pull-" + os.urandom(4).hex()})
+    try:
+        imagebuild.push(reg.url, "private/bb", "1", imagebuild.make_image())
+        yield reg
+    finally:
+        stop_process(reg.proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(etcd_endpoint, registry):
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "configs-")
     cp = start_controlplane(etcd_endpoint, os.path.join(root, "cp"))
-    agents = start_agents(cp, root, [NODE_A, NODE_B], imagebuild.busybox_tar(root))
+    agents = start_agents(cp, root, [NODE_A, NODE_B], imagebuild.busybox_tar(root),
+                          extra_args=("--insecure-registry", registry.host))
     env = cp.env()
 
     def moor(*args, stdin=None, timeout=60):
@@ -93,6 +109,7 @@ def cluster(etcd_endpoint):
         for a in agents:
             a.cleanup()
         stop_process(cp.proc)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def apply(moor, *objs):
@@ -317,3 +334,103 @@ def test_no_secret_value_in_logs_events_or_descriptions(cluster):
             texts[f"{agent.name} log"] = f.read()
     for where, text in texts.items():
         assert PASSWORD not in text and TOKEN not in text, where
+
+
+def deployment(name: str, node: str, annotations: dict | None = None) -> dict:
+    template = pod(name, node, "exec sleep 3600", container={"env": [
+        {"name": "V", "valueFrom": {"configMapKeyRef": {"name": "roll-cfg", "key": "v"}}}]})
+    template["spec"]["nodeSelector"] = {"kubernetes.io/hostname": template["spec"].pop(
+        "nodeName")}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "annotations": annotations or {}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": template["spec"]}}}
+
+
+def running_pods(moor, app: str) -> list[dict]:
+    out = moor("get", "pods", "-l", f"app={app}", "-o", "json")
+    items = json.loads(out.stdout)["items"] if out.returncode == 0 else []
+    return [p for p in items if p["status"].get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")]
+
+
+def test_restart_on_config_change_rolls_only_the_deployments_that_ask(cluster):
+    moor, _, _ = cluster
+    assert apply(moor, config_map("roll-cfg", {"v": "1"}),
+                 deployment("roller", NODE_B, {"moorage.io/restart-on-config-change": "true"}),
+                 deployment("stayer", NODE_B)).returncode == 0
+    for app in ("roller", "stayer"):
+        wait_until(lambda app=app: len(running_pods(moor, app)) == 1, 60, f"{app} Running")
+    stayer = running_pods(moor, "stayer")[0]["metadata"]["uid"]
+    first = running_pods(moor, "roller")[0]["metadata"]["name"]
+    assert sh(moor, first, "echo $V") == "1\n"
+    assert apply(moor, config_map("roll-cfg", {"v": "2"})).returncode == 0
+    # The annotated one rolls to a pod that reads the new value...
+    wait_until(lambda: [p["metadata"]["name"] for p in running_pods(moor, "roller")]
+               not in ([], [first]), 60, "the roller's new pod")
+    fresh = running_pods(moor, "roller")[0]["metadata"]["name"]
+    assert sh(moor, fresh, "echo $V") == "2\n"
+    # ...and, that change having been seen by the controller, the other one did not roll.
+    assert [p["metadata"]["uid"] for p in running_pods(moor, "stayer")] == [stayer]
+    for name in ("roller", "stayer"):
+        assert moor("delete", "deployment", name).returncode == 0
+
+
+def test_image_pull_secrets_authenticate_pulls(cluster, registry):
+    moor, _, _ = cluster
+    user, password = registry.url.split("//")[1].split("@")[0].split(":")
+    auths = {"auths": {registry.host: {"username": user, "password": password}}}
+    image = f"{registry.host}/private/bb:1"
+    private = pod("moortest-private", NODE_A, "exec sleep 3600",
+                  imagePullSecrets=[{"name": "regcred"}],
+                  container={"image": image, "imagePullPolicy": "Always"})
+    anonymous = pod("moortest-anon", NODE_A, "exec sleep 3600",
+                    container={"image": image, "imagePullPolicy": "Always"})
+    assert apply(moor, secret("regcred", {".dockerconfigjson": json.dumps(auths)},
+                              "kubernetes.io/dockerconfigjson"), private, anonymous
+                 ).returncode == 0
+    wait_until(lambda: phase(moor, "moortest-private") == "Running", 60,
+               "the pod with imagePullSecrets Running")
+
+    def anon_reason():
+        st = get(moor, "pod", "moortest-anon").get("status", {}).get("containerStatuses", [])
+        return st[0].get("reason", "") if st else ""
+    wait_until(lambda: anon_reason() in ("ErrImagePull", "ImagePullBackOff"), 60,
+               "the pod without them to fail its pull")
+    assert "wants a username and password: give the pod an imagePullSecrets Secret" in get(
+        moor, "pod", "moortest-anon")["status"]["containerStatuses"][0]["message"]
+    for name in ("moortest-private", "moortest-anon"):
+        assert moor("delete", "pod", name, "--grace-period", "0", "--force").returncode == 0
+
+
+
+def test_a_replica_without_the_key_refuses_secrets_in_one_line(cluster, etcd_endpoint):
+    from controlplane.store.sealing import Sealer
+
+    moor, cp, _ = cluster
+    state = tempfile.mkdtemp(prefix=TEST_PREFIX + "cfg-replica-")
+    wrong = os.path.join(state, "other.key")
+    Sealer.load(wrong, create=True)
+    replica = start_controlplane(etcd_endpoint, os.path.join(state, "cp"), prefix=cp.prefix,
+                                 extra_args=("--secrets-key-file", wrong))
+    try:
+        env = dict(os.environ, MOOR_SERVER=replica.address, MOOR_CREDENTIALS=cp.credentials,
+                   MOOR_CONFIG=os.path.join(state, "none.yaml"))
+        out = subprocess.run([sys.executable, "-m", "moorage.cli.main", "get", "secret", "db",
+                              "-o", "json"], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode != 0
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot decrypt Secrets sealed with key" in lines[0], lines
+        assert wrong in lines[0] and PASSWORD not in out.stdout + out.stderr
+        # ConfigMaps are served as ever.
+        out = subprocess.run([sys.executable, "-m", "moorage.cli.main", "get", "configmap",
+                              "app-config", "-o", "json"], capture_output=True, text=True,
+                             env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+    finally:
+        stop_process(replica.proc)
+    with open(os.path.join(state, "cp", "controlplane.log"), errors="replace") as f:
+        said = [line for line in f if "cannot decrypt Secrets" in line]
+    assert len(said) == 1, said
+    shutil.rmtree(state, ignore_errors=True)

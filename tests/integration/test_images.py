@@ -42,23 +42,40 @@ def free_port() -> int:
 
 
 class Registry:
-    def __init__(self, tmp: str):
+    """Debian's docker-registry on a free port; with `users` ({name: password}) it requires
+    Basic auth (htpasswd), and `url` carries the first user's credentials for pushing."""
+
+    def __init__(self, tmp: str, users: dict[str, str] | None = None):
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
         self.data = os.path.join(tmp, "data")
         config = os.path.join(tmp, "config.yml")
+        auth = ""
+        if users:
+            import bcrypt
+
+            htpasswd = os.path.join(tmp, "htpasswd")
+            with open(htpasswd, "w") as f:
+                f.writelines(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
+                             for u, p in users.items())
+            auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
+            user, password = next(iter(users.items()))
+            self.url = f"http://{user}:{password}@{self.host}"
         with open(config, "w") as f:
             f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                    f"    rootdirectory: {self.data}\nhttp:\n  addr: {self.host}\n")
+                    f"    rootdirectory: {self.data}\nhttp:\n  addr: {self.host}\n{auth}")
         self.proc = subprocess.Popen([REGISTRY_BIN, "serve", config],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(self.url + "/v2/", timeout=1) as resp:
+                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1) as resp:
                     if resp.status == 200:
                         return
+            except urllib.error.HTTPError as err:
+                if err.code == 401 and users:
+                    return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         stop(self.proc)

@@ -313,8 +313,9 @@ class RegistryClient:
             f"{creds.username}:{creds.password}".encode()).decode()
         if scheme.lower() == "basic":
             if not basic:
-                raise RegistryError(f"{endpoint.host} wants a username and password; configure "
-                                    f"credentials for {endpoint.host}")
+                raise RegistryError(f"{endpoint.host} wants a username and password: give the "
+                                    "pod an imagePullSecrets Secret (kubernetes.io/"
+                                    f"dockerconfigjson) for {endpoint.host}")
             return basic
         if scheme.lower() != "bearer" or "realm" not in params:
             raise RegistryError(f"{endpoint.host} asks for unsupported auth {challenge!r}")
@@ -370,7 +371,8 @@ def _describe_http(code: int, body: bytes, endpoint: Endpoint, ref: Reference) -
         reason = {401: "unauthorized", 403: "forbidden", 404: "not found",
                   429: "too many requests"}.get(code, f"HTTP {code}")
     where = f"at mirror {endpoint.host}" if endpoint.mirror else f"at {endpoint.host}"
-    hint = f" (configure credentials for {endpoint.host})" if code in (401, 403) else ""
+    hint = (f" (give the pod an imagePullSecrets Secret for {endpoint.host})"
+            if code in (401, 403) else "")
     return f"{reason} {where}{hint}"
 
 
