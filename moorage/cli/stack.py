@@ -72,19 +72,58 @@ def deploy(ctx: Context) -> int:
     except OSError as err:
         raise CliError(f"error: {path}: {err.strerror}") from None
     try:
-        result = compose.translate(text, name, source=path, env=os.environ)
+        result = compose.translate(text, name, source=path, env=os.environ, read=_read)
     except compose.ComposeError as err:
         raise CliError("\n".join(f"error: {p}" for p in err.problems)) from None
     for note in result.notes:
         out(f"note: {path}: {note}")
     manifests = [api_pb2.Manifest(source=path, index=i, content=json.dumps(obj))
                  for i, obj in enumerate(result.objects)]
-    response = ctx.client().apply(manifests)
+    client = ctx.client()
+    _check_external(client, name, result.external, path)
+    response = client.apply(manifests)
     for r in response.results:
         ref = f"{r.kind.lower()}/{r.name}"
         out(f"{ref} {r.action}" + (f" (namespace {r.namespace})" if r.namespace else ""))
     out(f'stack "{name}" deployed')
     return 0
+
+
+def _read(path: str) -> bytes:
+    """A config's or secret's file, read no further than one byte past what an object holds
+    (so that naming a huge file by mistake costs nothing)."""
+    from moorage.model import configs
+
+    with open(path, "rb") as f:
+        return f.read(configs.MAX_DATA_BYTES + 1)
+
+
+def _check_external(client, stack: str, external, source: str) -> None:
+    """`external: true` configs and secrets must exist in the stack's namespace with the key
+    the stack mounts, as Swarm refuses a stack whose external secret is missing. Checked just
+    before the apply, so one deleted in between leaves its pods waiting for it."""
+    from moorage.model import configs, kinds
+
+    problems = []
+    for d in external:
+        try:
+            obj = client.get(kinds.BY_NAME[d.kind], stack, d.name)
+        except CliError as err:
+            if err.reason != "NotFound":
+                raise
+            create = "secret generic" if d.kind == "Secret" else "configmap"
+            problems.append(f"error: {source}: {d.path}: external: no {d.kind} {d.name!r} in "
+                            f"namespace {stack!r}; create it (moor create {create} {d.name} -n "
+                            f"{stack} --from-file {d.key}=FILE) or drop `external` and give a "
+                            "file")
+            continue
+        keys = sorted(configs.data_of(obj))
+        if d.key not in keys:
+            problems.append(f"error: {source}: {d.path}: external: the {d.kind} {d.name!r} has "
+                            f"no key {d.key!r}, the one the stack mounts (it has: "
+                            f"{', '.join(repr(k) for k in keys) or 'none'})")
+    if problems:
+        raise CliError("\n".join(problems))
 
 
 def ls(ctx: Context) -> int:

@@ -12,6 +12,7 @@ A stack NAME becomes:
   one when a port is published (the routing mesh: every node answers on it; the published port
   must be in the NodePort range); a headless one (its name resolves to its pods' IPs, so every
   port works, like Swarm's `endpoint_mode: dnsrr`) when it has no ports or asks for dnsrr.
+- per top-level config or secret, a ConfigMap or Secret mounted as files (composeconfigs.py).
 Every object carries `moorage.io/stack: NAME`; pods also `moorage.io/service: <service>`.
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from moorage.manifest import yamlload
+from moorage.manifest import composeconfigs, yamlload
 from moorage.model.network import NODE_PORT_RANGE
 
 STACK_LABEL = "moorage.io/stack"
@@ -40,9 +41,9 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 360
 _BYTES_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmg]?)b?$", re.IGNORECASE)
 _CONSTRAINT_RE = re.compile(r"^\s*([\w.\-/]+)\s*(==|!=)\s*(\S+)\s*$")
 
-TOP_LEVEL = {"version", "name", "services"}
+TOP_LEVEL = {"version", "name", "services", "configs", "secrets"}
 SERVICE_KEYS = {"image", "command", "entrypoint", "environment", "ports", "expose", "deploy",
-                "healthcheck", "depends_on", "working_dir"}
+                "healthcheck", "depends_on", "working_dir", "configs", "secrets"}
 DEPLOY_KEYS = {"mode", "replicas", "resources", "placement", "endpoint_mode"}
 RESOURCE_KEYS = {"cpus", "memory"}
 HEALTH_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
@@ -61,6 +62,8 @@ class Translation:
     objects: list[dict]
     # Things accepted but not enforced (depends_on ordering), for the user to read.
     notes: list[str] = field(default_factory=list)
+    # `external: true` configs and secrets: the stack uses them but does not create them.
+    external: list[composeconfigs.Defined] = field(default_factory=list)
 
 
 class _Problems:
@@ -341,7 +344,7 @@ def _healthcheck(hc: Mapping, where: str, problems: _Problems) -> dict:
 
 
 def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str],
-             problems: _Problems, notes: list[str]) -> list[dict]:
+             files: composeconfigs.Catalog, problems: _Problems, notes: list[str]) -> list[dict]:
     path = f"services.{name}"
     if not isinstance(svc, Mapping):
         problems.add(path, "want a mapping")
@@ -395,9 +398,13 @@ def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str]
     pod_labels = {STACK_LABEL: stack, SERVICE_LABEL: name}
     pod_spec: dict = {"containers": [container], **_placement(
         deploy, f"{path}.deploy.placement", problems)}
+    volumes, mounts = composeconfigs.mounts(svc, path, files, problems)
+    if mounts:
+        container["volumeMounts"], pod_spec["volumes"] = mounts, volumes
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": stack, "labels": {STACK_LABEL: stack}},
+        "metadata": {"name": name, "namespace": stack, "labels": {STACK_LABEL: stack},
+                     **composeconfigs.annotations(mounts)},
         "spec": {"replicas": replicas, "selector": {"matchLabels": pod_labels},
                  "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}}}
     return [deployment, _service_object(name, stack, pod_labels, ports, endpoint_mode, path,
@@ -452,8 +459,10 @@ def _service_object(name: str, stack: str, pod_labels: dict, ports, endpoint_mod
 
 
 def translate(text: str, stack: str, *, source: str = "compose.yaml",
-              env: Mapping[str, str] | None = None) -> Translation:
-    """The stack's Namespace, Deployments and Services; ComposeError listing every problem."""
+              env: Mapping[str, str] | None = None,
+              read: composeconfigs.Reader | None = None) -> Translation:
+    """The stack's Namespace, ConfigMaps, Secrets, Deployments and Services; ComposeError
+    listing every problem. `read` reads configs' and secrets' files (composeconfigs.Reader)."""
     problems = _Problems(source)
     try:
         doc = yamlload.safe_load(text)
@@ -469,15 +478,17 @@ def translate(text: str, stack: str, *, source: str = "compose.yaml",
         problems.add("(stack name)", why)
     problems.unsupported("", TOP_LEVEL, doc)
     problems.items = [p.replace(": .", ": ", 1) for p in problems.items]
+    files = composeconfigs.catalog(doc, stack, {STACK_LABEL: stack}, source, env, read, problems)
     objects: list[dict] = [{"apiVersion": "v1", "kind": "Namespace",
-                            "metadata": {"name": stack, "labels": {STACK_LABEL: stack}}}]
+                            "metadata": {"name": stack, "labels": {STACK_LABEL: stack}}},
+                           *files.objects]
     notes: list[str] = []
     names = {str(n) for n in doc["services"]}
     for name, svc in doc["services"].items():
-        objects += _service(str(name), svc, stack, env or {}, names, problems, notes)
+        objects += _service(str(name), svc, stack, env or {}, names, files, problems, notes)
     if problems.items:
         raise ComposeError(problems.items)
-    return Translation(objects, notes)
+    return Translation(objects, notes, files.external)
 
 
 def default_stack_name(path: str) -> str:
@@ -485,5 +496,4 @@ def default_stack_name(path: str) -> str:
     import os
 
     base = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    name = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")
-    return name[:63].strip("-") or "stack"
+    return composeconfigs.object_name(base) or "stack"

@@ -1,9 +1,11 @@
 """`moor stack deploy|ls|ps|rm` against a real control plane (no agents): the objects a Compose
-file makes, listing, and removal."""
+file makes (configs and secrets too), listing, and removal."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -30,9 +32,10 @@ COMPOSE = textwrap.dedent("""\
 def moor(controlplane, tmp_path):
     env = controlplane.env(MOOR_CONFIG=str(tmp_path / "none.yaml"))
 
-    def run(*args):
+    def run(*args, extra_env=None):
         return subprocess.run([sys.executable, "-m", "moorage.cli.main", *args],
-                              capture_output=True, text=True, env=env, timeout=60)
+                              capture_output=True, text=True, env={**env, **(extra_env or {})},
+                              timeout=60)
     return run
 
 
@@ -101,3 +104,100 @@ def test_default_name_is_the_directory(moor, tmp_path):
     assert out.returncode == 0, out.stderr
     assert f'stack "{name}" deployed' in out.stdout
     assert moor("stack", "rm", name).returncode == 0
+
+
+PASSWORD = "pw-" + os.urandom(8).hex()
+WITH_FILES = textwrap.dedent("""\
+    configs:
+      app.ini: {file: conf/app.ini}
+    secrets:
+      db_pw: {environment: STACK_DB_PW}
+      tls_key: {external: true, name: shared_tls}
+    services:
+      web:
+        image: busybox:test
+        configs: [{source: app.ini, target: /etc/app/app.ini, mode: 0440}]
+        secrets: [db_pw, {source: tls_key, target: tls.key}]
+    """)
+
+
+def test_configs_and_secrets(moor, tmp_path):
+    name = unique("stack")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "app.ini").write_text("level=debug\n")
+    path = tmp_path / "compose.yaml"
+    path.write_text(WITH_FILES)
+    env = {"STACK_DB_PW": PASSWORD}
+
+    # An external secret must exist first; nothing is applied until it does.
+    out = moor("stack", "deploy", "-c", str(path), name, extra_env=env)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"error: {path}: secrets.tls_key: external: no Secret "
+                                 f"'shared-tls' in namespace '{name}'"), out.stderr
+    assert moor("get", "namespace", name).returncode != 0
+    ns = tmp_path / "ns.json"
+    ns.write_text(json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+    assert moor("apply", "-f", str(ns)).returncode == 0
+    made = moor("create", "secret", "generic", "shared-tls", "-n", name, "--from-literal",
+                "tls.key=KEY")
+    assert made.returncode == 0, made.stderr
+    out = moor("stack", "deploy", "-c", str(path), name, extra_env=env)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"error: {path}: secrets.tls_key: external: the Secret "
+                                  "'shared-tls' has no key 'shared_tls', the one the stack "
+                                  "mounts (it has: 'tls.key')")
+    assert items(moor, "deployments", "-n", name) == []
+    assert moor("delete", "secret", "shared-tls", "-n", name).returncode == 0
+    made = moor("create", "secret", "generic", "shared-tls", "-n", name, "--from-literal",
+                "shared_tls=KEY")
+    assert made.returncode == 0, made.stderr
+
+    out = moor("stack", "deploy", "-c", str(path), name, extra_env=env)
+    assert out.returncode == 0, out.stderr
+    assert "configmap/app-ini created" in out.stdout and "secret/db-pw created" in out.stdout
+    cm = items(moor, "configmaps", "-n", name)
+    assert [(c["metadata"]["name"], c["data"]) for c in cm] == [
+        ("app-ini", {"app.ini": "level=debug\n"})]
+    secrets = {s["metadata"]["name"]: s for s in items(moor, "secrets", "-n", name)}
+    assert set(secrets) == {"db-pw", "shared-tls"}
+    pw = secrets["db-pw"]
+    assert pw["type"] == "Opaque" and pw["metadata"]["labels"]["moorage.io/stack"] == name
+    assert base64.b64decode(pw["data"]["db_pw"]).decode() == PASSWORD
+
+    (dep,) = items(moor, "deployments", "-n", name)
+    spec = dep["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert {p: (m["name"], m["subPath"], m.get("readOnly")) for p, m in mounts.items()} == {
+        "/etc/app/app.ini": ("config-app-ini", "app.ini", True),
+        "/run/secrets/db_pw": ("secret-db-pw", "db_pw", True),
+        "/run/secrets/tls.key": ("secret-shared-tls", "shared_tls", True)}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["config-app-ini"]["configMap"]["items"] == [
+        {"key": "app.ini", "path": "app.ini", "mode": 0o440}]
+    assert volumes["secret-db-pw"]["secret"]["secretName"] == "db-pw"
+    assert volumes["secret-shared-tls"]["secret"]["items"] == [
+        {"key": "shared_tls", "path": "shared_tls", "mode": 0o444}]
+
+    again = moor("stack", "deploy", "-c", str(path), name, extra_env=env)
+    assert again.returncode == 0, again.stderr
+    assert "secret/db-pw unchanged" in again.stdout and "configmap/app-ini unchanged" in \
+        again.stdout, again.stdout
+    for run in (out, again):
+        assert PASSWORD not in run.stdout + run.stderr
+
+    # Deploying labelled the namespace the stack's, so rm takes it, the external Secret too.
+    out = moor("stack", "rm", name)
+    assert out.returncode == 0 and f"namespace/{name} deleted" in out.stdout, out.stderr
+
+
+def test_unset_variable_applies_nothing(moor, tmp_path):
+    name = unique("stack")
+    path = tmp_path / "compose.yaml"
+    path.write_text("secrets: {db_pw: {environment: MOORTEST_UNSET}}\n"
+                    "services: {web: {image: busybox:test, secrets: [db_pw]}}\n")
+    out = moor("stack", "deploy", "-c", str(path), name)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"error: {path}: secrets.db_pw.environment: secret 'db_pw' reads the variable "
+        "'MOORTEST_UNSET', which is not set in the environment of moor stack deploy")
+    assert moor("get", "namespace", name).returncode != 0

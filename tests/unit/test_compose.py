@@ -283,9 +283,9 @@ def test_errors_name_the_key(text, want):
 
 
 def test_every_problem_is_reported_at_once():
-    got = problems("services: {a: {image: b, volumes: []}, b: {image: c, secrets: []}}")
+    got = problems("services: {a: {image: b, volumes: []}, b: {image: c, networks: []}}")
     assert got == ["compose.yaml: services.a.volumes: not supported by Moorage",
-                   "compose.yaml: services.b.secrets: not supported by Moorage"]
+                   "compose.yaml: services.b.networks: not supported by Moorage"]
 
 
 def test_bad_stack_name():
