@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from controlplane.allocators.serviceips import DEFAULT_SERVICE_CIDR, ServiceAllocator
-from controlplane.store import ABSENT, Conflict, Op, Store
+from controlplane.store import ABSENT, AlreadyExists, Conflict, Op, Store
 from moorage.manifest import Document, ManifestError, located
 from moorage.manifest.convert import FieldError
 from moorage.model import kinds
@@ -63,8 +63,10 @@ class Applier:
             self.cache.clear()
         self.cache[key] = (rev, value)
 
-    async def apply(self, docs: list[Document], dry_run: bool = False
-                    ) -> tuple[list[Planned], int]:
+    async def apply(self, docs: list[Document], dry_run: bool = False,
+                    create_only: bool = False) -> tuple[list[Planned], int]:
+        """With `create_only` (`kubectl create`), an object that exists already fails the
+        whole apply with AlreadyExists and nothing is written."""
         if len(docs) > MAX_APPLY_OBJECTS:
             raise ManifestError([f"{len(docs)} objects in one apply is over the limit of "
                                  f"{MAX_APPLY_OBJECTS}; split them into several applies"])
@@ -75,7 +77,9 @@ class Applier:
                           and d.obj.metadata.namespace not in in_request})
         # A manifest's resourceVersion is compared with the stored one, so it must be read,
         # not taken from the hint cache, or a stale entry would fail the apply every time.
-        pinned = [k for d, k in zip(docs, keys) if d.obj.metadata.resource_version]
+        # So must a create's key: a stale entry for an object deleted since would refuse it.
+        pinned = [k for d, k in zip(docs, keys)
+                  if create_only or d.obj.metadata.resource_version]
         if dry_run:
             # No Txn will check the answer, so read the truth rather than the hint cache.
             found, _ = await self.store.get_many(keys + ns_keys)
@@ -90,7 +94,7 @@ class Applier:
                     kv = found.get(key)
                     self._remember(key, kv.mod_revision if kv else 0, kv.value if kv else None)
         for _ in range(MAX_ATTEMPTS):
-            plans = self._plan(docs, keys, ns_keys)
+            plans = self._plan(docs, keys, ns_keys, create_only)
             leases = await self.services.allocate(plans)
             if dry_run:
                 return plans, 0
@@ -126,8 +130,8 @@ class Applier:
                 out.add(ns.metadata.name)
         return out
 
-    def _plan(self, docs: list[Document], keys: list[bytes], ns_keys: list[bytes]
-              ) -> list[Planned]:
+    def _plan(self, docs: list[Document], keys: list[bytes], ns_keys: list[bytes],
+              create_only: bool = False) -> list[Planned]:
         problems = []
         for key in ns_keys:
             if key not in self.cache:
@@ -143,6 +147,11 @@ class Applier:
         for doc, key in zip(docs, keys):
             kind = kinds.kind_of(doc.obj)
             current, rev = self._current(kind, key)
+            if create_only and current is not None:
+                # The Txn compares this key too, so a create never overwrites what another
+                # writer made between this read and the write.
+                raise AlreadyExists(f'{_resource(kind)} "{doc.obj.metadata.name}" already '
+                                    "exists")
             try:
                 obj, action = merge(doc, current)
             except Invalid as err:
@@ -160,6 +169,12 @@ class Applier:
         if problems:
             raise ManifestError(problems)
         return plans
+
+
+def _resource(kind: kinds.Kind) -> str:
+    """`configmaps`, `deployments.apps`: how Kubernetes names a resource in its errors."""
+    group = kind.api_version.split("/")[0] if "/" in kind.api_version else ""
+    return f"{kind.plural}.{group}" if group else kind.plural
 
 
 def merge(doc: Document, current) -> tuple[object, str]:
@@ -203,6 +218,11 @@ def merge(doc: Document, current) -> tuple[object, str]:
     if has_status and current.HasField("status"):
         new.status.CopyFrom(current.status)
     spec_changed = hasattr(new, "spec") and new.spec != current.spec
+    if kind.name in ("ConfigMap", "Secret"):
+        # Their generation counts data changes: what restart-on-config-change Deployments
+        # follow (a reseal under a new key changes the revision, not the generation).
+        spec_changed = new.data != current.data or (
+            kind.name == "ConfigMap" and new.binary_data != current.binary_data)
     meta.generation = current.metadata.generation + (1 if spec_changed else 0)
     stored = type(current)()
     stored.CopyFrom(current)

@@ -164,7 +164,8 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     async def Apply(self, request, context):
         await guard(context, "Apply", request, self.ca_cert)
         docs = await _documents(request, context, "apply")
-        plans, revision = await self.applier.apply(docs, dry_run=request.dry_run)
+        plans, revision = await self.applier.apply(docs, dry_run=request.dry_run,
+                                                   create_only=request.create_only)
         resp = api_pb2.ApplyResponse(revision=revision)
         for p in plans:
             kind = kinds.kind_of(p.obj)

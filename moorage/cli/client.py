@@ -161,10 +161,13 @@ class Client:
                 reason="NotFound")
         return rpc_error(exc, self.server, self.timeout)
 
-    def apply(self, manifests, dry_run: bool = False):
+    def apply(self, manifests, dry_run: bool = False, create_only: bool = False):
+        """Creates or updates the objects; with `create_only` one that exists already fails
+        it all (AlreadyExists), as `kubectl create`."""
         from moorage.v1 import api_pb2
 
-        return self._call("Apply", api_pb2.ApplyRequest(manifests=manifests, dry_run=dry_run))
+        return self._call("Apply", api_pb2.ApplyRequest(manifests=manifests, dry_run=dry_run,
+                                                        create_only=create_only))
 
     def explain(self, manifests):
         from moorage.v1 import api_pb2
@@ -203,6 +206,11 @@ class Client:
         request = api_pb2.ScaleRequest(kind=kind.name, namespace=namespace, name=name,
                                        replicas=replicas)
         return self._call("Scale", request, not_found=(kind, name))
+
+    def rotate_secrets_key(self):
+        from moorage.v1 import api_pb2
+
+        return self._call("RotateSecretsKey", api_pb2.RotateSecretsKeyRequest())
 
     def version(self):
         from moorage.v1 import api_pb2

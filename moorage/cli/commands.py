@@ -339,7 +339,7 @@ def describe(ctx: Context) -> int:
     for name in names:
         obj = client.get(kind, namespace, name)
         events, problem = [], ""
-        if kind.name != "Event":
+        if kind.name not in render.NO_EVENTS:
             try:
                 # Events about cluster-scoped objects may live in any namespace.
                 response = client.list(kinds.BY_NAME["Event"], namespace,

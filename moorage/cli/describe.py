@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from moorage.cli import printers as p
-from moorage.model import deployments
+from moorage.model import configs, deployments
 
 PADDING = 2
 # A big cluster rejects a pod on many nodes; the first ones show the pattern.
@@ -327,9 +327,53 @@ def _event(w: Writer, event) -> None:
     w.field(0, "Last Timestamp", format_timestamp(event.last_timestamp))
 
 
+def _short_metadata(w: Writer, obj) -> None:
+    """All of a ConfigMap's or a Secret's metadata that kubectl describe shows."""
+    meta = obj.metadata
+    w.field(0, "Name", meta.name)
+    w.field(0, "Namespace", meta.namespace)
+    w.multi(0, "Labels", _pairs(meta.labels))
+    w.multi(0, "Annotations", [f"{k}: {v}" for k, v in sorted(meta.annotations.items())])
+
+
+def _config_map(w: Writer, cm) -> None:
+    """kubectl's layout: each key, a rule, its value and a blank line; binary keys by size."""
+    w.line(0, "")
+    w.line(0, "Data")
+    w.line(0, "====")
+    for key, value in sorted(cm.data.items()):
+        w.line(0, f"{key}:")
+        w.line(0, "----")
+        for line in value.split("\n"):
+            w.line(0, line)
+        w.line(0, "")
+    w.line(0, "")
+    w.line(0, "BinaryData")
+    w.line(0, "====")
+    for key, value in sorted(cm.binary_data.items()):
+        w.line(0, f"{key}: {len(value)} bytes")
+    w.line(0, "")
+
+
+def _secret(w: Writer, secret) -> None:
+    """The type and each key's size: never a value."""
+    w.line(0, "")
+    w.field(0, "Type", secret.type or configs.OPAQUE)
+    w.line(0, "")
+    w.line(0, "Data")
+    w.line(0, "====")
+    for key, value in sorted(secret.data.items()):
+        w.line(0, f"{key}:", f"{len(value)} bytes")
+
+
 # A Service's section also takes its endpoints: `describe` calls _service itself.
 _SECTIONS = {"Pod": _pod, "Deployment": _deployment, "Node": _node,
-             "Namespace": _namespace, "Event": _event}
+             "Namespace": _namespace, "Event": _event, "ConfigMap": _config_map,
+             "Secret": _secret}
+# Kinds whose describe has kubectl's four metadata lines only.
+_SHORT_METADATA = ("ConfigMap", "Secret")
+# Kinds described without events, as kubectl describes them.
+NO_EVENTS = ("Event", "Secret")
 
 
 def event_age(event, now: datetime) -> str:
@@ -390,14 +434,17 @@ def describe(obj, events=None, events_error: str = "", now: datetime | None = No
     now = now or datetime.now(UTC)
     kind = kind_of(obj)
     w = Writer()
-    _metadata(w, obj, kind.namespaced)
+    if kind.name in _SHORT_METADATA:
+        _short_metadata(w, obj)
+    else:
+        _metadata(w, obj, kind.namespaced)
     if kind.name == "Service":
         _service(w, obj, endpoints)
     else:
         _SECTIONS[kind.name](w, obj)
     if usage is not None:
         usage_section(w, usage)
-    if kind.name != "Event":
+    if kind.name not in NO_EVENTS:
         if events_error:
             w.line(0, "Events:", f"<cannot list: {events_error}>")
         else:

@@ -24,6 +24,9 @@ examples:
   moor get deploy web -o yaml            print one deployment as YAML
   moor get pods -A -w                    follow pods in every namespace
   moor describe node node-1              conditions, capacity and events of a node
+  moor create cm web --from-file conf/   a ConfigMap of a directory's files
+  moor create secret generic db --from-literal password=s3cret
+  moor rollout restart deploy/web        replace a deployment's pods, rolling
   moor delete deployment web             delete one object
   moor --server 10.0.0.5:7440 version    talk to another control plane
 
@@ -34,8 +37,8 @@ control plane writes into its state dir) comes from --credentials, $MOOR_CREDENT
 config file, or /var/lib/moorage/controlplane/admin.pem. Set MOOR_DEBUG=1 to see tracebacks
 of unexpected errors."""
 
-KIND_HELP = ("pods (po), deployments (deploy), services (svc), nodes (no), namespaces (ns) "
-             "or events (ev); KIND/NAME also works")
+KIND_HELP = ("pods (po), deployments (deploy), services (svc), nodes (no), namespaces (ns), "
+             "events (ev), configmaps (cm) or secrets; KIND/NAME also works")
 
 
 class Parser(argparse.ArgumentParser):
@@ -123,9 +126,10 @@ def build_parser() -> Parser:
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
     _add_token_commands(command)
-    from moorage.cli import lab, prometheus, stack, streams
+    from moorage.cli import configs, lab, prometheus, stack, streams
 
     streams.add_commands(command)
+    configs.add_commands(command, _add_globals)
     prometheus.add_commands(sub, _add_globals)
     stack.add_commands(sub, _add_globals)
     cmd = command("net", "check the pod network", """\
@@ -298,14 +302,16 @@ def _add_rollout_commands(sub, command) -> None:
     _add_namespace(cmd)
     cmd.add_argument("--replicas", type=int, required=True, help="the new number of replicas")
 
-    cmd = command("rollout", "follow, list or undo a deployment's rollouts", """\
+    cmd = command("rollout", "follow, list, restart or undo a deployment's rollouts", """\
   moor rollout status deploy/web --timeout 5m
   moor rollout history deploy/web
+  moor rollout restart deploy/web -n shop
   moor rollout undo deploy/web --to-revision 2""")
     actions = cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
                                  required=True)
     for name, help_text in (("status", "wait for a rollout to finish, showing progress"),
                             ("history", "list a deployment's revisions"),
+                            ("restart", "replace a deployment's pods with a rolling update"),
                             ("undo", "roll back to the previous (or a given) revision")):
         act = actions.add_parser(name, help=help_text, description=help_text)
         _add_globals(act, suppress=True)
@@ -344,6 +350,7 @@ def _dispatch(args) -> int:
         return lab.run(args)
     from moorage.cli import (
         commands,
+        configs,
         deleting,
         netdoctor,
         nodes,
@@ -359,7 +366,8 @@ def _dispatch(args) -> int:
                "explain": commands.explain, "scale": rollout.scale, "rollout": rollout.rollout,
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
                "token": tokens.token, "net": netdoctor.doctor, "version": commands.version,
-               **streams.HANDLERS, **stack.HANDLERS, **prometheus.HANDLERS}[args.command]
+               **streams.HANDLERS, **stack.HANDLERS, **prometheus.HANDLERS,
+               **configs.HANDLERS}[args.command]
     ctx = commands.Context(args)
     try:
         return handler(ctx)

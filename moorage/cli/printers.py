@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from moorage.model import deployments
+from moorage.model import configs, deployments
 
 COLUMN_GAP = "   "
 NONE = "<none>"
@@ -252,6 +252,17 @@ def _event_row(event, now):
             target], wide, [" ".join(event.message.split())]
 
 
+def _config_map_row(cm, now):
+    # DATA counts the keys of data and binaryData together, as kubectl does.
+    return [cm.metadata.name, str(len(cm.data) + len(cm.binary_data)),
+            format_age(cm.metadata.creation_timestamp, now)], []
+
+
+def _secret_row(secret, now):
+    return [secret.metadata.name, secret.type or configs.OPAQUE, str(len(secret.data)),
+            format_age(secret.metadata.creation_timestamp, now)], []
+
+
 # kind -> (columns, wide-only columns, row function). Event rows also return a trailing part
 # (the message) that stays last even in wide output, since it is the longest cell.
 TABLES = {
@@ -264,6 +275,8 @@ TABLES = {
     "Namespace": (["NAME", "STATUS", "AGE"], [], _namespace_row),
     "Event": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
               ["SOURCE", "FIRST SEEN", "COUNT", "NAME"], _event_row),
+    "ConfigMap": (["NAME", "DATA", "AGE"], [], _config_map_row),
+    "Secret": (["NAME", "TYPE", "DATA", "AGE"], [], _secret_row),
 }
 
 

@@ -1,4 +1,5 @@
-"""`moor scale` and `moor rollout status|history|undo`: Deployment changes made by Get + Apply.
+"""`moor scale` and `moor rollout status|history|restart|undo`: Deployment changes made by
+Get + Apply.
 
 Writes go through Apply with the object's resourceVersion, so a change made meanwhile is a
 Conflict that is retried from a fresh read, never a lost update. The revision history's
@@ -17,6 +18,8 @@ from moorage.cli.errors import CliError
 from moorage.model.deployments import REVISION_ANNOTATION, read_history
 
 MAX_ATTEMPTS = 10
+# What `kubectl rollout restart` stamps on the pod template: a new template, so new pods.
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
 def _target(args):
@@ -114,6 +117,27 @@ def undo(ctx: Context) -> int:
     return 0
 
 
+def restart_edit(name: str, now: str):
+    """The edit of `moor rollout restart`: the template's restartedAt annotation set to
+    `now` (RFC 3339), which the Deployment controller rolls out like any template change."""
+    def edit(d):
+        if d.spec.paused:
+            raise CliError(f'error: deployments.apps "{name}" can\'t restart paused deployment '
+                           "(set spec.paused to false first)")
+        d.spec.template.metadata.annotations[RESTARTED_AT] = now
+        return "restarted"
+    return edit
+
+
+def restart(ctx: Context) -> int:
+    from moorage.model.timestamps import now_rfc3339
+
+    kind, namespace, name = _target(ctx.args)
+    write_object(ctx, kind, namespace, name, restart_edit(name, now_rfc3339()))
+    out(f"deployment.apps/{name} restarted")
+    return 0
+
+
 def rollout_message(d) -> tuple[str, bool]:
     """kubectl's rollout status wording for one Deployment, and whether it is done."""
     name, s = d.metadata.name, d.status
@@ -189,4 +213,5 @@ def status(ctx: Context) -> int:
 
 
 def rollout(ctx: Context) -> int:
-    return {"status": status, "history": history, "undo": undo}[ctx.args.action](ctx)
+    return {"status": status, "history": history, "restart": restart,
+            "undo": undo}[ctx.args.action](ctx)

@@ -18,12 +18,14 @@ class Manifest(_message.Message):
     def __init__(self, source: _Optional[str] = ..., index: _Optional[int] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("manifests", "dry_run")
+    __slots__ = ("manifests", "dry_run", "create_only")
     MANIFESTS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     manifests: _containers.RepeatedCompositeFieldContainer[Manifest]
     dry_run: bool
-    def __init__(self, manifests: _Optional[_Iterable[_Union[Manifest, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    create_only: bool
+    def __init__(self, manifests: _Optional[_Iterable[_Union[Manifest, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., create_only: _Optional[bool] = ...) -> None: ...
 
 class ApplyResult(_message.Message):
     __slots__ = ("kind", "namespace", "name", "action", "object", "previous")
