@@ -129,9 +129,7 @@ class DeploymentController:
     def put_config(self, obj) -> None:
         key = self._config_key(obj)
         version = f"{obj.metadata.uid}/{obj.metadata.generation}"
-        if not obj.metadata.uid:   # a Secret this replica cannot open: as if absent
-            self.drop_config(obj)
-        elif self.config_versions.get(key) != version:
+        if self.config_versions.get(key) != version:
             self.config_versions[key] = version
             self._mark_users(key)
 

@@ -70,17 +70,15 @@ async def watch(store, kind: Kind, namespace: str | None = None,
                 after = kv.mod_revision
                 if ev.kind == "DELETE":
                     prev = ev.prev_kv
-                    obj = _decode(store, kind, prev) if prev is not None else None
+                    obj = _decode(store, kind, prev)[0] if prev is not None else None
                     if obj is not None:
                         obj.metadata.resource_version = str(kv.mod_revision)
                     yield WatchEvent("DELETED", obj, kv.mod_revision)
                 else:
                     typ = "ADDED" if kv.version == 1 else "MODIFIED"
-                    obj = _decode(store, kind, kv)
-                    if obj.metadata.uid:
-                        yield WatchEvent(typ, obj, kv.mod_revision)
-                    else:   # a Secret this replica cannot open is, to watchers, not there
-                        yield WatchEvent("DELETED", obj, kv.mod_revision)
+                    obj, readable = _decode(store, kind, kv)
+                    # A Secret this replica cannot open is, to watchers, not there.
+                    yield WatchEvent(typ if readable else "DELETED", obj, kv.mod_revision)
         except RevisionCompactedError:
             items, after = await _list_retrying(store, kind, namespace)
             yield WatchEvent("RESYNC", None, after, items)
@@ -110,18 +108,18 @@ async def follow(store, kind: Kind, *, resync, put, delete,
             put(ev.obj)
 
 
-def _decode(store, kind: Kind, kv):
-    """The object, or for a Secret this replica cannot open (SealError, logged once by the
-    sealer) a bare one with only its name and namespace."""
+def _decode(store, kind: Kind, kv) -> tuple[object, bool]:
+    """(the object, True), or for a Secret this replica cannot open (SealError, logged once
+    by the sealer) (a bare one with only its name and namespace, False)."""
     try:
-        return store.decode(kind, kv)
+        return store.decode(kind, kv), True
     except SealError:
         stub = kind.message()
         rest = kv.key.decode()[len(store.range_prefix(kind)):]
         ns, _, name = rest.rpartition("/")
         stub.metadata.name, stub.metadata.namespace = name, ns
         stub.metadata.resource_version = str(kv.mod_revision)
-        return stub
+        return stub, False
 
 
 async def _list_retrying(store, kind: Kind, namespace: str | None) -> tuple[list, int]:

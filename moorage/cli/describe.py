@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from moorage.cli import describeconfig
 from moorage.cli import printers as p
 from moorage.model import configs, deployments
 
@@ -122,10 +123,10 @@ def _probe(probe) -> str:
             f"#failure={probe.failure_threshold or 3}")
 
 
-def _containers(w: Writer, level: int, containers, statuses=None) -> None:
+def _containers(w: Writer, level: int, spec, statuses=None) -> None:
     by_name = {s.name: s for s in statuses or ()}
     w.line(level, "Containers:")
-    for c in containers:
+    for c in spec.containers:
         w.line(level + 1, f"{c.name}:")
         inner = level + 2
         w.field(inner, "Image", c.image)
@@ -150,7 +151,10 @@ def _containers(w: Writer, level: int, containers, statuses=None) -> None:
                              ("Startup", c.startup_probe)):
             if probe.ByteSize():
                 w.field(inner, label, _probe(probe))
-        w.mapping(inner, "Environment", {e.name: e.value for e in c.env})
+        if c.env_from:
+            w.multi(inner, "Environment Variables from", describeconfig.env_from(c))
+        w.mapping(inner, "Environment", describeconfig.environment(c))
+        w.multi(inner, "Mounts", describeconfig.mounts(c, spec))
 
 
 def _container_state(w: Writer, level: int, status) -> None:
@@ -158,6 +162,8 @@ def _container_state(w: Writer, level: int, status) -> None:
     w.field(level, "State", state)
     if status.reason:
         w.field(level + 1, "Reason", status.reason)
+    if status.message:
+        w.field(level + 1, "Message", status.message)
     if state == "Terminated":
         w.field(level + 1, "Exit Code", status.exit_code)
     if status.started_at:
@@ -203,8 +209,9 @@ def _pod(w: Writer, pod) -> None:
     if pod.status.scheduling_details:
         _scheduling(w, pod, scheduled)
     w.field(0, "IP", pod.status.pod_ip)
-    _containers(w, 0, pod.spec.containers, pod.status.container_statuses)
+    _containers(w, 0, pod.spec, pod.status.container_statuses)
     _conditions(w, pod.status.conditions, [("Type", "type"), ("Status", "status")])
+    describeconfig.volumes(w, pod.spec)
     w.multi(0, "Node-Selectors", _pairs(pod.spec.node_selector))
     tolerations = []
     for t in pod.spec.tolerations:
@@ -249,7 +256,7 @@ def _deployment(w: Writer, deploy) -> None:
     w.multi(1, "Labels", _pairs(spec.template.metadata.labels))
     if spec.template.metadata.annotations:
         w.multi(1, "Annotations", _pairs(spec.template.metadata.annotations))
-    _containers(w, 1, spec.template.spec.containers)
+    _containers(w, 1, spec.template.spec)
     _conditions(w, status.conditions,
                 [("Type", "type"), ("Status", "status"), ("Reason", "reason")])
 

@@ -334,6 +334,12 @@ def test_no_secret_value_in_logs_events_or_descriptions(cluster):
             texts[f"{agent.name} log"] = f.read()
     for where, text in texts.items():
         assert PASSWORD not in text and TOKEN not in text, where
+    described = texts["describe pod"]
+    for shown in ("DB_PASSWORD:", "<set to the key 'password' in secret 'db'>  Optional: false",
+                  "app-config  ConfigMap  Optional: false  Prefix: CFG_",
+                  "/run/creds from creds (ro)", '/etc/sub/ui from cfg (ro,path="ui")',
+                  "SecretName:", "Secret (a volume populated by a Secret)"):
+        assert shown in described, (shown, described)
 
 
 def deployment(name: str, node: str, annotations: dict | None = None) -> dict:
@@ -434,3 +440,44 @@ def test_a_replica_without_the_key_refuses_secrets_in_one_line(cluster, etcd_end
         said = [line for line in f if "cannot decrypt Secrets" in line]
     assert len(said) == 1, said
     shutil.rmtree(state, ignore_errors=True)
+
+
+COMPOSE = """
+services:
+  web:
+    image: busybox:test
+    command: ["sleep", "3600"]
+    configs:
+      - source: site
+        target: /etc/site.conf
+    secrets:
+      - db_pw
+configs:
+  site:
+    content: "listen 8080\\n"
+secrets:
+  db_pw:
+    environment: STACK_DB_PW
+"""
+
+
+def test_a_compose_stack_with_configs_and_secrets_runs(cluster, tmp_path):
+    moor, cp, _ = cluster
+    (tmp_path / "compose.yaml").write_text(COMPOSE)
+    env = cp.env(STACK_DB_PW=PASSWORD)
+    out = subprocess.run([sys.executable, "-m", "moorage.cli.main", "stack", "deploy", "-c",
+                          str(tmp_path / "compose.yaml"), "cfgstack"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert PASSWORD not in out.stdout + out.stderr
+
+    def web():
+        got = moor("get", "pods", "-n", "cfgstack", "-o", "json")
+        items = json.loads(got.stdout)["items"] if got.returncode == 0 else []
+        return [p["metadata"]["name"] for p in items if p["status"].get("phase") == "Running"]
+    (name,) = wait_until(web, 60, "the stack's web pod Running")
+    read = moor("exec", "-n", "cfgstack", name, "--", "sh", "-c",
+                "cat /etc/site.conf /run/secrets/db_pw; echo; stat -c %a /run/secrets/db_pw")
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.splitlines() == ["listen 8080", PASSWORD, "444"]
+    assert moor("stack", "rm", "cfgstack").returncode == 0
