@@ -10,12 +10,11 @@ invisible; hence certificate-less calls get their own listeners on the same grpc
 plaintext call so Join (which carries the token secret) is refused there.
 
 Rules: admin may do anything. A node may Get its own Node, the Pods bound to it and the
-ConfigMaps and Secrets those pods use, List Nodes
-(its own only) and Pods with `fieldSelector spec.nodeName=<itself>`, and Renew its own
-certificate; it writes its Node and its pods' status only through its Dispatcher session, which
-checks the same ownership. Anonymous callers may only GetCA and Join. Everything else is
-PERMISSION_DENIED (known caller) or UNAUTHENTICATED (no certificate), each with a one-line
-message.
+ConfigMaps and Secrets those pods use, List Nodes (its own only) and Pods with
+`fieldSelector spec.nodeName=<itself>`, and Renew its own certificate; it writes its Node and
+its pods' status only through its Dispatcher session, which checks the same ownership.
+Anonymous callers may only GetCA and Join. Everything else is PERMISSION_DENIED (known caller)
+or UNAUTHENTICATED (no certificate), each with a one-line message.
 """
 
 from __future__ import annotations

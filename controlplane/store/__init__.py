@@ -1,6 +1,6 @@
 """The one door to etcd: typed objects and their revisions, transactions with the leader
-guard, watches, raw records and leases, the store's health, the local etcd process, and an
-in-memory etcd for unit tests of controller shells."""
+guard, watches, raw records and leases, Secrets sealed at rest (sealing.py), the store's
+health, the local etcd process, and an in-memory etcd for unit tests of controller shells."""
 
 from controlplane.store.errors import (
     AlreadyExists,
