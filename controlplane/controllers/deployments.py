@@ -22,7 +22,8 @@ from controlplane.controllers.deployment import (
 )
 from controlplane.controllers.runner import DirtyKeys, Runner, Watch
 from controlplane.events import NORMAL, EventRecorder
-from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
+from controlplane.store import ABSENT, NotFound, NotLeader, Op, Store, StoreError
+from controlplane.store.sealing import SealError
 from moorage.model import configs, kinds
 from moorage.model.pods import graceful_delete, is_terminating
 from moorage.v1 import objects_pb2 as pb
@@ -170,6 +171,21 @@ class DeploymentController:
             hashlib.sha256(stamp.encode()).hexdigest()[:16]
         return out
 
+    async def _read_missing_configs(self, d: pb.Deployment) -> None:
+        """Reads from the store each ConfigMap or Secret `d` uses that the cache lacks: a
+        Deployment applied with its configs in one transaction may be seen before their watch
+        delivers them, and stamping "absent" first would roll its pods once for nothing."""
+        ns = d.metadata.namespace
+        for ref in configs.references(d.spec.template.spec):
+            key = (ref.kind, ns, ref.name)
+            if key in self.config_versions:
+                continue
+            try:
+                obj = await self.store.get(kinds.BY_NAME[ref.kind], ns, ref.name)
+            except (NotFound, SealError):
+                continue   # absent (or unreadable here): its pods wait for it
+            self.config_versions[key] = f"{obj.metadata.uid}/{obj.metadata.generation}"
+
     # ---- one pass for one Deployment ----
 
     def _suffixes(self):
@@ -189,6 +205,8 @@ class DeploymentController:
         # deployment.kubernetes.io/), so the stored object is the whole truth.
         d = pb.Deployment()
         d.CopyFrom(stored)
+        if restarts_on_change(d):
+            await self._read_missing_configs(d)
         plan = reconcile(self.effective(d), pods, self.clock(), self._suffixes())
         strays = [p for p in pods if not is_owned_by(p, d)]  # from an older same-named one
         updated = pb.Deployment()
