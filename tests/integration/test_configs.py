@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 
 import grpc
 import pytest
@@ -329,6 +330,9 @@ def test_no_secret_value_in_logs_events_or_descriptions(cluster):
              "get secrets": moor("get", "secrets").stdout}
     with open(os.path.join(cp.state_dir, "controlplane.log"), errors="replace") as f:
         texts["control plane log"] = f.read()
+    with urllib.request.urlopen(f"http://{cp.metrics}/metrics", timeout=10) as resp:
+        texts["control plane metrics"] = resp.read().decode()
+    assert "moorage_" in texts["control plane metrics"]
     for agent in agents:
         with open(agent.log_path, errors="replace") as f:
             texts[f"{agent.name} log"] = f.read()
