@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import yaml
 
 from moorage.manifest import composeconfigs, yamlload
+from moorage.manifest.composeproblems import NOT_SUPPORTED, Problems
 from moorage.model.network import NODE_PORT_RANGE
 
 STACK_LABEL = "moorage.io/stack"
 SERVICE_LABEL = "moorage.io/service"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-NOT_SUPPORTED = "not supported by Moorage"
 # Docker's healthcheck defaults.
 HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_RETRIES = 30, 30, 3
 
@@ -64,19 +64,6 @@ class Translation:
     notes: list[str] = field(default_factory=list)
     # `external: true` configs and secrets: the stack uses them but does not create them.
     external: list[composeconfigs.Defined] = field(default_factory=list)
-
-
-class _Problems:
-    def __init__(self, source: str):
-        self.source, self.items = source, []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(f"{self.source}: {path}: {message}")
-
-    def unsupported(self, path: str, allowed: set[str], mapping: Mapping) -> None:
-        for key in mapping:
-            if key not in allowed and not str(key).startswith("x-"):
-                self.add(f"{path}.{key}", NOT_SUPPORTED)
 
 
 def check_name(name: str, what: str) -> str | None:
@@ -138,7 +125,7 @@ class _Port:
     protocol: str
 
 
-def _ports(svc: Mapping, path: str, problems: _Problems) -> list[_Port]:
+def _ports(svc: Mapping, path: str, problems: Problems) -> list[_Port]:
     out: list[_Port] = []
     for i, item in enumerate(svc.get("ports") or []):
         where = f"{path}.ports[{i}]"
@@ -204,7 +191,7 @@ def _parse_port(item) -> _Port:
     return _Port(_port_number(parts[0]), None, _protocol(proto or "tcp"))
 
 
-def _argv(value, where: str, problems: _Problems) -> list[str] | None:
+def _argv(value, where: str, problems: Problems) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -220,7 +207,7 @@ def _argv(value, where: str, problems: _Problems) -> list[str] | None:
 
 
 def _environment(value, where: str, env: Mapping[str, str],
-                 problems: _Problems) -> list[dict]:
+                 problems: Problems) -> list[dict]:
     """List (`K=V`, or `K` taken from the deploying shell's environment, as Compose does) or
     map form; a value-less variable that is unset in the shell is left out."""
     pairs: list[tuple[str, str | None]] = []
@@ -251,7 +238,7 @@ def _scalar(v) -> str:
     return str(v)
 
 
-def _resources(deploy: Mapping, where: str, problems: _Problems) -> dict:
+def _resources(deploy: Mapping, where: str, problems: Problems) -> dict:
     res = deploy.get("resources") or {}
     problems.unsupported(where, {"limits", "reservations"}, res)
     out: dict = {}
@@ -271,7 +258,7 @@ def _resources(deploy: Mapping, where: str, problems: _Problems) -> dict:
     return out
 
 
-def _placement(deploy: Mapping, where: str, problems: _Problems) -> dict:
+def _placement(deploy: Mapping, where: str, problems: Problems) -> dict:
     """`node.labels.K == V` and `node.hostname == H` go to nodeSelector; `!=` to node
     affinity (NotIn)."""
     placement = deploy.get("placement") or {}
@@ -303,7 +290,7 @@ def _placement(deploy: Mapping, where: str, problems: _Problems) -> dict:
     return out
 
 
-def _healthcheck(hc: Mapping, where: str, problems: _Problems) -> dict:
+def _healthcheck(hc: Mapping, where: str, problems: Problems) -> dict:
     """Docker marks a container unhealthy after `retries` failed checks and Swarm replaces
     it: a liveness probe. Swarm routes to a task only once healthy: the same check as a
     readiness probe."""
@@ -344,7 +331,7 @@ def _healthcheck(hc: Mapping, where: str, problems: _Problems) -> dict:
 
 
 def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str],
-             files: composeconfigs.Catalog, problems: _Problems, notes: list[str]) -> list[dict]:
+             files: composeconfigs.Catalog, problems: Problems, notes: list[str]) -> list[dict]:
     path = f"services.{name}"
     if not isinstance(svc, Mapping):
         problems.add(path, "want a mapping")
@@ -411,7 +398,7 @@ def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str]
                                         problems)]
 
 
-def _deploy(svc, path: str, problems: _Problems) -> tuple[Mapping, int, str]:
+def _deploy(svc, path: str, problems: Problems) -> tuple[Mapping, int, str]:
     """The service's `deploy` section: (the section, replicas, endpoint mode)."""
     deploy = svc.get("deploy") or {}
     if not isinstance(deploy, Mapping):
@@ -431,7 +418,7 @@ def _deploy(svc, path: str, problems: _Problems) -> tuple[Mapping, int, str]:
 
 
 def _service_object(name: str, stack: str, pod_labels: dict, ports, endpoint_mode: str,
-                    path: str, problems: _Problems) -> dict:
+                    path: str, problems: Problems) -> dict:
     """The Service every Compose service gets, so the others reach it by name."""
     service_spec: dict = {"selector": pod_labels}
     if endpoint_mode == "dnsrr" or not ports:
@@ -463,7 +450,7 @@ def translate(text: str, stack: str, *, source: str = "compose.yaml",
               read: composeconfigs.Reader | None = None) -> Translation:
     """The stack's Namespace, ConfigMaps, Secrets, Deployments and Services; ComposeError
     listing every problem. `read` reads configs' and secrets' files (composeconfigs.Reader)."""
-    problems = _Problems(source)
+    problems = Problems(source)
     try:
         doc = yamlload.safe_load(text)
     except yamlload.TooComplex as err:

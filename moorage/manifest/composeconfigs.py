@@ -14,12 +14,9 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from moorage.manifest.composeproblems import Problems
 from moorage.model import configs
-
-if TYPE_CHECKING:
-    from moorage.manifest.compose import _Problems
 
 # Reads the file at a path (relative to the working directory or absolute); raises OSError.
 Reader = Callable[[str], bytes]
@@ -85,7 +82,7 @@ class Catalog:
 
 
 def catalog(doc: Mapping, stack: str, labels: Mapping[str, str], source: str,
-            env: Mapping[str, str] | None, read: Reader | None, problems: _Problems) -> Catalog:
+            env: Mapping[str, str] | None, read: Reader | None, problems: Problems) -> Catalog:
     """The top-level `configs` and `secrets`, as objects of namespace `stack` carrying
     `labels`. A `file` is relative to the Compose file's directory (that of `source`)."""
     out = Catalog()
@@ -122,7 +119,7 @@ def catalog(doc: Mapping, stack: str, labels: Mapping[str, str], source: str,
     return out
 
 
-def _definition(what: str, cname: str, spec, path: str, problems: _Problems) -> Defined:
+def _definition(what: str, cname: str, spec, path: str, problems: Problems) -> Defined:
     """The object a definition names, after checking its fields (not its content). After a
     problem it is a best guess, so that services referencing it are not reported too."""
     if not isinstance(spec, Mapping):
@@ -165,7 +162,7 @@ def _one_of(what: str) -> str:
 
 
 def _content(what: str, spec: Mapping, path: str, directory: str, env: Mapping[str, str],
-             read: Reader | None, problems: _Problems) -> bytes | None:
+             read: Reader | None, problems: Problems) -> bytes | None:
     """The bytes a definition holds, or None (and a problem) when they cannot be had."""
     if len([k for k in _SOURCES[what] if k in spec]) != 1:
         return None         # _definition has said so
@@ -229,7 +226,7 @@ class _Reference:
 
 
 def mounts(svc: Mapping, path: str, files: Catalog,
-           problems: _Problems) -> tuple[list[dict], list[dict]]:
+           problems: Problems) -> tuple[list[dict], list[dict]]:
     """A service's `configs` and `secrets`: the pod's volumes (one per object) and the
     container's volumeMounts, one file each by subPath, so that the files of one directory
     (/run/secrets) are siblings rather than mounts inside mounts."""
@@ -277,7 +274,7 @@ def annotations(mounts: list[dict]) -> dict:
     return {"annotations": {configs.RESTART_ON_CHANGE: "true"}} if mounts else {}
 
 
-def _reference(what: str, item, where: str, problems: _Problems) -> _Reference | None:
+def _reference(what: str, item, where: str, problems: Problems) -> _Reference | None:
     """A short (`- NAME`) or long (`{source, target, uid, gid, mode}`) reference."""
     if isinstance(item, str):
         item = {"source": item}
@@ -307,7 +304,7 @@ def _reference(what: str, item, where: str, problems: _Problems) -> _Reference |
     return _Reference(source, target, mode) if ok and target else None
 
 
-def _target(what: str, source: str, target, where: str, problems: _Problems) -> str | None:
+def _target(what: str, source: str, target, where: str, problems: Problems) -> str | None:
     """Swarm's rule: an absolute target as it is, a relative one (or the source's name, when
     there is none) under / for a config and /run/secrets for a secret."""
     field_ = f"{where}.target"
