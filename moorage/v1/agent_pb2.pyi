@@ -75,7 +75,7 @@ class StatsReport(_message.Message):
     def __init__(self, id: _Optional[str] = ..., node: _Optional[_Union[_api_pb2.NodeUsage, _Mapping]] = ..., pods: _Optional[_Iterable[_Union[_api_pb2.PodUsage, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_name", "labels", "capacity", "addresses", "node_info", "running_pod_uids")
+    __slots__ = ("node_name", "labels", "capacity", "addresses", "node_info", "running_pod_uids", "allowed_host_paths")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,13 +96,15 @@ class Hello(_message.Message):
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     NODE_INFO_FIELD_NUMBER: _ClassVar[int]
     RUNNING_POD_UIDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_HOST_PATHS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     labels: _containers.ScalarMap[str, str]
     capacity: _containers.ScalarMap[str, str]
     addresses: _containers.RepeatedCompositeFieldContainer[_objects_pb2.NodeAddress]
     node_info: _objects_pb2.NodeSystemInfo
     running_pod_uids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Mapping[str, str]] = ..., addresses: _Optional[_Iterable[_Union[_objects_pb2.NodeAddress, _Mapping]]] = ..., node_info: _Optional[_Union[_objects_pb2.NodeSystemInfo, _Mapping]] = ..., running_pod_uids: _Optional[_Iterable[str]] = ...) -> None: ...
+    allowed_host_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Mapping[str, str]] = ..., addresses: _Optional[_Iterable[_Union[_objects_pb2.NodeAddress, _Mapping]]] = ..., node_info: _Optional[_Union[_objects_pb2.NodeSystemInfo, _Mapping]] = ..., running_pod_uids: _Optional[_Iterable[str]] = ..., allowed_host_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()
@@ -121,7 +123,7 @@ class PodStatusReport(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., status: _Optional[_Union[_objects_pb2.PodStatus, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "pod_status", "stats", "net_check", "event", "pod_terminated")
+    __slots__ = ("hello", "heartbeat", "pod_status", "stats", "net_check", "event", "pod_terminated", "volumes")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     POD_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +131,7 @@ class AgentMessage(_message.Message):
     NET_CHECK_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     POD_TERMINATED_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     pod_status: PodStatusReport
@@ -136,7 +139,8 @@ class AgentMessage(_message.Message):
     net_check: NetCheckReport
     event: PodEvent
     pod_terminated: PodTerminated
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckReport, _Mapping]] = ..., event: _Optional[_Union[PodEvent, _Mapping]] = ..., pod_terminated: _Optional[_Union[PodTerminated, _Mapping]] = ...) -> None: ...
+    volumes: VolumeReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pod_status: _Optional[_Union[PodStatusReport, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckReport, _Mapping]] = ..., event: _Optional[_Union[PodEvent, _Mapping]] = ..., pod_terminated: _Optional[_Union[PodTerminated, _Mapping]] = ..., volumes: _Optional[_Union[VolumeReport, _Mapping]] = ...) -> None: ...
 
 class PodTerminated(_message.Message):
     __slots__ = ("namespace", "name", "uid")
@@ -213,7 +217,7 @@ class NetCheckReport(_message.Message):
     def __init__(self, id: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[_api_pb2.NetFinding, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DispatcherMessage(_message.Message):
-    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check", "services", "config")
+    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check", "services", "config", "volumes")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +226,7 @@ class DispatcherMessage(_message.Message):
     NET_CHECK_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     settings: SessionSettings
     assignments: Assignments
     open_stream: OpenStream
@@ -230,7 +235,8 @@ class DispatcherMessage(_message.Message):
     net_check: NetCheckRequest
     services: ServiceTable
     config: ConfigData
-    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ..., services: _Optional[_Union[ServiceTable, _Mapping]] = ..., config: _Optional[_Union[ConfigData, _Mapping]] = ...) -> None: ...
+    volumes: VolumeData
+    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ..., services: _Optional[_Union[ServiceTable, _Mapping]] = ..., config: _Optional[_Union[ConfigData, _Mapping]] = ..., volumes: _Optional[_Union[VolumeData, _Mapping]] = ...) -> None: ...
 
 class ConfigData(_message.Message):
     __slots__ = ("full", "config_maps", "secrets", "removed")
@@ -243,6 +249,46 @@ class ConfigData(_message.Message):
     secrets: _containers.RepeatedCompositeFieldContainer[_objects_pb2.Secret]
     removed: _containers.RepeatedCompositeFieldContainer[_objects_pb2.ObjectReference]
     def __init__(self, full: _Optional[bool] = ..., config_maps: _Optional[_Iterable[_Union[_objects_pb2.ConfigMap, _Mapping]]] = ..., secrets: _Optional[_Iterable[_Union[_objects_pb2.Secret, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[_objects_pb2.ObjectReference, _Mapping]]] = ...) -> None: ...
+
+class LocalVolume(_message.Message):
+    __slots__ = ("name", "claim_namespace", "claim_name", "capacity_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    claim_namespace: str
+    claim_name: str
+    capacity_bytes: int
+    def __init__(self, name: _Optional[str] = ..., claim_namespace: _Optional[str] = ..., claim_name: _Optional[str] = ..., capacity_bytes: _Optional[int] = ...) -> None: ...
+
+class VolumeData(_message.Message):
+    __slots__ = ("full", "volumes", "deleted")
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    volumes: _containers.RepeatedCompositeFieldContainer[LocalVolume]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, full: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[LocalVolume, _Mapping]]] = ..., deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VolumeUsage(_message.Message):
+    __slots__ = ("name", "used_bytes", "capacity_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    used_bytes: int
+    capacity_bytes: int
+    def __init__(self, name: _Optional[str] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ...) -> None: ...
+
+class VolumeReport(_message.Message):
+    __slots__ = ("usage", "deleted")
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[VolumeUsage]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, usage: _Optional[_Iterable[_Union[VolumeUsage, _Mapping]]] = ..., deleted: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PodEvent(_message.Message):
     __slots__ = ("namespace", "pod", "uid", "type", "reason", "message")
