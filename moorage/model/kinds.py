@@ -27,6 +27,14 @@ KINDS: tuple[Kind, ...] = (
     Kind("Event", "v1", "events", pb.Event, True, "event", ("ev",)),
     Kind("ConfigMap", "v1", "configmaps", pb.ConfigMap, True, "config_map", ("cm",)),
     Kind("Secret", "v1", "secrets", pb.Secret, True, "secret"),
+    Kind("PersistentVolumeClaim", "v1", "persistentvolumeclaims", pb.PersistentVolumeClaim, True,
+         "persistent_volume_claim", ("pvc",)),
+    Kind("PersistentVolume", "v1", "persistentvolumes", pb.PersistentVolume, False,
+         "persistent_volume", ("pv",)),
+    Kind("StorageClass", "storage.k8s.io/v1", "storageclasses", pb.StorageClass, False,
+         "storage_class", ("sc",)),
+    Kind("StatefulSet", "apps/v1", "statefulsets", pb.StatefulSet, True, "stateful_set",
+         ("sts",)),
 )
 
 BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}
