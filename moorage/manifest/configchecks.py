@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import posixpath
 
+from moorage.manifest import storagechecks
 from moorage.manifest.convert import describe, join
 from moorage.model import configs
 from moorage.model import names as naming
@@ -99,9 +100,11 @@ def volumes(spec, path: str, errs) -> dict[str, object]:
         if errs.required(f"{vp}.name", v.name, naming.dns1123_label) and v.name in out:
             errs.add(f"{vp}.name", f"{describe(v.name)}: duplicate volume name")
         out.setdefault(v.name, v)
-        sources = [s for s in ("config_map", "secret") if v.HasField(s)]
+        sources = [s for s in ("config_map", "secret", "empty_dir", "host_path",
+                               "persistent_volume_claim") if v.HasField(s)]
         if not sources:
-            errs.add(vp, "must specify a volume type (configMap or secret)")
+            errs.add(vp, "must specify a volume type (configMap, secret, emptyDir, hostPath "
+                         "or persistentVolumeClaim)")
         elif len(sources) > 1:
             errs.add(vp, "may not specify more than 1 volume type")
         if v.HasField("config_map"):
@@ -110,6 +113,9 @@ def volumes(spec, path: str, errs) -> dict[str, object]:
         if v.HasField("secret"):
             _projection(v.secret, v.secret.secret_name, f"{vp}.secret", "secretName",
                         "Secret", errs)
+        if v.HasField("persistent_volume_claim"):
+            storagechecks.claim_source(v.persistent_volume_claim,
+                                       f"{vp}.persistentVolumeClaim", errs)
     for i, ref in enumerate(spec.image_pull_secrets):
         _object_name(ref.name, f"{path}.imagePullSecrets[{i}].name", "Secret", errs)
     return out
