@@ -217,6 +217,22 @@ async def ensure_namespaces(store: Store) -> None:
             pass
 
 
+async def ensure_storage_class(store: Store) -> None:
+    """The built-in default class (`local`), made when absent (like the system namespaces);
+    an operator's changes to it are kept."""
+    from moorage.model import storage
+    from moorage.model.timestamps import now_rfc3339
+
+    sc = storage.default_class()
+    sc.metadata.creation_timestamp = now_rfc3339()
+    sc.metadata.uid = str(uuid.uuid4())
+    sc.metadata.generation = 1
+    try:
+        await store.create(sc)
+    except AlreadyExists:
+        pass
+
+
 async def _open_store(args: argparse.Namespace) -> tuple[Store, LocalEtcd | None]:
     """The store, on --etcd-endpoints or on a local etcd this process starts and owns."""
     sealer = _sealer(args)
@@ -362,6 +378,7 @@ async def serve(args: argparse.Namespace) -> int:
     store, etcd = await _open_store(args)
     try:
         await ensure_namespaces(store)
+        await ensure_storage_class(store)
         os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
         try:
             ca = await load_cluster_ca(store, args.state_dir)
