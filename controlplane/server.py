@@ -35,6 +35,7 @@ from controlplane.api.pods import PodsServicer
 from controlplane.controllers.deployments import DeploymentController
 from controlplane.controllers.namespace import NamespaceController
 from controlplane.controllers.nodes import EVICTION_SECONDS, STARTUP_GRACE_SECONDS, NodeLifecycle
+from controlplane.controllers.volumes import VolumeController
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.sessions import (
     HEARTBEAT_SECONDS,
@@ -306,6 +307,7 @@ def _leader_tasks(args, scheduler_config):
         if args.scheduler if args.controllers is None else args.controllers:
             out.append(DeploymentController(store).run())
             out.append(NamespaceController(store).run())
+            out.append(VolumeController(store).run())
         return out
     return tasks
 
@@ -325,6 +327,7 @@ def _background(args, store: Store, etcd, dispatcher, assignments,
              asyncio.create_task(dispatcher.peers.run()),
              asyncio.create_task(dispatcher.services.run()),
              asyncio.create_task(dispatcher.configs.run()),
+             asyncio.create_task(dispatcher.volumes.run()),
              asyncio.create_task(inventory.count_forever(store)),
              asyncio.create_task(probe_etcd(store))]
     if etcd is not None:

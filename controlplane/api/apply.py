@@ -207,6 +207,7 @@ def _admit_claim(claim, current, classes: dict, action: str) -> str:
     if current is None:
         default = storage.pick_default(classes.values())
         defaults.default_claim(claim, default.metadata.name if default else None)
+        claim.status.phase = storage.PENDING
     name = claim.spec.storage_class_name
     if claim.spec.HasField("storage_class_name") and name and name not in classes:
         raise Invalid("spec.storageClassName",
