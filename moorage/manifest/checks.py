@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from moorage.manifest import configchecks
+from moorage.manifest import configchecks, storagechecks
 from moorage.manifest.convert import FieldError, describe, join
 from moorage.model import images, quantities, selectors
 from moorage.model import names as naming
@@ -403,7 +403,10 @@ def _event(obj, errs: _Errors) -> None:
 
 _KIND_CHECKS = {"Pod": _pod, "Deployment": _deployment, "Service": _service, "Node": _node,
                 "Event": _event, "ConfigMap": configchecks.config_map,
-                "Secret": configchecks.secret}
+                "Secret": configchecks.secret,
+                "PersistentVolumeClaim": storagechecks.persistent_volume_claim,
+                "PersistentVolume": storagechecks.persistent_volume,
+                "StorageClass": storagechecks.storage_class}
 
 
 # ---- helpers ----

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import posixpath
 
+from moorage.manifest import storagechecks
 from moorage.manifest.convert import describe, join
 from moorage.model import configs, podvolumes, quantities
 from moorage.model import names as naming
@@ -116,8 +117,8 @@ def volumes(spec, path: str, errs) -> dict[str, object]:
         if v.HasField("host_path"):
             _host_path(v.host_path, f"{vp}.hostPath", errs)
         if v.HasField("persistent_volume_claim"):
-            errs.required(f"{vp}.persistentVolumeClaim.claimName",
-                          v.persistent_volume_claim.claim_name, naming.dns1123_subdomain)
+            storagechecks.claim_source(v.persistent_volume_claim,
+                                       f"{vp}.persistentVolumeClaim", errs)
     for i, ref in enumerate(spec.image_pull_secrets):
         _object_name(ref.name, f"{path}.imagePullSecrets[{i}].name", "Secret", errs)
     return out
