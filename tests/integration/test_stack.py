@@ -88,10 +88,10 @@ def test_stack_deploy_ls_ps_rm(moor, tmp_path):
 def test_unsupported_key_applies_nothing(moor, tmp_path):
     name = unique("stack")
     path = tmp_path / "compose.yaml"
-    path.write_text(COMPOSE + "    volumes: [/data]\n")
+    path.write_text(COMPOSE + "    cap_add: [NET_ADMIN]\n")
     out = moor("stack", "deploy", "-c", str(path), name)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"error: {path}: services.back.volumes: not supported by Moorage"
+    assert out.stderr.strip() == f"error: {path}: services.back.cap_add: not supported by Moorage"
     assert moor("get", "namespace", name).returncode != 0
 
 
