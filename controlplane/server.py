@@ -35,6 +35,7 @@ from controlplane.api.pods import PodsServicer
 from controlplane.controllers.deployments import DeploymentController
 from controlplane.controllers.namespace import NamespaceController
 from controlplane.controllers.nodes import EVICTION_SECONDS, STARTUP_GRACE_SECONDS, NodeLifecycle
+from controlplane.controllers.statefulsets import StatefulSetController
 from controlplane.controllers.volumes import VolumeController
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.sessions import (
@@ -306,6 +307,7 @@ def _leader_tasks(args, scheduler_config):
             out.append(Scheduler(store, scheduler_config).run())
         if args.scheduler if args.controllers is None else args.controllers:
             out.append(DeploymentController(store).run())
+            out.append(StatefulSetController(store).run())
             out.append(NamespaceController(store).run())
             out.append(VolumeController(store).run())
         return out

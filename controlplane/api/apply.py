@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from controlplane.allocators.serviceips import DEFAULT_SERVICE_CIDR, ServiceAllocator
 from controlplane.store import ABSENT, AlreadyExists, Conflict, Op, Store
-from moorage.manifest import Document, ManifestError, defaults, located, storagechecks
+from moorage.manifest import (
+    Document,
+    ManifestError,
+    defaults,
+    located,
+    statefulsetchecks,
+    storagechecks,
+)
 from moorage.manifest.convert import FieldError
 from moorage.model import kinds, storage
 from moorage.model.timestamps import now_rfc3339
@@ -30,6 +37,8 @@ CACHE_LIMIT = 50_000
 NAMESPACE = kinds.BY_NAME["Namespace"]
 CLAIM = kinds.BY_NAME["PersistentVolumeClaim"]
 STORAGE_CLASS = kinds.BY_NAME["StorageClass"]
+SERVICE = kinds.BY_NAME["Service"]
+STATEFULSET = kinds.BY_NAME["StatefulSet"]
 
 
 class Invalid(ValueError):
@@ -96,6 +105,7 @@ class Applier:
                     kv = found.get(key)
                     self._remember(key, kv.mod_revision if kv else 0, kv.value if kv else None)
         classes = await self._classes(docs)
+        await self._check_service_names(docs)
         for _ in range(MAX_ATTEMPTS):
             plans = self._plan(docs, keys, ns_keys, create_only, classes)
             leases = await self.services.allocate(plans)
@@ -143,6 +153,31 @@ class Applier:
                 if sc is not None and sc.metadata.resource_version:
                     out[self.store.key_of(sc)] = int(sc.metadata.resource_version)
         return out
+    async def _check_service_names(self, docs: list[Document]) -> None:
+        """A StatefulSet's serviceName must name a headless Service: one that exists (stored,
+        or in this request) with another clusterIP is refused. One that does not exist yet is
+        fine (the controller records a Warning Event until it does)."""
+        sets = [d for d in docs if kinds.kind_of(d.obj) is STATEFULSET]
+        if not sets:
+            return
+        in_request = {(d.obj.metadata.namespace, d.obj.metadata.name): d.obj for d in docs
+                      if kinds.kind_of(d.obj) is SERVICE}
+        wanted = {self.store.key(SERVICE, d.obj.metadata.namespace, d.obj.spec.service_name): d
+                  for d in sets if d.obj.spec.service_name}
+        found, _ = await self.store.get_many(list(wanted))
+        problems = []
+        for key, doc in wanted.items():
+            sts = doc.obj
+            svc = in_request.get((sts.metadata.namespace, sts.spec.service_name))
+            if svc is None and found.get(key) is not None:
+                svc = self.store.decode(SERVICE, found[key])
+            if svc is not None and svc.spec.cluster_ip != "None":
+                problems.append(located(doc.source, doc.index, FieldError(
+                    "spec.serviceName", f'service "{sts.spec.service_name}" is not headless '
+                    f"(its clusterIP is {svc.spec.cluster_ip or 'unset'}, not None): a "
+                    "StatefulSet's pods get their DNS names from a headless Service")))
+        if problems:
+            raise ManifestError(problems)
 
     def _current(self, kind, key: bytes):
         hit = self.cache.get(key)
@@ -289,8 +324,12 @@ def _preserve_owned_fields(new, current, raw: dict) -> None:
             new.metadata.annotations[key] = value
     kind = kinds.kind_of(new).name
     spec_raw = raw.get("spec") if isinstance(raw.get("spec"), dict) else {}
-    if kind == "Deployment" and "replicas" not in spec_raw:
+    if kind in ("Deployment", "StatefulSet") and "replicas" not in spec_raw:
         new.spec.replicas = current.spec.replicas
+    if kind == "StatefulSet":
+        problem = statefulsetchecks.update_problem(new, current)
+        if problem is not None:
+            raise Invalid(*problem)
     elif kind == "Pod":
         if not new.spec.node_name:
             new.spec.node_name = current.spec.node_name

@@ -42,6 +42,7 @@ from moorage.v1 import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+SCALABLE = ("Deployment", "StatefulSet")
 POD = kinds.BY_NAME["Pod"]
 SECRET = kinds.BY_NAME["Secret"]
 DELETE_ATTEMPTS = 5
@@ -252,8 +253,9 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
     async def Scale(self, request, context):
         await guard(context, "Scale", request, self.ca_cert)
         kind = _kind(request.kind)
-        if kind.name != "Deployment":
-            raise kinds.UnknownKind(f"{kind.plural} cannot be scaled; only deployments can")
+        if kind.name not in SCALABLE:
+            raise kinds.UnknownKind(f"{kind.plural} cannot be scaled; only deployments and "
+                                    "statefulsets can")
         if request.replicas < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"spec.replicas: must be 0 or more, not {request.replicas}")
@@ -262,7 +264,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         for _ in range(SCALE_ATTEMPTS):
             d = await self.store.get(kind, ns, request.name)
             rev = int(d.metadata.resource_version)
-            check_version("deployments.apps", request.name, expect, rev)
+            check_version(f"{kind.plural}.apps", request.name, expect, rev)
             if d.spec.HasField("replicas") and d.spec.replicas == request.replicas:
                 return kinds.wrap(d)
             d.spec.replicas = request.replicas
@@ -273,7 +275,8 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
                 continue   # a controller's status write came first: read again
             self.applier.cache.pop(self.store.key_of(d), None)
             return kinds.wrap(updated)
-        raise Conflict(f'deployment "{request.name}" kept changing while scaling it; try again')
+        raise Conflict(f'{kind.name.lower()} "{request.name}" kept changing while scaling it; '
+                       "try again")
 
     async def _delete_pod(self, namespace: str, name: str, expect: int | None,
                           grace: int | None):

@@ -1,14 +1,17 @@
 """Node lifecycle: a node whose lease expired goes NotReady; its pods are deleted after a grace.
 
 Deleting them lets their Deployments make replacements, which the scheduler puts elsewhere;
-when the agent comes back, its next full assignment no longer has them, so it stops them. For
+when the agent comes back, its next full assignment no longer has them, so it stops them.
+A StatefulSet's pods are the exception: they stay in the store (so no second pod of their
+ordinal is made) until the node is deleted (`moor delete node`: the agent is confirmed gone)
+or the operator force-deletes the pod. For
 a while after the control plane starts nothing is evicted, since agents are still reconnecting.
 These deletions are immediate, Terminating pods included: no agent is there to confirm a
 graceful one. Pods bound to a node that no longer exists are removed the same way (as
 Kubernetes' pod garbage collector does).
 
-`decide` and `orphans` are pure (the clock is an argument); `NodeLifecycle` reads nodes, node
-leases and pods, calls them, and writes what they say, on the shared runner.
+`decide`, `to_evict` and `orphans` are pure (the clock is an argument); `NodeLifecycle` reads
+nodes, node leases and pods, calls them, and writes what they say, on the shared runner.
 """
 
 from __future__ import annotations
@@ -94,6 +97,22 @@ def decide(nodes: Sequence[pb.Node], leases: set[str], since: Mapping[str, float
     return actions, down
 
 
+def is_stateful(pod: pb.Pod) -> bool:
+    return any(ref.controller and ref.kind == "StatefulSet"
+               for ref in pod.metadata.owner_references)
+
+
+def to_evict(pods: Iterable[pb.Pod], node: str) -> tuple[list[pb.Pod], list[pb.Pod]]:
+    """The pods on a NotReady `node` to delete, and the StatefulSet pods kept there: their
+    ordinal may still be running on the unreachable node, so it must not be made again."""
+    evict, kept = [], []
+    for pod in pods:
+        if pod.spec.node_name != node or pod.status.phase in TERMINAL_PHASES:
+            continue
+        (kept if is_stateful(pod) else evict).append(pod)
+    return evict, kept
+
+
 def orphans(pods: Iterable[pb.Pod], nodes: set[str], since: Mapping[str, float], now: float,
             grace: float) -> tuple[list[pb.Pod], dict[str, float]]:
     """Pods bound to a node that has not existed for `grace` seconds, and since when each pod
@@ -126,6 +145,8 @@ class NodeLifecycle:
         # Pods bound to a node that does not exist, and since when (monotonic).
         self.orphaned_since: dict[str, float] = {}
         self.checks = 0
+        # StatefulSet pods on NotReady nodes already told about (by uid).
+        self.kept_warned: set[str] = set()
         self.events = EventRecorder(store, "node-lifecycle-controller")
         self.runner = Runner(self.step, store, period=period)
 
@@ -188,12 +209,19 @@ class NodeLifecycle:
 
     async def _evict(self, name: str) -> None:
         pods, _ = await self.store.list(POD)
-        for pod in pods:
-            if pod.spec.node_name != name or pod.status.phase in TERMINAL_PHASES:
-                continue
+        evict, kept = to_evict(pods, name)
+        for pod in evict:
             if await self._remove(pod, "NodeNotReady", f"node {name} is NotReady"):
                 log.warning("evicted %s/%s from NotReady node %s", pod.metadata.namespace,
                             pod.metadata.name, name)
+        for pod in kept:
+            if pod.metadata.uid in self.kept_warned:
+                continue
+            self.kept_warned.add(pod.metadata.uid)
+            await self.events.record(pod, WARNING, "NodeNotReady", (
+                f"node {name} is NotReady; a StatefulSet pod is not replaced until the node "
+                f"is deleted (moor delete node {name}) or the pod is force-deleted (moor "
+                f"delete pod {pod.metadata.name} --force --grace-period 0)"))
 
     async def _remove(self, pod: pb.Pod, reason: str, why: str) -> bool:
         ok, _, _ = await self.store.commit([

@@ -141,5 +141,5 @@ class ServiceIndex:
 
 def _endpoint_view(pod: pb.Pod) -> tuple:
     return (dict(pod.metadata.labels), pod_is_ready(pod), pod.status.pod_ip,
-            pod.spec.node_name, pod.spec.hostname,
+            pod.spec.node_name, pod.spec.hostname, pod.spec.subdomain,
             tuple(cp.SerializeToString() for c in pod.spec.containers for cp in c.ports))

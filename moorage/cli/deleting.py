@@ -15,8 +15,11 @@ from moorage.cli.commands import (
 from moorage.cli.errors import CliError
 
 # kubectl's flags: --grace-period 0 only with --force (else it becomes 1), --now is 1.
-IMMEDIATE_WARNING = ("warning: immediate deletion does not wait for the node to confirm that "
-                     "the containers stopped; they are killed when the node hears of it")
+# kubectl's wording. A StatefulSet makes the pod's ordinal again at once, so this is also the
+# operator's override of "at most one pod per ordinal" for a node that cannot confirm.
+IMMEDIATE_WARNING = ("Warning: Immediate deletion does not wait for confirmation that the "
+                     "running resource has been terminated. The resource may continue to run "
+                     "on the cluster indefinitely.")
 WAIT_POLL_SECONDS = 0.25
 WAIT_MARGIN_SECONDS = 60.0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from moorage.manifest import configchecks, storagechecks
+from moorage.manifest import configchecks, statefulsetchecks, storagechecks
 from moorage.manifest.convert import FieldError, describe, join
 from moorage.model import images, quantities, selectors
 from moorage.model import names as naming
@@ -84,12 +84,17 @@ def _labels(labels, path: str, errs: _Errors) -> None:
 
 # ---- pods ----
 
-def _pod_spec(spec, path: str, errs: _Errors, *, in_template: bool) -> None:
+def _pod_spec(spec, path: str, errs: _Errors, *, in_template: bool,
+              owner: str = "a Deployment", claim_volumes: dict | None = None) -> None:
+    """`claim_volumes`: volumes a controller adds to every pod (a StatefulSet's claim
+    templates, by name), which mounts may name too."""
     if not spec.containers:
         errs.add(f"{path}.containers", "at least one container is required")
     names: set[str] = set()
     host_ports: set[tuple[int, str]] = set()
     vols = configchecks.volumes(spec, path, errs)
+    for name, vol in (claim_volumes or {}).items():
+        vols.setdefault(name, vol)
     for i, c in enumerate(spec.containers):
         _container(c, f"{path}.containers[{i}]", names, host_ports, errs)
         configchecks.mounts(c, f"{path}.containers[{i}]", vols, errs)
@@ -98,7 +103,7 @@ def _pod_spec(spec, path: str, errs: _Errors, *, in_template: bool) -> None:
         errs.add(f"{path}.restartPolicy", _one_of(spec.restart_policy, RESTART_POLICIES))
     if in_template and spec.restart_policy not in ("", "Always"):
         errs.add(f"{path}.restartPolicy",
-                 f'{describe(spec.restart_policy)}: a Deployment\'s pods must use "Always"')
+                 f'{describe(spec.restart_policy)}: {owner}\'s pods must use "Always"')
     _labels(spec.node_selector, f"{path}.nodeSelector", errs)
     if spec.node_name:
         reason = naming.dns1123_subdomain(spec.node_name)
@@ -266,10 +271,8 @@ def _pod(obj, errs: _Errors) -> None:
 
 # ---- deployments ----
 
-def _deployment(obj, errs: _Errors) -> None:
-    spec = obj.spec
-    if spec.HasField("replicas") and not 0 <= spec.replicas <= MAX_REPLICAS:
-        errs.add("spec.replicas", f"{spec.replicas} is not in 0-{MAX_REPLICAS}")
+def _selector_and_template(spec, errs: _Errors) -> None:
+    """A workload's selector is required and must select its template's labels."""
     if not spec.HasField("selector") or not (spec.selector.match_labels or
                                              spec.selector.match_expressions):
         errs.add("spec.selector", "is required (matchLabels or matchExpressions)")
@@ -289,6 +292,14 @@ def _deployment(obj, errs: _Errors) -> None:
                          f"spec.selector {describe(selectors.format_selector(reqs))}")
         except selectors.SelectorError:
             pass  # reported above
+
+
+def _deployment(obj, errs: _Errors) -> None:
+    spec = obj.spec
+    if spec.HasField("replicas") and not 0 <= spec.replicas <= MAX_REPLICAS:
+        errs.add("spec.replicas", f"{spec.replicas} is not in 0-{MAX_REPLICAS}")
+    _selector_and_template(spec, errs)
+    tmpl = spec.template
     _pod_spec(tmpl.spec, "spec.template.spec", errs, in_template=True)
     st = spec.strategy
     if st.type and st.type not in ("RollingUpdate", "Recreate"):
@@ -406,7 +417,8 @@ _KIND_CHECKS = {"Pod": _pod, "Deployment": _deployment, "Service": _service, "No
                 "Secret": configchecks.secret,
                 "PersistentVolumeClaim": storagechecks.persistent_volume_claim,
                 "PersistentVolume": storagechecks.persistent_volume,
-                "StorageClass": storagechecks.storage_class}
+                "StorageClass": storagechecks.storage_class,
+                "StatefulSet": statefulsetchecks.stateful_set}
 
 
 # ---- helpers ----

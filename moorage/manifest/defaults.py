@@ -4,6 +4,7 @@ Always, 25% surge, probe timings...), so stored objects read back as they would 
 from __future__ import annotations
 
 from moorage.model import images, storage
+from moorage.model import statefulsets as sts
 from moorage.model.configs import OPAQUE
 from moorage.model.deployments import (
     DEFAULT_HISTORY_LIMIT,
@@ -39,6 +40,8 @@ def default(obj) -> None:
         if not spec.HasField("progress_deadline_seconds"):
             spec.progress_deadline_seconds = DEFAULT_PROGRESS_DEADLINE_SECONDS
         _default_pod_spec(spec.template.spec)
+    elif kind == "StatefulSet":
+        _default_stateful_set(obj.spec)
     elif kind == "Service":
         if not obj.spec.type:
             obj.spec.type = "ClusterIP"
@@ -66,6 +69,27 @@ def default(obj) -> None:
         for key, value in obj.string_data.items():
             obj.data[key] = value.encode()
         obj.ClearField("string_data")
+
+
+def _default_stateful_set(spec) -> None:
+    if not spec.HasField("replicas"):
+        spec.replicas = 1
+    spec.pod_management_policy = spec.pod_management_policy or sts.ORDERED_READY
+    st = spec.update_strategy
+    st.type = st.type or sts.ROLLING_UPDATE
+    if st.type == sts.ROLLING_UPDATE and not st.rolling_update.HasField("partition"):
+        st.rolling_update.partition = 0
+    if not spec.HasField("revision_history_limit"):
+        spec.revision_history_limit = sts.DEFAULT_HISTORY_LIMIT
+    policy = spec.persistent_volume_claim_retention_policy
+    policy.when_deleted = policy.when_deleted or sts.RETAIN
+    policy.when_scaled = policy.when_scaled or sts.RETAIN
+    for claim in spec.volume_claim_templates:
+        claim.api_version = claim.api_version or "v1"
+        claim.kind = claim.kind or "PersistentVolumeClaim"
+        claim.spec.volume_mode = claim.spec.volume_mode or "Filesystem"
+        claim.status.phase = claim.status.phase or "Pending"
+    _default_pod_spec(spec.template.spec)
 
 
 def _default_pod_spec(spec) -> None:

@@ -39,6 +39,15 @@ def target_port(port: pb.ServicePort, pod: pb.Pod) -> int:
     return 0
 
 
+def dns_hostname(service: pb.Service, pod: pb.Pod) -> str:
+    """The pod's own name under the service (`<hostname>.<service>.<ns>.svc`), or "" for
+    none: Kubernetes' rule, the pod names a hostname and the service as its subdomain."""
+    if pod.spec.hostname and pod.spec.subdomain == service.metadata.name and \
+            pod.metadata.namespace == service.metadata.namespace:
+        return pod.spec.hostname
+    return ""
+
+
 def service_entry(service: pb.Service, pods: Iterable[pb.Pod]) -> agent_pb2.ServiceEntry:
     """The service as agents see it: its ports and its ready endpoints, sorted by pod name."""
     spec = service.spec
@@ -53,6 +62,6 @@ def service_entry(service: pb.Service, pods: Iterable[pb.Pod]) -> agent_pb2.Serv
     for pod in ready:
         entry.endpoints.add(ip=pod.status.pod_ip, node=pod.spec.node_name,
                             pod=pod.metadata.name,
-                            hostname=pod.spec.hostname or pod.metadata.name,
+                            hostname=dns_hostname(service, pod),
                             ports=[target_port(p, pod) for p in spec.ports])
     return entry

@@ -150,7 +150,6 @@ def new_volume(claim: pb.PersistentVolumeClaim, sc: pb.StorageClass, node: str,
     ref.kind, ref.namespace, ref.name, ref.uid = (
         "PersistentVolumeClaim", claim.metadata.namespace, claim.metadata.name,
         claim.metadata.uid)
-    ref.api_version = "v1"
     term = pv.spec.node_affinity.required.node_selector_terms.add()
     term.match_expressions.add(key=HOSTNAME_LABEL, operator="In", values=[node])
     pv.spec.local.path = local_volume_path(name)

@@ -264,7 +264,7 @@ def test_force_delete_removes_at_once_and_the_node_kills_the_container(cluster):
              "the forced pod's container")
     out = moor("delete", "pod", "forced", "--force", "--grace-period", "0")
     assert out.returncode == 0, out.stderr
-    assert "immediate deletion" in out.stderr
+    assert "Immediate deletion does not wait" in out.stderr
     assert moor("get", "pod", "forced").returncode != 0     # gone from the API at once
     wait_for(lambda: not any(i.status.state == "running" for i in runtime.list()), 10,
              "the container to be killed")

@@ -14,6 +14,7 @@ from controlplane.controllers.nodes import (
     decide,
     is_ready,
     orphans,
+    to_evict,
 )
 from controlplane.dispatcher.sessions import lease_key
 from controlplane.store import Store
@@ -68,6 +69,28 @@ def test_orphans_wait_the_grace_and_forget_what_is_gone():
     assert orphans([], {"n1"}, seen, 20.0, 4.0) == ([], {})
 
 
+def stateful(name: str, node_name: str) -> pb.Pod:
+    p = pod(name, node_name)
+    p.status.phase = "Running"
+    p.metadata.owner_references.add(kind="StatefulSet", name="db", controller=True)
+    return p
+
+
+def test_statefulset_pods_are_kept_on_a_notready_node():
+    web, db = pod("web", "n1"), stateful("db-0", "n1")
+    web.status.phase = "Running"
+    elsewhere, done = pod("other", "n2"), pod("done", "n1")
+    done.status.phase = "Succeeded"
+    evict, kept = to_evict([web, db, elsewhere, done], "n1")
+    assert [p.metadata.name for p in evict] == ["web"]
+    assert [p.metadata.name for p in kept] == ["db-0"]
+
+
+def test_statefulset_pods_go_once_their_node_is_deleted():
+    gone, _ = orphans([stateful("db-0", "n9")], {"n1"}, {"default/db-0": 0.0}, 10.0, 4.0)
+    assert [p.metadata.name for p in gone] == ["db-0"]
+
+
 def test_the_shell_on_the_in_memory_etcd():
     async def go():
         store = Store(MemoryEtcd(), prefix="/t")
@@ -81,6 +104,7 @@ def test_the_shell_on_the_in_memory_etcd():
         p = pod("web", "gone")
         p.status.phase = "Running"
         await store.create(p)
+        await store.create(stateful("db-0", "gone"))
         await lifecycle.check()
         NODE, POD = kinds.BY_NAME["Node"], kinds.BY_NAME["Pod"]
         assert not is_ready(await store.get(NODE, "", "gone"))
@@ -89,5 +113,6 @@ def test_the_shell_on_the_in_memory_etcd():
         clock[0] += 4
         await lifecycle.check()
         pods, _ = await store.list(POD)
-        assert pods == []                      # evicted from the NotReady node
+        # Evicted from the NotReady node, but for the StatefulSet's pod.
+        assert [p.metadata.name for p in pods] == ["db-0"]
     run(go())

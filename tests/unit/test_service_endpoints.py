@@ -61,6 +61,20 @@ def test_endpoints_are_ready_selected_pods_of_the_namespace_sorted_by_name():
     assert entry.cluster_ip == "10.96.0.10" and entry.ports[0].port == 80
 
 
+@pytest.mark.parametrize("hostname, subdomain, want", [
+    pytest.param("web-1", "web", "web-1", id="hostname-and-subdomain"),
+    pytest.param("web-1", "other", "", id="subdomain-of-another-service"),
+    pytest.param("", "web", "", id="no-hostname"),
+    pytest.param("web-1", "", "", id="no-subdomain"),
+])
+def test_a_pod_has_its_own_name_only_under_the_service_it_names(hostname, subdomain, want):
+    pod = make_pod()
+    pod.spec.hostname, pod.spec.subdomain = hostname, subdomain
+    svc = make_service()
+    svc.spec.cluster_ip = "None"
+    assert [e.hostname for e in service_entry(svc, [pod]).endpoints] == [want]
+
+
 def test_selectorless_service_has_no_endpoints():
     assert not service_entry(make_service(selector={}), [make_pod()]).endpoints
 
