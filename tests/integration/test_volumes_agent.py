@@ -118,7 +118,10 @@ def test_records_survive_agent_kill_and_pod_deletion_and_go_with_the_claim(clust
     started = container(moor, "moortest-db")["startedAt"]
     agent.kill()
     agent.start()
-    assert sh(moor, "moortest-db", "wc -l < /db/log").split() == [str(RECORDS)]
+    count = wait_until(lambda: (out := moor("exec", "moortest-db", "--", "sh", "-c",
+                                            "wc -l < /db/log")).returncode == 0 and out.stdout,
+                       60, "exec once the agent is back")
+    assert count.split() == [str(RECORDS)]
     st = container(moor, "moortest-db")
     assert st["startedAt"] == started and st.get("restartCount", 0) == 0
 
