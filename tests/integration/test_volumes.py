@@ -317,7 +317,9 @@ def test_sub_path_sub_path_expr_read_only_and_nested_mounts(node):
     pod = make_pod(("c", "echo a > /data/logs/l && echo b > /mine/m && "
                          "(echo x > /ro/nope 2>&1 || echo refused) && ls /data", mts),
                    vols=[vol, data])
-    pod.spec.containers[0].env.add(name="POD_NAME", value="web-0")
+    pod.metadata.name = "web-0"   # through the downward API, as a StatefulSet's pods do
+    pod.spec.containers[0].env.add(name="POD_NAME", value_from=pb.EnvVarSource(
+        field_ref=pb.ObjectFieldSelector(field_path="metadata.name")))
     w = node.worker(pod)
     out = run_to_end(node, w)["c"]
     assert "Read-only file system" in out and "refused" in out, out

@@ -248,3 +248,34 @@ def test_hello_says_local_storage_and_allowed_host_paths(tmp_path):
     fill_hello(msg.hello, str(tmp_path), ("/srv",))
     assert int(msg.hello.capacity[LOCAL_STORAGE]) > 0
     assert list(msg.hello.allowed_host_paths) == ["/srv"]
+
+
+@pytest.mark.parametrize("path, want", [
+    ("metadata.name", "web-0"), ("metadata.namespace", "db"), ("metadata.uid", "u-1"),
+    ("spec.nodeName", "node-1"), ("status.podIP", "10.244.1.5"),
+    ("metadata.labels['app']", "pg"), ("metadata.annotations['a/b']", "x"),
+    ("metadata.labels['none']", ""),
+])
+def test_downward_api_field_values(path, want):
+    pod = pb.Pod()
+    pod.metadata.name, pod.metadata.namespace, pod.metadata.uid = "web-0", "db", "u-1"
+    pod.metadata.labels["app"] = "pg"
+    pod.metadata.annotations["a/b"] = "x"
+    pod.spec.node_name = "node-1"
+    assert podvolumes.field_path_problem(path) == ""
+    assert podvolumes.field_value(pod, path, "10.244.1.5") == want
+
+
+def test_field_ref_checks_and_resolution():
+    text = pod_text("{name: v, emptyDir: {}}").replace(
+        "    volumeMounts:", "    env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: "
+        "metadata.name}}}, {name: BAD, valueFrom: {fieldRef: {fieldPath: spec.bogus}}}]\n"
+        "    volumeMounts:")
+    found = errors(text)
+    assert any('env[1].valueFrom.fieldRef.fieldPath: Unsupported value: "spec.bogus": '
+               'supported values: "metadata.name"' in p for p in found), found
+    pod = parse([("f.yaml", text.replace("spec.bogus", "metadata.uid"))])[0].obj
+    pod.metadata.uid = "u-9"
+    from nodeagent.pods import configenv
+    got = configenv.resolve(pod.spec.containers[0], "default", lambda k, n: None, pod)
+    assert got.values == {"POD_NAME": ("p", False), "BAD": ("u-9", False)}
