@@ -226,6 +226,8 @@ class PodVolumes:
                 if source:
                     self.paths[v.name] = os.path.join(self.dir, v.name)
                 continue
+            if v.name in self.paths:
+                continue   # set up once per worker: a pass then reads no mount table
             try:
                 self.paths[v.name] = self._ensure(v, source)
             except VolumeProblem as err:
