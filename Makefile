@@ -47,8 +47,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 # The benchmarks' peers: Docker Swarm (Debian's docker.io), runc, node_exporter (metrics scrape
-# cost); tests need none of them.
-BENCH_APT_PACKAGES := docker.io iperf3 prometheus-node-exporter
+# cost), fio (volume I/O against the host directory); tests need none of them.
+BENCH_APT_PACKAGES := docker.io iperf3 prometheus-node-exporter fio
 
 bench: install
 	@missing=""; for p in $(BENCH_APT_PACKAGES); do \

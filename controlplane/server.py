@@ -36,6 +36,7 @@ from controlplane.controllers.deployments import DeploymentController
 from controlplane.controllers.namespace import NamespaceController
 from controlplane.controllers.nodes import EVICTION_SECONDS, STARTUP_GRACE_SECONDS, NodeLifecycle
 from controlplane.controllers.statefulsets import StatefulSetController
+from controlplane.controllers.volumes import VolumeController
 from controlplane.dispatcher.assignments import AssignmentIndex
 from controlplane.dispatcher.sessions import (
     HEARTBEAT_SECONDS,
@@ -218,6 +219,22 @@ async def ensure_namespaces(store: Store) -> None:
             pass
 
 
+async def ensure_storage_class(store: Store) -> None:
+    """The built-in default class (`local`), made when absent (like the system namespaces);
+    an operator's changes to it are kept."""
+    from moorage.model import storage
+    from moorage.model.timestamps import now_rfc3339
+
+    sc = storage.default_class()
+    sc.metadata.creation_timestamp = now_rfc3339()
+    sc.metadata.uid = str(uuid.uuid4())
+    sc.metadata.generation = 1
+    try:
+        await store.create(sc)
+    except AlreadyExists:
+        pass
+
+
 async def _open_store(args: argparse.Namespace) -> tuple[Store, LocalEtcd | None]:
     """The store, on --etcd-endpoints or on a local etcd this process starts and owns."""
     sealer = _sealer(args)
@@ -292,6 +309,7 @@ def _leader_tasks(args, scheduler_config):
             out.append(DeploymentController(store).run())
             out.append(StatefulSetController(store).run())
             out.append(NamespaceController(store).run())
+            out.append(VolumeController(store).run())
         return out
     return tasks
 
@@ -311,6 +329,7 @@ def _background(args, store: Store, etcd, dispatcher, assignments,
              asyncio.create_task(dispatcher.peers.run()),
              asyncio.create_task(dispatcher.services.run()),
              asyncio.create_task(dispatcher.configs.run()),
+             asyncio.create_task(dispatcher.volumes.run()),
              asyncio.create_task(inventory.count_forever(store)),
              asyncio.create_task(probe_etcd(store))]
     if etcd is not None:
@@ -364,6 +383,7 @@ async def serve(args: argparse.Namespace) -> int:
     store, etcd = await _open_store(args)
     try:
         await ensure_namespaces(store)
+        await ensure_storage_class(store)
         os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
         try:
             ca = await load_cluster_ca(store, args.state_dir)

@@ -22,6 +22,7 @@ from nodeagent.daemon import (
     TOKEN_ENV,
     AgentError,
     Node,
+    host_policy,
     registry_config,
     run,
     run_joined,
@@ -111,6 +112,7 @@ def cmd_reset(node: Node, args) -> int:
     from nodeagent.pods import sandbox, volumes
     from nodeagent.runtime.cgroups import remove_parent
     from nodeagent.runtime.syscalls import LibcSyscalls
+    from nodeagent.storage.localvolumes import unmount_all
 
     count = len(node.runtime.list())
     node.runtime.remove_all()
@@ -123,6 +125,9 @@ def cmd_reset(node: Node, args) -> int:
         print(f"removed pod netns {ns}")
     for uid in volumes.remove_all(LibcSyscalls(), node.volumes_root):
         print(f"removed the volumes of pod {uid}")
+    # Persistent volumes keep their data: only their mounts and loop devices go.
+    for point in unmount_all(LibcSyscalls(), node.local_volumes_root):
+        print(f"unmounted local volume {point}")
     return 0
 
 
@@ -185,6 +190,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     metavar="HOST:PORT", help="serve Prometheus /metrics here (default "
                     f"{metrics.DEFAULT_METRICS_LISTEN}, the kubelet's read-only port; '' "
                     "disables)")
+    sp.add_argument("--allowed-host-paths", default="", metavar="DIR,...",
+                    help="host directories pods may mount as hostPath volumes, "
+                    "comma-separated (default: none; the state dir, /proc, /sys and / are "
+                    "always refused)")
     registry_flags(sp)
     sp = sub.add_parser("pull", help="pull an image, showing progress")
     sp.add_argument("image")
@@ -253,7 +262,8 @@ def main(argv=None) -> None:
                     metrics.serve(args.metrics_listen, metrics.AgentCollector(
                         node.runtime, source, args.node_name or socket.gethostname().lower(),
                         node.state_dir))
-                run(node, source, registry, stop, netns_prefix=args.netns_prefix, wake=wake)
+                run(node, source, registry, stop, netns_prefix=args.netns_prefix, wake=wake,
+                    host_paths=host_policy(node, args))
             sys.exit(0)
         if args.command == "import":
             for image in import_archive(node.images, args.path):

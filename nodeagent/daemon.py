@@ -25,6 +25,7 @@ from nodeagent.pods import sandbox
 from nodeagent.pods.configstore import ConfigStore
 from nodeagent.pods.manager import STATIC_SOURCE_ANNOTATION, PodManager, Wakeup
 from nodeagent.pods.prober import EventFn, Prober
+from nodeagent.pods.volumes import HostPolicy
 from nodeagent.pods.worker import UID_CHARS, PodWorker, parse_container_id
 from nodeagent.runtime.images.registry import RegistryConfig, RegistryError
 from nodeagent.runtime.images.store import Store
@@ -41,6 +42,9 @@ from nodeagent.session.identity import (
 )
 from nodeagent.session.reporting import StatusReporter
 from nodeagent.session.stream import Session
+from nodeagent.storage import hostpath
+from nodeagent.storage.localvolumes import LocalVolumes
+from nodeagent.storage.reporting import StorageLoop, fill_hello
 from nodeagent.streams.server import StreamServer
 
 log = logging.getLogger("moorage.agent")
@@ -76,8 +80,20 @@ class Node:
         self.state_dir = state_dir
         self.images = Store(os.path.join(state_dir, "images"))
         self.runtime = Runtime(os.path.join(state_dir, "containers"), cgroup_root=cgroup_root)
-        # Each pod's configMap and secret volumes, on a tmpfs of the pod's own.
+        # Each pod's configMap and secret volumes, on a tmpfs of the pod's own (its other
+        # volumes beside it, see pods/volumes.py disk_root_for).
         self.volumes_root = os.path.join(state_dir, "volumes")
+        # The local persistent volumes bound to this node (storage/localvolumes.py).
+        self.local_volumes_root = os.path.join(state_dir, "local-volumes")
+
+
+def host_policy(node: Node, args) -> HostPolicy:
+    """--allowed-host-paths, checked."""
+    try:
+        allowed = hostpath.parse_allowed(getattr(args, "allowed_host_paths", "") or "")
+    except ValueError as err:
+        raise AgentError(str(err)) from None
+    return HostPolicy(allowed, os.path.abspath(node.state_dir))
 
 
 def static_pods(directory: str) -> dict[str, pb.Pod]:
@@ -116,7 +132,8 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
         event: EventFn | None = None,
         confirm: Callable[[pb.Pod], None] | None = None,
         removal_grace: Callable[[pb.Pod], int | None] = lambda pod: None,
-        configs: ConfigStore | None = None) -> None:
+        configs: ConfigStore | None = None, host_paths: HostPolicy | None = None,
+        local_volumes: LocalVolumes | None = None) -> None:
     """Keeps the pods `desired()` returns (keyed by uid) running until `stop` is set.
 
     `report` gets each pod's status after every sync, `removed` each pod once torn down,
@@ -125,7 +142,8 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
     without a graceful deletion gets (None: its own grace). `wake` (set along with `stop`)
     ends the wait between passes early, e.g. when assignments arrive or a probe's verdict
     changes; `event` records pod Events (Session.event); `configs` holds the ConfigMaps and
-    Secrets the pods use. Pods run side by side (nodeagent/pods/manager.py).
+    Secrets the pods use; `host_paths` what hostPath volumes may mount; `local_volumes` the
+    node's persistent volumes. Pods run side by side (nodeagent/pods/manager.py).
     """
     wake = wake or Wakeup()
     prober = Prober(node.runtime, wake=wake.poke, event=event)
@@ -136,7 +154,9 @@ def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: Registry
     def make_worker(pod: pb.Pod) -> PodWorker:
         return PodWorker(pod, node.runtime, node.images, registry, netns_prefix=netns_prefix,
                          network=network, prober=prober, event=event, sandboxes=sandboxes,
-                         configs=configs, volumes_root=node.volumes_root)
+                         configs=configs, volumes_root=node.volumes_root,
+                         host_paths=host_paths or HostPolicy(state_dir=node.state_dir),
+                         local_volumes=local_volumes)
 
     manager = PodManager(make_worker, wake, report=report, removed=removed, confirm=confirm,
                          removal_grace=removal_grace)
@@ -251,6 +271,19 @@ def _take_config(configs: ConfigStore, msg, session: Session, wake: Wakeup) -> N
             wake.poke(uid)
 
 
+def _take_volumes(volumes: LocalVolumes, msg, session: Session, wake: Wakeup,
+                  loop: StorageLoop) -> None:
+    """Keeps the local volumes the session sent; the pods using a changed claim get a pass
+    now (a container waiting for its claim starts), and the storage loop acts on it."""
+    changed = volumes.apply(msg)
+    loop.kick()
+    for uid, pod in list(session.desired.items()):
+        ns = pod.metadata.namespace
+        if any(v.HasField("persistent_volume_claim") and
+               (ns, v.persistent_volume_claim.claim_name) in changed for v in pod.spec.volumes):
+            wake.poke(uid)
+
+
 def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event,
                wake: Wakeup) -> None:
     """Runs a Session in a thread of its own (asyncio) while this thread syncs pods."""
@@ -274,11 +307,18 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
     network = _network(node, args, session, facts, wake, stop)
     configs = ConfigStore()
     session.on_config = lambda msg: _take_config(configs, msg, session, wake)
+    host_paths = host_policy(node, args)
+    local_volumes = LocalVolumes(node.local_volumes_root, LibcSyscalls())
+    storage = StorageLoop(local_volumes, session.volume_report, lambda: session.generation)
+    session.on_volumes = lambda msg: _take_volumes(local_volumes, msg, session, wake, storage)
+    session.on_hello = lambda hello: fill_hello(hello, node.state_dir, host_paths.allowed)
+    storage.start(stop)
     reporter = StatusReporter(session, facts.internal_ip)
     static = static_source(args.pod_manifests) if args.pod_manifests else dict
     if args.metrics_listen:
         metrics.serve(args.metrics_listen, metrics.AgentCollector(
-            node.runtime, lambda: {**static(), **session.desired}, node_name, node.state_dir))
+            node.runtime, lambda: {**static(), **session.desired}, node_name, node.state_dir,
+            volumes=local_volumes))
 
     def removed(pod: pb.Pod) -> None:
         reporter.forget(pod.metadata.uid)
@@ -303,7 +343,8 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
         run(node, lambda: {**static(), **session.desired}, registry, stop,
             netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake,
             event=session.event, network=network, confirm=session.pod_terminated,
-            removal_grace=lambda pod: None if is_static(pod) else 0, configs=configs)
+            removal_grace=lambda pod: None if is_static(pod) else 0, configs=configs,
+            host_paths=host_paths, local_volumes=local_volumes)
     finally:
         loop.call_soon_threadsafe(astop.set)
         thread.join(5)

@@ -14,9 +14,16 @@ from dataclasses import dataclass
 
 from controlplane.allocators.serviceips import DEFAULT_SERVICE_CIDR, ServiceAllocator
 from controlplane.store import ABSENT, AlreadyExists, Conflict, Op, Store
-from moorage.manifest import Document, ManifestError, located, statefulsetchecks
+from moorage.manifest import (
+    Document,
+    ManifestError,
+    defaults,
+    located,
+    statefulsetchecks,
+    storagechecks,
+)
 from moorage.manifest.convert import FieldError
-from moorage.model import kinds
+from moorage.model import kinds, storage
 from moorage.model.timestamps import now_rfc3339
 from moorage.v1 import objects_pb2 as pb
 
@@ -28,6 +35,8 @@ MAX_ATTEMPTS = 5
 CACHE_LIMIT = 50_000
 
 NAMESPACE = kinds.BY_NAME["Namespace"]
+CLAIM = kinds.BY_NAME["PersistentVolumeClaim"]
+STORAGE_CLASS = kinds.BY_NAME["StorageClass"]
 SERVICE = kinds.BY_NAME["Service"]
 STATEFULSET = kinds.BY_NAME["StatefulSet"]
 
@@ -95,15 +104,21 @@ class Applier:
                 for key in missing:
                     kv = found.get(key)
                     self._remember(key, kv.mod_revision if kv else 0, kv.value if kv else None)
+        classes = await self._classes(docs)
         await self._check_service_names(docs)
         for _ in range(MAX_ATTEMPTS):
-            plans = self._plan(docs, keys, ns_keys, create_only)
+            plans = self._plan(docs, keys, ns_keys, create_only, classes)
             leases = await self.services.allocate(plans)
             if dry_run:
                 return plans, 0
             ops = [Op(p.key, p.obj, p.expect, guard_only=p.action == "unchanged") for p in plans]
             ops += leases
             ops += [Op(k, None, self.cache[k][0], guard_only=True) for k in ns_keys]
+            # The classes the claims use must still be there as they were read.
+            in_request = set(keys)
+            ops += [Op(k, None, rev, guard_only=True)
+                    for k, rev in self._class_guards(plans, classes).items()
+                    if k not in in_request]
             ok, revision, current = await self.store.commit(ops)
             if ok:
                 for p in plans:
@@ -119,6 +134,25 @@ class Applier:
                                kv.value if kv else None)
         raise Conflict("the objects kept changing while applying; try again")
 
+    async def _classes(self, docs: list[Document]) -> dict[str, object] | None:
+        """The StorageClasses the request's claims may use (stored, then the request's own);
+        None when the request holds no claim."""
+        if not any(kinds.kind_of(d.obj) is CLAIM for d in docs):
+            return None
+        stored, _ = await self.store.list(STORAGE_CLASS)
+        out = {sc.metadata.name: sc for sc in stored}
+        out.update({d.obj.metadata.name: d.obj for d in docs
+                    if kinds.kind_of(d.obj) is STORAGE_CLASS})
+        return out
+
+    def _class_guards(self, plans: list[Planned], classes) -> dict[bytes, int]:
+        out = {}
+        for p in plans:
+            if kinds.kind_of(p.obj) is CLAIM and p.action != "unchanged":
+                sc = (classes or {}).get(p.obj.spec.storage_class_name)
+                if sc is not None and sc.metadata.resource_version:
+                    out[self.store.key_of(sc)] = int(sc.metadata.resource_version)
+        return out
     async def _check_service_names(self, docs: list[Document]) -> None:
         """A StatefulSet's serviceName must name a headless Service: one that exists (stored,
         or in this request) with another clusterIP is refused. One that does not exist yet is
@@ -160,7 +194,7 @@ class Applier:
         return out
 
     def _plan(self, docs: list[Document], keys: list[bytes], ns_keys: list[bytes],
-              create_only: bool = False) -> list[Planned]:
+              create_only: bool = False, classes=None) -> list[Planned]:
         problems = []
         for key in ns_keys:
             if key not in self.cache:
@@ -183,6 +217,8 @@ class Applier:
                                     "exists")
             try:
                 obj, action = merge(doc, current)
+                if kind is CLAIM:
+                    action = _admit_claim(obj, current, classes or {}, action)
             except Invalid as err:
                 problems.append(located(doc.source, doc.index, err.error))
                 continue
@@ -198,6 +234,24 @@ class Applier:
         if problems:
             raise ManifestError(problems)
         return plans
+
+
+def _admit_claim(claim, current, classes: dict, action: str) -> str:
+    """The default class written into a new claim that names none, the class checked to
+    exist, and Kubernetes' rules for changing a stored claim."""
+    if current is None:
+        default = storage.pick_default(classes.values())
+        defaults.default_claim(claim, default.metadata.name if default else None)
+        claim.status.phase = storage.PENDING
+    name = claim.spec.storage_class_name
+    if claim.spec.HasField("storage_class_name") and name and name not in classes:
+        raise Invalid("spec.storageClassName",
+                      f'storageclass.storage.k8s.io "{name}" not found')
+    if current is not None:
+        err = storagechecks.claim_update(claim, current, classes.get(name))
+        if err is not None:
+            raise Invalid(err.path, err.message)
+    return action
 
 
 def _resource(kind: kinds.Kind) -> str:
@@ -292,6 +346,28 @@ def _preserve_owned_fields(new, current, raw: dict) -> None:
         new.spec.pod_cidr = current.spec.pod_cidr
     elif kind in ("ConfigMap", "Secret"):
         _check_config_update(new, current)
+    elif kind == "PersistentVolumeClaim":
+        # What the cluster wrote: the class admission chose, the volume it bound to.
+        if not new.spec.HasField("storage_class_name") and \
+                current.spec.HasField("storage_class_name"):
+            new.spec.storage_class_name = current.spec.storage_class_name
+        new.spec.volume_name = new.spec.volume_name or current.spec.volume_name
+    elif kind == "PersistentVolume":
+        if not new.spec.HasField("claim_ref"):
+            new.spec.claim_ref.CopyFrom(current.spec.claim_ref)
+        err = storagechecks.volume_update(new, current)
+        if err is not None:
+            raise Invalid(err.path, err.message)
+    elif kind == "StorageClass":
+        err = storagechecks.class_update(new, current)
+        if err is not None:
+            raise Invalid(err.path, err.message)
+    meta_raw = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    if "finalizers" not in meta_raw:
+        # Finalizers belong to whoever put them there; a manifest that does not list them
+        # leaves them alone.
+        del new.metadata.finalizers[:]
+        new.metadata.finalizers.extend(current.metadata.finalizers)
 
 
 _FROZEN = "field is immutable when `immutable` is set"

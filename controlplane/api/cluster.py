@@ -244,7 +244,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
 
             obj = await delete_node(self.store, request.name, expect)
         else:
-            obj = await self.store.delete(kind, ns, request.name, expect)
+            obj = await self._delete_finalized(kind, ns, request.name, expect)
         self.applier.cache.pop(self.store.key_of(obj), None)
         return api_pb2.DeleteResponse(object=kinds.wrap(obj))
 
@@ -296,6 +296,26 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
             except Conflict:
                 continue   # the agent reported a status meanwhile: read it again
         raise Conflict(f'pod "{name}" kept changing while deleting it; try again')
+
+    async def _delete_finalized(self, kind: kinds.Kind, namespace: str, name: str,
+                                expect: int | None):
+        """An object with metadata.finalizers is only marked (deletionTimestamp) and stays
+        until whoever put them there removes the last one; one without goes at once."""
+        for _ in range(DELETE_ATTEMPTS):
+            obj = await self.store.get(kind, namespace, name)
+            rev = int(obj.metadata.resource_version)
+            check_version(kind.plural, name, expect, rev)
+            try:
+                if not obj.metadata.finalizers:
+                    return await self.store.delete(kind, namespace, name, rev)
+                if obj.metadata.deletion_timestamp:
+                    return obj
+                obj.metadata.deletion_timestamp = rfc3339(time.time())
+                return await self.store.update(obj, rev)
+            except (Conflict, NotFound):
+                continue   # changed or gone meanwhile: read it again
+        raise Conflict(f'{kind.name.lower()} "{name}" kept changing while deleting it; '
+                       "try again")
 
     async def _delete_namespace(self, name: str, expect: int | None):
         """Deletes everything in a namespace but its pods in one Txn; the namespace itself goes

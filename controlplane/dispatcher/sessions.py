@@ -20,11 +20,12 @@ from controlplane.dispatcher.assignments import AssignmentIndex, Change
 from controlplane.dispatcher.configs import ConfigIndex, Key, SessionConfigs, split
 from controlplane.dispatcher.peers import PeerIndex
 from controlplane.dispatcher.servicetable import ServiceIndex
+from controlplane.dispatcher.volumes import SessionVolumes, VolumeIndex, VolumeReports
 from controlplane.events import EventRecorder
 from controlplane.ha import replicas
 from controlplane.identity.auth import peer_identity
 from controlplane.store import Conflict, NotFound, Store, StoreError
-from moorage.model import kinds, names
+from moorage.model import kinds, names, storage
 from moorage.model.network import DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI
 from moorage.model.timestamps import now_rfc3339
 from moorage.v1 import agent_pb2, agent_pb2_grpc
@@ -91,6 +92,11 @@ def node_from_hello(hello: agent_pb2.Hello, current: pb.Node | None,
     del node.status.addresses[:]
     node.status.addresses.extend(hello.addresses)
     node.status.node_info.CopyFrom(hello.node_info)
+    if hello.allowed_host_paths:
+        node.metadata.annotations[storage.ALLOWED_HOST_PATHS_ANNOTATION] = ",".join(
+            hello.allowed_host_paths)
+    else:
+        node.metadata.annotations.pop(storage.ALLOWED_HOST_PATHS_ANNOTATION, None)
     set_condition(node.status.conditions, "Ready", "True", "AgentReady",
                   "the agent is connected and heartbeating", now)
     return node
@@ -119,6 +125,11 @@ def merge_pod_status(pod: pb.Pod, reported: pb.PodStatus) -> pb.PodStatus:
 
 # No item held back (None and False mean something on a session's queue).
 NOTHING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class VolumesChanged:
+    """On a session's queue: a volume of its node was made, changed or removed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +185,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.peers = PeerIndex(store, self.broadcast)
         self.services = ServiceIndex(store, self.broadcast_services)
         self.configs = ConfigIndex(store, self._config_changed)
+        self.volumes = VolumeIndex(store, self._volumes_changed)
+        self.volume_reports = VolumeReports(store, self.events)
         # This replica's advertised API address (controlplane/ha/replicas.py); "" for none.
         self.replica_address = ""
 
@@ -191,6 +204,11 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         # Each session decides whether its node uses the object (SessionConfigs.concerns).
         for queue in list(self.sessions.values()):
             queue.put_nowait(ConfigChanged(key))
+
+    def _volumes_changed(self, node: str) -> None:
+        queue = self.sessions.get(node)
+        if queue is not None:
+            queue.put_nowait(VolumesChanged())
 
     def send(self, node: str, msg: agent_pb2.DispatcherMessage) -> bool:
         """Queues `msg` on the node's open session; False when the node has none here."""
@@ -323,6 +341,11 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                     await self._pod_event(name, msg.event)
                 elif kind == "pod_terminated":
                     await self._pod_terminated(name, msg.pod_terminated)
+                elif kind == "volumes":
+                    try:
+                        await self.volume_reports.handle(name, self.volumes, msg.volumes)
+                    except StoreError as err:   # the next report tries again
+                        log.warning("node %s's volume report: %s", name, err)
                 elif kind in ("stats", "net_check") and self.streams is not None:
                     self.streams.answer(name, getattr(msg, kind))
         finally:
@@ -372,6 +395,11 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             sent = SessionConfigs(self.configs)
             for part in split(sent.additions(pods, full=True)):
                 yield agent_pb2.DispatcherMessage(config=part)
+            await self.volumes.synced.wait()
+            volumes = SessionVolumes(self.volumes, name)
+            if self.volumes.missing(name, pods):
+                await self.volumes.refresh()
+            yield agent_pb2.DispatcherMessage(volumes=volumes.update(full=True))
             yield agent_pb2.DispatcherMessage(assignments=agent_pb2.Assignments(
                 full=True, pods=pods))
             held = NOTHING
@@ -382,6 +410,11 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                     break
                 if isinstance(change, agent_pb2.DispatcherMessage):   # from send()
                     yield change
+                    continue
+                if isinstance(change, VolumesChanged):
+                    update = volumes.update()
+                    if update is not None:
+                        yield agent_pb2.DispatcherMessage(volumes=update)
                     continue
                 if isinstance(change, ConfigChanged):
                     here = self.index.pods_on(name)
@@ -396,6 +429,12 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
                     # hundred pods is one Assignments, not a hundred).
                     change, held = coalesce(change, queue)
                     msg = agent_pb2.Assignments(pods=change.pods, removed_uids=change.removed)
+                # The volumes its pods use reach the node before they do.
+                if self.volumes.missing(name, msg.pods):
+                    await self.volumes.refresh()
+                update = volumes.update()
+                if update is not None:
+                    yield agent_pb2.DispatcherMessage(volumes=update)
                 for out in self._with_configs(msg, sent, self.index.pods_on(name)):
                     yield out
         finally:

@@ -9,8 +9,10 @@ node at once ("assumed"), before the watch confirms it, so the next batch sees i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from controlplane.controllers.runner import Runner, Watch
@@ -26,8 +28,9 @@ from controlplane.scheduler.core import batch_order, schedule_batch
 from controlplane.scheduler.model import NodeInfo, PodInfo
 from controlplane.scheduler.objects import node_info, pod_info
 from controlplane.scheduler.outcome import Placement, Unschedulable
-from controlplane.store import NotLeader, Op, Store, StoreError
-from moorage.model import kinds
+from controlplane.scheduler.volumes import claim_key, needs, storage_used
+from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
+from moorage.model import kinds, storage
 from moorage.model.pods import TERMINAL_PHASES
 from moorage.model.timestamps import now_rfc3339
 from moorage.v1 import objects_pb2 as pb
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 
 POD = kinds.BY_NAME["Pod"]
 NODE = kinds.BY_NAME["Node"]
+CLAIM = kinds.BY_NAME["PersistentVolumeClaim"]
+VOLUME = kinds.BY_NAME["PersistentVolume"]
+STORAGE_CLASS = kinds.BY_NAME["StorageClass"]
 BATCH_SIZE = 1000
 INITIAL_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
@@ -57,6 +63,10 @@ class Queued:
 
 def _key(obj) -> str:
     return f"{obj.metadata.namespace}/{obj.metadata.name}"
+
+
+def _name(obj) -> str:
+    return obj.metadata.name
 
 
 def _set_condition(pod: pb.Pod, status: str, reason: str, message: str, now: str) -> None:
@@ -85,17 +95,73 @@ class Scheduler:
         self.pod_node: dict[str, str] = {}
         self.queue: dict[str, Queued] = {}
         self.seen_rv: dict[str, int] = {}
+        # Storage: claims by namespace/name, volumes and classes by name, and the claims of
+        # every bound (or assumed) pod that has any.
+        self.claims: dict[str, pb.PersistentVolumeClaim] = {}
+        self.volumes: dict[str, pb.PersistentVolume] = {}
+        self.classes: dict[str, pb.StorageClass] = {}
+        self.pod_claims: dict[str, tuple[str, ...]] = {}
         self.start = 0
         self.bindings = 0
         self.conflicts = 0
         self.runner = Runner(self.step, store, [
             Watch(POD, self._replace_pods, self.on_pod, self.on_pod_deleted),
-            Watch(NODE, self._resync_nodes, self.on_node, self.on_node_deleted)])
+            Watch(NODE, self._resync_nodes, self.on_node, self.on_node_deleted),
+            Watch(CLAIM, self._storage_resync(self.claims, _key), self._storage_put(
+                self.claims, _key), self._storage_delete(self.claims, _key)),
+            Watch(VOLUME, self._storage_resync(self.volumes, _name),
+                  self._storage_put(self.volumes, _name),
+                  self._storage_delete(self.volumes, _name)),
+            Watch(STORAGE_CLASS, self._storage_resync(self.classes, _name),
+                  self._storage_put(self.classes, _name),
+                  self._storage_delete(self.classes, _name))])
         self.synced = self.runner.synced
 
     # ---- cache maintenance (from the watches) ----
 
+    # ---- storage caches ----
+
+    def _storage_resync(self, cache: dict, key_of):
+        def resync(items) -> None:
+            cache.clear()
+            cache.update((key_of(o), o) for o in items)
+            self._cluster_changed()
+        return resync
+
+    def _storage_put(self, cache: dict, key_of):
+        def put(obj) -> None:
+            old = cache.get(key_of(obj))
+            # Our own binding may be cached already, newer than this event.
+            if old is None or int(obj.metadata.resource_version or 0) >= \
+                    int(old.metadata.resource_version or 0):
+                cache[key_of(obj)] = obj
+            self._cluster_changed()
+        return put
+
+    def _storage_delete(self, cache: dict, key_of):
+        def delete(obj) -> None:
+            cache.pop(key_of(obj), None)
+            self._cluster_changed()
+        return delete
+
+    def claim_users(self, key: str) -> list[str]:
+        """The bound (or assumed) pods that use claim `key`, sorted."""
+        return sorted(p for p, claims in self.pod_claims.items() if key in claims)
+
+    def _hold_claims(self, pod: pb.Pod) -> None:
+        names = storage.claim_names(pod.spec)
+        if names:
+            self.pod_claims[_key(pod)] = tuple(claim_key(pod.metadata.namespace, n)
+                                               for n in names)
+
+    def _with_volumes(self, q: Queued) -> PodInfo:
+        if not q.pod.spec.volumes:
+            return q.info
+        return dataclasses.replace(q.info, volumes=needs(
+            q.pod, self.claims, self.volumes, self.classes, self.claim_users))
+
     def _forget(self, key: str) -> bool:
+        self.pod_claims.pop(key, None)
         node = self.pod_node.pop(key, None)
         if node is not None:
             self.bound.get(node, {}).pop(key, None)
@@ -112,6 +178,7 @@ class Scheduler:
             if pod.spec.node_name and pod.status.phase not in TERMINAL_PHASES:
                 self.pod_node[key] = pod.spec.node_name
                 self.bound.setdefault(pod.spec.node_name, {})[key] = pod_info(pod)
+                self._hold_claims(pod)
             elif freed:
                 self._cluster_changed()
             return
@@ -151,6 +218,7 @@ class Scheduler:
         self.queue.clear()
         self.bound.clear()
         self.pod_node.clear()
+        self.pod_claims.clear()
         self.seen_rv.clear()
         for pod in pods:
             self.on_pod(pod)
@@ -159,6 +227,7 @@ class Scheduler:
 
     def snapshot(self) -> list[NodeInfo]:
         infos = []
+        used = storage_used(self.volumes) if self.volumes else {}
         for name in sorted(self.nodes):
             node = self.nodes[name]
             cached = self._node_base.get(name)
@@ -171,14 +240,35 @@ class Scheduler:
             for p in pods:
                 requested = requested + p.requests
             infos.append(NodeInfo(base.name, base.labels, base.ready, base.unschedulable,
-                                  base.taints, base.allocatable, requested, pods))
+                                  base.taints, base.allocatable, requested, pods,
+                                  base.local_storage_free - used.get(name, 0),
+                                  base.allowed_host_paths))
         return infos
 
     def due(self) -> list[Queued]:
+        """The next batch. Pods sharing a claim go in different batches, and so do pods
+        whose claims bind with them: each decision then sees the claims and free storage the
+        earlier one left (the engine caches volume verdicts for a whole batch)."""
         now = self.clock()
         ready = [q for q in self.queue.values() if q.next_try <= now]
         ready.sort(key=lambda q: batch_order(q.info))
-        return ready[: self.batch_size]
+        out: list[Queued] = []
+        taken: set[str] = set()
+        binding = False
+        for q in ready:
+            if len(out) >= self.batch_size:
+                break
+            q.info = self._with_volumes(q)
+            vol = q.info.volumes
+            if vol is not None:
+                mine = {claim_key(q.pod.metadata.namespace, n)
+                        for n in storage.claim_names(q.pod.spec)}
+                if mine & taken or (vol.unbound and binding):
+                    continue
+                taken |= mine
+                binding = binding or bool(vol.unbound)
+            out.append(q)
+        return out
 
     async def schedule_once(self) -> int:
         """Decides and binds one batch of due pods; returns how many were decided."""
@@ -202,6 +292,7 @@ class Scheduler:
                 del self.queue[key]
                 self.pod_node[key] = decision.node
                 self.bound.setdefault(decision.node, {})[key] = decision.pod
+                self._hold_claims(q.pod)
                 writes.append(self._bind(q, decision))
             else:
                 q.attempts += 1
@@ -227,11 +318,24 @@ class Scheduler:
         pod.status.ClearField("scheduling_details")
         _set_condition(pod, "True", "", "", now_rfc3339())
         ops = [Op(self.store.key_of(pod), pod, int(q.pod.metadata.resource_version))]
+        provisioned = self._provision(placement)
+        if provisioned is None:
+            # A claim or its class went away since the decision: decide again.
+            self._unassume(q, INITIAL_BACKOFF_SECONDS)
+            return
         try:
+            for pv, claim, expect in provisioned:
+                ops.append(Op(self.store.key_of(pv), pv, ABSENT))
+                ops.append(Op(self.store.key_of(claim), claim, expect))
             if self.events:
                 ops.append(await self.events.op(
                     pod, NORMAL, "Scheduled",
                     f"Successfully assigned {_key(pod)} to {placement.node}"))
+                for pv, claim, _ in provisioned:
+                    ops.append(await self.events.op(
+                        claim, NORMAL, "ProvisioningSucceeded",
+                        f"Successfully provisioned volume {pv.metadata.name} on "
+                        f"{placement.node}"))
             ok, revision, current = await self.store.commit(ops)
         except NotLeader:
             raise  # deposed: the run loop must end, the new leader takes over
@@ -244,6 +348,10 @@ class Scheduler:
             return
         if ok:
             self.seen_rv[_key(pod)] = max(self.seen_rv.get(_key(pod), 0), revision)
+            for pv, claim, _ in provisioned:
+                pv.metadata.resource_version = claim.metadata.resource_version = str(revision)
+                self.volumes[pv.metadata.name] = pv
+                self.claims[_key(claim)] = claim
             self.bindings += 1
             SCHEDULE_ATTEMPTS.labels("scheduled").inc()
             self._observe_attempt("scheduled")
@@ -252,8 +360,29 @@ class Scheduler:
         SCHEDULE_ATTEMPTS.labels("conflict").inc()
         self._observe_attempt("conflict")
         self.conflicts += 1
+        for _, claim, _ in provisioned:
+            kv = current.get(self.store.key_of(claim))
+            if kv is not None:   # changed meanwhile (a finalizer, a resize): take it
+                self.claims[_key(claim)] = self.store.decode(CLAIM, kv)
         self._unassume(q)
         self._refresh(q, current.get(ops[0].key))
+
+    def _provision(self, placement: Placement) -> list[tuple[
+            pb.PersistentVolume, pb.PersistentVolumeClaim, int]] | None:
+        """For each claim that binds with this pod: its new PV on the chosen node and the
+        claim Bound to it (with the claim's revision to compare); None when one cannot be."""
+        vol = placement.pod.volumes
+        out = []
+        for key in vol.unbound if vol is not None else ():
+            claim = self.claims.get(key)
+            sc = self.classes.get(storage.class_name(claim, self.classes)) if claim else None
+            if claim is None or sc is None or claim.spec.volume_name:
+                return None
+            pv = storage.new_volume(claim, sc, placement.node, now_rfc3339())
+            pv.metadata.uid = str(uuid.uuid4())
+            out.append((pv, storage.bind_claim(claim, pv, sc.metadata.name),
+                        int(claim.metadata.resource_version)))
+        return out
 
     def _unassume(self, q: Queued, delay: float = 0.0) -> None:
         key = _key(q.pod)

@@ -2,9 +2,11 @@
 
 Pure: filters never mutate their inputs. `FILTERS` fixes the order, and a node that fails is
 reported under the first filter it fails. The `STATIC_FILTERS` read only the pod's placement
-constraints (node selector, required node affinity, tolerations) and the node's fixed facts
-(ready, cordoned, labels, taints), never its pods; the batch engine relies on that to cache
-their verdicts per pod shape.
+constraints (node selector, required node affinity, tolerations, volumes) and the node's fixed
+facts (ready, cordoned, labels, taints, local storage, allowed host paths), never its pods; the
+batch engine relies on that to cache their verdicts per pod shape (a pod with volumes is checked
+on every node: its shape holds its claims). The shell puts at most one pod that binds new
+claims in a batch, so a node's free storage cannot change under a cached verdict.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from controlplane.scheduler.model import (
     PodInfo,
 )
 from controlplane.scheduler.units import format_cpu, format_memory
+from moorage.model.storage import path_allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +222,40 @@ def satisfies_pod_anti_affinity(
     return None
 
 
+VOLUME_NODE_CONFLICT = "node(s) had volume node affinity conflict"
+NOT_ENOUGH_STORAGE = "node(s) did not have enough free storage"
+HOST_PATH_NOT_ALLOWED = "node(s) didn't allow the pod's hostPath volumes"
+
+
+def volumes_fit(pod: PodInfo, node: NodeInfo, ctx: FilterContext | None = None) -> Reason | None:
+    """A bound claim's pods go only to its volume's node; a claim that binds with this pod
+    needs room on the node; a hostPath must be under the node's allowed prefixes."""
+    needs = pod.volumes
+    if needs is None:
+        return None
+    if needs.blocked is not None:
+        return Reason(*needs.blocked)
+    for claim, where in needs.pinned:
+        if where != node.name:
+            return Reason(VOLUME_NODE_CONFLICT, f"volume {claim} is on {where}")
+    if needs.new_bytes and needs.new_bytes > node.local_storage_free:
+        free = max(node.local_storage_free, 0)
+        return Reason(NOT_ENOUGH_STORAGE, f"needs {format_memory(needs.new_bytes)} local "
+                                          f"storage, {format_memory(free)} free")
+    for path in needs.host_paths:
+        if not path_allowed(path, node.allowed_host_paths):
+            allowed = ", ".join(node.allowed_host_paths) or "none"
+            return Reason(HOST_PATH_NOT_ALLOWED,
+                          f"hostPath {path} is not allowed here (allowed: {allowed})")
+    return None
+
+
 STATIC_FILTERS: tuple[FilterFn, ...] = (
     node_is_ready,
     node_is_schedulable,
     matches_node_selector,
     tolerates_taints,
+    volumes_fit,
 )
 DYNAMIC_FILTERS: tuple[FilterFn, ...] = (
     fits_resources,

@@ -38,7 +38,7 @@ class Shape:
 
 def shape_key(pod: PodInfo) -> tuple:
     """What the static filters read from a pod."""
-    return (pod.node_selector, pod.required_affinity, pod.tolerations)
+    return (pod.node_selector, pod.required_affinity, pod.tolerations, pod.volumes)
 
 
 class ClusterIndex:
@@ -140,6 +140,9 @@ class ClusterIndex:
         ok: list[int] = []
         rejected: dict[int, Reason] = {}
         for i, signature in enumerate(self._signatures(keys, True)):
+            if pod.volumes is not None:
+                # Volumes read the node's name, storage and allowed paths: no sharing.
+                signature = (i,)
             if signature in verdicts:
                 reason = verdicts[signature]
             else:

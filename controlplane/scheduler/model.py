@@ -257,6 +257,20 @@ def _as_host_port(value: HostPort | int | tuple) -> HostPort:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumeNeeds:
+    """What a pod's volumes ask of a node: `pinned` (claim, node) pairs for its bound claims,
+    `new_bytes` of local storage for the claims that bind where it lands, the hostPath paths it
+    mounts, and `blocked` (aggregate, detail) when no node can help (a missing claim...)."""
+
+    pinned: tuple[tuple[str, str], ...] = ()
+    new_bytes: int = 0
+    host_paths: tuple[str, ...] = ()
+    blocked: tuple[str, str] | None = None
+    # The unbound claims (namespace/name) that bind with this pod.
+    unbound: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PodInfo:
     """A pod as the scheduler sees it; `requests.pods` is always at least 1."""
 
@@ -273,6 +287,8 @@ class PodInfo:
     spread_key: str | None = None
     priority: int = 0
     creation_index: int = 0
+    # None: the pod uses no claim and no hostPath.
+    volumes: VolumeNeeds | None = None
 
     def __post_init__(self) -> None:
         setattr_ = object.__setattr__
@@ -307,11 +323,15 @@ class NodeInfo:
     allocatable: Resources = Resources()
     requested: Resources = Resources()
     pods: tuple[PodInfo, ...] = ()
+    # Bytes of moorage.io/local-storage not yet given to a PersistentVolume here.
+    local_storage_free: int = 0
+    # The agent's --allowed-host-paths.
+    allowed_host_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.labels) is not Labels:
             object.__setattr__(self, "labels", as_labels(self.labels))
-        for name in ("taints", "pods"):
+        for name in ("taints", "pods", "allowed_host_paths"):
             if not isinstance(getattr(self, name), tuple):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -330,4 +350,6 @@ class NodeInfo:
             self.allocatable,
             self.requested + pod.requests,
             self.pods + (pod,),
+            self.local_storage_free - (pod.volumes.new_bytes if pod.volumes else 0),
+            self.allowed_host_paths,
         )

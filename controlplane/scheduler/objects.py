@@ -19,7 +19,7 @@ from controlplane.scheduler.model import (
     Taint,
     Toleration,
 )
-from moorage.model import quantities
+from moorage.model import quantities, storage
 from moorage.model.network import DEFAULT_MAX_PODS
 from moorage.v1 import objects_pb2 as pb
 
@@ -93,7 +93,16 @@ def node_resources(node: pb.Node) -> Resources:
         quantities.parse_resource("pods", pods) if pods else DEFAULT_MAX_PODS)
 
 
-def node_info(node: pb.Node, pods: tuple[PodInfo, ...] = ()) -> NodeInfo:
+def local_storage(node: pb.Node) -> int:
+    """The node's moorage.io/local-storage capacity in bytes (0 when it reports none)."""
+    raw = node.status.capacity.get(storage.LOCAL_STORAGE, "")
+    try:
+        return quantities.memory_bytes(raw) if raw else 0
+    except quantities.QuantityError:
+        return 0
+
+
+def node_info(node: pb.Node, pods: tuple[PodInfo, ...] = (), storage_used: int = 0) -> NodeInfo:
     labels = dict(node.metadata.labels)
     labels.setdefault(HOSTNAME_LABEL, node.metadata.name)
     requested = Resources()
@@ -103,4 +112,6 @@ def node_info(node: pb.Node, pods: tuple[PodInfo, ...] = ()) -> NodeInfo:
         name=node.metadata.name, labels=labels, ready=node_ready(node),
         unschedulable=node.spec.unschedulable,
         taints=tuple(Taint(t.key, t.value, t.effect) for t in node.spec.taints),
-        allocatable=node_resources(node), requested=requested, pods=pods)
+        allocatable=node_resources(node), requested=requested, pods=pods,
+        local_storage_free=local_storage(node) - storage_used,
+        allowed_host_paths=tuple(storage.allowed_host_paths(node)))

@@ -126,12 +126,13 @@ def build_parser() -> Parser:
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
     _add_token_commands(command)
-    from moorage.cli import configs, lab, prometheus, stack, streams
+    from moorage.cli import configs, lab, prometheus, stack, streams, volumes
 
     streams.add_commands(command)
     configs.add_commands(command, _add_globals)
     prometheus.add_commands(sub, _add_globals)
     stack.add_commands(sub, _add_globals)
+    volumes.add_commands(sub, _add_globals)
     cmd = command("net", "check the pod network", """\
   moor net doctor                        every node checks its routes, neighbour and FDB
                                          entries and MTUs, and pings its peers""")
@@ -365,6 +366,7 @@ def _dispatch(args) -> int:
         stack,
         streams,
         tokens,
+        volumes,
     )
 
     handler = {"apply": commands.apply, "diff": commands.diff, "get": commands.get,
@@ -373,7 +375,7 @@ def _dispatch(args) -> int:
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
                "token": tokens.token, "net": netdoctor.doctor, "version": commands.version,
                **streams.HANDLERS, **stack.HANDLERS, **prometheus.HANDLERS,
-               **configs.HANDLERS}[args.command]
+               **configs.HANDLERS, **volumes.HANDLERS}[args.command]
     ctx = commands.Context(args)
     try:
         return handler(ctx)

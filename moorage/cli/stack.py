@@ -1,6 +1,7 @@
-"""`moor stack deploy|ls|ps|rm`: Compose files run as Deployments and Services
+"""`moor stack deploy|ls|ps|rm`: Compose files run as Deployments, StatefulSets and Services
 (moorage/manifest/compose.py), as `docker stack` runs them on Swarm. A stack NAME lives in the
-namespace NAME and every object of it carries the label moorage.io/stack=NAME.
+namespace NAME and every object of it carries the label moorage.io/stack=NAME. As
+`docker stack rm`, `rm` keeps the stack's volumes (its PersistentVolumeClaims).
 
 moorage.compose is imported where it is used: every `moor` command builds this module's parser,
 and only stack commands should pay for the Compose translator."""
@@ -20,7 +21,7 @@ EXAMPLES = """\
   moor stack deploy -c app/compose.yaml       stack name: the file's directory ("app")
   moor stack ls
   moor stack ps shop
-  moor stack rm shop"""
+  moor stack rm shop                          its volumes stay (moor volume ls -n shop)"""
 
 
 def add_commands(sub, add_globals) -> None:
@@ -72,7 +73,8 @@ def deploy(ctx: Context) -> int:
     except OSError as err:
         raise CliError(f"error: {path}: {err.strerror}") from None
     try:
-        result = compose.translate(text, name, source=path, env=os.environ, read=_read)
+        result = compose.translate(text, name, source=path, env=os.environ, read=_read,
+                                   directory=os.path.dirname(os.path.abspath(path)))
     except compose.ComposeError as err:
         raise CliError("\n".join(f"error: {p}" for p in err.problems)) from None
     for note in result.notes:
@@ -81,6 +83,7 @@ def deploy(ctx: Context) -> int:
                  for i, obj in enumerate(result.objects)]
     client = ctx.client()
     _check_external(client, name, result.external, path)
+    _check_external_volumes(client, name, result.external_volumes, path)
     response = client.apply(manifests)
     for r in response.results:
         ref = f"{r.kind.lower()}/{r.name}"
@@ -126,13 +129,32 @@ def _check_external(client, stack: str, external, source: str) -> None:
         raise CliError("\n".join(problems))
 
 
+def _check_external_volumes(client, stack: str, external, source: str) -> None:
+    """`external: true` volumes must be claims of the stack's namespace already, as Swarm
+    refuses a stack whose external volume is missing."""
+    from moorage.model import kinds
+
+    problems = []
+    for v in external:
+        try:
+            client.get(kinds.BY_NAME["PersistentVolumeClaim"], stack, v.claim)
+        except CliError as err:
+            if err.reason != "NotFound":
+                raise
+            problems.append(f"error: {source}: {v.path}: external: no PersistentVolumeClaim "
+                            f"{v.claim!r} in namespace {stack!r}; create it (moor apply -f "
+                            "claim.yaml) or drop `external` to have the stack create it")
+    if problems:
+        raise CliError("\n".join(problems))
+
+
 def ls(ctx: Context) -> int:
     from moorage.manifest import compose
     from moorage.model import kinds
 
     client = ctx.client()
     found: Counter = Counter()
-    for kind, count in (("Namespace", False), ("Deployment", True)):
+    for kind, count in (("Namespace", False), ("Deployment", True), ("StatefulSet", True)):
         items = client.list(kinds.BY_NAME[kind], all_namespaces=True,
                             label_selector=compose.STACK_LABEL).items
         for item in items:
@@ -162,9 +184,14 @@ def ps(ctx: Context) -> int:
     return 0
 
 
+# What `rm` deletes when it keeps the namespace, in this order (workloads first, so that no
+# pod is restarted for a Service or a config that went first).
+STACK_KINDS = ("Deployment", "StatefulSet", "Service", "ConfigMap", "Secret")
+
+
 def rm(ctx: Context) -> int:
-    """Deletes the stack's namespace (and so everything in it) when the stack made it;
-    otherwise only the stack's own Deployments and Services."""
+    """Deletes the stack's namespace (and so everything in it) when the stack made it and it
+    holds no volume; otherwise only the stack's own objects, keeping its claims."""
     from moorage.model import kinds
 
     name = ctx.args.name
@@ -172,21 +199,28 @@ def rm(ctx: Context) -> int:
     ns = [kinds.unwrap(i) for i in client.list(
         kinds.BY_NAME["Namespace"], label_selector=_selector(name)).items]
     removed = 0
-    if any(n.metadata.name == name for n in ns):
+    made = any(n.metadata.name == name for n in ns)
+    claims = sorted(kinds.unwrap(i).metadata.name for i in client.list(
+        kinds.BY_NAME["PersistentVolumeClaim"], namespace=name).items) if made else []
+    if made and not claims:
         client.delete(kinds.BY_NAME["Namespace"], "", name)
         out(f"namespace/{name} deleted")
         removed += 1
     else:
-        for kind in ("Service", "Deployment"):
+        for kind in STACK_KINDS if made else ("Service", "Deployment", "StatefulSet"):
             for item in client.list(kinds.BY_NAME[kind], namespace=name,
                                     label_selector=_selector(name)).items:
                 obj = kinds.unwrap(item)
                 client.delete(kinds.BY_NAME[kind], name, obj.metadata.name)
                 out(f"{kind.lower()}/{obj.metadata.name} deleted")
                 removed += 1
-    if not removed:
+    if not removed and not claims:
         raise CliError(f'error: no stack named "{name}" (see `moor stack ls`)')
     out(f'stack "{name}" removed')
+    if claims:
+        out(f"volumes kept: {', '.join(claims)} (remove them with `moor volume rm -n {name} "
+            f"{' '.join(claims)}`, or the namespace and all in it with `moor delete namespace "
+            f"{name}`)")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from moorage.manifest import configchecks, statefulsetchecks
+from moorage.manifest import configchecks, statefulsetchecks, storagechecks
 from moorage.manifest.convert import FieldError, describe, join
 from moorage.model import images, quantities, selectors
 from moorage.model import names as naming
@@ -414,7 +414,11 @@ def _event(obj, errs: _Errors) -> None:
 
 _KIND_CHECKS = {"Pod": _pod, "Deployment": _deployment, "Service": _service, "Node": _node,
                 "Event": _event, "ConfigMap": configchecks.config_map,
-                "Secret": configchecks.secret, "StatefulSet": statefulsetchecks.stateful_set}
+                "Secret": configchecks.secret,
+                "PersistentVolumeClaim": storagechecks.persistent_volume_claim,
+                "PersistentVolume": storagechecks.persistent_volume,
+                "StorageClass": storagechecks.storage_class,
+                "StatefulSet": statefulsetchecks.stateful_set}
 
 
 # ---- helpers ----

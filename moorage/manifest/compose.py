@@ -12,12 +12,19 @@ A stack NAME becomes:
   one when a port is published (the routing mesh: every node answers on it; the published port
   must be in the NodePort range); a headless one (its name resolves to its pods' IPs, so every
   port works, like Swarm's `endpoint_mode: dnsrr`) when it has no ports or asks for dnsrr.
-- per top-level config or secret, a ConfigMap or Secret mounted as files (composeconfigs.py).
+- per top-level config or secret, a ConfigMap or Secret mounted as files (composeconfigs.py);
+- per top-level volume, a PersistentVolumeClaim; service volumes become claim, hostPath and
+  emptyDir mounts (composevolumes.py). A service that mounts a named volume is a one-replica
+  StatefulSet rather than a Deployment, so that two copies of it never write one volume (a
+  Deployment's rolling update starts the new pod before the old one stops); its governing
+  Service is its own when that is headless, else `<service>-headless`. More replicas of it are
+  refused: each would need a volume of its own, which Compose cannot say.
 Every object carries `moorage.io/stack: NAME`; pods also `moorage.io/service: <service>`.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 from collections.abc import Mapping
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from moorage.manifest import composeconfigs, yamlload
+from moorage.manifest import composeconfigs, composevolumes, yamlload
 from moorage.manifest.composeproblems import NOT_SUPPORTED, Problems
 from moorage.model.network import NODE_PORT_RANGE
 
@@ -41,9 +48,13 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 360
 _BYTES_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmg]?)b?$", re.IGNORECASE)
 _CONSTRAINT_RE = re.compile(r"^\s*([\w.\-/]+)\s*(==|!=)\s*(\S+)\s*$")
 
-TOP_LEVEL = {"version", "name", "services", "configs", "secrets"}
+TOP_LEVEL = {"version", "name", "services", "configs", "secrets", "volumes"}
 SERVICE_KEYS = {"image", "command", "entrypoint", "environment", "ports", "expose", "deploy",
-                "healthcheck", "depends_on", "working_dir", "configs", "secrets"}
+                "healthcheck", "depends_on", "working_dir", "configs", "secrets", "volumes",
+                "tmpfs"}
+# The governing Service of a StatefulSet made from a service whose own Service has a VIP.
+HEADLESS_SUFFIX = "-headless"
+_SERVICE_NAME_MAX = 63
 DEPLOY_KEYS = {"mode", "replicas", "resources", "placement", "endpoint_mode"}
 RESOURCE_KEYS = {"cpus", "memory"}
 HEALTH_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
@@ -64,6 +75,20 @@ class Translation:
     notes: list[str] = field(default_factory=list)
     # `external: true` configs and secrets: the stack uses them but does not create them.
     external: list[composeconfigs.Defined] = field(default_factory=list)
+    # `external: true` volumes: claims that must exist already.
+    external_volumes: list[composevolumes.Named] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every service of one file is translated against."""
+
+    stack: str
+    env: Mapping[str, str]
+    names: set[str]
+    files: composeconfigs.Catalog
+    volumes: composevolumes.Catalog
+    directory: str
 
 
 def check_name(name: str, what: str) -> str | None:
@@ -330,9 +355,10 @@ def _healthcheck(hc: Mapping, where: str, problems: Problems) -> dict:
     return {"livenessProbe": liveness, "readinessProbe": readiness}
 
 
-def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str],
-             files: composeconfigs.Catalog, problems: Problems, notes: list[str]) -> list[dict]:
+def _service(name: str, svc, ctx: _Context, problems: Problems,
+             notes: list[str]) -> list[dict]:
     path = f"services.{name}"
+    stack, env, names = ctx.stack, ctx.env, ctx.names
     if not isinstance(svc, Mapping):
         problems.add(path, "want a mapping")
         return []
@@ -385,17 +411,48 @@ def _service(name: str, svc, stack: str, env: Mapping[str, str], names: set[str]
     pod_labels = {STACK_LABEL: stack, SERVICE_LABEL: name}
     pod_spec: dict = {"containers": [container], **_placement(
         deploy, f"{path}.deploy.placement", problems)}
-    volumes, mounts = composeconfigs.mounts(svc, path, files, problems)
-    if mounts:
-        container["volumeMounts"], pod_spec["volumes"] = mounts, volumes
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": stack, "labels": {STACK_LABEL: stack},
-                     **composeconfigs.annotations(mounts)},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": pod_labels},
-                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}}}
-    return [deployment, _service_object(name, stack, pod_labels, ports, endpoint_mode, path,
-                                        problems)]
+    volumes, mounts = composeconfigs.mounts(svc, path, ctx.files, problems)
+    stored = composevolumes.mounts(svc, path, ctx.volumes, ctx.directory, env, problems)
+    composevolumes.check_targets(
+        [(f"{path}.{'secrets' if m['name'].startswith('secret-') else 'configs'}", m)
+         for m in mounts], list(zip(stored.wheres, stored.mounts)), problems)
+    if stored.copies and composevolumes.NOCOPY_NOTE not in notes:
+        notes.append(composevolumes.NOCOPY_NOTE)
+    if mounts or stored.mounts:
+        container["volumeMounts"] = mounts + stored.mounts
+        pod_spec["volumes"] = volumes + stored.volumes
+    metadata = {"name": name, "namespace": stack, "labels": {STACK_LABEL: stack},
+                **composeconfigs.annotations(mounts)}
+    spec = {"replicas": replicas, "selector": {"matchLabels": pod_labels},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}}
+    service = _service_object(name, stack, pod_labels, ports, endpoint_mode, path, problems)
+    if not stored.named:
+        return [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
+                 "spec": spec}, service]
+    if replicas > 1:
+        problems.add(f"{path}.deploy.replicas",
+                     f"{replicas} replicas cannot share the named volume "
+                     f"{stored.named[0]!r}: a volume is a directory on one node's disk, so its "
+                     "replicas would either write the same files at once or run on other nodes "
+                     "with forked data; use replicas: 1 (or for scratch data a tmpfs or an "
+                     "anonymous volume)")
+    out = [service]
+    governing = name
+    if service["spec"].get("clusterIP") != "None":
+        governing = name + HEADLESS_SUFFIX
+        if governing in names or len(governing) > _SERVICE_NAME_MAX:
+            problems.add(path, f"needs a headless Service {governing!r} for its StatefulSet, "
+                         "and that name is " + ("another service's" if governing in names
+                                                else "too long (at most 63 characters)"))
+        out.append({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": governing, "namespace": stack,
+                                 "labels": {STACK_LABEL: stack}},
+                    "spec": {"selector": pod_labels, "clusterIP": "None",
+                             "type": "ClusterIP"}})
+    spec["serviceName"] = governing
+    # Its Services first: the StatefulSet's governing Service is checked against the apply.
+    return [*out, {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata,
+                   "spec": spec}]
 
 
 def _deploy(svc, path: str, problems: Problems) -> tuple[Mapping, int, str]:
@@ -447,9 +504,12 @@ def _service_object(name: str, stack: str, pod_labels: dict, ports, endpoint_mod
 
 def translate(text: str, stack: str, *, source: str = "compose.yaml",
               env: Mapping[str, str] | None = None,
-              read: composeconfigs.Reader | None = None) -> Translation:
-    """The stack's Namespace, ConfigMaps, Secrets, Deployments and Services; ComposeError
-    listing every problem. `read` reads configs' and secrets' files (composeconfigs.Reader)."""
+              read: composeconfigs.Reader | None = None,
+              directory: str | None = None) -> Translation:
+    """The stack's Namespace, ConfigMaps, Secrets, PersistentVolumeClaims, Deployments,
+    StatefulSets and Services; ComposeError listing every problem. `read` reads configs' and
+    secrets' files (composeconfigs.Reader); relative bind mounts are taken from `directory`
+    (default: that of `source`), and refused unless that makes them absolute."""
     problems = Problems(source)
     try:
         doc = yamlload.safe_load(text)
@@ -466,16 +526,18 @@ def translate(text: str, stack: str, *, source: str = "compose.yaml",
     problems.unsupported("", TOP_LEVEL, doc)
     problems.items = [p.replace(": .", ": ", 1) for p in problems.items]
     files = composeconfigs.catalog(doc, stack, {STACK_LABEL: stack}, source, env, read, problems)
+    volumes = composevolumes.catalog(doc, stack, {STACK_LABEL: stack}, problems)
     objects: list[dict] = [{"apiVersion": "v1", "kind": "Namespace",
                             "metadata": {"name": stack, "labels": {STACK_LABEL: stack}}},
-                           *files.objects]
+                           *files.objects, *volumes.objects]
     notes: list[str] = []
-    names = {str(n) for n in doc["services"]}
+    ctx = _Context(stack, env or {}, {str(n) for n in doc["services"]}, files, volumes,
+                   posixpath.dirname(source) if directory is None else directory)
     for name, svc in doc["services"].items():
-        objects += _service(str(name), svc, stack, env or {}, names, files, problems, notes)
+        objects += _service(str(name), svc, ctx, problems, notes)
     if problems.items:
         raise ComposeError(problems.items)
-    return Translation(objects, notes, files.external)
+    return Translation(objects, notes, files.external, volumes.external)
 
 
 def default_stack_name(path: str) -> str:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import posixpath
 
+from moorage.manifest import storagechecks
 from moorage.manifest.convert import describe, join
-from moorage.model import configs
+from moorage.model import configs, podvolumes, quantities
 from moorage.model import names as naming
 
 # The types whose keys Kubernetes checks; any other non-empty type is accepted as it is there
@@ -99,9 +100,10 @@ def volumes(spec, path: str, errs) -> dict[str, object]:
         if errs.required(f"{vp}.name", v.name, naming.dns1123_label) and v.name in out:
             errs.add(f"{vp}.name", f"{describe(v.name)}: duplicate volume name")
         out.setdefault(v.name, v)
-        sources = [s for s in ("config_map", "secret") if v.HasField(s)]
+        sources = [s for s, _ in podvolumes.SOURCES if v.HasField(s)]
         if not sources:
-            errs.add(vp, "must specify a volume type (configMap or secret)")
+            errs.add(vp, "must specify a volume type (" +
+                     ", ".join(f for _, f in podvolumes.SOURCES) + ")")
         elif len(sources) > 1:
             errs.add(vp, "may not specify more than 1 volume type")
         if v.HasField("config_map"):
@@ -110,9 +112,46 @@ def volumes(spec, path: str, errs) -> dict[str, object]:
         if v.HasField("secret"):
             _projection(v.secret, v.secret.secret_name, f"{vp}.secret", "secretName",
                         "Secret", errs)
+        if v.HasField("empty_dir"):
+            _empty_dir(v.empty_dir, f"{vp}.emptyDir", errs)
+        if v.HasField("host_path"):
+            _host_path(v.host_path, f"{vp}.hostPath", errs)
+        if v.HasField("persistent_volume_claim"):
+            storagechecks.claim_source(v.persistent_volume_claim,
+                                       f"{vp}.persistentVolumeClaim", errs)
     for i, ref in enumerate(spec.image_pull_secrets):
         _object_name(ref.name, f"{path}.imagePullSecrets[{i}].name", "Secret", errs)
     return out
+
+
+def _supported(value: str, allowed) -> str:
+    return (f"Unsupported value: {describe(value)}: supported values: " +
+            ", ".join(describe(a) for a in allowed))
+
+
+def _empty_dir(src, path: str, errs) -> None:
+    if src.medium not in podvolumes.MEDIA:
+        errs.add(f"{path}.medium", _supported(src.medium, podvolumes.MEDIA))
+    if src.size_limit:
+        try:
+            size = quantities.memory_bytes(src.size_limit)
+        except quantities.QuantityError as err:
+            errs.add(f"{path}.sizeLimit", str(err))
+        else:
+            if size <= 0:
+                errs.add(f"{path}.sizeLimit", f"{describe(src.size_limit)}: must be greater "
+                                              "than zero")
+
+
+def _host_path(src, path: str, errs) -> None:
+    if not src.path:
+        errs.add(f"{path}.path", "is required")
+    elif not src.path.startswith("/"):
+        errs.add(f"{path}.path", f"{describe(src.path)}: must be an absolute path")
+    elif ".." in src.path.split("/"):
+        errs.add(f"{path}.path", f"{describe(src.path)}: must not contain '..'")
+    if src.type not in podvolumes.HOST_PATH_TYPES:
+        errs.add(f"{path}.type", _supported(src.type, podvolumes.HOST_PATH_TYPES))
 
 
 def _projection(src, name: str, path: str, name_field: str, what: str, errs) -> None:
@@ -139,14 +178,22 @@ def _projection(src, name: str, path: str, name_field: str, what: str, errs) -> 
 
 
 def mounts(c, path: str, vols: dict[str, object], errs) -> None:
-    """A container's volumeMounts: known volumes, absolute paths, none inside another."""
-    seen: list[tuple[str, str]] = []
+    """A container's volumeMounts: known volumes, absolute paths, each used once; subPath and
+    subPathExpr relative and inside the volume. Mounts may nest (/data and /data/logs), as in
+    Kubernetes: the agent mounts the outer one first."""
+    seen: dict[str, int] = {}
     for i, m in enumerate(c.volume_mounts):
         mp = f"{path}.volumeMounts[{i}]"
         if not m.name:
             errs.add(f"{mp}.name", "is required")
         elif m.name not in vols:
             errs.add(f"{mp}.name", f"{describe(m.name)}: no volume of this pod has this name")
+        for value, field in ((m.sub_path, "subPath"), (m.sub_path_expr, "subPathExpr")):
+            reason = configs.relative_path_problem(value) if value else ""
+            if reason:
+                errs.add(f"{mp}.{field}", f"{describe(value)}: {reason}")
+        if m.sub_path and m.sub_path_expr:
+            errs.add(f"{mp}.subPathExpr", "subPathExpr and subPath are mutually exclusive")
         if not m.mount_path:
             errs.add(f"{mp}.mountPath", "is required")
             continue
@@ -158,19 +205,10 @@ def mounts(c, path: str, vols: dict[str, object], errs) -> None:
         if target == "/":
             errs.add(f"{mp}.mountPath", "may not be /")
             continue
-        if m.sub_path:
-            reason = configs.relative_path_problem(m.sub_path)
-            if reason:
-                errs.add(f"{mp}.subPath", f"{describe(m.sub_path)}: {reason}")
-        for j, other in seen:
-            if other == target:
-                errs.add(f"{mp}.mountPath", f"{describe(m.mount_path)}: must be unique "
-                                            f"(volumeMounts[{j}] mounts there too)")
-            elif target.startswith(other + "/") or other.startswith(target + "/"):
-                where = "is inside" if target.startswith(other + "/") else "holds"
-                errs.add(f"{mp}.mountPath", f"{describe(m.mount_path)} {where} "
-                         f"volumeMounts[{j}]'s {describe(other)}: mounts may not nest")
-        seen.append((i, target))
+        if target in seen:
+            errs.add(f"{mp}.mountPath", f"{describe(m.mount_path)}: must be unique "
+                                        f"(volumeMounts[{seen[target]}] mounts there too)")
+        seen.setdefault(target, i)
 
 
 def env_sources(c, path: str, errs) -> None:

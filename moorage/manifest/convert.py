@@ -27,6 +27,10 @@ _QUANTITY_MAPS = {
     "moorage.v1.ResourceRequirements.requests",
     "moorage.v1.NodeStatus.capacity",
     "moorage.v1.NodeStatus.allocatable",
+    "moorage.v1.VolumeResourceRequirements.requests",
+    "moorage.v1.VolumeResourceRequirements.limits",
+    "moorage.v1.PersistentVolumeSpec.capacity",
+    "moorage.v1.PersistentVolumeClaimStatus.capacity",
 }
 
 # A Secret's values: errors about them say what shape was found, never the value.
@@ -41,7 +45,7 @@ SERVER_SET_METADATA = {"uid", "creationTimestamp", "generation", "resourceVersio
 # than "unknown field" for a manifest that works on Kubernetes.
 K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
     "moorage.v1.ObjectMeta": frozenset({
-        "generateName", "finalizers", "managedFields", "selfLink"}),
+        "generateName", "managedFields", "selfLink"}),
     "moorage.v1.PodSpec": frozenset({
         "initContainers", "ephemeralContainers", "serviceAccountName",
         "serviceAccount", "automountServiceAccountToken", "hostNetwork", "hostPID", "hostIPC",
@@ -57,7 +61,7 @@ K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
     "moorage.v1.EnvVarSource": frozenset({"fieldRef", "resourceFieldRef"}),
     "moorage.v1.VolumeMount": frozenset({"mountPropagation", "subPathExpr", "recursiveReadOnly"}),
     "moorage.v1.Volume": frozenset({
-        "emptyDir", "hostPath", "persistentVolumeClaim", "projected", "downwardAPI", "nfs",
+        "emptyDir", "hostPath", "projected", "downwardAPI", "nfs",
         "csi", "ephemeral", "image", "iscsi", "awsElasticBlockStore", "gcePersistentDisk",
         "azureDisk", "azureFile", "cephfs", "cinder", "fc", "flexVolume", "flocker",
         "gitRepo", "glusterfs", "photonPersistentDisk", "portworxVolume", "quobyte", "rbd",
@@ -79,6 +83,11 @@ K8S_UNSUPPORTED: dict[str, frozenset[str]] = {
     "moorage.v1.NodeSpec": frozenset({"podCIDRs", "providerID", "configSource", "externalID"}),
     "moorage.v1.Namespace": frozenset({"spec"}),
     "moorage.v1.Service": frozenset({"status"}),
+    "moorage.v1.PersistentVolumeClaimSpec": frozenset({
+        "selector", "dataSource", "dataSourceRef", "volumeAttributesClassName"}),
+    "moorage.v1.PersistentVolumeSpec": frozenset({
+        "hostPath", "nfs", "csi", "iscsi", "fc", "rbd", "cephfs", "volumeAttributesClassName"}),
+    "moorage.v1.StorageClass": frozenset({"allowedTopologies"}),
 }
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")

@@ -3,7 +3,7 @@ Always, 25% surge, probe timings...), so stored objects read back as they would 
 
 from __future__ import annotations
 
-from moorage.model import images
+from moorage.model import images, storage
 from moorage.model import statefulsets as sts
 from moorage.model.configs import OPAQUE
 from moorage.model.deployments import (
@@ -54,6 +54,15 @@ def default(obj) -> None:
     elif kind == "Event":
         obj.type = obj.type or "Normal"
         obj.count = obj.count or 1
+    elif kind == "PersistentVolumeClaim":
+        default_claim(obj)
+    elif kind == "PersistentVolume":
+        obj.spec.persistent_volume_reclaim_policy = \
+            obj.spec.persistent_volume_reclaim_policy or "Retain"
+        obj.spec.volume_mode = obj.spec.volume_mode or "Filesystem"
+    elif kind == "StorageClass":
+        obj.reclaim_policy = obj.reclaim_policy or "Delete"
+        obj.volume_binding_mode = obj.volume_binding_mode or storage.WAIT_FOR_FIRST_CONSUMER
     elif kind == "Secret":
         obj.type = obj.type or OPAQUE
         # stringData is write-only: merged into data (its keys win) and never stored.
@@ -101,3 +110,14 @@ def _default_pod_spec(spec) -> None:
                 if probe.HasField("http_get"):
                     probe.http_get.path = probe.http_get.path or "/"
                     probe.http_get.scheme = probe.http_get.scheme or "HTTP"
+
+
+def default_claim(claim, default_class: str | None = None) -> None:
+    """A claim's defaults: Filesystem mode and the pvc-protection finalizer; with
+    `default_class` (the cluster's default StorageClass, which only the control plane knows), a
+    claim that names no class gets it written in, as Kubernetes' admission does."""
+    claim.spec.volume_mode = claim.spec.volume_mode or "Filesystem"
+    if storage.PVC_PROTECTION not in claim.metadata.finalizers:
+        claim.metadata.finalizers.append(storage.PVC_PROTECTION)
+    if default_class and not claim.spec.HasField("storage_class_name"):
+        claim.spec.storage_class_name = default_class

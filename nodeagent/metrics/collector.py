@@ -104,8 +104,11 @@ class AgentCollector(Collector):
     """
 
     def __init__(self, runtime, pods: Callable[[], dict], node: str, state_dir: str, *,
-                 veth_prefix: str = overlay.DEFAULT_VETH_PREFIX, proc: str = "/proc"):
+                 veth_prefix: str = overlay.DEFAULT_VETH_PREFIX, proc: str = "/proc",
+                 volumes=None):
         self.runtime, self.pods, self.node, self.state_dir = runtime, pods, node, state_dir
+        # The node's local persistent volumes (storage LocalVolumes), or None.
+        self.volumes = volumes
         self.veth_prefix, self.proc = veth_prefix, proc
         self._lock = threading.Lock()   # scrapes may overlap
 
@@ -117,6 +120,23 @@ class AgentCollector(Collector):
             families = list(self._containers())
         yield from families
         yield from self._node()
+        yield from self._volumes()
+
+    def _volumes(self) -> Iterator[Metric]:
+        """The kubelet's volume stats, per claim, from statvfs of each mounted volume."""
+        if self.volumes is None:
+            return
+        labels = ("namespace", "persistentvolumeclaim", "node")
+        used = GaugeMetricFamily("kubelet_volume_stats_used_bytes",
+                                 "Bytes used in the volume.", labels=labels)
+        cap = GaugeMetricFamily("kubelet_volume_stats_capacity_bytes",
+                                "Capacity in bytes of the volume.", labels=labels)
+        for vol, used_bytes, capacity in self.volumes.usage():
+            values = [vol.claim_namespace, vol.claim_name, self.node]
+            used.add_metric(values, used_bytes)
+            cap.add_metric(values, capacity)
+        yield used
+        yield cap
 
     def _list(self, refs: dict[str, PodRef]) -> list[tuple[tuple[str, str, int, str], str,
                                                            Status]]:

@@ -37,7 +37,12 @@ from nodeagent.pods.plan import (
     reconcile,
 )
 from nodeagent.pods.probes import KILL_REASONS
-from nodeagent.pods.volumes import PodVolumes
+from nodeagent.pods.volumes import (
+    CONTAINER_CREATING,
+    HostPolicy,
+    PodVolumes,
+    VolumeProblem,
+)
 from nodeagent.runtime.images.archive import ArchiveError
 from nodeagent.runtime.images.layers import LayerError
 from nodeagent.runtime.images.registry import RegistryConfig, RegistryError
@@ -55,6 +60,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ERR_IMAGE_PULL, IMAGE_PULL_BACKOFF = "ErrImagePull", "ImagePullBackOff"
 ERR_IMAGE_NEVER_PULL, CREATE_ERROR = "ErrImageNeverPull", "CreateContainerError"
 CREATE_CONFIG_ERROR = "CreateContainerConfigError"
+FAILED_MOUNT = "FailedMount"
+# Waits that end at once when a ConfigMap, Secret or local volume arrives.
+WAITS_ON_OBJECTS = (CREATE_CONFIG_ERROR, CONTAINER_CREATING)
 
 
 def spec_hash(container: pb.Container) -> str:
@@ -134,12 +142,16 @@ class PodWorker:
                  registry: RegistryConfig | None = None, *,
                  netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None,
                  prober=None, event=None, sandboxes: sandbox.Sandboxes | None = None,
-                 configs: ConfigStore | None = None, volumes_root: str = ""):
+                 configs: ConfigStore | None = None, volumes_root: str = "",
+                 host_paths: HostPolicy | None = None, local_volumes=None):
         self.pod = pod
-        # The ConfigMaps and Secrets the control plane sent, and this pod's volumes of them
-        # (on a tmpfs under volumes_root); None without a control plane.
+        # The ConfigMaps and Secrets the control plane sent, and this pod's volumes (configs
+        # on a tmpfs under volumes_root, the rest on disk beside it; hostPaths as
+        # `host_paths` allows; claims from `local_volumes`, a storage LocalVolumes); None
+        # without a volumes root.
         self.configs = configs or ConfigStore()
-        self.volumes = PodVolumes(pod, volumes_root, self.configs, LibcSyscalls()) \
+        self.volumes = PodVolumes(pod, volumes_root, self.configs, LibcSyscalls(),
+                                  host=host_paths, local=local_volumes) \
             if volumes_root else None
         # Runs the containers' probes (nodeagent/pods/prober.py Prober), or None: no probing.
         self.prober = prober
@@ -216,8 +228,8 @@ class PodWorker:
             elif isinstance(action, RemoveContainer):
                 self.runtime.remove(action.id)
             elif isinstance(action, StartContainer):
-                until = self._hold_config(action.name, volume_problem, now) \
-                    if volume_problem else self._start(action, path, now)
+                until = self._hold_volume(action.name, *volume_problem, now) \
+                    if volume_problem[0] else self._start(action, path, now)
                 if until:
                     wake.append(until)
         if self.prober:
@@ -235,29 +247,33 @@ class PodWorker:
         log.info("pod %s/%s container %s %s: killing it", self.pod.metadata.namespace,
                  self.pod.metadata.name, parsed[1] if parsed else action.id, action.why)
 
-    def _sync_volumes(self) -> str:
-        """Writes the pod's volumes as their objects now stand (so updates reach running
-        containers within a pass); why they cannot be set up, or ""."""
+    def _sync_volumes(self) -> tuple[str, str]:
+        """Sets up the pod's volumes, configs as their objects now stand (so updates reach
+        running containers within a pass); why they cannot be, as (waiting reason,
+        message), or ("", "")."""
         if self.volumes is None:
-            return ""
+            return "", ""
         self.volumes.pod = self.pod
         try:
             return self.volumes.sync()
         except OSError as err:
-            return f"setting up the pod's volumes: {err}"
+            return CREATE_ERROR, f"setting up the pod's volumes: {err}"
 
-    def _hold_config(self, name: str, problem: str, now: float) -> float:
+    def _generation(self) -> int:
+        return self.volumes.generation() if self.volumes else self.configs.generation
+
+    def _hold_volume(self, name: str, reason: str, problem: str, now: float) -> float:
         held = self.waiting.get(name)
-        if held and held.reason == CREATE_CONFIG_ERROR and held.message == problem and \
-                held.generation == self.configs.generation and held.until > now:
+        if held and held.reason == reason and held.message == problem and \
+                held.generation == self._generation() and held.until > now:
             return held.until
-        return self._hold(name, CREATE_CONFIG_ERROR, problem, now)
+        return self._hold(name, reason, problem, now)
 
     def _start(self, action: StartContainer, netns_path: str, now: float) -> float | None:
         """Starts a container; on failure records why and returns when to try again."""
         held = self.waiting.get(action.name)
-        if held and held.until > now and not (held.reason == CREATE_CONFIG_ERROR and
-                                              held.generation != self.configs.generation):
+        if held and held.until > now and not (held.reason in WAITS_ON_OBJECTS and
+                                              held.generation != self._generation()):
             return held.until
         begun = time.perf_counter()
         c = next(c for c in self.pod.spec.containers if c.name == action.name)
@@ -278,8 +294,8 @@ class PodWorker:
             try:
                 self.runtime.create(self._spec(cid, c, image, netns_path, resolved.values))
                 self.runtime.start(cid)
-            except LookupError as err:     # a subPath that is not in the volume
-                return self._hold(c.name, CREATE_CONFIG_ERROR, str(err), now)
+            except VolumeProblem as err:   # a subPath that is not in the volume, ...
+                return self._hold(c.name, err.reason, err.message, now)
             except (StartError, ValueError, OSError) as err:
                 return self._hold(c.name, CREATE_ERROR, str(err), now)
         self.waiting.pop(c.name, None)
@@ -295,7 +311,8 @@ class PodWorker:
         env_file = self.volumes.env_file(cid, secret) if secret and self.volumes else ""
         if secret and self.volumes is None:
             raise ValueError("values from Secrets need the pod's tmpfs (no volumes root)")
-        mounts = self.volumes.mounts(c) if self.volumes else ()
+        env = {k: v for k, (v, _) in values.items()}
+        mounts = self.volumes.mounts(c, env) if self.volumes else ()
         return container_spec(cid, self.pod, c, image, netns_path, self.files,
                               env_values=values, mounts=mounts, env_file=env_file)
 
@@ -319,12 +336,14 @@ class PodWorker:
         if reason == ERR_IMAGE_PULL and failures > 1:
             reason = IMAGE_PULL_BACKOFF
         until = now + max(1.0, backoff(failures))
-        self.waiting[name] = _Waiting(reason, message, failures, until,
-                                      self.configs.generation)
+        self.waiting[name] = _Waiting(reason, message, failures, until, self._generation())
         log.warning("pod %s/%s container %s: %s: %s", self.pod.metadata.namespace,
                     self.pod.metadata.name, name, reason, message)
-        if reason == CREATE_CONFIG_ERROR and (prev is None or prev.message != message):
-            self._event("Warning", "Failed", f"Error: {message}")
+        if prev is None or prev.message != message:
+            if reason == CREATE_CONFIG_ERROR:
+                self._event("Warning", "Failed", f"Error: {message}")
+            elif reason == CONTAINER_CREATING or message.startswith("MountVolume."):
+                self._event("Warning", FAILED_MOUNT, message)
         return until
 
     def _image(self, c: pb.Container) -> Image:

@@ -46,7 +46,14 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
+# openat2 resolve flags (linux/openat2.h).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
 SYS_PIVOT_ROOT = 155  # x86_64; the only arch we run on today
+SYS_OPENAT2 = 437
 SYS_CAPSET = 126
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -72,6 +79,7 @@ class Syscalls(Protocol):
     def setgroups(self, groups: list[int]) -> None: ...
     def setgid(self, gid: int) -> None: ...
     def setuid(self, uid: int) -> None: ...
+    def openat2(self, dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int: ...
 
 
 def _errcheck(name: str):
@@ -90,6 +98,11 @@ class _CapHeader(ctypes.Structure):
 class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
                 ("inheritable", ctypes.c_uint32)]
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
 
 
 class LibcSyscalls:
@@ -204,6 +217,16 @@ class LibcSyscalls:
     def setuid(self, uid):
         os.setuid(uid)
 
+    def openat2(self, dirfd, path, flags, resolve, mode=0):
+        """openat2(2): `path` resolved from `dirfd` under the RESOLVE_* rules; the new fd."""
+        how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+        try:
+            return self._libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dirfd),
+                                      self._b(path), ctypes.byref(how),
+                                      ctypes.c_size_t(ctypes.sizeof(how)))
+        except OSError as e:
+            raise OSError(e.errno, f"openat2({path!r}): {os.strerror(e.errno or 0)}") from None
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -278,3 +301,7 @@ class RecordingSyscalls:
 
     def setuid(self, uid):
         self._rec("setuid", uid)
+
+    def openat2(self, dirfd, path, flags, resolve, mode=0):
+        self._rec("openat2", dirfd, path, flags, resolve, mode)
+        return -1

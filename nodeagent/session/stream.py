@@ -111,6 +111,11 @@ class Session:
         self.on_services = on_services
         # The ConfigMaps and Secrets the node's pods use (must not block); set by the daemon.
         self.on_config: Callable[[agent_pb2.ConfigData], None] | None = None
+        # The local persistent volumes bound to this node (must not block); set by the daemon.
+        self.on_volumes: Callable[[agent_pb2.VolumeData], None] | None = None
+        # Fills in what Hello says that changes between sessions (free local storage, the
+        # allowed host paths); set by the daemon.
+        self.on_hello: Callable[[agent_pb2.Hello], None] | None = None
         self.desired: dict[str, pb.Pod] = dict(desired or {})
         self.heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
         self.generation = 0
@@ -134,6 +139,15 @@ class Session:
             namespace=pod.metadata.namespace, name=pod.metadata.name, uid=pod.metadata.uid))
         if self._loop is not None and self._outbox is not None and self.connected:
             self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
+
+    def volume_report(self, report: agent_pb2.VolumeReport) -> bool:
+        """Queues a VolumeReport; safe from any thread. False (dropped) when no session is
+        open: the storage loop sends its report again to the next one."""
+        if self._loop is None or self._outbox is None or not self.connected:
+            return False
+        msg = agent_pb2.AgentMessage(volumes=report)
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, msg)
+        return True
 
     def event(self, pod: pb.Pod, type_: str, reason: str, message: str) -> None:
         """Queues a PodEvent (recorded as an Event by the control plane); safe from any thread.
@@ -179,6 +193,8 @@ class Session:
             call = agent_pb2_grpc.DispatcherStub(channel).Session()
             hello = build_hello(self.node_name, self.labels, self.facts,
                                 await asyncio.to_thread(self.running_pod_uids))
+            if self.on_hello is not None:
+                self.on_hello(hello.hello)
             # Reports queued for the old session are stale: the sync loop resends every pod's
             # status when it sees the new generation.
             while not self._outbox.empty():
@@ -258,6 +274,9 @@ class Session:
         elif kind == "config":
             if self.on_config is not None:
                 self.on_config(msg.config)
+        elif kind == "volumes":
+            if self.on_volumes is not None:
+                self.on_volumes(msg.volumes)
         elif kind == "net_check" and self.on_net_check is not None:
             self._spawn(self._answer(msg.net_check, self.on_net_check, "net_check",
                                      agent_pb2.NetCheckReport))

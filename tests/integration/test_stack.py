@@ -88,10 +88,10 @@ def test_stack_deploy_ls_ps_rm(moor, tmp_path):
 def test_unsupported_key_applies_nothing(moor, tmp_path):
     name = unique("stack")
     path = tmp_path / "compose.yaml"
-    path.write_text(COMPOSE + "    volumes: [/data]\n")
+    path.write_text(COMPOSE + "    cap_add: [NET_ADMIN]\n")
     out = moor("stack", "deploy", "-c", str(path), name)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"error: {path}: services.back.volumes: not supported by Moorage"
+    assert out.stderr.strip() == f"error: {path}: services.back.cap_add: not supported by Moorage"
     assert moor("get", "namespace", name).returncode != 0
 
 
@@ -201,3 +201,44 @@ def test_unset_variable_applies_nothing(moor, tmp_path):
         f"error: {path}: secrets.db_pw.environment: secret 'db_pw' reads the variable "
         "'MOORTEST_UNSET', which is not set in the environment of moor stack deploy")
     assert moor("get", "namespace", name).returncode != 0
+
+
+def test_named_volume_stack_keeps_its_claim_on_rm(moor, tmp_path):
+    name = unique("stack")
+    path = tmp_path / "compose.yaml"
+    path.write_text("volumes: {data: {driver_opts: {size: 2G}}}\n"
+                    "services:\n  db: {image: busybox:test, ports: ['5432'], "
+                    "volumes: [data:/var/lib/db, ./conf:/etc/db:ro]}\n")
+    try:
+        out = moor("stack", "deploy", "-c", str(path), name)
+        assert out.returncode == 0, out.stderr
+        assert "note: " in out.stdout and "starts empty" in out.stdout
+        (sts,) = items(moor, "statefulsets", "-n", name)
+        assert sts["spec"]["serviceName"] == "db-headless"
+        spec = sts["spec"]["template"]["spec"]
+        assert {v["name"]: v for v in spec["volumes"]}["bind-0"]["hostPath"] == {
+            "path": str(tmp_path / "conf")}
+        svcs = {s["metadata"]["name"]: s["spec"] for s in items(moor, "services", "-n", name)}
+        assert svcs["db-headless"]["clusterIP"] == "None" and svcs["db"]["clusterIP"] != "None"
+        (claim,) = items(moor, "pvc", "-n", name)
+        assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+        ls = moor("volume", "ls", "-n", name)
+        assert ls.returncode == 0, ls.stderr
+        assert ls.stdout.splitlines()[1].split() == ["local", "data", "2Gi", "-", "-"]
+        out = moor("stack", "ls")
+        assert next(line.split() for line in out.stdout.splitlines()
+                    if line.startswith(name)) == [name, "1", name]
+
+        out = moor("stack", "rm", name)
+        assert out.returncode == 0, out.stderr
+        assert "statefulset/db deleted" in out.stdout and "service/db-headless deleted" in \
+            out.stdout
+        assert f"volumes kept: data (remove them with `moor volume rm -n {name} data`, or " \
+               f"the namespace and all in it with `moor delete namespace {name}`)" in out.stdout
+        assert items(moor, "statefulsets", "-n", name) == []
+        assert [c["metadata"]["name"] for c in items(moor, "pvc", "-n", name)] == ["data"]
+        out = moor("volume", "rm", "-n", name, "data", "nope")
+        assert out.returncode == 1 and out.stdout == "data\n"
+        assert out.stderr.strip() == "Error: No such volume: nope"
+    finally:
+        moor("delete", "namespace", name)

@@ -196,15 +196,15 @@ def test_default_stack_name_is_the_directory():
 
 
 @pytest.mark.parametrize("text, want", [
-    pytest.param("services: {web: {image: b, volumes: [/data]}}",
-                 ["compose.yaml: services.web.volumes: not supported by Moorage"],
-                 id="volumes"),
+    pytest.param("services: {web: {image: b, cap_add: [NET_ADMIN]}}",
+                 ["compose.yaml: services.web.cap_add: not supported by Moorage"],
+                 id="cap-add"),
     pytest.param("services: {web: {build: .}}",
                  ["compose.yaml: services.web.build: not supported by Moorage; build and push "
                   "the image, then give `image`",
                   "compose.yaml: services.web.image: required: the image to run"], id="build"),
-    pytest.param("volumes: {data: {}}\nservices: {web: {image: b}}",
-                 ["compose.yaml: volumes: not supported by Moorage"], id="top-level"),
+    pytest.param("networks: {front: {}}\nservices: {web: {image: b}}",
+                 ["compose.yaml: networks: not supported by Moorage"], id="top-level"),
     pytest.param("services: {web: {image: b, ports: ['8080:80']}}",
                  ["compose.yaml: services.web.ports[0]: published port 8080 is outside the "
                   "NodePort range 30000-32767"], id="published-out-of-range"),
@@ -283,8 +283,8 @@ def test_errors_name_the_key(text, want):
 
 
 def test_every_problem_is_reported_at_once():
-    got = problems("services: {a: {image: b, volumes: []}, b: {image: c, networks: []}}")
-    assert got == ["compose.yaml: services.a.volumes: not supported by Moorage",
+    got = problems("services: {a: {image: b, cap_add: []}, b: {image: c, networks: []}}")
+    assert got == ["compose.yaml: services.a.cap_add: not supported by Moorage",
                    "compose.yaml: services.b.networks: not supported by Moorage"]
 
 

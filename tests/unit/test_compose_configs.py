@@ -409,8 +409,8 @@ def test_without_a_reader_a_file_is_a_problem():
 
 def test_problems_with_configs_and_services_are_reported_together():
     got = problems("secrets: {s: {file: pw, driver: x}}\n"
-                   "services: {web: {image: b, volumes: [], secrets: [t]}}", {"pw": b"v"})
+                   "services: {web: {image: b, cap_add: [], secrets: [t]}}", {"pw": b"v"})
     assert got == ["compose.yaml: secrets.s.driver: not supported by Moorage",
-                   "compose.yaml: services.web.volumes: not supported by Moorage",
+                   "compose.yaml: services.web.cap_add: not supported by Moorage",
                    "compose.yaml: services.web.secrets[0]: no secret named 't' in this file's "
                    "top-level secrets"]
