@@ -356,6 +356,31 @@ def test_a_sub_path_through_a_symlink_out_of_the_volume_is_refused(node):
     assert os.listdir(outside) == []
 
 
+def test_a_restarted_agent_adopts_a_pods_volumes_without_mounting_them_again(node):
+    os.makedirs(os.path.join(node.host_dir, "h"))
+    vols = [pb.Volume(name="s", empty_dir=pb.EmptyDirVolumeSource(size_limit="8Mi")),
+            pb.Volume(name="m", empty_dir=pb.EmptyDirVolumeSource(medium="Memory")),
+            pb.Volume(name="h", host_path=pb.HostPathVolumeSource(
+                path=os.path.join(node.host_dir, "h"), type="Directory"))]
+    pod = make_pod(("c", "echo x > /s/f; exec sleep 300",
+                    [mount("s", "/s"), mount("m", "/m"), mount("h", "/h"),
+                     mount("s", "/sub", sub_path="d")]), vols=vols, policy="Always")
+    w = node.worker(pod)
+    running(w)
+    before = mounts.under(node.state)
+    ids = {i.id for i in node.runtime.list(prefix=w.uid_prefix + "-")}
+    node.restart_agent()
+    w2 = node.worker(pod)
+    running(w2)
+    node.workers.remove(w)
+    assert mounts.under(node.state) == before
+    assert {i.id for i in node.runtime.list(prefix=w.uid_prefix + "-")} == ids
+    assert exec_out(node, w2, "c", "cat /s/f")[1] == "x\n"
+    w2.teardown(0)
+    assert mounts.under(node.state) == [] and diskimage.loops_backed_under(node.state) == []
+    assert os.path.isdir(os.path.join(node.host_dir, "h"))
+
+
 # ---- local persistent volumes ----
 
 def volume_data(name: str, claim: str, size: int, *, deleted=(), full=True):
