@@ -16,7 +16,12 @@ import subprocess
 
 from nodeagent.storage import mounts
 
-MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard")
+# fast_commit: an fsync inside the image commits a small delta instead of a whole journal
+# transaction (about twice the fsync rate through the loop device, which turns every flush
+# into an fsync of the image file). Inode tables and journal written now, not by a background
+# thread competing with the pod's first writes.
+MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "fast_commit",
+        "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0")
 # A volume's root, as the kubelet makes an emptyDir: anyone in the pod may write.
 ROOT_MODE = 0o777
 
