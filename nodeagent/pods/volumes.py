@@ -263,7 +263,8 @@ class PodVolumes:
         if self.local is None:
             raise VolumeProblem(CONTAINER_CREATING, "this node serves no persistent volumes")
         path, why = self.local.for_claim(self.pod.metadata.namespace,
-                                         v.persistent_volume_claim.claim_name)
+                                         v.persistent_volume_claim.claim_name,
+                                         self.pod.metadata.uid)
         if not path:
             raise VolumeProblem(CONTAINER_CREATING, why)
         return path
@@ -364,6 +365,8 @@ class PodVolumes:
     def remove(self) -> None:
         remove_disk(self.sys, self.disk)
         remove_dir(self.sys, self.dir)
+        if self.local is not None:
+            self.local.release(self.pod.metadata.uid)
 
 
 def remove_dir(sys: Syscalls, directory: str) -> None:
