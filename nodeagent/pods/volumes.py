@@ -192,7 +192,8 @@ class PodVolumes:
         """Whether the configs' tmpfs is: config volumes, or env from ConfigMaps/Secrets."""
         return any(v.HasField("config_map") or v.HasField("secret")
                    for v in self.pod.spec.volumes) or any(
-            c.env_from or any(e.HasField("value_from") for e in c.env)
+            c.env_from or any(e.value_from.HasField("config_map_key_ref") or
+                              e.value_from.HasField("secret_key_ref") for e in c.env)
             for c in self.pod.spec.containers)
 
     def _sources(self) -> Iterator[tuple[pb.Volume, object, bool]]:
