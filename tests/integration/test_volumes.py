@@ -21,7 +21,7 @@ from nodeagent.pods.worker import PodWorker, parse_container_id
 from nodeagent.runtime.images.archive import import_archive
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
-from nodeagent.runtime.syscalls import LibcSyscalls
+from nodeagent.runtime.syscalls import LibcSyscalls, RecordingSyscalls
 from nodeagent.storage import diskimage, hostpath, mounts
 from nodeagent.storage.localvolumes import LocalVolumes, unmount_all
 from nodeagent.storage.reporting import StorageLoop
@@ -304,6 +304,30 @@ def test_a_symlink_swapped_in_after_the_check_does_not_move_the_mount(node):
     finally:
         os.close(opened.fd)
         mounts.unmount_under(sysc, target)
+
+
+def test_a_pod_dir_whose_mounts_will_not_go_is_left_whole(node):
+    """Removing a pod's disk dir never empties a hostPath through a mount that stayed."""
+    data = os.path.join(node.host_dir, "precious")
+    os.makedirs(data)
+    open(os.path.join(data, "keep"), "w").close()
+    disk = os.path.join(node.state, "pod-disks", "u1")
+    target = os.path.join(disk, volumes.HOST, "h")
+    os.makedirs(target)
+    real = LibcSyscalls()
+    opened = hostpath.open_checked(real, data, "Directory", (node.host_dir,), node.state)
+    try:
+        mounts.bind_fd(real, opened.fd, target)
+    finally:
+        os.close(opened.fd)
+    try:
+        stuck = RecordingSyscalls()   # its umount2 does nothing: the mount stays
+        assert volumes.remove_disk(stuck, disk) is False
+        assert os.path.exists(os.path.join(data, "keep")) and os.path.isdir(disk)
+        assert [c.name for c in stuck.calls] == ["umount2"]
+    finally:
+        assert volumes.remove_disk(real, disk)
+    assert not os.path.exists(disk) and os.path.exists(os.path.join(data, "keep"))
 
 
 # ---- volumeMounts ----
