@@ -89,8 +89,11 @@ class Applier:
         # A manifest's resourceVersion is compared with the stored one, so it must be read,
         # not taken from the hint cache, or a stale entry would fail the apply every time.
         # So must a create's key: a stale entry for an object deleted since would refuse it.
+        # So must a claim's: whether it may change depends on what the cluster wrote into it
+        # (Bound, its volume), which the hint cache may not have seen.
         pinned = [k for d, k in zip(docs, keys)
-                  if create_only or d.obj.metadata.resource_version]
+                  if create_only or d.obj.metadata.resource_version
+                  or kinds.kind_of(d.obj) is CLAIM]
         if dry_run:
             # No Txn will check the answer, so read the truth rather than the hint cache.
             found, _ = await self.store.get_many(keys + ns_keys)
