@@ -206,6 +206,15 @@ def test_claims_bind_follow_protect_and_reclaim(cp, tmp_state):
                                      .spec.node_name and x)
                 assert p.spec.node_name == where
 
+            # moor explain tells the same story before anything is applied.
+            resp = stub.Explain(api_pb2.ExplainRequest(manifests=[api_pb2.Manifest(
+                source="e.yaml", content=pod(ns, "asked", "data"))]))
+            [answer] = resp.pods
+            other = "node-2" if where == "node-1" else "node-1"
+            assert answer.node == where
+            assert {r.node: r.reason for r in answer.rejected} == {
+                other: f"volume data is on {where}"}
+
             # Used bytes reported by the node become the claim's status.
             await agent.outbox.put(agent_pb2.AgentMessage(volumes=agent_pb2.VolumeReport(
                 usage=[agent_pb2.VolumeUsage(name=pv.metadata.name, used_bytes=4096,
