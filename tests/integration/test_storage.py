@@ -260,18 +260,21 @@ def test_claims_bind_follow_protect_and_reclaim(cp, tmp_state):
             d = await eventually(lambda: details(stub, ns, "solo-b"))
             assert set(d.values()) == {"claim solo is ReadWriteOncePod and used by pod solo-a"}
 
-            # Deleting the claim waits for its pods.
+            # Deleting the claim waits for its pods. A marker claim, deleted while its own pod
+            # holds it, is the barrier: the controller follows pods on one ordered watch, so
+            # once the marker goes (its pod deleted last) it has seen every deletion before.
+            apply(stub, claim(ns, "marker"))
+            apply(stub, pod(ns, "marker-user", "marker"))
+            stub.Delete(api_pb2.DeleteRequest(kind="pvc", namespace=ns, name="marker"))
             stub.Delete(api_pb2.DeleteRequest(kind="pvc", namespace=ns, name="data"))
             held = get(stub, "pvc", "data", ns)
             assert held.metadata.deletion_timestamp
+            assert get(stub, "pvc", "marker", ns).metadata.deletion_timestamp
             users = ["first"] + [f"later-{i}" for i in range(3)]
-            for name in users[:-1]:
+            for name in [*users[:-1], "marker-user"]:
                 stub.Delete(api_pb2.DeleteRequest(kind="pod", namespace=ns, name=name,
                                                   grace_period_seconds=0))
-            # The volume controller has seen those deletions once the pod is gone from the
-            # store and one pod is still left: the claim must still be there.
-            await eventually(lambda: get(stub, "pod", users[-2], ns) is None)
-            await asyncio.sleep(0)
+            await eventually(lambda: get(stub, "pvc", "marker", ns) is None)
             assert get(stub, "pvc", "data", ns) is not None
             assert get(stub, "pv", pv.metadata.name).status.phase == "Bound"
             stub.Delete(api_pb2.DeleteRequest(kind="pod", namespace=ns, name=users[-1],

@@ -123,6 +123,12 @@ def test_controller_protects_releases_and_announces():
     assert released.status.phase == "Released"
     assert w.events[0][2] == "VolumeReleased"
 
+    retained = pb.PersistentVolume()
+    retained.CopyFrom(pv)
+    retained.spec.persistent_volume_reclaim_policy = "Retain"
+    [w] = decide({"ns/data": b}, {pv.metadata.name: retained}, CLASSES, {})
+    assert w.puts[1][0].status.phase == "Released" and w.events[0][2] == "VolumeRetained"
+
     # Bound volume whose claim vanished (a namespace deleted): Released, if still absent.
     [w] = decide({}, volumes, CLASSES, {})
     assert w.puts[0][0].status.phase == "Released" and w.absent[0][2] == "data"
