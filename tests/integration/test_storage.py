@@ -76,6 +76,11 @@ class VolumeAgent:
                         if p.metadata.uid not in self.pods:
                             self.arrivals.append((p.metadata.name, set(self.volumes)))
                         self.pods[p.metadata.uid] = p
+                        if p.metadata.deletion_timestamp:   # "its containers stopped"
+                            self.outbox.put_nowait(agent_pb2.AgentMessage(
+                                pod_terminated=agent_pb2.PodTerminated(
+                                    namespace=p.metadata.namespace, name=p.metadata.name,
+                                    uid=p.metadata.uid)))
                     for uid in msg.assignments.removed_uids:
                         self.pods.pop(uid, None)
 
@@ -289,10 +294,26 @@ def test_claims_bind_follow_protect_and_reclaim(cp, tmp_state):
             await agent.outbox.put(agent_pb2.AgentMessage(volumes=agent_pb2.VolumeReport(
                 deleted=[pv.metadata.name])))
             await eventually(lambda: get(stub, "pv", pv.metadata.name) is None)
+
+            # The namespace deleted: its claims go through their finalizers once its pods are
+            # gone, and their volumes are released.
+            solo = get(stub, "pvc", "solo", ns)
+            stub.Delete(api_pb2.DeleteRequest(kind="namespace", name=ns))
+            assert get(stub, "namespace", ns) is not None
+            await eventually(lambda: get(stub, "namespace", ns) is None)
+            assert get(stub, "pvc", "solo", ns) is None
+            solo_agent = agents[get(stub, "pv", solo.spec.volume_name).spec.node_affinity
+                                .required.node_selector_terms[0].match_expressions[0]
+                                .values[0]]
+            await eventually(lambda: solo.spec.volume_name in solo_agent.deleted)
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            stub.Delete(api_pb2.DeleteRequest(kind="namespace", name=ns))
+            try:
+                stub.Delete(api_pb2.DeleteRequest(kind="namespace", name=ns))
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
 
     asyncio.run(go())
