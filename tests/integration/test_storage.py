@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import grpc
@@ -139,6 +141,13 @@ spec:
 """
 
 
+def moor(cp, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "moorage.cli.main", *args],
+                          capture_output=True, text=True, env=cp.env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def details(stub, ns: str, name: str) -> dict[str, str] | None:
     p = get(stub, "pod", name, ns)
     return {d.node: d.reason for d in p.status.scheduling_details} or None
@@ -225,6 +234,22 @@ def test_claims_bind_follow_protect_and_reclaim(cp, tmp_state):
                 usage=[agent_pb2.VolumeUsage(name=pv.metadata.name, used_bytes=4096,
                                              capacity_bytes=2**30)])))
             await eventually(lambda: get(stub, "pvc", "data", ns).status.used_bytes == 4096)
+
+            # moor get and describe.
+            out = moor(cp, "get", "pvc", "-n", ns).splitlines()
+            assert out[0].split() == ["NAME", "STATUS", "VOLUME", "CAPACITY", "USED", "ACCESS",
+                                      "MODES", "STORAGECLASS", "AGE"]
+            row = next(line.split() for line in out if line.startswith("data "))
+            assert row[:7] == ["data", "Bound", pv.metadata.name, "1Gi", "4Ki", "RWO", "local"]
+            row = next(line.split() for line in moor(cp, "get", "pv").splitlines()
+                       if line.startswith(pv.metadata.name))
+            assert row[1:7] == ["1Gi", "RWO", "Delete", "Bound", f"{ns}/data", "local"]
+            assert any(line.split()[:2] == ["local", "(default)"]
+                       for line in moor(cp, "get", "sc").splitlines())
+            text = moor(cp, "describe", "pvc", "data", "-n", ns)
+            assert "ProvisioningSucceeded" in text and "Used:" in text
+            text = moor(cp, "describe", "pv", pv.metadata.name)
+            assert f"Claim: {ns}/data" in [" ".join(line.split()) for line in text.splitlines()]
 
             # A claim may grow (the class allows it) but never shrink.
             line = refused(stub, claim(ns, "data", "512Mi"))
