@@ -53,7 +53,7 @@ class Invalid(ValueError):
 class Planned:
     doc: Document
     key: bytes
-    action: str                  # created, configured, unchanged
+    action: str                  # created, configured, unchanged, deleted
     obj: object
     previous: object | None
     expect: int                  # mod_revision to compare (ABSENT for a create)
@@ -114,7 +114,8 @@ class Applier:
             leases = await self.services.allocate(plans)
             if dry_run:
                 return plans, 0
-            ops = [Op(p.key, p.obj, p.expect, guard_only=p.action == "unchanged") for p in plans]
+            ops = [Op(p.key, None if p.action == "deleted" else p.obj, p.expect,
+                      guard_only=p.action == "unchanged") for p in plans]
             ops += leases
             ops += [Op(k, None, self.cache[k][0], guard_only=True) for k in ns_keys]
             # The classes the claims use must still be there as they were read.
@@ -125,7 +126,9 @@ class Applier:
             ok, revision, current = await self.store.commit(ops)
             if ok:
                 for p in plans:
-                    if p.action != "unchanged":
+                    if p.action == "deleted":
+                        self._remember(p.key, revision, None)
+                    elif p.action != "unchanged":
                         encoded = self.store.encode(p.obj, p.key)
                         self._remember(p.key, revision, encoded)
                         p.obj.metadata.resource_version = str(revision)
@@ -233,6 +236,10 @@ class Applier:
                     "metadata.namespace", f"unable to create new content in namespace {ns} "
                     "because it is being terminated (wait until it is gone)")))
                 continue
+            if current is not None and current.metadata.deletion_timestamp and \
+                    current.metadata.finalizers and not obj.metadata.finalizers:
+                # The last finalizer of an object being deleted is gone: so is the object.
+                action = "deleted"
             plans.append(Planned(doc, key, action, obj, current, rev))
         if problems:
             raise ManifestError(problems)

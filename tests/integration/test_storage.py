@@ -342,3 +342,22 @@ def test_claims_bind_follow_protect_and_reclaim(cp, tmp_state):
                     raise
 
     asyncio.run(go())
+
+
+def test_finalizers_hold_a_deleted_object_until_the_last_goes(cp):
+    stub = cp.stub()
+    name = unique("held")
+    cm = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, finalizers: [%s]}}\n"
+    apply(stub, cm % "example.com/a, example.com/b")
+    stub.Delete(api_pb2.DeleteRequest(kind="configmap", namespace="default", name=name))
+    held = get(stub, "configmap", name, "default")
+    assert held.metadata.deletion_timestamp
+    assert list(held.metadata.finalizers) == ["example.com/a", "example.com/b"]
+    # A manifest without finalizers leaves them alone; one that drops one keeps the object.
+    apply(stub, f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n")
+    apply(stub, cm % "example.com/b")
+    assert list(get(stub, "configmap", name, "default").metadata.finalizers) == \
+        ["example.com/b"]
+    [result] = apply(stub, cm % "").results
+    assert result.action == "deleted"
+    assert get(stub, "configmap", name, "default") is None
