@@ -325,7 +325,8 @@ def merge(doc: Document, current) -> tuple[object, str]:
 
 # Annotations the cluster writes (a Deployment's revision and history); a manifest that does
 # not mention them leaves them alone, as kubectl apply leaves keys it never set.
-SYSTEM_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/", "moorage.io/")
+SYSTEM_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/", "moorage.io/", "pv.kubernetes.io/",
+                              "volume.kubernetes.io/")
 
 
 def _preserve_owned_fields(new, current, raw: dict) -> None:

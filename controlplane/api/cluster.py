@@ -333,8 +333,9 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         marked.CopyFrom(current)
         marked.metadata.deletion_timestamp = rfc3339(time.time())
         marked.status.phase = pods.TERMINATING
-        # Pods go gracefully and claims through their finalizers (a claim stays while a pod
-        # uses it): the namespace controller deletes both.
+        # Pods go gracefully, and claims through their finalizers while a pod may use them:
+        # with no pod left, the claims go with the namespace; else the namespace controller
+        # deletes both.
         prefixes = [self.store.range_prefix(kind, name) for kind in kinds.KINDS
                     if kind.namespaced and kind not in (POD, CLAIM)]
         for start in prefixes:

@@ -255,14 +255,14 @@ class Store:
             # Changed between the read and the delete: delete what is there now.
 
     async def delete_namespace(self, key: bytes, expect: int, marked, prefixes: Sequence[bytes],
-                               pods_prefix: bytes, also_empty: Sequence[bytes] = ()) -> bool:
+                               pods_prefix: bytes, with_namespace: Sequence[bytes] = ()) -> bool:
         """One Txn, if the namespace at `key` is still at `expect`: deletes every key under
-        `prefixes`, then the namespace itself when nothing is under `pods_prefix` (nor under
-        `also_empty`), or else stores `marked` (its Terminating form) for the namespace
-        controller to finish."""
-        finish = rpc.TxnRequest(compare=[txn.prefix_empty(pods_prefix),
-                                         *(txn.prefix_empty(p) for p in also_empty)],
-                                success=[txn.delete(key)],
+        `prefixes`, then, when nothing is under `pods_prefix`, every key under `with_namespace`
+        and the namespace itself, or else stores `marked` (its Terminating form) for the
+        namespace controller to finish."""
+        finish = rpc.TxnRequest(compare=[txn.prefix_empty(pods_prefix)],
+                                success=[*(txn.delete(p, prefix=True) for p in with_namespace),
+                                         txn.delete(key)],
                                 failure=[txn.put(key, self.encode(marked))])
         ops = [txn.delete(start, prefix=True) for start in prefixes]
         ops.append(rpc.RequestOp(request_txn=finish))
