@@ -53,7 +53,7 @@ class Invalid(ValueError):
 class Planned:
     doc: Document
     key: bytes
-    action: str                  # created, configured, unchanged
+    action: str                  # created, configured, unchanged, deleted
     obj: object
     previous: object | None
     expect: int                  # mod_revision to compare (ABSENT for a create)
@@ -89,8 +89,11 @@ class Applier:
         # A manifest's resourceVersion is compared with the stored one, so it must be read,
         # not taken from the hint cache, or a stale entry would fail the apply every time.
         # So must a create's key: a stale entry for an object deleted since would refuse it.
+        # So must a claim's: whether it may change depends on what the cluster wrote into it
+        # (Bound, its volume), which the hint cache may not have seen.
         pinned = [k for d, k in zip(docs, keys)
-                  if create_only or d.obj.metadata.resource_version]
+                  if create_only or d.obj.metadata.resource_version
+                  or kinds.kind_of(d.obj) is CLAIM]
         if dry_run:
             # No Txn will check the answer, so read the truth rather than the hint cache.
             found, _ = await self.store.get_many(keys + ns_keys)
@@ -111,7 +114,8 @@ class Applier:
             leases = await self.services.allocate(plans)
             if dry_run:
                 return plans, 0
-            ops = [Op(p.key, p.obj, p.expect, guard_only=p.action == "unchanged") for p in plans]
+            ops = [Op(p.key, None if p.action == "deleted" else p.obj, p.expect,
+                      guard_only=p.action == "unchanged") for p in plans]
             ops += leases
             ops += [Op(k, None, self.cache[k][0], guard_only=True) for k in ns_keys]
             # The classes the claims use must still be there as they were read.
@@ -122,7 +126,9 @@ class Applier:
             ok, revision, current = await self.store.commit(ops)
             if ok:
                 for p in plans:
-                    if p.action != "unchanged":
+                    if p.action == "deleted":
+                        self._remember(p.key, revision, None)
+                    elif p.action != "unchanged":
                         encoded = self.store.encode(p.obj, p.key)
                         self._remember(p.key, revision, encoded)
                         p.obj.metadata.resource_version = str(revision)
@@ -230,6 +236,10 @@ class Applier:
                     "metadata.namespace", f"unable to create new content in namespace {ns} "
                     "because it is being terminated (wait until it is gone)")))
                 continue
+            if current is not None and current.metadata.deletion_timestamp and \
+                    current.metadata.finalizers and not obj.metadata.finalizers:
+                # The last finalizer of an object being deleted is gone: so is the object.
+                action = "deleted"
             plans.append(Planned(doc, key, action, obj, current, rev))
         if problems:
             raise ManifestError(problems)
@@ -315,7 +325,8 @@ def merge(doc: Document, current) -> tuple[object, str]:
 
 # Annotations the cluster writes (a Deployment's revision and history); a manifest that does
 # not mention them leaves them alone, as kubectl apply leaves keys it never set.
-SYSTEM_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/", "moorage.io/")
+SYSTEM_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/", "moorage.io/", "pv.kubernetes.io/",
+                              "volume.kubernetes.io/")
 
 
 def _preserve_owned_fields(new, current, raw: dict) -> None:

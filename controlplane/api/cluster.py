@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SCALABLE = ("Deployment", "StatefulSet")
 POD = kinds.BY_NAME["Pod"]
 SECRET = kinds.BY_NAME["Secret"]
+CLAIM = kinds.BY_NAME["PersistentVolumeClaim"]
 DELETE_ATTEMPTS = 5
 SCALE_ATTEMPTS = 50
 
@@ -332,14 +333,17 @@ class ClusterServicer(api_pb2_grpc.ClusterServicer):
         marked.CopyFrom(current)
         marked.metadata.deletion_timestamp = rfc3339(time.time())
         marked.status.phase = pods.TERMINATING
+        # Pods go gracefully, and claims through their finalizers while a pod may use them:
+        # with no pod left, the claims go with the namespace; else the namespace controller
+        # deletes both.
         prefixes = [self.store.range_prefix(kind, name) for kind in kinds.KINDS
-                    if kind.namespaced and kind is not POD]
+                    if kind.namespaced and kind not in (POD, CLAIM)]
         for start in prefixes:
             for cached in [k for k in self.applier.cache if k.startswith(start)]:
                 del self.applier.cache[cached]
         if not await self.store.delete_namespace(
                 self.store.key(ns_kind, "", name), rev, marked, prefixes,
-                self.store.range_prefix(POD, name)):
+                self.store.range_prefix(POD, name), (self.store.range_prefix(CLAIM, name),)):
             raise Conflict(f'namespace "{name}" changed while deleting it; try again')
         return marked
 

@@ -16,9 +16,12 @@ from controlplane.scheduler import (
     explain,
 )
 from controlplane.scheduler.objects import node_info, pod_info
+from controlplane.scheduler.volumes import claim_key
+from controlplane.scheduler.volumes import needs as volume_needs
+from controlplane.scheduler.volumes import storage_used as volume_storage_used
 from controlplane.store import Store
 from moorage.manifest import Document
-from moorage.model import kinds
+from moorage.model import kinds, storage
 from moorage.model.deployments import template_hash
 from moorage.model.pods import TERMINAL_PHASES
 from moorage.v1 import api_pb2
@@ -75,9 +78,11 @@ def is_bound(pod: pb.Pod) -> bool:
 
 
 def cluster_nodes(nodes: list[pb.Node], pods: list[pb.Pod],
-                  replaced: Set[tuple[str, str]] = frozenset()) -> list[NodeInfo]:
+                  replaced: Set[tuple[str, str]] = frozenset(),
+                  storage_used: dict[str, int] | None = None) -> list[NodeInfo]:
     """NodeInfos with their bound pods; pods named in `replaced` are left out, since the
-    manifests' pods of those names would take their place."""
+    manifests' pods of those names would take their place. `storage_used`: bytes given to
+    PersistentVolumes per node."""
     on_node: dict[str, list] = {n.metadata.name: [] for n in nodes}
     for pod in pods:
         held = on_node.get(pod.spec.node_name)
@@ -86,15 +91,18 @@ def cluster_nodes(nodes: list[pb.Node], pods: list[pb.Pod],
         if (pod.metadata.namespace, pod.metadata.name) in replaced:
             continue
         held.append(pod_info(pod))
-    return [node_info(n, tuple(on_node[n.metadata.name])) for n in nodes]
+    used = storage_used or {}
+    return [node_info(n, tuple(on_node[n.metadata.name]), used.get(n.metadata.name, 0))
+            for n in nodes]
 
 
-def plan(new: list[NewPod], nodes: list[NodeInfo], config: SchedulerConfig
-         ) -> list[api_pb2.PodExplanation]:
+def plan(new: list[NewPod], nodes: list[NodeInfo], config: SchedulerConfig,
+         volumes: list | None = None) -> list[api_pb2.PodExplanation]:
     """Decides the new pods one at a time in the scheduler's batch order, each against the
     nodes as the earlier ones left them, so the outcomes are those of `schedule_batch` with
     every node scored; answers in the order of `new`."""
-    infos = [dataclasses.replace(pod_info(p.pod), creation_index=i)
+    infos = [dataclasses.replace(pod_info(p.pod), creation_index=i,
+                                 volumes=volumes[i] if volumes else None)
              for i, p in enumerate(new)]
     # Explain always scores every node, so ask for the same of the config it is given. (With
     # a `seed`, ties may still break otherwise than in one batch, which shares one Random.)
@@ -136,7 +144,40 @@ async def explain_manifests(store: Store, docs: list[Document], config: Schedule
                        f"considers ({MAX_POD_NODE_PAIRS} pod-node pairs); explain fewer "
                        "manifests or fewer replicas at a time")
     replaced = {(p.namespace, p.pod.metadata.name) for p in new}
-    state = cluster_nodes(nodes, pods, replaced)
+    claims, volumes, classes = ({}, {}, {})
+    if any(storage.claim_names(p.pod.spec) for p in new):
+        claims, volumes, classes = await _storage(store, docs, revision)
+    state = cluster_nodes(nodes, pods, replaced, volume_storage_used(volumes))
+    users: dict[str, list[str]] = {}
+    for pod in pods:
+        if is_bound(pod) and (pod.metadata.namespace, pod.metadata.name) not in replaced:
+            for name in storage.claim_names(pod.spec):
+                users.setdefault(claim_key(pod.metadata.namespace, name), []).append(
+                    f"{pod.metadata.namespace}/{pod.metadata.name}")
+    needs_of = [volume_needs(p.pod, claims, volumes, classes, lambda k: users.get(k, []))
+                for p in new]
     # Pure CPU work: a thread keeps the event loop serving other calls meanwhile.
-    answers = await asyncio.to_thread(plan, new, state, config)
+    answers = await asyncio.to_thread(plan, new, state, config, needs_of)
     return api_pb2.ExplainResponse(pods=answers, nodes=len(nodes))
+
+
+async def _storage(store: Store, docs: list[Document], revision: int):
+    """Claims (by namespace/name), volumes and classes (by name) as the manifests would
+    leave them: the stored ones at `revision`, with the manifests' own on top."""
+    claim_kind = kinds.BY_NAME["PersistentVolumeClaim"]
+    stored_claims, _ = await store.list(claim_kind, None, revision=revision)
+    stored_volumes, _ = await store.list(kinds.BY_NAME["PersistentVolume"], None,
+                                         revision=revision)
+    stored_classes, _ = await store.list(kinds.BY_NAME["StorageClass"], None,
+                                         revision=revision)
+    claims = {claim_key(c.metadata.namespace, c.metadata.name): c for c in stored_claims}
+    volumes = {v.metadata.name: v for v in stored_volumes}
+    classes = {c.metadata.name: c for c in stored_classes}
+    for doc in docs:
+        kind = kinds.kind_of(doc.obj).name
+        if kind == "StorageClass":
+            classes[doc.obj.metadata.name] = doc.obj
+        elif kind == "PersistentVolumeClaim":
+            key = claim_key(doc.obj.metadata.namespace, doc.obj.metadata.name)
+            claims.setdefault(key, doc.obj)   # a stored claim keeps its binding
+    return claims, volumes, classes

@@ -2,8 +2,9 @@
 
 Deleting a namespace removes everything in it but its pods at once and marks it Terminating
 (controlplane/api/cluster.py). This controller then deletes its pods as any deletion does
-(gracefully: running ones become Terminating and go when their agents confirm) and removes the
-namespace in a Txn that requires it to hold no pod, so nothing in it outlives it. It runs on
+(gracefully: running ones become Terminating and go when their agents confirm), deletes its
+claims (marked while a finalizer holds them) and removes the namespace in a Txn that requires
+it to hold no pod and no claim, so nothing in it outlives it. It runs on
 the shared runner, woken by namespace changes and every half second while one terminates.
 """
 
@@ -16,11 +17,13 @@ from controlplane.controllers.runner import Runner, Watch
 from controlplane.store import NotLeader, Op, Store, StoreError
 from moorage.model import kinds
 from moorage.model.pods import graceful_delete, is_terminating
+from moorage.model.timestamps import rfc3339
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = kinds.BY_NAME["Namespace"]
 POD = kinds.BY_NAME["Pod"]
+CLAIM = kinds.BY_NAME["PersistentVolumeClaim"]
 PERIOD_SECONDS = 0.5
 # Pods marked or deleted per Txn (etcd's default --max-txn-ops is 128).
 BATCH = 100
@@ -66,13 +69,25 @@ class NamespaceController:
                 continue   # its agent removes it once its containers stopped
             mark = graceful_delete(pod, None, now)
             ops.append(Op(self.store.key_of(pod), mark, int(pod.metadata.resource_version)))
+        # Claims are deleted as any deletion does: those with finalizers (pvc-protection) are
+        # marked and go once the volume controller lets them (no pod uses them any more).
+        claims, _ = await self.store.list(CLAIM, name)
+        for claim in claims:
+            if claim.metadata.deletion_timestamp:
+                continue
+            mark = None
+            if claim.metadata.finalizers:
+                mark = type(claim)()
+                mark.CopyFrom(claim)
+                mark.metadata.deletion_timestamp = rfc3339(now)
+            ops.append(Op(self.store.key_of(claim), mark, int(claim.metadata.resource_version)))
         for start in range(0, len(ops), BATCH):
             await self.store.commit(ops[start:start + BATCH])   # a lost race: next pass
-        if pods:
+        if pods or claims:
             return False
         done = await self.store.delete_if_empty(
             self.store.key_of(ns), int(ns.metadata.resource_version),
-            self.store.range_prefix(POD, name))
+            self.store.range_prefix(POD, name), (self.store.range_prefix(CLAIM, name),))
         if done:
             log.info("namespace %s is gone", name)
         return done

@@ -255,22 +255,26 @@ class Store:
             # Changed between the read and the delete: delete what is there now.
 
     async def delete_namespace(self, key: bytes, expect: int, marked, prefixes: Sequence[bytes],
-                               pods_prefix: bytes) -> bool:
+                               pods_prefix: bytes, with_namespace: Sequence[bytes] = ()) -> bool:
         """One Txn, if the namespace at `key` is still at `expect`: deletes every key under
-        `prefixes`, then the namespace itself when nothing is under `pods_prefix`, or else stores
-        `marked` (its Terminating form) for the namespace controller to finish."""
+        `prefixes`, then, when nothing is under `pods_prefix`, every key under `with_namespace`
+        and the namespace itself, or else stores `marked` (its Terminating form) for the
+        namespace controller to finish."""
         finish = rpc.TxnRequest(compare=[txn.prefix_empty(pods_prefix)],
-                                success=[txn.delete(key)],
+                                success=[*(txn.delete(p, prefix=True) for p in with_namespace),
+                                         txn.delete(key)],
                                 failure=[txn.put(key, self.encode(marked))])
         ops = [txn.delete(start, prefix=True) for start in prefixes]
         ops.append(rpc.RequestOp(request_txn=finish))
         resp = await self._send([txn.mod_equals(key, expect)], ops, [])
         return resp.succeeded
 
-    async def delete_if_empty(self, key: bytes, expect: int, prefix: bytes) -> bool:
-        """Deletes `key` if it is still at `expect` and nothing is under `prefix` (a
-        Terminating namespace whose last pod is gone)."""
-        resp = await self._send([txn.mod_equals(key, expect), txn.prefix_empty(prefix)],
+    async def delete_if_empty(self, key: bytes, expect: int, prefix: bytes,
+                              also_empty: Sequence[bytes] = ()) -> bool:
+        """Deletes `key` if it is still at `expect` and nothing is under `prefix` (nor under
+        `also_empty`): a Terminating namespace whose last pod (and claim) is gone."""
+        resp = await self._send([txn.mod_equals(key, expect), txn.prefix_empty(prefix),
+                                 *(txn.prefix_empty(p) for p in also_empty)],
                                 [txn.delete(key)], [])
         return resp.succeeded
 

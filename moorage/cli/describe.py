@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from moorage.cli import describeconfig
+from moorage.cli import describeconfig, describestorage
 from moorage.cli import printers as p
 from moorage.model import configs, deployments, statefulsets
 
@@ -418,7 +418,9 @@ def _secret(w: Writer, secret) -> None:
 # A Service's section also takes its endpoints: `describe` calls _service itself.
 _SECTIONS = {"Pod": _pod, "Deployment": _deployment, "StatefulSet": _stateful_set,
              "Node": _node, "Namespace": _namespace, "Event": _event, "ConfigMap": _config_map,
-             "Secret": _secret}
+             "Secret": _secret, "PersistentVolumeClaim": describestorage.claim,
+             "PersistentVolume": describestorage.volume,
+             "StorageClass": describestorage.storage_class}
 # Kinds whose describe has kubectl's four metadata lines only.
 _SHORT_METADATA = ("ConfigMap", "Secret")
 # Kinds described without events, as kubectl describes them.

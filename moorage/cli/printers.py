@@ -273,6 +273,59 @@ def _secret_row(secret, now):
             format_age(secret.metadata.creation_timestamp, now)], []
 
 
+_MODES = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX",
+          "ReadWriteOncePod": "RWOP"}
+_SIZE_UNITS = (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10))
+
+
+def access_modes(modes) -> str:
+    """kubectl's short forms, comma-joined: `RWO`, `RWOP`."""
+    return ",".join(_MODES.get(m, m) for m in modes)
+
+
+def human_size(n: int) -> str:
+    """Bytes in the largest binary unit they reach, one decimal where it is not whole:
+    `0`, `512`, `4Ki`, `1.5Gi`."""
+    for unit, size in _SIZE_UNITS:
+        if n >= size:
+            value = n / size
+            return f"{value:.0f}{unit}" if n % size == 0 else f"{value:.1f}{unit}"
+    return str(n)
+
+
+def _claim_row(claim, now):
+    bound = claim.status.phase == "Bound"
+    capacity = claim.status.capacity.get("storage", "") if bound else ""
+    used = human_size(claim.status.used_bytes) if bound else ""
+    name = claim.spec.storage_class_name if claim.spec.HasField("storage_class_name") else ""
+    status = "Terminating" if claim.metadata.deletion_timestamp else \
+        (claim.status.phase or "Pending")
+    return [claim.metadata.name, status, claim.spec.volume_name, capacity, used,
+            access_modes(claim.status.access_modes) if bound else "", name or NONE,
+            format_age(claim.metadata.creation_timestamp, now)], \
+        [claim.spec.volume_mode or "Filesystem"]
+
+
+def _volume_row(pv, now):
+    ref = pv.spec.claim_ref
+    status = "Terminating" if pv.metadata.deletion_timestamp else (pv.status.phase or "Pending")
+    return [pv.metadata.name, pv.spec.capacity.get("storage", ""), access_modes(
+        pv.spec.access_modes), pv.spec.persistent_volume_reclaim_policy or "Delete", status,
+            f"{ref.namespace}/{ref.name}" if ref.name else "", pv.spec.storage_class_name,
+            pv.status.reason, format_age(pv.metadata.creation_timestamp, now)], \
+        [pv.spec.volume_mode or "Filesystem"]
+
+
+def _storage_class_row(sc, now):
+    default = sc.metadata.annotations.get(
+        "storageclass.kubernetes.io/is-default-class", "").lower() == "true"
+    expand = "true" if sc.HasField("allow_volume_expansion") and sc.allow_volume_expansion \
+        else "false"
+    return [sc.metadata.name + (" (default)" if default else ""), sc.provisioner,
+            sc.reclaim_policy or "Delete", sc.volume_binding_mode or "Immediate", expand,
+            format_age(sc.metadata.creation_timestamp, now)], []
+
+
 # kind -> (columns, wide-only columns, row function). Event rows also return a trailing part
 # (the message) that stays last even in wide output, since it is the longest cell.
 TABLES = {
@@ -288,6 +341,13 @@ TABLES = {
               ["SOURCE", "FIRST SEEN", "COUNT", "NAME"], _event_row),
     "ConfigMap": (["NAME", "DATA", "AGE"], [], _config_map_row),
     "Secret": (["NAME", "TYPE", "DATA", "AGE"], [], _secret_row),
+    "PersistentVolumeClaim": (["NAME", "STATUS", "VOLUME", "CAPACITY", "USED", "ACCESS MODES",
+                               "STORAGECLASS", "AGE"], ["VOLUMEMODE"], _claim_row),
+    "PersistentVolume": (["NAME", "CAPACITY", "ACCESS MODES", "RECLAIM POLICY", "STATUS",
+                          "CLAIM", "STORAGECLASS", "REASON", "AGE"], ["VOLUMEMODE"],
+                         _volume_row),
+    "StorageClass": (["NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE",
+                      "ALLOWVOLUMEEXPANSION", "AGE"], [], _storage_class_row),
 }
 
 

@@ -16,7 +16,7 @@ from controlplane.controllers.statefulsets import StatefulSetController
 from controlplane.scheduler.binder import Scheduler
 from controlplane.store import Conflict, Store
 from moorage.manifest import ManifestError, parse
-from moorage.model import kinds
+from moorage.model import kinds, storage
 from moorage.model import statefulsets as model
 from moorage.model.deployments import read_history
 from moorage.v1 import objects_pb2 as pb
@@ -76,7 +76,12 @@ async def apply(store: Store, text: str) -> None:
 async def cluster(store: Store):
     ns = pb.Namespace(api_version="v1", kind="Namespace")
     ns.metadata.name = "default"
-    await create_all(store, [ns, node("node-0"), node("node-1"), node("node-2")])
+    nodes = [node(f"node-{i}") for i in range(3)]
+    for n in nodes:   # room for the claims, which bind where their pods land
+        n.status.capacity[storage.LOCAL_STORAGE] = "100Gi"
+    sc = storage.default_class()
+    sc.metadata.uid = "local-class"
+    await create_all(store, [ns, sc, *nodes])
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(StatefulSetController(store).run()),
              loop.create_task(Scheduler(store, record_events=False).run()),
