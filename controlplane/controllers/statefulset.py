@@ -4,7 +4,7 @@ claim creates, pod creates and deletes, claim resizes and deletes, status and hi
 Pure: never mutates its inputs, reads no clock (it comes in as an argument). It keeps
 Kubernetes' invariants: pod `<name>-<i>` is never planned while any object of that name
 exists (whoever owns it, Terminating included), so an ordinal never runs twice; a pod's claims
-are created with it (in the same write) and outlive it unless the retention policy says
+are created before it (the pass before) and outlive it unless the retention policy says
 Delete. OrderedReady creates ordinal i only when every lower one is Running and Ready, and
 removes the highest surplus pod only when all others are; RollingUpdate replaces pods from the
 highest ordinal down to the partition, maxUnavailable at a time.
@@ -268,14 +268,18 @@ def reconcile(sts: pb.StatefulSet, pods: Sequence[pb.Pod],
                 return False   # its old claim is still going away
             if existing is None:
                 claims_for.append(new_claim(sts, tmpl, pname, now))
-        older = rolling and o < part
-        pod = new_pod(sts, o, current_rev if older else update_rev,
-                      cur_template if older else sts.spec.template, now)
         for c in claims_for:
             create_claims.append(c)
             claims_by_name[c.metadata.name] = c
             events.append((NORMAL, "SuccessfulCreate", f"create Claim {c.metadata.name} Pod "
                            f"{pname} in StatefulSet {name} success"))
+        if claims_for:
+            # The claims first, the pod in a later pass: whoever watches pods (the scheduler)
+            # then finds its claims already there, as in Kubernetes.
+            return False
+        older = rolling and o < part
+        pod = new_pod(sts, o, current_rev if older else update_rev,
+                      cur_template if older else sts.spec.template, now)
         create.append(pod)
         taken.add(pname)
         events.append((NORMAL, "SuccessfulCreate",

@@ -17,7 +17,8 @@ from controlplane.controllers.runner import DirtyKeys, Runner, Watch
 from controlplane.controllers.statefulset import Plan, reconcile
 from controlplane.events import WARNING, EventRecorder
 from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
-from moorage.model import kinds
+from moorage.manifest import defaults
+from moorage.model import kinds, storage
 from moorage.model import statefulsets as sts_model
 from moorage.model.pods import graceful_delete, is_terminating
 from moorage.model.timestamps import rfc3339
@@ -29,6 +30,7 @@ POD = kinds.BY_NAME["Pod"]
 STATEFULSET = kinds.BY_NAME["StatefulSet"]
 CLAIM = kinds.BY_NAME["PersistentVolumeClaim"]
 SERVICE = kinds.BY_NAME["Service"]
+STORAGE_CLASS = kinds.BY_NAME["StorageClass"]
 # Objects written per Txn: each also carries an Event, and etcd caps a Txn at 128 ops.
 BURST = 40
 RETRY_SECONDS = 0.5
@@ -59,6 +61,7 @@ class StatefulSetController:
         self.pods: dict[str, dict[str, pb.Pod]] = {}          # namespace -> name -> pod
         self.claims: dict[str, dict[str, pb.PersistentVolumeClaim]] = {}
         self.services: dict[str, pb.Service] = {}
+        self.classes: dict[str, pb.StorageClass] = {}
         self.seen_rv: dict[str, int] = {}
         self.warned: set[str] = set()
         self.keys = DirtyKeys(time.monotonic)
@@ -67,6 +70,7 @@ class StatefulSetController:
             Watch(POD, self._resync_pods, self.put_pod, self.drop_pod),
             Watch(CLAIM, self._resync_claims, self.put_claim, self.drop_claim),
             Watch(SERVICE, self._resync_services, self.put_service, self.drop_service),
+            Watch(STORAGE_CLASS, self._resync_classes, self.put_class, self.drop_class),
             Watch(STATEFULSET, self._resync_sets, self.put_set, self.drop_set)])
         self.synced = self.runner.synced
 
@@ -126,6 +130,15 @@ class StatefulSetController:
 
     def drop_service(self, svc: pb.Service) -> None:
         self.services.pop(_key(svc), None)
+
+    def put_class(self, sc: pb.StorageClass) -> None:
+        self.classes[sc.metadata.name] = sc
+
+    def drop_class(self, sc: pb.StorageClass) -> None:
+        self.classes.pop(sc.metadata.name, None)
+
+    def _resync_classes(self, items) -> None:
+        self.classes = {sc.metadata.name: sc for sc in items}
 
     def put_set(self, sts: pb.StatefulSet) -> None:
         if not self._newer("sts:" + _key(sts), int(sts.metadata.resource_version or 0)):
@@ -243,23 +256,13 @@ class StatefulSetController:
             # Guards every write with the spec it was planned from.
             ops.append(Op(self.store.key_of(stored), updated,
                           int(stored.metadata.resource_version), guard_only=updated is None))
-        budget = BURST
-        claims = list(plan.create_claims)
-        creates = list(plan.create)
-        # A pod goes only with its claims: never split them over two Txns.
-        made_claims, made_pods = [], []
-        wanted = {c.metadata.name: c for c in claims}
-        for pod in creates:
-            mine = [wanted.pop(v.persistent_volume_claim.claim_name)
-                    for v in pod.spec.volumes
-                    if v.persistent_volume_claim.claim_name in wanted]
-            if budget < 1 + len(mine):
-                break
-            budget -= 1 + len(mine)
-            made_claims += mine
-            made_pods.append(pod)
-        more = len(made_pods) < len(creates)
+        made_claims = list(plan.create_claims[:BURST])
+        made_pods = list(plan.create[:max(0, BURST - len(made_claims))])
+        more = len(made_pods) < len(plan.create) or len(made_claims) < len(plan.create_claims)
+        default = storage.pick_default(self.classes.values())
         for c in made_claims:
+            # As an apply admits a claim: the default class written in, pvc-protection.
+            defaults.default_claim(c, default.metadata.name if default else None)
             c.metadata.uid = str(uuid.uuid4())
             ops.append(Op(self.store.key_of(c), c, ABSENT))
         for pod in made_pods:

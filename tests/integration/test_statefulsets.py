@@ -72,16 +72,20 @@ async def apply(store: Store, text: str) -> None:
             continue   # the controller's status write came first
 
 
+def storage_node(name: str) -> pb.Node:
+    n = node(name)
+    n.status.capacity[storage.LOCAL_STORAGE] = "100Gi"
+    return n
+
+
 @contextlib.asynccontextmanager
 async def cluster(store: Store):
     ns = pb.Namespace(api_version="v1", kind="Namespace")
     ns.metadata.name = "default"
-    nodes = [node(f"node-{i}") for i in range(3)]
-    for n in nodes:   # room for the claims, which bind where their pods land
-        n.status.capacity[storage.LOCAL_STORAGE] = "100Gi"
     sc = storage.default_class()
-    sc.metadata.uid = "local-class"
-    await create_all(store, [ns, sc, *nodes])
+    sc.metadata.uid = "uid-local"
+    # The local class, as the control plane makes it at start, and nodes with room for it.
+    await create_all(store, [ns, sc, *(storage_node(f"node-{i}") for i in range(3))])
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(StatefulSetController(store).run()),
              loop.create_task(Scheduler(store, record_events=False).run()),
@@ -119,7 +123,13 @@ async def settled(store: Store, names: list[str], image: str = "busybox:1"):
               and sts.status.ready_replicas == len(names)
               and sts.status.current_revision == sts.status.update_revision)
         return pods if ok else None
-    return await wait_until_async(check, 30, f"pods {names} Ready at {image}")
+    try:
+        return await wait_until_async(check, 30, f"pods {names} Ready at {image}")
+    except AssertionError:
+        pods = await set_pods(store)
+        have = [f"{n} {p.status.phase} on {p.spec.node_name or '-'}: "
+                f"{[c.message for c in p.status.conditions]}" for n, p in sorted(pods.items())]
+        raise AssertionError(f"pods {names} Ready at {image}; have {have}") from None
 
 
 def test_ordered_creation_claims_and_scale_3_1_3_keeps_claims(store_factory):
@@ -154,6 +164,11 @@ def test_ordered_creation_claims_and_scale_3_1_3_keeps_claims(store_factory):
             before = await claims(store)
             assert sorted(before) == ["data-db-0", "data-db-1", "data-db-2"]
             assert dict(before["data-db-0"].metadata.labels) == {"tier": "data", "app": "db"}
+            # Admitted as an applied claim would be: the default class and pvc-protection.
+            assert before["data-db-0"].spec.storage_class_name == storage.DEFAULT_CLASS
+            assert storage.PVC_PROTECTION in before["data-db-0"].metadata.finalizers
+            # The scheduler bound each claim where its pod landed: the ordinal's node.
+            assert all(c.status.phase == storage.BOUND for c in before.values())
             uids = {n: c.metadata.uid for n, c in before.items()}
 
             await apply(store, manifest(1))

@@ -171,3 +171,86 @@ def test_pods_come_up_in_order_and_a_lost_node_never_runs_an_ordinal_twice(clust
         get_pods(moor, name).get(second)), 60, f"a new {second} Ready")
     assert fresh["spec"]["nodeName"] not in (lost, lost2)
     assert moor("delete", "statefulset", name).returncode == 0
+
+
+def probed(name: str, marker: str, replicas: int = 2) -> str:
+    """An OrderedReady set whose pods are Ready only once their command wrote /tmp/ok;
+    `marker` "broken" never writes it (a revision that never gets Ready)."""
+    command = ("exec sleep 3600" if marker == "broken"
+               else f"touch /tmp/ok; echo {marker}; exec sleep 3600")
+    return f"""\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: {name}, namespace: default}}
+spec:
+  serviceName: {name}
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: busybox:test
+        imagePullPolicy: Never
+        command: ["sh", "-c", "{command}"]
+        resources: {{requests: {{cpu: 1m, memory: 4Mi}}}}
+        readinessProbe:
+          exec: {{command: ["test", "-f", "/tmp/ok"]}}
+          periodSeconds: 1
+          failureThreshold: 1
+"""
+
+
+def all_ready(moor, name: str, count: int) -> dict[str, dict] | None:
+    pods = get_pods(moor, name)
+    live = {n: p for n, p in pods.items() if not p["metadata"].get("deletionTimestamp")}
+    return live if len(pods) == count and all(map(ready, live.values())) else None
+
+
+def test_scale_rollout_history_and_a_revert_that_unblocks_a_stuck_rollout(cluster):
+    moor = cluster
+    name = unique("web")
+    assert moor("apply", "-f", "-", stdin=probed(name, "v1")).returncode == 0
+    out = moor("rollout", "status", f"statefulset/{name}", "--timeout", "90s")
+    assert out.returncode == 0, out.stderr
+    assert "statefulset rolling update complete 2 pods at revision" in out.stdout
+    first = wait_until(lambda: all_ready(moor, name, 2), 60, "two Ready pods")
+
+    # A revision that never gets Ready: the rollout replaces the highest ordinal and stops.
+    assert moor("apply", "-f", "-", stdin=probed(name, "broken")).returncode == 0
+    top = f"{name}-1"
+
+    def stuck():
+        pods = get_pods(moor, name)
+        p = pods.get(top)
+        return (p and p["metadata"]["uid"] != first[top]["metadata"]["uid"]
+                and p.get("status", {}).get("phase") == "Running" and not ready(p))
+    wait_until(stuck, 60, f"the broken {top} Running but not Ready")
+    out = moor("rollout", "status", f"sts/{name}", "--no-watch")
+    assert "Waiting for 1 pods to be ready..." in out.stdout, out.stdout
+    history = moor("rollout", "history", f"statefulset/{name}").stdout.splitlines()
+    assert history[0] == f"statefulset.apps/{name}" and history[1].split() == ["REVISION",
+                                                                              "IMAGES"]
+    assert [line.split()[0] for line in history[2:]] == ["1", "2"]
+
+    # Back to the revision that was Ready: the broken pod is replaced without anyone
+    # deleting it by hand (Kubernetes issue 67250), and the rollout completes.
+    out = moor("rollout", "undo", f"statefulset/{name}")
+    assert out.returncode == 0 and out.stdout.strip() == f"statefulset.apps/{name} rolled back"
+    wait_until(lambda: all_ready(moor, name, 2), 60, "both pods Ready after the undo")
+    out = moor("rollout", "status", f"statefulset/{name}", "--timeout", "60s")
+    assert out.returncode == 0, out.stderr
+    pods = get_pods(moor, name)
+    assert pods[f"{name}-0"]["metadata"]["uid"] == first[f"{name}-0"]["metadata"]["uid"]
+
+    out = moor("scale", f"statefulset/{name}", "--replicas", "1")
+    assert out.returncode == 0 and out.stdout.strip() == f"statefulset.apps/{name} scaled"
+    wait_until(lambda: all_ready(moor, name, 1), 60, "one pod left")
+    assert list(get_pods(moor, name)) == [f"{name}-0"]
+    table = moor("get", "sts", name).stdout.splitlines()
+    assert table[1].split()[:2] == [name, "1/1"], table
+    text = moor("describe", "sts", name).stdout
+    assert "Replicas:" in text and "1 desired" in text and "SuccessfulDelete" in text, text
+    assert moor("delete", "sts", name).returncode == 0

@@ -164,13 +164,15 @@ def test_pods_carry_names_labels_hostname_subdomain_and_owner():
     assert (ref.kind, ref.name, ref.uid, ref.controller) == ("StatefulSet", "db", "uid-db", True)
 
 
-def test_claims_are_made_with_their_pod_and_named_per_template_and_pod():
+def test_claims_are_made_before_their_pod_and_named_per_template_and_pod():
     w = World(make_sts(2, claims=("data", "logs")))
     plan = w.step()
-    assert names(plan.create_claims) == ["data-db-0", "logs-db-0"]
+    assert names(plan.create_claims) == ["data-db-0", "logs-db-0"] and not plan.create
     claim = plan.create_claims[0]
     assert dict(claim.metadata.labels) == {"tier": "data", "app": "db"}
     assert claim.spec.resources.requests["storage"] == "1Gi"
+    plan = w.step()
+    assert not plan.create_claims and names(plan.create) == ["db-0"]
     vols = {v.name: v.persistent_volume_claim.claim_name for v in plan.create[0].spec.volumes}
     assert vols == {"data": "data-db-0", "logs": "logs-db-0"}
 
