@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+import grpc
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cluster_vs_swarm import moorage_cluster, note  # noqa: E402
@@ -108,8 +110,9 @@ def delete_all(stub, claims: bool) -> None:
         try:
             stub.Delete(api_pb2.DeleteRequest(kind=kind, namespace=NAMESPACE, name=name),
                         timeout=10)
-        except Exception as err:  # noqa: BLE001 - keep tearing down
-            note(f"deleting {kind} {name}: {err}")
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                note(f"deleting {kind} {name}: {err.details()}")
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         left = pods(stub)
