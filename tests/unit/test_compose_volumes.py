@@ -239,6 +239,14 @@ def test_volumes_and_configs_share_the_pod():
     assert [m["mountPath"] for m in spec["containers"][0]["volumeMounts"]] == ["/app", "/srv"]
 
 
+def test_a_statefulset_with_configs_is_told_it_does_not_restart_on_change():
+    text = ("configs: {app: {content: x}}\n" + NAMED +
+            "services: {web: {image: b, configs: [app], volumes: [data:/srv]}}")
+    assert any(n.startswith("services.web: runs as a StatefulSet, whose pod does not restart")
+               for n in translated(text).notes)
+    assert not any("StatefulSet" in n for n in translated(service("[data:/srv]", NAMED)).notes)
+
+
 def test_nocopy_note_for_named_volumes():
     assert composevolumes.NOCOPY_NOTE in translated(service("[data:/srv]", NAMED)).notes
     assert composevolumes.NOCOPY_NOTE not in translated(
