@@ -69,6 +69,7 @@ class Agent:
         Runtime(os.path.join(self.state, "containers"), cgroup_root=self.cgroup_root).remove_all()
         remove_sandboxes(self.netns_prefix)
         remove_volumes(os.path.join(self.state, "volumes"))
+        remove_local_volumes(os.path.join(self.state, "local-volumes"))
 
 
 def start_agents(cp, root: str, names, image_tar: str | None = None,
@@ -86,6 +87,15 @@ def remove_sandboxes(prefix: str) -> None:
     sandboxes = sandbox.Sandboxes(LibcSyscalls())
     for ns in sandbox.existing(prefix):
         sandboxes.remove(ns)
+
+
+def remove_local_volumes(root: str) -> None:
+    """The mounts and loop devices of an agent's local persistent volumes (their images go
+    with the test's temp dir)."""
+    from nodeagent.runtime.syscalls import LibcSyscalls
+    from nodeagent.storage.localvolumes import unmount_all
+
+    unmount_all(LibcSyscalls(), root)
 
 
 def remove_volumes(root: str) -> None:

@@ -4,6 +4,7 @@ session-end check that fails the run if anything named with the test prefix is l
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import shutil
 import subprocess
@@ -90,6 +91,15 @@ def _leftovers() -> list[str]:
         pass
     with open("/proc/mounts") as f:
         found += [f"mount {line.split()[1]}" for line in f if mark in line]
+    # Loop devices (emptyDir sizeLimit and local volume images) whose image is a test's.
+    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
+        try:
+            with open(backing) as f:
+                file = f.read().strip()
+        except OSError:
+            continue
+        if mark in file:
+            found.append(f"loop /dev/{backing.split('/')[3]}: {file}")
     for root, dirs, _ in os.walk("/sys/fs/cgroup"):
         for d in dirs:
             if mark in d:

@@ -29,7 +29,7 @@ from controlplane.scheduler.model import NodeInfo, PodInfo
 from controlplane.scheduler.objects import node_info, pod_info
 from controlplane.scheduler.outcome import Placement, Unschedulable
 from controlplane.scheduler.volumes import claim_key, needs, storage_used
-from controlplane.store import ABSENT, NotLeader, Op, Store, StoreError
+from controlplane.store import ABSENT, NotFound, NotLeader, Op, Store, StoreError
 from moorage.model import kinds, storage
 from moorage.model.pods import TERMINAL_PHASES
 from moorage.model.timestamps import now_rfc3339
@@ -270,8 +270,24 @@ class Scheduler:
             out.append(q)
         return out
 
+    async def _read_missing_claims(self) -> None:
+        """Claims that due pods name but the cache lacks, read from the store: a claim made in
+        the same Txn as its pod (a StatefulSet's) may reach the claim watch after the pod's,
+        and the pod would be marked unschedulable for a claim that exists."""
+        now = self.clock()
+        missing = {(q.pod.metadata.namespace, n) for q in self.queue.values()
+                   if q.next_try <= now for n in storage.claim_names(q.pod.spec)
+                   if claim_key(q.pod.metadata.namespace, n) not in self.claims}
+        for ns, name in sorted(missing):
+            try:
+                claim = await self.store.get(CLAIM, ns, name)
+            except NotFound:
+                continue
+            self.claims.setdefault(_key(claim), claim)
+
     async def schedule_once(self) -> int:
         """Decides and binds one batch of due pods; returns how many were decided."""
+        await self._read_missing_claims()
         batch = self.due()
         PENDING_PODS.set(len(self.queue))
         if not batch:

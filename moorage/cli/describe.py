@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from moorage.cli import describeconfig
 from moorage.cli import printers as p
-from moorage.model import configs, deployments
+from moorage.model import configs, deployments, statefulsets
 
 PADDING = 2
 # A big cluster rejects a pod on many nodes; the first ones show the pattern.
@@ -261,6 +261,48 @@ def _deployment(w: Writer, deploy) -> None:
                 [("Type", "type"), ("Status", "status"), ("Reason", "reason")])
 
 
+def _stateful_set(w: Writer, sts) -> None:
+    spec, status = sts.spec, sts.status
+    w.field(0, "Selector", p.format_label_selector(spec.selector))
+    w.field(0, "Service Name", spec.service_name)
+    w.field(0, "Replicas", f"{statefulsets.desired_replicas(sts)} desired | "
+            f"{status.replicas} total")
+    if spec.ordinals.start:
+        w.field(0, "Ordinals Start", spec.ordinals.start)
+    w.field(0, "Pod Management Policy", statefulsets.pod_management_policy(sts))
+    strategy = statefulsets.update_strategy(sts)
+    w.field(0, "Update Strategy", strategy)
+    if strategy == statefulsets.ROLLING_UPDATE:
+        w.field(1, "Partition", statefulsets.partition(sts))
+        unavailable = p.int_or_string(spec.update_strategy.rolling_update.max_unavailable)
+        if unavailable:
+            w.field(1, "Max Unavailable", unavailable)
+    w.field(0, "Pods Status", f"{status.ready_replicas} Ready / {status.available_replicas} "
+            f"Available / {status.updated_replicas} Updated / {status.current_replicas} Current")
+    w.field(0, "Current Revision", status.current_revision)
+    w.field(0, "Update Revision", status.update_revision)
+    w.field(0, "PVC Retention Policy", f"whenDeleted: {statefulsets.when_deleted(sts)}, "
+            f"whenScaled: {statefulsets.when_scaled(sts)}")
+    w.line(0, "Pod Template:")
+    w.multi(1, "Labels", _pairs(spec.template.metadata.labels))
+    if spec.template.metadata.annotations:
+        w.multi(1, "Annotations", _pairs(spec.template.metadata.annotations))
+    _containers(w, 1, spec.template.spec)
+    if not spec.volume_claim_templates:
+        w.field(0, "Volume Claims", p.NONE)
+    else:
+        w.line(0, "Volume Claims:")
+    for claim in spec.volume_claim_templates:
+        cs = claim.spec
+        w.field(1, "Name", claim.metadata.name)
+        w.field(1, "StorageClass", cs.storage_class_name if cs.HasField("storage_class_name")
+                else "")
+        w.multi(1, "Labels", _pairs(claim.metadata.labels))
+        w.multi(1, "Annotations", _pairs(claim.metadata.annotations))
+        w.field(1, "Capacity", cs.resources.requests.get("storage", ""))
+        w.field(1, "Access Modes", "[" + " ".join(cs.access_modes) + "]")
+
+
 def _node(w: Writer, node) -> None:
     taints = [f"{t.key}={t.value}:{t.effect}" if t.value else f"{t.key}:{t.effect}"
               for t in node.spec.taints]
@@ -374,8 +416,8 @@ def _secret(w: Writer, secret) -> None:
 
 
 # A Service's section also takes its endpoints: `describe` calls _service itself.
-_SECTIONS = {"Pod": _pod, "Deployment": _deployment, "Node": _node,
-             "Namespace": _namespace, "Event": _event, "ConfigMap": _config_map,
+_SECTIONS = {"Pod": _pod, "Deployment": _deployment, "StatefulSet": _stateful_set,
+             "Node": _node, "Namespace": _namespace, "Event": _event, "ConfigMap": _config_map,
              "Secret": _secret}
 # Kinds whose describe has kubectl's four metadata lines only.
 _SHORT_METADATA = ("ConfigMap", "Secret")

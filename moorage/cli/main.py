@@ -37,8 +37,8 @@ control plane writes into its state dir) comes from --credentials, $MOOR_CREDENT
 config file, or /var/lib/moorage/controlplane/admin.pem. Set MOOR_DEBUG=1 to see tracebacks
 of unexpected errors."""
 
-KIND_HELP = ("pods (po), deployments (deploy), services (svc), nodes (no), namespaces (ns), "
-             "events (ev), configmaps (cm) or secrets; KIND/NAME also works")
+KIND_HELP = ("pods (po), deployments (deploy), statefulsets (sts), services (svc), nodes (no), "
+             "namespaces (ns), events (ev), configmaps (cm) or secrets; KIND/NAME also works")
 
 
 class Parser(argparse.ArgumentParser):
@@ -295,29 +295,35 @@ def _add_token_commands(command) -> None:
 
 
 def _add_rollout_commands(sub, command) -> None:
-    cmd = command("scale", "set the number of replicas of a deployment", """\
+    cmd = command("scale", "set the number of replicas of a deployment or statefulset", """\
   moor scale deployment/web --replicas 5
+  moor scale statefulset/db --replicas 3
   moor scale deploy web --replicas=0 -n shop""")
-    cmd.add_argument("kind", metavar="KIND", help="deployment (deploy); KIND/NAME also works")
-    cmd.add_argument("names", metavar="NAME", nargs="*", help="the deployment")
+    cmd.add_argument("kind", metavar="KIND", help="deployment (deploy) or statefulset (sts); "
+                     "KIND/NAME also works")
+    cmd.add_argument("names", metavar="NAME", nargs="*", help="the deployment or statefulset")
     _add_namespace(cmd)
     cmd.add_argument("--replicas", type=int, required=True, help="the new number of replicas")
 
-    cmd = command("rollout", "follow, list, restart or undo a deployment's rollouts", """\
+    cmd = command("rollout", "follow, list, restart or undo a deployment's or statefulset's "
+                  "rollouts", """\
   moor rollout status deploy/web --timeout 5m
+  moor rollout status statefulset/db
   moor rollout history deploy/web
   moor rollout restart deploy/web -n shop
   moor rollout undo deploy/web --to-revision 2""")
     actions = cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
                                  required=True)
     for name, help_text in (("status", "wait for a rollout to finish, showing progress"),
-                            ("history", "list a deployment's revisions"),
-                            ("restart", "replace a deployment's pods with a rolling update"),
+                            ("history", "list the revisions"),
+                            ("restart", "replace the pods with a rolling update"),
                             ("undo", "roll back to the previous (or a given) revision")):
         act = actions.add_parser(name, help=help_text, description=help_text)
         _add_globals(act, suppress=True)
-        act.add_argument("kind", metavar="KIND", help="deployment (deploy); KIND/NAME also works")
-        act.add_argument("names", metavar="NAME", nargs="*", help="the deployment")
+        act.add_argument("kind", metavar="KIND", help="deployment (deploy) or statefulset "
+                         "(sts); KIND/NAME also works")
+        act.add_argument("names", metavar="NAME", nargs="*",
+                         help="the deployment or statefulset")
         _add_namespace(act)
         if name == "status":
             act.add_argument("--timeout", type=_seconds, default=0.0,

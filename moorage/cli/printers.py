@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from moorage.model import configs, deployments
+from moorage.model import configs, deployments, statefulsets
 
 COLUMN_GAP = "   "
 NONE = "<none>"
@@ -223,6 +223,16 @@ def _deployment_row(deploy, now):
     return base, wide
 
 
+def _stateful_set_row(sts, now):
+    # kubectl: READY is ready/desired; wide adds the containers and images.
+    base = [sts.metadata.name,
+            f"{sts.status.ready_replicas}/{statefulsets.desired_replicas(sts)}",
+            format_age(sts.metadata.creation_timestamp, now)]
+    containers = sts.spec.template.spec.containers
+    return base, [",".join(c.name for c in containers) or NONE,
+                  ",".join(c.image for c in containers) or NONE]
+
+
 def _service_row(svc, now):
     spec = svc.spec
     base = [svc.metadata.name, spec.type or "ClusterIP", or_none(spec.cluster_ip),
@@ -269,6 +279,7 @@ TABLES = {
     "Pod": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE"], _pod_row),
     "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
                    ["CONTAINERS", "IMAGES", "SELECTOR"], _deployment_row),
+    "StatefulSet": (["NAME", "READY", "AGE"], ["CONTAINERS", "IMAGES"], _stateful_set_row),
     "Service": (["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"], ["SELECTOR"], _service_row),
     "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"], ["INTERNAL-IP", "KERNEL-VERSION"],
              _node_row),

@@ -1,9 +1,9 @@
-"""`moor scale` and `moor rollout status|history|restart|undo`: Deployment changes made by
-Get + Apply.
+"""`moor scale` and `moor rollout status|history|restart|undo`: Deployment and StatefulSet
+changes made by Get + Apply.
 
 Writes go through Apply with the object's resourceVersion, so a change made meanwhile is a
 Conflict that is retried from a fresh read, never a lost update. The revision history's
-format is moorage/model/deployments.py's.
+format is moorage/model/deployments.py's (a StatefulSet numbers it in its own annotation).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 
 from moorage.cli.commands import Context, namespace_for, out, resolve_target
 from moorage.cli.errors import CliError
+from moorage.model import statefulsets
 from moorage.model.deployments import REVISION_ANNOTATION, read_history
 
 MAX_ATTEMPTS = 10
@@ -22,14 +23,28 @@ MAX_ATTEMPTS = 10
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
+ROLLABLE = ("Deployment", "StatefulSet")
+
+
 def _target(args):
-    """`deploy/web`, `deploy web` or `deployment web` -> (Kind, namespace, name)."""
+    """`deploy/web`, `sts web` or `deployment web` -> (Kind, namespace, name)."""
     kind, names = resolve_target(args.kind, list(args.names))
-    if kind.name != "Deployment":
-        raise CliError(f'error: {args.command} works on deployments, not {kind.plural}')
+    if kind.name not in ROLLABLE:
+        raise CliError(f"error: {args.command} works on deployments and statefulsets, not "
+                       f"{kind.plural}")
     if len(names) != 1:
-        raise CliError("error: give exactly one deployment, e.g. deploy/web")
+        raise CliError(f"error: give exactly one {kind.name.lower()}, e.g. "
+                       f"{kind.name.lower()}/web")
     return kind, namespace_for(kind, args.namespace), names[0]
+
+
+def _revision_key(kind) -> str:
+    return (statefulsets.REVISION_ANNOTATION if kind.name == "StatefulSet"
+            else REVISION_ANNOTATION)
+
+
+def _ref(kind, name: str) -> str:
+    return f"{kind.name.lower()}.apps/{name}"
 
 
 def write_object(ctx: Context, kind, namespace: str, name: str, edit) -> str:
@@ -66,7 +81,7 @@ def scale(ctx: Context) -> int:
         raise CliError("error: --replicas must be 0 or more")
     kind, namespace, name = _target(args)
     ctx.client().scale(kind, namespace, name, args.replicas)
-    out(f"deployment.apps/{name} scaled")
+    out(f"{_ref(kind, name)} scaled")
     return 0
 
 
@@ -74,7 +89,7 @@ def history(ctx: Context) -> int:
     kind, namespace, name = _target(ctx.args)
     d = ctx.client().get(kind, namespace, name)
     entries = read_history(d)
-    out(f"deployment.apps/{name}")
+    out(_ref(kind, name))
     if not entries:
         out("No rollout history found.")
         return 0
@@ -100,20 +115,21 @@ def undo(ctx: Context) -> int:
 
     def edit(d):
         entries = read_history(d)
-        current = int(d.metadata.annotations.get(REVISION_ANNOTATION, "0") or 0)
+        current = int(d.metadata.annotations.get(_revision_key(kind), "0") or 0)
         target = args.to_revision or max((r for r in entries if r < current), default=0)
+        what = kind.name.lower()
         if target not in entries:
             if args.to_revision:
                 raise CliError(f"error: unable to find the specified revision {target} "
-                               f'in the history of deployment "{name}" '
-                               f'(see "moor rollout history deploy/{name}")')
-            raise CliError(f'error: no rollout history found for deployment "{name}"')
+                               f'in the history of {what} "{name}" '
+                               f'(see "moor rollout history {what}/{name}")')
+            raise CliError(f'error: no rollout history found for {what} "{name}"')
         template = json_format.ParseDict(entries[target]["template"], pb.PodTemplateSpec())
         if template == d.spec.template:
             return f"skipped rollback (current template already matches revision {target})"
         d.spec.template.CopyFrom(template)
         return "rolled back"
-    out(f"deployment.apps/{name} {write_object(ctx, kind, namespace, name, edit)}")
+    out(f"{_ref(kind, name)} {write_object(ctx, kind, namespace, name, edit)}")
     return 0
 
 
@@ -121,7 +137,7 @@ def restart_edit(name: str, now: str):
     """The edit of `moor rollout restart`: the template's restartedAt annotation set to
     `now` (RFC 3339), which the Deployment controller rolls out like any template change."""
     def edit(d):
-        if d.spec.paused:
+        if getattr(d.spec, "paused", False):
             raise CliError(f'error: deployments.apps "{name}" can\'t restart paused deployment '
                            "(set spec.paused to false first)")
         d.spec.template.metadata.annotations[RESTARTED_AT] = now
@@ -134,12 +150,40 @@ def restart(ctx: Context) -> int:
 
     kind, namespace, name = _target(ctx.args)
     write_object(ctx, kind, namespace, name, restart_edit(name, now_rfc3339()))
-    out(f"deployment.apps/{name} restarted")
+    out(f"{_ref(kind, name)} restarted")
     return 0
 
 
+def stateful_set_message(sts) -> tuple[str, bool]:
+    """kubectl's rollout status wording for one StatefulSet, and whether it is done."""
+    s = sts.status
+    if statefulsets.update_strategy(sts) != statefulsets.ROLLING_UPDATE:
+        raise CliError("error: rollout status is only available for RollingUpdate strategy "
+                       "type")
+    if s.observed_generation == 0 or sts.metadata.generation > s.observed_generation:
+        return "Waiting for statefulset spec update to be observed...", False
+    replicas = statefulsets.desired_replicas(sts)
+    if s.ready_replicas < replicas:
+        return f"Waiting for {replicas - s.ready_replicas} pods to be ready...", False
+    partition = statefulsets.partition(sts)
+    if partition > 0:
+        if s.updated_replicas < replicas - partition:
+            return (f"Waiting for partitioned roll out to finish: {s.updated_replicas} out of "
+                    f"{replicas - partition} new pods have been updated..."), False
+        return (f"partitioned roll out complete: {s.updated_replicas} new pods have been "
+                "updated..."), True
+    if s.update_revision != s.current_revision:
+        return (f"waiting for statefulset rolling update to complete {s.updated_replicas} "
+                f"pods at revision {s.update_revision}..."), False
+    return (f"statefulset rolling update complete {s.current_replicas} pods at revision "
+            f"{s.current_revision}..."), True
+
+
 def rollout_message(d) -> tuple[str, bool]:
-    """kubectl's rollout status wording for one Deployment, and whether it is done."""
+    """kubectl's rollout status wording for one Deployment (or StatefulSet), and whether it
+    is done."""
+    if d.DESCRIPTOR.name == "StatefulSet":
+        return stateful_set_message(d)
     name, s = d.metadata.name, d.status
     replicas = d.spec.replicas if d.spec.HasField("replicas") else 1
     if d.metadata.generation > s.observed_generation:
@@ -191,8 +235,8 @@ def status(ctx: Context) -> int:
                 raise queue.Empty
             ev = events.get(timeout=left)
         except queue.Empty:
-            raise CliError(f'error: timed out waiting for deployment "{name}" to roll out') \
-                from None
+            raise CliError(f'error: timed out waiting for {kind.name.lower()} "{name}" to roll '
+                           "out") from None
         if isinstance(ev, CliError):
             raise ev
         if ev is None:
@@ -203,7 +247,7 @@ def status(ctx: Context) -> int:
         if d.metadata.name != name:
             continue
         if ev.type == "DELETED":
-            raise CliError(f'error: deployment "{name}" was deleted')
+            raise CliError(f'error: {kind.name.lower()} "{name}" was deleted')
         message, done = rollout_message(d)
         if message != last:
             out(message)

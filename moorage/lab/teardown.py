@@ -1,5 +1,6 @@
-"""Takes a lab down: its processes, containers, namespaces, links, mounts, cgroups and files,
-then looks for anything of it still there.
+"""Takes a lab down: its processes, containers, namespaces, links, mounts (volumes' too), loop
+devices, cgroups and files (volume images with them), then looks for anything of it still
+there.
 
 It trusts lab.json where there is one and the lab's name where there is not, so it finishes an
 `up` that failed half-way, a `down` that was interrupted, or a lab whose state dir is gone.
@@ -9,6 +10,7 @@ Running it twice is harmless: the second run finds nothing and says so.
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import re
 import shutil
@@ -60,6 +62,9 @@ def down(name: str, state_dir: str, say: Say = print) -> list[str]:
     for mount in mounts(name, state_dir):
         if _umount(mount):
             say(f"unmounted {mount}")
+    for device, image in loop_devices(state_dir):
+        if _detach_loop(device):
+            say(f"detached {device} ({image})")
     for cgroup in cgroups(name):
         try:
             os.rmdir(cgroup)
@@ -254,6 +259,26 @@ def _umount(path: str) -> bool:
     return libc.umount2(path.encode(), MNT_DETACH) == 0
 
 
+def loop_devices(state_dir: str) -> list[tuple[str, str]]:
+    """(device, image) of every loop device whose image file is under the state dir (a
+    volume's or an emptyDir's: their mounts went above, and with them autoclear devices)."""
+    under = state_dir.rstrip("/") + "/"
+    found = []
+    for backing in sorted(glob.glob("/sys/block/loop*/loop/backing_file")):
+        try:
+            with open(backing) as f:
+                image = f.read().strip()
+        except OSError:
+            continue
+        if image.startswith(under):
+            found.append((f"/dev/{backing.split('/')[3]}", image))
+    return found
+
+
+def _detach_loop(device: str) -> bool:
+    return subprocess.run(["losetup", "-d", device], capture_output=True).returncode == 0
+
+
 def cgroups(name: str) -> list[str]:
     """The lab's cgroups (its agents' roots and all below) in every hierarchy, deepest first."""
     own = re.compile(rf"{re.escape(name)}-h\d+")
@@ -292,6 +317,7 @@ def leftovers(name: str, state_dir: str, inodes: set[int] = frozenset()) -> list
     left += [f"netns {ns}" for ns in hosts.host_namespaces(name)]
     left += [f"link {link}" for link in hosts.links(name)]
     left += [f"mount {m}" for m in mounts(name, state_dir)]
+    left += [f"loop {d}: {image}" for d, image in loop_devices(state_dir)]
     left += [f"cgroup {c}" for c in cgroups(name)]
     if os.path.lexists(state_dir):
         left.append(f"dir {state_dir}")

@@ -320,8 +320,10 @@ class PodVolumes:
             root = self.paths.get(m.name)
             if v is None or root is None:
                 raise VolumeProblem(CONTAINER_CREATING, f'volume "{m.name}" is not set up')
-            read_only = m.read_only or (v.HasField("persistent_volume_claim") and
-                                        v.persistent_volume_claim.read_only)
+            config = v.HasField("config_map") or v.HasField("secret")
+            # configMap and secret volumes are read-only always, as the kubelet makes them.
+            read_only = m.read_only or config or (v.HasField("persistent_volume_claim") and
+                                                  v.persistent_volume_claim.read_only)
             host = root
             sub = m.sub_path
             if m.sub_path_expr:
@@ -337,7 +339,6 @@ class PodVolumes:
                                         f"subPathExpr {m.sub_path_expr!r} of volume "
                                         f"{m.name!r} expands to {sub!r}: {why}")
             if sub:
-                config = v.HasField("config_map") or v.HasField("secret")
                 host = self._stage_sub_path(c.name, i, root, sub, m.name, create=not config)
             out.append((os.path.normpath(m.mount_path), host, read_only))
         return tuple(mount_order(out))

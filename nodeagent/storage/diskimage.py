@@ -16,9 +16,15 @@ import subprocess
 
 from nodeagent.storage import mounts
 
-MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard")
+# fast_commit: an fsync inside the image commits a small delta instead of a whole journal
+# transaction (about twice the fsync rate through the loop device, which turns every flush
+# into an fsync of the image file). Inode tables and journal written now, not by a background
+# thread competing with the pod's first writes.
+MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "fast_commit",
+        "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0")
 # A volume's root, as the kubelet makes an emptyDir: anyone in the pod may write.
 ROOT_MODE = 0o777
+
 SYS_BLOCK = "/sys/block"
 
 
@@ -66,17 +72,37 @@ def mount(path: str, target: str, *, fresh: bool = False) -> None:
 
 
 def grow(path: str, target: str, size_bytes: int) -> bool:
-    """Grows a mounted image to `size_bytes` online (never shrinks it); True if it grew."""
-    if os.path.getsize(path) >= size_bytes:
-        return False
+    """Grows the image file to `size_bytes` (never shrinks it) and its mounted filesystem
+    with it, online; True when the filesystem has grown. Online growth needs
+    CAP_SYS_RESOURCE: without it resize2fs fails, False is returned, and the filesystem can
+    still grow unmounted (`resize_offline`)."""
+    if os.path.getsize(path) < size_bytes:
+        with open(path, "r+b") as f:
+            f.truncate(size_bytes)
     loop = mounts.source_of(target)
     if not loop.startswith("/dev/loop"):
         raise ImageError(f"{target}: no loop device is mounted there")
-    with open(path, "r+b") as f:
-        f.truncate(size_bytes)
     _run("losetup", "-c", loop)
-    _run("resize2fs", loop)
+    try:
+        _run("resize2fs", loop)
+    except ImageError:
+        return False
     return True
+
+
+def fs_bytes(target: str) -> int:
+    """The size of the filesystem mounted at `target`, with what ext4 keeps for itself."""
+    st = os.statvfs(target)
+    return st.f_blocks * st.f_frsize
+
+
+def resize_offline(path: str, size_bytes: int) -> None:
+    """Grows an unmounted image and its filesystem to `size_bytes`."""
+    if os.path.getsize(path) < size_bytes:
+        with open(path, "r+b") as f:
+            f.truncate(size_bytes)
+    _run("e2fsck", "-f", "-p", path)
+    _run("resize2fs", path)
 
 
 def usage(target: str) -> tuple[int, int]:

@@ -120,6 +120,8 @@ def open_checked(sys: Syscalls, path: str, type_: str, allowed: tuple[str, ...],
         os.close(base)
     mode = os.fstat(fd).st_mode
     problem = type_problem(type_, mode, path)
+    if stat.S_ISLNK(mode):   # RESOLVE_NO_SYMLINKS refuses these; never bind one regardless
+        problem = f'hostPath "{path}" goes through a symbolic link, which is not followed'
     if problem:
         os.close(fd)
         raise HostPathError(problem)
@@ -130,7 +132,7 @@ def _open_below(sys: Syscalls, base: int, rest: str, type_: str, path: str) -> i
     if not rest:
         return os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=base)
     try:
-        return sys.openat2(base, rest, os.O_PATH | os.O_NOFOLLOW, RESOLVE)
+        return sys.openat2(base, rest, os.O_PATH, RESOLVE)
     except OSError as err:
         if err.errno != errno.ENOENT or type_ not in (pv.UNSET, pv.DIRECTORY_OR_CREATE,
                                                       pv.FILE_OR_CREATE):
@@ -146,7 +148,7 @@ def _open_below(sys: Syscalls, base: int, rest: str, type_: str, path: str) -> i
         finally:
             os.close(parent)
         try:
-            return sys.openat2(base, rest, os.O_PATH | os.O_NOFOLLOW, RESOLVE)
+            return sys.openat2(base, rest, os.O_PATH, RESOLVE)
         except OSError as err:
             raise _explain(err, path, type_) from None
     return _open_dir(sys, base, rest, path, create=True)
@@ -159,7 +161,7 @@ def _open_dir(sys: Syscalls, base: int, rel: str, path: str, *, create: bool) ->
     for name in filter(None, rel.split("/")):
         try:
             try:
-                nxt = sys.openat2(fd, name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, RESOLVE)
+                nxt = sys.openat2(fd, name, os.O_PATH | os.O_DIRECTORY, RESOLVE)
             except FileNotFoundError:
                 if not create:
                     raise
@@ -167,7 +169,7 @@ def _open_dir(sys: Syscalls, base: int, rel: str, path: str, *, create: bool) ->
                     os.mkdir(name, DIR_MODE, dir_fd=fd)
                 except FileExistsError:
                     pass
-                nxt = sys.openat2(fd, name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, RESOLVE)
+                nxt = sys.openat2(fd, name, os.O_PATH | os.O_DIRECTORY, RESOLVE)
         except OSError as err:
             os.close(fd)
             raise _explain(err, path, pv.DIRECTORY) from None

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 RECORD, IMAGE, MOUNT = "volume.json", "disk.img", "mount"
 NOT_BOUND = 'persistentvolumeclaim "{claim}" is not bound to this node yet'
+GROW_PENDING = ("grows when no container has it mounted (growing a mounted filesystem "
+                "needs CAP_SYS_RESOURCE)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +113,45 @@ class LocalVolumes:
     # ---- disk work ----
 
     def _ensure(self, vol: Volume) -> str:
-        """Makes, mounts and grows one volume (lock held); its mount path."""
+        """Makes, mounts and grows one volume (lock held); its mount path. Growth that cannot
+        happen online waits until no container has the volume, then happens unmounted."""
         d = self._dir(vol.name)
         os.makedirs(d, mode=0o700, exist_ok=True)
-        record = {"claim_namespace": vol.claim_namespace, "claim_name": vol.claim_name,
-                  "capacity_bytes": vol.capacity_bytes}
-        write_atomic(os.path.join(d, RECORD), json.dumps(record, sort_keys=True))
         image, target = os.path.join(d, IMAGE), os.path.join(d, MOUNT)
-        fresh = diskimage.create(image, vol.capacity_bytes)
-        diskimage.mount(image, target, fresh=fresh)
-        if diskimage.grow(image, target, vol.capacity_bytes):
-            log.info("local volume %s grown to %d bytes", vol.name, vol.capacity_bytes)
-        self._ready[vol.name] = vol.capacity_bytes
-        self._errors.pop(vol.name, None)
+        fs = self._record(vol.name).get("fs_bytes", 0)
+        if diskimage.create(image, vol.capacity_bytes):
+            fs = vol.capacity_bytes
+        fs = fs or os.path.getsize(image)   # a record from before fs_bytes was kept
+        if not mounts.is_mount_point(target) and fs < vol.capacity_bytes:
+            diskimage.resize_offline(image, vol.capacity_bytes)
+            fs = vol.capacity_bytes
+        diskimage.mount(image, target, fresh=fs == vol.capacity_bytes and
+                        not self._record(vol.name))
+        if fs < vol.capacity_bytes:
+            if diskimage.grow(image, target, vol.capacity_bytes):
+                fs = vol.capacity_bytes
+            elif not mounts.held_elsewhere(mounts.device_of(target)):
+                mounts.unmount_under(self.sys, target)
+                diskimage.resize_offline(image, vol.capacity_bytes)
+                diskimage.mount(image, target)
+                fs = vol.capacity_bytes
+            elif self._errors.get(vol.name) != GROW_PENDING:
+                log.info("local volume %s: %s", vol.name, GROW_PENDING)
+                self._errors[vol.name] = GROW_PENDING
+        if fs == vol.capacity_bytes:
+            self._errors.pop(vol.name, None)
+        record = {"claim_namespace": vol.claim_namespace, "claim_name": vol.claim_name,
+                  "capacity_bytes": vol.capacity_bytes, "fs_bytes": fs}
+        write_atomic(os.path.join(d, RECORD), json.dumps(record, sort_keys=True))
+        self._ready[vol.name] = fs
         return target
+
+    def _record(self, name: str) -> dict:
+        try:
+            with open(os.path.join(self._dir(name), RECORD)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
     def _delete(self, name: str) -> bool:
         d = self._dir(name)
@@ -172,8 +199,10 @@ class LocalVolumes:
             if vol is None or vol.name in self._pending_delete:
                 return "", NOT_BOUND.format(claim=claim)
             try:
-                return self._ensure(vol) if self._ready.get(vol.name) != vol.capacity_bytes \
-                    else os.path.join(self._dir(vol.name), MOUNT), ""
+                target = os.path.join(self._dir(vol.name), MOUNT)
+                if vol.name in self._ready and mounts.is_mount_point(target):
+                    return target, ""
+                return self._ensure(vol), ""
             except (OSError, diskimage.ImageError) as err:
                 self._errors[vol.name] = str(err)
                 return "", f"local volume {vol.name}: {err}"

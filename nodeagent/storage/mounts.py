@@ -49,6 +49,41 @@ def source_of(path: str, text: str | None = None) -> str:
     return found[-1] if found else ""
 
 
+def device_of(path: str, text: str | None = None) -> str:
+    """The major:minor of the topmost mount at `path` (mountinfo's third field), or ""."""
+    if text is None:
+        with open(MOUNTINFO) as f:
+            text = f.read()
+    path = os.path.normpath(path)
+    found = [line.split()[2] for line in text.splitlines()
+             if len(line.split()) > 4 and _unescape(line.split()[4]) == path]
+    return found[-1] if found else ""
+
+
+def held_elsewhere(device: str, proc: str = "/proc") -> bool:
+    """Whether a mount namespace other than ours (a container's) has device `device`
+    (major:minor) mounted: then its filesystem must not be unmounted and changed offline."""
+    try:
+        own = os.readlink(os.path.join(proc, "self", "ns", "mnt"))
+    except OSError:
+        return True
+    seen = {own}
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            ns = os.readlink(os.path.join(proc, pid, "ns", "mnt"))
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(os.path.join(proc, pid, "mountinfo")) as f:
+                if any(line.split()[2] == device for line in f if len(line.split()) > 2):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def unmount_under(sys: Syscalls, directory: str) -> list[str]:
     """Detaches every mount at or below `directory`; those that are still there (none when
     all went). A caller removes the directory's files only when this returns nothing, so a
