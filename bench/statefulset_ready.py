@@ -111,7 +111,7 @@ def delete_all(stub, claims: bool) -> None:
             stub.Delete(api_pb2.DeleteRequest(kind=kind, namespace=NAMESPACE, name=name),
                         timeout=10)
         except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND:
+            if err.code() != grpc.StatusCode.NOT_FOUND:    # none yet before the first run
                 note(f"deleting {kind} {name}: {err.details()}")
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:

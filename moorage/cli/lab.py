@@ -55,6 +55,9 @@ def add_parser(subparsers) -> None:
                     help="passed to every agent (repeatable)")
     up.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                     help="passed to every agent (repeatable)")
+    up.add_argument("--allowed-host-paths", default="", metavar="DIR,...",
+                    help="passed to every agent: where pods may mount hostPath volumes "
+                         "(default none)")
     named(sub.add_parser("status", help="the lab's hosts, addresses and processes"))
     named(sub.add_parser("down", help="stop the lab and remove everything it made"))
 
@@ -86,6 +89,8 @@ def _up(args: argparse.Namespace, state_dir: str) -> int:
     lab = cluster.plan(args.name, args.nodes, args.underlay_cidr, state_dir)
     flags = [*(f for m in args.registry_mirror for f in ("--registry-mirror", m)),
              *(f for r in args.insecure_registry for f in ("--insecure-registry", r))]
+    if args.allowed_host_paths:
+        flags += ["--allowed-host-paths", args.allowed_host_paths]
     cluster.up(lab, images=tuple(os.path.abspath(i) for i in args.images),
                agent_flags=tuple(flags), manifests=args.manifests,
                say=lambda line: print(line, flush=True))

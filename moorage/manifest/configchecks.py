@@ -218,10 +218,23 @@ def env_sources(c, path: str, errs) -> None:
             continue
         ep = f"{path}.env[{i}]"
         refs = [r for r in ("config_map_key_ref", "secret_key_ref") if e.value_from.HasField(r)]
-        if len(refs) != 1:
-            errs.add(f"{ep}.valueFrom", "needs exactly one of configMapKeyRef or secretKeyRef")
+        field_ref = e.value_from.HasField("field_ref")
+        if len(refs) + field_ref != 1:
+            errs.add(f"{ep}.valueFrom", "needs exactly one of configMapKeyRef, secretKeyRef or "
+                                        "fieldRef")
         if e.value:
             errs.add(f"{ep}.valueFrom", "may not be specified when `value` is not empty")
+        if field_ref:
+            ref = e.value_from.field_ref
+            if ref.api_version not in ("", "v1"):
+                errs.add(f"{ep}.valueFrom.fieldRef.apiVersion",
+                         f'{describe(ref.api_version)}: only "v1" is supported')
+            if not ref.field_path:
+                errs.add(f"{ep}.valueFrom.fieldRef.fieldPath", "is required")
+            else:
+                reason = podvolumes.field_path_problem(ref.field_path)
+                if reason:
+                    errs.add(f"{ep}.valueFrom.fieldRef.fieldPath", reason)
         for r in refs:
             sel = getattr(e.value_from, r)
             what = "ConfigMap" if r == "config_map_key_ref" else "Secret"

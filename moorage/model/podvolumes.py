@@ -43,3 +43,30 @@ def expand(expr: str, env: dict[str, str]) -> tuple[str, list[str]]:
         return value
 
     return _VAR.sub(one, expr), sorted(missing)
+
+
+# The pod fields env[].valueFrom.fieldRef may name (the kubelet's list, less those about
+# service accounts and host IPs, which Moorage pods do not have here).
+FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName",
+               "status.podIP")
+_SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+
+
+def field_path_problem(path: str) -> str:
+    """Why `path` is not a fieldRef.fieldPath Moorage resolves, or ""."""
+    if path in FIELD_PATHS or _SUBSCRIPT.match(path):
+        return ""
+    return ("Unsupported value: " + repr(path).replace("'", '"') + ": supported values: " +
+            ", ".join(f'"{p}"' for p in (*FIELD_PATHS, "metadata.labels['<KEY>']",
+                                          "metadata.annotations['<KEY>']")))
+
+
+def field_value(pod, path: str, pod_ip: str = "") -> str:
+    """The value of a fieldRef for `pod` (a pb.Pod); "" for what it lacks."""
+    m = _SUBSCRIPT.match(path)
+    if m:
+        table = pod.metadata.labels if m.group(1) == "labels" else pod.metadata.annotations
+        return table.get(m.group(2), "")
+    return {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
+            "metadata.uid": pod.metadata.uid, "spec.nodeName": pod.spec.node_name,
+            "status.podIP": pod_ip or pod.status.pod_ip}.get(path, "")

@@ -127,9 +127,10 @@ def allowed_host_paths(node: pb.Node) -> list[str]:
 
 
 def local_volume_path(pv_name_: str) -> str:
-    """Where the PV says its data is, relative to the agent's state dir (the agent decides
-    the real place; the path is for operators reading `moor describe pv`)."""
-    return f"/var/lib/moorage/volumes/{pv_name_}"
+    """Where the PV says its data is: the mount point the agent makes for it under its
+    default state dir (<state>/local-volumes/<pv>/mount, the image beside it as disk.img);
+    for operators reading `moor describe pv`."""
+    return f"/var/lib/moorage/agent/local-volumes/{pv_name_}/mount"
 
 
 def new_volume(claim: pb.PersistentVolumeClaim, sc: pb.StorageClass, node: str,

@@ -143,13 +143,23 @@ class SecretKeySelector(_message.Message):
     optional: bool
     def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., optional: _Optional[bool] = ...) -> None: ...
 
+class ObjectFieldSelector(_message.Message):
+    __slots__ = ("api_version", "field_path")
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FIELD_PATH_FIELD_NUMBER: _ClassVar[int]
+    api_version: str
+    field_path: str
+    def __init__(self, api_version: _Optional[str] = ..., field_path: _Optional[str] = ...) -> None: ...
+
 class EnvVarSource(_message.Message):
-    __slots__ = ("config_map_key_ref", "secret_key_ref")
+    __slots__ = ("config_map_key_ref", "secret_key_ref", "field_ref")
     CONFIG_MAP_KEY_REF_FIELD_NUMBER: _ClassVar[int]
     SECRET_KEY_REF_FIELD_NUMBER: _ClassVar[int]
+    FIELD_REF_FIELD_NUMBER: _ClassVar[int]
     config_map_key_ref: ConfigMapKeySelector
     secret_key_ref: SecretKeySelector
-    def __init__(self, config_map_key_ref: _Optional[_Union[ConfigMapKeySelector, _Mapping]] = ..., secret_key_ref: _Optional[_Union[SecretKeySelector, _Mapping]] = ...) -> None: ...
+    field_ref: ObjectFieldSelector
+    def __init__(self, config_map_key_ref: _Optional[_Union[ConfigMapKeySelector, _Mapping]] = ..., secret_key_ref: _Optional[_Union[SecretKeySelector, _Mapping]] = ..., field_ref: _Optional[_Union[ObjectFieldSelector, _Mapping]] = ...) -> None: ...
 
 class ConfigMapEnvSource(_message.Message):
     __slots__ = ("name", "optional")

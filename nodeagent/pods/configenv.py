@@ -1,5 +1,5 @@
-"""A container's variables from ConfigMaps and Secrets (envFrom, then env in order, as the
-kubelet builds them), resolved when the container is created; pure.
+"""A container's variables from ConfigMaps, Secrets and the pod's own fields (envFrom, then
+env in order, as the kubelet builds them), resolved when the container is created; pure.
 
 Each variable says whether its value came from a Secret, so the worker can keep those values
 off the disk (ContainerSpec.env_file on the pod's tmpfs)."""
@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from moorage.model import configs
+from moorage.model import configs, podvolumes
 from moorage.v1 import objects_pb2 as pb
 
 # The kubelet's rule for names imported with envFrom (others are skipped, with an Event).
@@ -33,7 +33,9 @@ def _missing(kind: str, name: str) -> str:
     return f'{kind.lower()} "{name}" not found'
 
 
-def resolve(c: pb.Container, namespace: str, lookup: Lookup) -> Resolved:
+def resolve(c: pb.Container, namespace: str, lookup: Lookup, pod: pb.Pod | None = None,
+            pod_ip: str = "") -> Resolved:
+    """`pod` (and its address) resolve env[].valueFrom.fieldRef, the downward API."""
     out = Resolved()
     for src in c.env_from:
         if src.HasField("config_map_ref"):
@@ -63,6 +65,11 @@ def resolve(c: pb.Container, namespace: str, lookup: Lookup) -> Resolved:
     for e in c.env:
         if not e.HasField("value_from"):
             out.values[e.name] = (e.value, False)
+            continue
+        if e.value_from.HasField("field_ref"):
+            if pod is not None:
+                out.values[e.name] = (podvolumes.field_value(
+                    pod, e.value_from.field_ref.field_path, pod_ip), False)
             continue
         if e.value_from.HasField("config_map_key_ref"):
             kind, sel = configs.CONFIG_MAP, e.value_from.config_map_key_ref

@@ -23,7 +23,6 @@ so such a reader has a whole update interval to finish.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -40,11 +39,9 @@ from nodeagent.runtime.syscalls import (
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
-    RESOLVE_BENEATH,
-    RESOLVE_NO_MAGICLINKS,
     Syscalls,
 )
-from nodeagent.storage import diskimage, hostpath, mounts
+from nodeagent.storage import diskimage, hostpath, mounts, subpath
 from nodeagent.storage.localvolumes import LocalVolumes
 
 log = logging.getLogger(__name__)
@@ -57,7 +54,6 @@ ENV_DIR = "..env"
 # Below the pod's disk dir: emptyDirs, their images, staged hostPaths and subPaths.
 EMPTY, IMAGES, HOST, SUBPATHS = "empty", "images", "host", "subpaths"
 EMPTY_DIR_MODE = 0o777   # the kubelet's: any user of any container may write
-SUBPATH_MODE = 0o750     # the kubelet's, for a subPath it creates
 
 # Reasons a container waits with, as the kubelet reports them.
 CONTAINER_CREATING = "ContainerCreating"
@@ -196,7 +192,8 @@ class PodVolumes:
         """Whether the configs' tmpfs is: config volumes, or env from ConfigMaps/Secrets."""
         return any(v.HasField("config_map") or v.HasField("secret")
                    for v in self.pod.spec.volumes) or any(
-            c.env_from or any(e.HasField("value_from") for e in c.env)
+            c.env_from or any(e.value_from.HasField("config_map_key_ref") or
+                              e.value_from.HasField("secret_key_ref") for e in c.env)
             for c in self.pod.spec.containers)
 
     def _sources(self) -> Iterator[tuple[pb.Volume, object, bool]]:
@@ -226,6 +223,8 @@ class PodVolumes:
                 if source:
                     self.paths[v.name] = os.path.join(self.dir, v.name)
                 continue
+            if v.name in self.paths:
+                continue   # set up once per worker: a pass then reads no mount table
             try:
                 self.paths[v.name] = self._ensure(v, source)
             except VolumeProblem as err:
@@ -265,7 +264,8 @@ class PodVolumes:
         if self.local is None:
             raise VolumeProblem(CONTAINER_CREATING, "this node serves no persistent volumes")
         path, why = self.local.for_claim(self.pod.metadata.namespace,
-                                         v.persistent_volume_claim.claim_name)
+                                         v.persistent_volume_claim.claim_name,
+                                         self.pod.metadata.uid)
         if not path:
             raise VolumeProblem(CONTAINER_CREATING, why)
         return path
@@ -301,7 +301,7 @@ class PodVolumes:
         except hostpath.HostPathError as err:
             raise VolumeProblem(CREATE_CONTAINER_ERROR, str(err)) from None
         try:
-            _make_target(target, opened.is_dir)
+            subpath.make_target(target, opened.is_dir)
             mounts.bind_fd(self.sys, opened.fd, target)
         finally:
             os.close(opened.fd)
@@ -339,59 +339,14 @@ class PodVolumes:
                                         f"subPathExpr {m.sub_path_expr!r} of volume "
                                         f"{m.name!r} expands to {sub!r}: {why}")
             if sub:
-                host = self._stage_sub_path(c.name, i, root, sub, m.name, create=not config)
+                try:
+                    host = subpath.stage(self.sys, root, sub, os.path.join(
+                        self.disk, SUBPATHS, c.name, str(i)), create=not config)
+                except subpath.SubPathError as err:
+                    raise VolumeProblem(CREATE_CONTAINER_CONFIG_ERROR,
+                                        f"subPath {sub!r} of volume {m.name!r} {err}") from None
             out.append((os.path.normpath(m.mount_path), host, read_only))
         return tuple(mount_order(out))
-
-    def _stage_sub_path(self, container: str, index: int, root: str, sub: str, volume: str,
-                        *, create: bool) -> str:
-        target = os.path.join(self.disk, SUBPATHS, container, str(index))
-        base = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = self._open_beneath(base, sub, volume, create)
-        finally:
-            os.close(base)
-        try:
-            if mounts.is_mount_point(target):
-                self.sys.umount2(target, MNT_DETACH)   # a restarted container binds afresh
-            _make_target(target, os.path.isdir(f"/proc/self/fd/{fd}"))
-            mounts.bind_fd(self.sys, fd, target)
-        finally:
-            os.close(fd)
-        return target
-
-    def _open_beneath(self, base: int, sub: str, volume: str, create: bool) -> int:
-        resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
-        try:
-            return self.sys.openat2(base, sub, os.O_PATH, resolve)
-        except FileNotFoundError:
-            if not create:
-                raise VolumeProblem(CREATE_CONTAINER_CONFIG_ERROR,
-                                    f"subPath {sub!r} of volume {volume!r} does not exist"
-                                    ) from None
-        except OSError as err:
-            why = _beneath_why(err)
-            raise VolumeProblem(CREATE_CONTAINER_CONFIG_ERROR,
-                                f"subPath {sub!r} of volume {volume!r}: {why}") from None
-        fd = os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=base)
-        for name in filter(None, sub.split("/")):
-            try:
-                try:
-                    nxt = self.sys.openat2(fd, name, os.O_PATH, resolve)
-                except FileNotFoundError:
-                    try:
-                        os.mkdir(name, SUBPATH_MODE, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                    nxt = self.sys.openat2(fd, name, os.O_PATH, resolve)
-            except OSError as err:
-                os.close(fd)
-                raise VolumeProblem(CREATE_CONTAINER_CONFIG_ERROR,
-                                    f"subPath {sub!r} of volume {volume!r}: "
-                                    f"{_beneath_why(err)}") from None
-            os.close(fd)
-            fd = nxt
-        return fd
 
     def env_file(self, container: str, values: dict[str, str]) -> str:
         """Writes `values` (from Secrets) for a container to the tmpfs; the file's path."""
@@ -411,23 +366,8 @@ class PodVolumes:
     def remove(self) -> None:
         remove_disk(self.sys, self.disk)
         remove_dir(self.sys, self.dir)
-
-
-def _beneath_why(err: OSError) -> str:
-    if err.errno == errno.EXDEV:
-        return "leads outside the volume (through a symbolic link or a mount)"
-    if err.errno == errno.ELOOP:
-        return "too many symbolic links"
-    return os.strerror(err.errno or 0)
-
-
-def _make_target(target: str, is_dir: bool) -> None:
-    if is_dir:
-        os.makedirs(target, mode=0o755, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        if not os.path.exists(target):
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        if self.local is not None:
+            self.local.release(self.pod.metadata.uid)
 
 
 def remove_dir(sys: Syscalls, directory: str) -> None:

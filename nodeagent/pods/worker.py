@@ -283,7 +283,8 @@ class PodWorker:
         except (RegistryError, ImageStoreError, LayerError, ArchiveError, LookupError,
                 OSError, ValueError) as err:   # reported in the pod status, retried
             return self._hold(c.name, ERR_IMAGE_PULL, str(err), now)
-        resolved = configenv.resolve(c, self.pod.metadata.namespace, self._lookup)
+        resolved = configenv.resolve(c, self.pod.metadata.namespace, self._lookup, self.pod,
+                                     self.pod_ip)
         if resolved.problem:
             return self._hold(c.name, CREATE_CONFIG_ERROR, resolved.problem, now)
         for warning in resolved.skipped:

@@ -61,6 +61,9 @@ class LocalVolumes:
         # Volumes whose data was removed, reported until VolumeData stops naming them.
         self.removed: set[str] = set()
         self._pending_delete: set[str] = set()
+        # Pods (uids) this agent has given each volume to, until they are removed: a volume
+        # with any is never unmounted to grow (one about to start would bind the bare dir).
+        self._holders: dict[str, set[str]] = {}
         # Bumped whenever the set of volumes changes, so a pod waiting on a claim retries.
         self.generation = 0
         self._load()
@@ -130,7 +133,8 @@ class LocalVolumes:
         if fs < vol.capacity_bytes:
             if diskimage.grow(image, target, vol.capacity_bytes):
                 fs = vol.capacity_bytes
-            elif not mounts.held_elsewhere(mounts.device_of(target)):
+            elif not self._holders.get(vol.name) and \
+                    not mounts.held_elsewhere(mounts.device_of(target)):
                 mounts.unmount_under(self.sys, target)
                 diskimage.resize_offline(image, vol.capacity_bytes)
                 diskimage.mount(image, target)
@@ -190,9 +194,9 @@ class LocalVolumes:
                     self._errors[vol.name] = str(err)
             return gone
 
-    def for_claim(self, namespace: str, claim: str) -> tuple[str, str]:
-        """(mount path, "") of the claim's volume, made and mounted now if need be; or ("",
-        why not)."""
+    def for_claim(self, namespace: str, claim: str, holder: str = "") -> tuple[str, str]:
+        """(mount path, "") of the claim's volume, made and mounted now if need be, noting
+        `holder` (a pod uid) as its user until `release`; or ("", why not)."""
         with self._lock:
             vol = next((v for v in self._volumes.values()
                         if (v.claim_namespace, v.claim_name) == (namespace, claim)), None)
@@ -200,12 +204,20 @@ class LocalVolumes:
                 return "", NOT_BOUND.format(claim=claim)
             try:
                 target = os.path.join(self._dir(vol.name), MOUNT)
-                if vol.name in self._ready and mounts.is_mount_point(target):
-                    return target, ""
-                return self._ensure(vol), ""
+                if not (vol.name in self._ready and mounts.is_mount_point(target)):
+                    target = self._ensure(vol)
+                if holder:
+                    self._holders.setdefault(vol.name, set()).add(holder)
+                return target, ""
             except (OSError, diskimage.ImageError) as err:
                 self._errors[vol.name] = str(err)
                 return "", f"local volume {vol.name}: {err}"
+
+    def release(self, holder: str) -> None:
+        """`holder` (a pod uid) no longer uses any volume."""
+        with self._lock:
+            for users in self._holders.values():
+                users.discard(holder)
 
     # ---- reporting ----
 

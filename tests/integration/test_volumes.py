@@ -21,7 +21,7 @@ from nodeagent.pods.worker import PodWorker, parse_container_id
 from nodeagent.runtime.images.archive import import_archive
 from nodeagent.runtime.images.store import Store
 from nodeagent.runtime.runtime import Runtime
-from nodeagent.runtime.syscalls import LibcSyscalls
+from nodeagent.runtime.syscalls import LibcSyscalls, RecordingSyscalls
 from nodeagent.storage import diskimage, hostpath, mounts
 from nodeagent.storage.localvolumes import LocalVolumes, unmount_all
 from nodeagent.storage.reporting import StorageLoop
@@ -306,6 +306,30 @@ def test_a_symlink_swapped_in_after_the_check_does_not_move_the_mount(node):
         mounts.unmount_under(sysc, target)
 
 
+def test_a_pod_dir_whose_mounts_will_not_go_is_left_whole(node):
+    """Removing a pod's disk dir never empties a hostPath through a mount that stayed."""
+    data = os.path.join(node.host_dir, "precious")
+    os.makedirs(data)
+    open(os.path.join(data, "keep"), "w").close()
+    disk = os.path.join(node.state, "pod-disks", "u1")
+    target = os.path.join(disk, volumes.HOST, "h")
+    os.makedirs(target)
+    real = LibcSyscalls()
+    opened = hostpath.open_checked(real, data, "Directory", (node.host_dir,), node.state)
+    try:
+        mounts.bind_fd(real, opened.fd, target)
+    finally:
+        os.close(opened.fd)
+    try:
+        stuck = RecordingSyscalls()   # its umount2 does nothing: the mount stays
+        assert volumes.remove_disk(stuck, disk) is False
+        assert os.path.exists(os.path.join(data, "keep")) and os.path.isdir(disk)
+        assert [c.name for c in stuck.calls] == ["umount2"]
+    finally:
+        assert volumes.remove_disk(real, disk)
+    assert not os.path.exists(disk) and os.path.exists(os.path.join(data, "keep"))
+
+
 # ---- volumeMounts ----
 
 def test_sub_path_sub_path_expr_read_only_and_nested_mounts(node):
@@ -317,7 +341,9 @@ def test_sub_path_sub_path_expr_read_only_and_nested_mounts(node):
     pod = make_pod(("c", "echo a > /data/logs/l && echo b > /mine/m && "
                          "(echo x > /ro/nope 2>&1 || echo refused) && ls /data", mts),
                    vols=[vol, data])
-    pod.spec.containers[0].env.add(name="POD_NAME", value="web-0")
+    pod.metadata.name = "web-0"   # through the downward API, as a StatefulSet's pods do
+    pod.spec.containers[0].env.add(name="POD_NAME", value_from=pb.EnvVarSource(
+        field_ref=pb.ObjectFieldSelector(field_path="metadata.name")))
     w = node.worker(pod)
     out = run_to_end(node, w)["c"]
     assert "Read-only file system" in out and "refused" in out, out
@@ -352,6 +378,31 @@ def test_a_sub_path_through_a_symlink_out_of_the_volume_is_refused(node):
                      volume_mounts=[mount("v", "/x", sub_path="ok")])
     assert w.volumes.mounts(c, {})[0][0] == "/x"   # a link that stays inside is fine
     assert os.listdir(outside) == []
+
+
+def test_a_restarted_agent_adopts_a_pods_volumes_without_mounting_them_again(node):
+    os.makedirs(os.path.join(node.host_dir, "h"))
+    vols = [pb.Volume(name="s", empty_dir=pb.EmptyDirVolumeSource(size_limit="8Mi")),
+            pb.Volume(name="m", empty_dir=pb.EmptyDirVolumeSource(medium="Memory")),
+            pb.Volume(name="h", host_path=pb.HostPathVolumeSource(
+                path=os.path.join(node.host_dir, "h"), type="Directory"))]
+    pod = make_pod(("c", "echo x > /s/f; exec sleep 300",
+                    [mount("s", "/s"), mount("m", "/m"), mount("h", "/h"),
+                     mount("s", "/sub", sub_path="d")]), vols=vols, policy="Always")
+    w = node.worker(pod)
+    running(w)
+    before = mounts.under(node.state)
+    ids = {i.id for i in node.runtime.list(prefix=w.uid_prefix + "-")}
+    node.restart_agent()
+    w2 = node.worker(pod)
+    running(w2)
+    node.workers.remove(w)
+    assert mounts.under(node.state) == before
+    assert {i.id for i in node.runtime.list(prefix=w.uid_prefix + "-")} == ids
+    assert exec_out(node, w2, "c", "cat /s/f")[1] == "x\n"
+    w2.teardown(0)
+    assert mounts.under(node.state) == [] and diskimage.loops_backed_under(node.state) == []
+    assert os.path.isdir(os.path.join(node.host_dir, "h"))
 
 
 # ---- local persistent volumes ----

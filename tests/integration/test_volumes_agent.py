@@ -118,7 +118,10 @@ def test_records_survive_agent_kill_and_pod_deletion_and_go_with_the_claim(clust
     started = container(moor, "moortest-db")["startedAt"]
     agent.kill()
     agent.start()
-    assert sh(moor, "moortest-db", "wc -l < /db/log").split() == [str(RECORDS)]
+    count = wait_until(lambda: (out := moor("exec", "moortest-db", "--", "sh", "-c",
+                                            "wc -l < /db/log")).returncode == 0 and out.stdout,
+                       60, "exec once the agent is back")
+    assert count.split() == [str(RECORDS)]
     st = container(moor, "moortest-db")
     assert st["startedAt"] == started and st.get("restartCount", 0) == 0
 
@@ -138,3 +141,36 @@ def test_records_survive_agent_kill_and_pod_deletion_and_go_with_the_claim(clust
     assert moor("delete", "pvc", "moortest-data").returncode == 0
     wait_until(lambda: not os.path.exists(os.path.dirname(image)), 60, "the volume removed")
     wait_until(lambda: not get(moor, "pv", pv), 60, "the PersistentVolume removed")
+
+
+def host_pod(name: str, path: str, script: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "image": "busybox:test",
+                                     "imagePullPolicy": "Never", "command": ["sh", "-c", script],
+                                     "volumeMounts": [{"name": "h", "mountPath": "/h"}]}],
+                     "volumes": [{"name": "h", "hostPath": {"path": path,
+                                                            "type": "DirectoryOrCreate"}}]}}
+
+
+def test_host_paths_work_under_the_allowed_prefix_and_wait_outside_it(cluster):
+    moor, _, allowed = cluster
+    inside = os.path.join(allowed, "web")
+    apply(moor, host_pod("moortest-host-ok", inside, "echo hi > /h/out; exec sleep 3600"),
+          host_pod("moortest-host-no", "/etc/moortest-nope", "exec sleep 3600"))
+    wait_until(lambda: os.path.exists(os.path.join(inside, "out")), 60, "the pod's write")
+    st = wait_until(lambda: (c := container(moor, "moortest-host-no")).get("reason") ==
+                    "CreateContainerError" and c, 60, "the refused pod waiting")
+    assert st["message"] == ('MountVolume.SetUp failed for volume "h": hostPath '
+                             '"/etc/moortest-nope" is not under --allowed-host-paths '
+                             f"({allowed})")
+    assert not os.path.exists("/etc/moortest-nope")
+    events = wait_until(lambda: "FailedMount" in (out := moor("describe", "pod",
+                                                              "moortest-host-no").stdout)
+                        and out, 30, "a FailedMount event")
+    assert "is not under --allowed-host-paths" in events
+    for name in ("moortest-host-ok", "moortest-host-no"):
+        assert moor("delete", "pod", name).returncode == 0
+    wait_until(lambda: not get(moor, "pod", "moortest-host-ok"), 60, "the pods gone")
+    with open(os.path.join(inside, "out")) as f:
+        assert f.read() == "hi\n"   # the host's data stays after the pod
