@@ -2,9 +2,9 @@
 filesystem, on this machine, in one run.
 
 A pod mounts a PersistentVolumeClaim of the default class (the local provisioner) and writes a
-marker into it; the benchmark finds the directory the pod's mount shows (the PersistentVolume's
-path on its node, checked by the marker) and runs the same two workloads there and in a new
-directory next to the agent's state (the filesystem the volumes are carved from):
+marker into it; the benchmark finds the directory the pod's mount shows (where the node's agent
+mounts the volume, checked by the marker) and runs the same two workloads there and in a new
+directory in the agent's state dir (the filesystem the volumes' images are files of):
 
 - sequential write: 256 MiB in 1 MiB blocks, one fsync at the end (bandwidth);
 - fsync-heavy small writes: 4,000 writes of 4 KiB, each followed by fsync (writes per second),
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster_vs_swarm import moorage_cluster, note  # noqa: E402
 
 from moorage.v1 import api_pb2  # noqa: E402
+from nodeagent.runtime.syscalls import LibcSyscalls  # noqa: E402
+from nodeagent.storage.localvolumes import unmount_all  # noqa: E402
 from tests import imagebuild  # noqa: E402
 
 SEQ_MIB = 256
@@ -98,21 +99,17 @@ def read(path: str) -> str:
 
 
 def volume_dir(stub, agent_state: str, marker: str) -> str:
-    """The directory the pod's /data shows: its PersistentVolume's path, proved by the marker;
-    else any directory under the node's state dir holding the marker (outside container
-    roots)."""
+    """The directory the pod's /data shows, proved by the marker: where the agent mounts the
+    claim's volume (<state>/local-volumes/<pv>/mount), else its PersistentVolume's path."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         claim = get(stub, "PersistentVolumeClaim", NAME)
         if claim.spec.volume_name:
             pv = get(stub, "PersistentVolume", claim.spec.volume_name, "")
-            if pv.spec.local.path and read(os.path.join(pv.spec.local.path, ".marker")) \
-                    == marker:
-                return pv.spec.local.path
-        for top, dirs, files in os.walk(agent_state):
-            dirs[:] = [d for d in dirs if d not in ("containers", "images", "layers")]
-            if ".marker" in files and read(os.path.join(top, ".marker")) == marker:
-                return top
+            for path in (os.path.join(agent_state, "local-volumes", claim.spec.volume_name,
+                                      "mount"), pv.spec.local.path):
+                if path and read(os.path.join(path, ".marker")) == marker:
+                    return path
         time.sleep(0.5)
     raise RuntimeError("could not find the directory behind the pod's volume")
 
@@ -154,15 +151,11 @@ def measure(tool, host: str, claim: str) -> dict[str, tuple[list[float], list[fl
     return results
 
 
-def unmount_under(root: str) -> None:
-    """Whatever is still mounted under the run's directory, deepest first (a safety net: the
-    agents unmount their volumes when the claim and pod go)."""
-    with open("/proc/self/mounts") as f:
-        points = [re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), line.split()[1])
-                  for line in f]
-    for point in sorted((p for p in points if p.startswith(root + "/")), key=len,
-                        reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
+def unmount_volumes(agents) -> None:
+    """The claims' loop-mounted images left under the agents' state dirs (a safety net: an
+    agent removes a volume when its claim is deleted, which cleanup() asks for)."""
+    for a in agents:
+        unmount_all(LibcSyscalls(), os.path.join(a.state, "local-volumes"))
 
 
 def cleanup(stub) -> None:
@@ -188,6 +181,7 @@ def main() -> int:
     tool, tool_name = (fio, "fio") if shutil.which("fio") else (dd, "dd")
     root = tempfile.mkdtemp(prefix="moorbench-volumes-")
     marker = uuid.uuid4().hex
+    agents: list = []
     try:
         tar = os.path.join(root, "busybox.tar")
         imagebuild.write_docker_save(tar, imagebuild.make_image(), ["busybox:bench"])
@@ -204,7 +198,7 @@ def main() -> int:
             finally:
                 cleanup(stub)
     finally:
-        unmount_under(root)
+        unmount_volumes(agents)
         shutil.rmtree(root, ignore_errors=True)
     print(f"# one pod on a claim of the local class ({CLAIM_SIZE}), against a directory of the "
           f"filesystem under the agent's state dir; {tool_name}, median of {ROUNDS} alternated "

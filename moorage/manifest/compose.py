@@ -450,6 +450,10 @@ def _service(name: str, svc, ctx: _Context, problems: Problems,
                     "spec": {"selector": pod_labels, "clusterIP": "None",
                              "type": "ClusterIP"}})
     spec["serviceName"] = governing
+    if mounts:
+        notes.append(f"{path}: runs as a StatefulSet, whose pod does not restart by itself "
+                     "when a config or secret it mounts changes; for new content, moor "
+                     f"rollout restart statefulset/{name} -n {stack}")
     # Its Services first: the StatefulSet's governing Service is checked against the apply.
     return [*out, {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata,
                    "spec": spec}]

@@ -472,18 +472,12 @@ def _tmpfs_short(item, where: str, problems: Problems) -> _Mount | None:
 
 def check_targets(first: list[tuple[str, dict]], then: list[tuple[str, dict]],
                   problems: Problems) -> None:
-    """(where, volumeMount) pairs of one container: no mount of `then` at the path of
-    another, nor inside one or holding one (`first`, the configs' and secrets' files, are
-    checked among themselves by composeconfigs)."""
-    seen = [(where, m["mountPath"]) for where, m in first]
+    """(where, volumeMount) pairs of one container: no mount of `then` at the path of another
+    (`first`, the configs' and secrets' files, are checked among themselves by
+    composeconfigs). Mounts may nest (/data and /data/logs): the node mounts parents first."""
+    seen = {m["mountPath"]: where for where, m in first}
     for where, m in then:
-        target = m["mountPath"]
-        for other_where, other in seen:
-            if other == target:
-                problems.add(where, f"{target!r} is also where {other_where} is mounted; each "
-                             "mount needs a path of its own")
-            elif target.startswith(other.rstrip("/") + "/") \
-                    or other.startswith(target.rstrip("/") + "/"):
-                problems.add(where, f"{target!r} and {other!r} ({other_where}) nest: mounts "
-                             "may not be inside one another")
-        seen.append((where, target))
+        other = seen.setdefault(m["mountPath"], where)
+        if other != where:
+            problems.add(where, f"{m['mountPath']!r} is also where {other} is mounted; each "
+                         "mount needs a path of its own")

@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from nodeagent.runtime.syscalls import LibcSyscalls
+from nodeagent.storage.localvolumes import unmount_all
 from tests import imagebuild
 from tests.agents import start_agents
 from tests.conftest import TEST_PREFIX, start_controlplane, stop_process, unique
@@ -44,7 +46,10 @@ def cluster(etcd_endpoint):
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "compose-vol-")
     cp = start_controlplane(etcd_endpoint, os.path.join(root, "cp"))
     nodes = [unique("cv-a"), unique("cv-b")]
-    agents = start_agents(cp, root, nodes, imagebuild.busybox_tar(root))
+    binds = os.path.join(root, "binds")
+    os.makedirs(binds)
+    agents = start_agents(cp, root, nodes, imagebuild.busybox_tar(root),
+                          extra_args=("--allowed-host-paths", binds))
     env = cp.env()
 
     def moor(*args, timeout=60):
@@ -53,10 +58,12 @@ def cluster(etcd_endpoint):
 
     try:
         wait_until(lambda: len(_ready_nodes(moor)) == 2, 60, "two Ready nodes")
-        yield moor
+        yield moor, binds
     finally:
         for a in agents:
             a.cleanup()
+            # The claims' loop-mounted images, should a test have stopped before removing them.
+            unmount_all(LibcSyscalls(), os.path.join(a.state, "local-volumes"))
         stop_process(cp.proc)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -90,7 +97,7 @@ def log_lines(moor, ns: str) -> list[str]:
 
 
 def test_a_stack_with_a_named_volume_keeps_its_data(cluster, tmp_path):
-    moor = cluster
+    moor, _ = cluster
     stack = unique("vol")
     (tmp_path / "compose.yaml").write_text(COMPOSE)
     try:
@@ -119,6 +126,8 @@ def test_a_stack_with_a_named_volume_keeps_its_data(cluster, tmp_path):
         (info,) = json.loads(moor("volume", "inspect", "-n", stack, "data").stdout)
         assert info["Driver"] == "local" and info["Status"]["Phase"] == "Bound"
         assert info["Status"]["Node"] == node and info["Mountpoint"]
+        bound = info["Status"]["PersistentVolume"]
+        assert bound
 
         busy = moor("volume", "rm", "-n", stack, "data")
         assert busy.returncode == 1
@@ -141,7 +150,8 @@ def test_a_stack_with_a_named_volume_keeps_its_data(cluster, tmp_path):
         wait_until(lambda: not items(moor, "pods", "-n", stack), 120, "the stack's pods gone")
         out = moor("stack", "deploy", "-c", str(tmp_path / "compose.yaml"), stack)
         assert out.returncode == 0, out.stderr
-        assert "persistentvolumeclaim/data unchanged" in out.stdout, out.stdout
+        (claim,) = items(moor, "pvc", "-n", stack)
+        assert claim["spec"]["volumeName"] == bound and claim["status"]["phase"] == "Bound"
         third = wait_until(lambda: running(moor, stack, "db-0", second["metadata"]["uid"]),
                            120, "db-0 Running again")
         assert third["spec"]["nodeName"] == node
@@ -157,7 +167,7 @@ def test_a_stack_with_a_named_volume_keeps_its_data(cluster, tmp_path):
 
 
 def test_external_volume_must_exist(cluster, tmp_path):
-    moor = cluster
+    moor, _ = cluster
     stack = unique("vol")
     (tmp_path / "compose.yaml").write_text(
         "volumes: {old: {external: true, name: legacy}}\n"
@@ -169,3 +179,45 @@ def test_external_volume_must_exist(cluster, tmp_path):
         f"'legacy' in namespace '{stack}'; create it (moor apply -f claim.yaml) or drop "
         "`external` to have the stack create it")
     assert moor("get", "namespace", stack).returncode != 0
+
+
+def test_bind_mounts_from_the_compose_files_directory(cluster):
+    moor, binds = cluster
+    stack = unique("bind")
+    project = os.path.join(binds, stack)
+    os.makedirs(os.path.join(project, "site"))
+    with open(os.path.join(project, "site", "index.html"), "w") as f:
+        f.write("hello from the host\n")
+    with open(os.path.join(project, "compose.yaml"), "w") as f:
+        f.write(textwrap.dedent("""\
+            services:
+              web:
+                image: busybox:test
+                command: ["sh", "-c", "echo made > /out/file && exec sleep 3600"]
+                volumes:
+                  - ./site:/www:ro
+                  - type: bind
+                    source: ./out
+                    target: /out
+                    bind: {create_host_path: true}
+            """))
+    try:
+        out = moor("stack", "deploy", "-c", os.path.join(project, "compose.yaml"), stack)
+        assert out.returncode == 0, out.stderr
+
+        def web():
+            pods = [p for p in items(moor, "pods", "-n", stack)
+                    if p["status"].get("phase") == "Running"]
+            return pods[0]["metadata"]["name"] if pods else None
+        name = wait_until(web, 120, "the web pod Running")
+        read = moor("exec", "-n", stack, name, "--", "cat", "/www/index.html")
+        assert read.returncode == 0 and read.stdout == "hello from the host\n", read.stderr
+        write = moor("exec", "-n", stack, name, "--", "touch", "/www/nope")
+        assert write.returncode != 0 and "Read-only file system" in write.stdout + write.stderr
+        wait_until(lambda: os.path.exists(os.path.join(project, "out", "file")), 30,
+                   "the file the pod wrote in the created directory")
+        with open(os.path.join(project, "out", "file")) as f:
+            assert f.read() == "made\n"
+    finally:
+        moor("stack", "rm", stack)
+        wait_until(lambda: not items(moor, "pods", "-n", stack), 120, "the stack's pods gone")
