@@ -11,7 +11,7 @@ import re
 
 from moorage.manifest import configchecks, statefulsetchecks, storagechecks
 from moorage.manifest.convert import FieldError, describe, join
-from moorage.model import images, quantities, selectors
+from moorage.model import images, quantities, selectors, storage
 from moorage.model import names as naming
 from moorage.model.kinds import kind_of
 from moorage.model.network import NODE_PORT_RANGE
@@ -400,7 +400,10 @@ def _node(obj, errs: _Errors) -> None:
     for section in ("capacity", "allocatable"):
         for rname, raw in getattr(obj.status, section).items():
             try:
-                quantities.parse_resource(rname, raw)
+                if rname == storage.LOCAL_STORAGE:   # the agent's room for local volumes
+                    quantities.memory_bytes(raw)
+                else:
+                    quantities.parse_resource(rname, raw)
             except quantities.QuantityError as err:
                 errs.add(join(f"status.{section}", rname), str(err))
 

@@ -171,3 +171,18 @@ def test_path_allowed():
     assert not storage.path_allowed("/srv/../etc", ["/srv"])
     assert not storage.path_allowed("/etc", [])
     assert not storage.path_allowed("/etc", ["/"])
+
+
+def test_node_status_may_carry_its_local_storage():
+    # What `moor get node -o yaml` shows must apply again (drain and cordon do just that).
+    text = """apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status:
+  capacity: {cpu: "2", memory: 4Gi, moorage.io/local-storage: 50Gi}
+  allocatable: {moorage.io/local-storage: 40Gi}
+"""
+    (node,) = objects(text)
+    assert node.status.capacity[storage.LOCAL_STORAGE] == "50Gi"
+    (problem,) = errors(text.replace("40Gi", "lots"))
+    assert 'status.allocatable["moorage.io/local-storage"]' in problem, problem
