@@ -29,7 +29,7 @@ $(STAMP_PY): pyproject.toml | $(STAMP_APT)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@# Bytecode up front, even where PYTHONDONTWRITEBYTECODE is set: every `moor` starts faster.
-	@$(PY) -m compileall -q moorage controlplane nodeagent > /dev/null
+	@$(PY) -m compileall -q moorage controlplane nodeagent builder > /dev/null
 	@touch $@
 
 # The linter runs first: it also enforces the layout's rules (etcd only through controlplane/store).

@@ -27,6 +27,8 @@ examples:
   moor create cm web --from-file conf/   a ConfigMap of a directory's files
   moor create secret generic db --from-literal password=s3cret
   moor rollout restart deploy/web        replace a deployment's pods, rolling
+  moor build -t reg:5000/web:1 --push .  build ./Dockerfile on this machine (as root), push it
+  moor images / moor pull / moor tag     the build machine's images
   moor delete deployment web             delete one object
   moor --server 10.0.0.5:7440 version    talk to another control plane
 
@@ -389,7 +391,20 @@ def _report(message: str) -> None:
     sys.stderr.flush()
 
 
+# Image commands run containers on this machine, so they are a program of their own: the
+# builder (builder/), started in place of this process rather than imported.
+BUILDER_COMMANDS = ("build", "push", "pull", "login", "tag", "images", "rmi")
+
+
+def _hand_to_builder(argv: list[str]) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", "builder", *argv])
+    return 1  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in BUILDER_COMMANDS:
+        return _hand_to_builder(argv)
     parser = build_parser()
     command = None
     try:
