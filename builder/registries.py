@@ -93,7 +93,8 @@ def _auths(doc: dict, path: str) -> dict[str, Credentials]:
         user, password = entry.get("username"), entry.get("password", "")
         if not user and isinstance(entry.get("auth"), str):
             try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                user, _, password = base64.b64decode(entry["auth"], validate=True).decode(
+                ).partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 raise BuildError(f"{where}.auth: not base64 of user:password") from None
         if not isinstance(user, str) or not user or not isinstance(password, str):

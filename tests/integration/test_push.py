@@ -274,3 +274,15 @@ def test_push_of_a_manifest_digest_is_refused(registry, roots):
         distribution.push(Store(BuildRoot(root).images), found,
                           f"{registry.host}/test/d@{found.manifest_digest}",
                           registries.load(BuildRoot(root)))
+
+
+def test_a_stale_mount_record_falls_back_to_an_upload(registry, roots):
+    """The registry answers a mount it cannot do with an upload session (202), used as is."""
+    root = roots()
+    image = ib.make_image([[ib.TarEntry("stale", os.urandom(64))]])
+    found = add_image(root, image, f"{registry.host}/test/stale:1")
+    store = Store(BuildRoot(root).images)
+    distribution.BlobSources(store).add(registry.host, "test/never-pushed",
+                                        found.layer_digests)
+    lines = layer_lines(ok(builder(root, "push", f"{registry.host}/test/stale:1")))
+    assert lines == {short(found.layer_digests[0]): "Pushed"}
