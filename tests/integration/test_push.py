@@ -286,3 +286,44 @@ def test_a_stale_mount_record_falls_back_to_an_upload(registry, roots):
                                         found.layer_digests)
     lines = layer_lines(ok(builder(root, "push", f"{registry.host}/test/stale:1")))
     assert lines == {short(found.layer_digests[0]): "Pushed"}
+
+
+def test_a_pod_on_a_cluster_agent_runs_the_pushed_image(etcd_endpoint, registry, roots):
+    from tests.agents import start_agents
+    from tests.conftest import start_controlplane, unique
+    from tests.wait import wait_until
+
+    build = roots()
+    ref = f"{registry.host}/test/runme:1"
+    add_image(build, ib.make_image([ib.busybox_rootfs(), APP],
+                                   cmd=["sh", "-c", "cat /app; exec sleep 3600"]), ref)
+    ok(builder(build, "push", ref))
+
+    root = _tmp("pushcluster")
+    cp = start_controlplane(etcd_endpoint, os.path.join(root, "cp"))
+    node = unique("push-a")
+    agents = start_agents(cp, root, [node], extra_args=("--insecure-registry", registry.host))
+    env = cp.env()
+
+    def moor(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "moorage.cli.main", *args], input=stdin,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    def phase() -> str:
+        out = moor("get", "pod", "moortest-runme", "-o", "json")
+        return json.loads(out.stdout)["status"].get("phase", "") if out.returncode == 0 else ""
+
+    try:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "moortest-runme"},
+               "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "app", "image": ref}]}}
+        applied = moor("apply", "-f", "-", stdin=json.dumps(pod))
+        assert applied.returncode == 0, applied.stderr
+        wait_until(lambda: phase() == "Running", 90, "the pod Running")
+        logs = wait_until(lambda: moor("logs", "moortest-runme").stdout, 30, "its log")
+        assert logs.splitlines() == ["v1"]
+    finally:
+        for a in agents:
+            a.cleanup()
+        stop_process(cp.proc)
+        shutil.rmtree(root, ignore_errors=True)
