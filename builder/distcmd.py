@@ -88,13 +88,13 @@ def check_login(config: RegistryConfig, server: str, username: str, password: st
     """GET /v2/ with the credentials (Basic, or a token from the registry's token server);
     RegistryHTTPError if the registry refuses them."""
     host = registry_host(server)
-    config = registries.with_loopback_insecure(config, host)
     endpoint = registries.push_endpoint(config, host)
     creds = Credentials(username, password)
     config = RegistryConfig(mirrors=config.mirrors, insecure=config.insecure,
                             credentials={**config.credentials, host: creds,
                                          endpoint.host: creds},
-                            timeout=config.timeout, architecture=config.architecture)
+                            timeout=config.timeout, architecture=config.architecture,
+                            insecure_loopback=config.insecure_loopback)
     session = Session(config, endpoint, host, scopes=())
     try:
         session.request("GET", session.url("/v2/"), ok=(200,), what="GET /v2/")
@@ -105,7 +105,7 @@ def check_login(config: RegistryConfig, server: str, username: str, password: st
 def login(args) -> int:
     root = BuildRoot.from_args(args.root)
     what = f"login {args.server}"
-    config = registries.load(root)
+    config = registries.load(root, args.insecure_registry)
     password = _password(args)
     try:
         check_login(config, args.server, args.username, password)

@@ -122,7 +122,6 @@ def push(store: Store, image: Image, reference: str, config: RegistryConfig,
     if ref.digest:
         raise BuildError(f"{where}: cannot push to a digest; give a tag (NAME:TAG)")
     tag = ref.tag or "latest"
-    config = registries.with_loopback_insecure(config, ref.domain)
     endpoint = registries.push_endpoint(config, ref.domain)
     raw, media_type, blobs = _manifest_of(store, image, where)
     sources = BlobSources(store)
@@ -259,7 +258,6 @@ def pull(store: Store, reference: str, config: RegistryConfig,
         ref = parse_reference(reference)
     except ReferenceError as e:
         raise BuildError(f"pull {reference}: {e}") from None
-    config = registries.with_loopback_insecure(config, ref.domain)
     say(f"{ref.digest or ref.tag or 'latest'}: Pulling from {ref.repository}")
     downloaded: set[str] = set()
 

@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable
 
 from builder.errors import BuildError
 from builder.paths import BuildRoot
-from nodeagent.runtime.images.auth import is_loopback
 from nodeagent.runtime.images.dockerconfig import parse_auths, registry_host
 from nodeagent.runtime.images.reference import DOCKER_HUB
 from nodeagent.runtime.images.registry import (
@@ -122,18 +121,9 @@ def load(root: BuildRoot, insecure: Iterable[str] = ()) -> RegistryConfig:
     hosts = frozenset(_strings(doc, "insecure", path)) | {registry_host(h) for h in insecure}
     try:
         return RegistryConfig(mirrors=_mirrors(doc, path), credentials=credentials,
-                              insecure=hosts)
+                              insecure=hosts, insecure_loopback=True)
     except RegistryError as e:
         raise BuildError(f"{path}: {e}") from None
-
-
-def with_loopback_insecure(config: RegistryConfig, domain: str) -> RegistryConfig:
-    """Docker treats registries on 127.0.0.0/8 as insecure; so do we, for that name only."""
-    if not is_loopback(domain) or domain in config.insecure:
-        return config
-    return RegistryConfig(mirrors=config.mirrors, credentials=config.credentials,
-                          insecure=config.insecure | {domain}, timeout=config.timeout,
-                          architecture=config.architecture)
 
 
 def push_endpoint(config: RegistryConfig, domain: str) -> Endpoint:

@@ -103,9 +103,11 @@ def test_push_endpoint(mirrors, insecure, domain, want):
     ("localhost:5000", "http"), ("127.0.0.1:5000", "http"), ("127.1.2.3", "http"),
     ("[::1]:5000", "http"), ("reg.example:5000", "https"), ("10.0.0.1:5000", "https"),
 ])
-def test_loopback_registries_are_plain_http(domain, want):
-    config = registries.with_loopback_insecure(RegistryConfig(), domain)
+def test_loopback_registries_are_plain_http(root, domain, want):
+    config = registries.load(root)
     assert registries.push_endpoint(config, domain).base_url.split(":")[0] == want
+    # Agents keep listing every insecure registry.
+    assert RegistryConfig().endpoints(domain)[-1].base_url.startswith("https://")
 
 
 def test_save_login_keeps_other_settings_and_is_0600(root):

@@ -85,7 +85,7 @@ class Authorizer:
               basic: str | None) -> str:
         realm = urllib.parse.urlsplit(params["realm"])
         if realm.scheme != "https" and not (realm.scheme == "http" and (
-                realm.netloc in self.config.insecure or is_loopback(realm.netloc))):
+                self.config.is_insecure(realm.netloc) or is_loopback(realm.netloc))):
             raise AuthError(f"{endpoint.host} sends us for a token to {params['realm']}, "
                             "which is neither https nor an insecure registry")
         query = [("service", params.get("service", ""))] + [("scope", s) for s in scopes]

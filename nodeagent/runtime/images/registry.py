@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .auth import AuthError, Authorizer, parse_challenge
+from .auth import AuthError, Authorizer, is_loopback, parse_challenge
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, Reference
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -83,6 +83,9 @@ class RegistryConfig:
     insecure: frozenset[str] = frozenset()
     timeout: float = DEFAULT_TIMEOUT
     architecture: str = field(default_factory=host_architecture)
+    # Docker's default: registries on localhost or 127.0.0.0/8 speak plain HTTP (the build
+    # machine's setting; agents list every insecure registry).
+    insecure_loopback: bool = False
 
     def __post_init__(self) -> None:
         for domain in self.mirrors:
@@ -92,7 +95,7 @@ class RegistryConfig:
         """Where to look for an image of this registry: its mirrors in order, then itself."""
         found = [self._mirror(url, domain) for url in self.mirrors.get(domain, ())]
         host = DOCKER_HUB_API_HOST if domain == DOCKER_HUB else domain
-        scheme = "http" if {domain, host} & self.insecure else "https"
+        scheme = "http" if self.is_insecure(domain) or self.is_insecure(host) else "https"
         return found + [Endpoint(f"{scheme}://{host}", host, mirror=False)]
 
     def _mirror(self, url: str, domain: str) -> Endpoint:
@@ -100,13 +103,16 @@ class RegistryConfig:
         if not parsed.netloc or parsed.scheme not in ("", "http", "https"):
             raise RegistryError(f"mirror {url!r} for {domain}: want host[:port] or an "
                                 "http(s):// URL")
-        insecure = parsed.netloc in self.insecure
+        insecure = self.is_insecure(parsed.netloc)
         if parsed.scheme == "http" and not insecure:
             raise RegistryError(f"mirror {url} for {domain} uses plain HTTP but "
                                 f"{parsed.netloc} is not listed as an insecure registry")
         scheme = parsed.scheme or ("http" if insecure else "https")
         return Endpoint(f"{scheme}://{parsed.netloc}{parsed.path.rstrip('/')}", parsed.netloc,
                         mirror=True)
+
+    def is_insecure(self, host: str) -> bool:
+        return host in self.insecure or (self.insecure_loopback and is_loopback(host))
 
     def credentials_for(self, host: str, domain: str) -> Credentials | None:
         return self.credentials.get(host) or self.credentials.get(domain)
