@@ -3,6 +3,7 @@ build machine's store against registries, printing what `docker push|pull|login`
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import sys
 
@@ -90,11 +91,8 @@ def check_login(config: RegistryConfig, server: str, username: str, password: st
     host = registry_host(server)
     endpoint = registries.push_endpoint(config, host)
     creds = Credentials(username, password)
-    config = RegistryConfig(mirrors=config.mirrors, insecure=config.insecure,
-                            credentials={**config.credentials, host: creds,
-                                         endpoint.host: creds},
-                            timeout=config.timeout, architecture=config.architecture,
-                            insecure_loopback=config.insecure_loopback)
+    config = dataclasses.replace(config, credentials={**config.credentials, host: creds,
+                                                      endpoint.host: creds})
     session = Session(config, endpoint, host, scopes=())
     try:
         session.request("GET", session.url("/v2/"), ok=(200,), what="GET /v2/")

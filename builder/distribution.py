@@ -269,7 +269,11 @@ def pull(store: Store, reference: str, config: RegistryConfig,
     try:
         image = store.pull(reference, config, on_progress)
     except StoreError as e:
-        raise BuildError(str(e)) from None
+        message = str(e)
+        prefix = f"pulling {reference}: "
+        raise BuildError(f"pull {reference}: "
+                         f"{message[len(prefix):] if message.startswith(prefix) else message}"
+                         ) from None
     for digest in image.layer_digests:
         if digest not in downloaded:
             say(f"{short(digest)}: Already exists")
