@@ -22,7 +22,9 @@ from tests import imagebuild as ib
 class Fake:
     """A registry that wants Basic auth and sends uploads to a second "storage" server."""
 
-    def __init__(self, drop_idle: bool = False, manifest_digest: str | None = None):
+    def __init__(self, drop_idle: bool = False, manifest_digest: str | None = None,
+                 relative: bool = False):
+        self.relative = relative
         self.seen: list[tuple[str, str, str, str]] = []  # (server, method, path, auth)
         self.blobs: dict[str, bytes] = {}
         self.drop_idle = drop_idle
@@ -63,7 +65,10 @@ class Fake:
         return f"127.0.0.1:{server.server_address[1]}"
 
     def answer(self, role, method, path, auth, body):
-        if role == "storage":
+        if role == "storage" or (self.relative and path.startswith("/v2/team/app/blobs/up")
+                                 and method == "PUT"):
+            if role == "registry" and auth != "Basic dTpw":
+                return 401, {"WWW-Authenticate": 'Basic realm="fake"'}
             digest = path.split("digest=")[1].replace("%3A", ":")
             self.blobs[digest] = body
             return 201, {}
@@ -71,6 +76,8 @@ class Fake:
             return 401, {"WWW-Authenticate": 'Basic realm="fake"'}
         if method == "HEAD":
             return 404, {}
+        if method == "POST" and self.relative:
+            return 202, {"Location": "/v2/team/app/blobs/uploads/1?_state=x"}
         if method == "POST":
             return 202, {"Location": f"http://{self.host(self.storage)}/upload/1?_state=x"}
         if "/manifests/" in path:
@@ -125,6 +132,16 @@ def test_uploads_to_a_storage_host_carry_no_credentials(tmp_path, fake, drop_idl
     assert len(storage) == 3 and all(auth == "" for *_, auth in storage)
     assert lines[-1] == f"2: digest: {digest} size: {len(image.manifest.data)}"
     assert sorted(lines[1:-1]) == sorted(f"{b.digest[7:19]}: Pushed" for b in image.layers)
+
+
+def test_a_relative_location_is_on_the_registry_with_its_credentials(tmp_path, fake):
+    f = fake(relative=True)
+    store, found, image = stored_image(tmp_path)
+    distribution.push(store, found, f"{f.host(f.registry)}/team/app:2", config_for(f))
+    assert f.blobs == {b.digest: b.data for b in (image.config, *image.layers)}
+    puts = [s for s in f.seen if s[1] == "PUT" and "/blobs/uploads/" in s[2]]
+    assert len(puts) == 3 and all(s[0] == "registry" and s[3] == "Basic dTpw" for s in puts)
+    assert all("?_state=x&digest=sha256%3A" in s[2] for s in puts)
 
 
 def test_a_registry_naming_another_manifest_digest_is_an_error(tmp_path, fake):
