@@ -193,6 +193,8 @@ class _Lexer:
             raise ShellWordError("syntax error: bad substitution")
         name = self.name()
         ch = self.next()
+        if not ch:
+            raise ShellWordError("syntax error: missing '}'")
         if ch == "}":
             return self.lookup(name)[0]
         if ch == "/":
