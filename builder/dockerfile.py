@@ -42,7 +42,9 @@ Flags are `--name=value` words before the arguments; a boolean flag (`--link`) m
 is stored as "true" or "false". Each instruction takes only its own flags; the ones this
 builder does not implement (RUN --mount/--network/--security/--device, COPY --exclude/--parents,
 ADD --checksum/--keep-git-dir/--unpack/--exclude) are refused by name, as are ONBUILD and
-heredocs (`RUN <<EOF`).
+heredocs in COPY and ADD. A RUN with heredocs (`RUN <<EOF`) becomes shell form as in BuildKit:
+args is (the script,) when the command is the heredoc alone, else (the line, then each body and
+its terminator,) for the shell to read; .heredocs keeps the bodies.
 
 Errors are one line, `<path>:<line>: <what>`, or `<path>: <what>` when no line applies.
 """
@@ -85,6 +87,16 @@ class Healthcheck:
 
 
 @dataclass(frozen=True, slots=True)
+class Heredoc:
+    """A here-document read after its instruction's line: `name` without quotes, `chomp` for
+    `<<-` (leading tabs stripped), `content` the raw lines, each ending in a newline."""
+    word: str
+    name: str
+    chomp: bool
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class Instruction:
     keyword: str
     args: tuple[str, ...]
@@ -95,6 +107,7 @@ class Instruction:
     end_line: int = 0
     pairs: tuple[tuple[str, str | None], ...] = ()
     healthcheck: Healthcheck | None = None
+    heredocs: tuple[Heredoc, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +188,7 @@ class _Line:
     text: str
     start: int
     end: int
+    heredocs: tuple[Heredoc, ...] = ()
 
 
 def _logical_lines(text: str, path: str) -> tuple[list[_Line], str, str | None]:
@@ -228,8 +242,44 @@ def _logical_lines(text: str, path: str) -> tuple[list[_Line], str, str | None]:
                 continue  # comments and blank lines inside a continuation are skipped
             part, more = _trim_continuation(nxt, cont)
             line += part
-        lines.append(_Line(line, start, i))
+        docs = []
+        for word, name, chomp in _heredoc_markers(line):
+            body: list[str] = []
+            while True:
+                if i >= n:
+                    raise _error(path, start, f"unterminated heredoc {word}")
+                nxt = raw[i]
+                i += 1
+                if (nxt.lstrip("\t") if chomp else nxt) == name:
+                    break
+                body.append(nxt + "\n")
+            docs.append(Heredoc(word, name, chomp, "".join(body)))
+        lines.append(_Line(line, start, i, tuple(docs)))
     return lines, escape, syntax
+
+
+def _heredoc_markers(line: str) -> list[tuple[str, str, bool]]:
+    """The here-documents a RUN, COPY or ADD line opens (`<<EOF`, `<<-"EOF"`, `3<<EOF`): a word
+    that starts with `<<` (a file descriptor may come first) names one, unless the instruction
+    is in JSON form. The name is lexed with `\\` as the escape, whatever the directive."""
+    parts = _WHITESPACE.split(line.strip(), maxsplit=1)
+    if parts[0].upper() not in ("RUN", "COPY", "ADD") or len(parts) < 2:
+        return []
+    _, rest = _split_flags(parts[1])
+    if rest.lstrip().startswith("["):
+        return []
+    found = []
+    for word in shellwords.split_words(rest):
+        m = _HEREDOC.match(word)
+        if not m or not m.group(3):
+            continue
+        try:
+            names = shellwords.expand_words(m.group(3), {}, shellwords.DEFAULT_ESCAPE)
+        except shellwords.ShellWordError:
+            continue
+        if len(names) == 1:
+            found.append((word, names[0], m.group(2) == "-"))
+    return found
 
 
 def _trim_continuation(line: str, cont: re.Pattern[str]) -> tuple[str, bool]:
@@ -332,13 +382,20 @@ def _maybe_json(rest: str) -> list[str] | None:
     return value
 
 
-def _heredoc_words(rest: str) -> list[str]:
-    found = []
-    for word in shellwords.split_words(rest):
-        m = _HEREDOC.match(word)
-        if m and m.group(3):
-            found.append(word)
-    return found
+def _heredoc_command(rest: str, docs: tuple[Heredoc, ...], err) -> str:
+    """A RUN with here-documents as the shell-form text BuildKit runs: a command that is one
+    heredoc alone runs its body as the script; anything else is the line followed by each body
+    and its terminator, for the shell to read as real here-documents. Bodies are never
+    expanded by the builder (BuildKit ignores the quoting of the name for RUN)."""
+    if len(docs) == 1 and rest.strip() == docs[0].word:
+        body = docs[0].content
+        if docs[0].chomp:
+            body = re.sub(r"(?m)^\t+", "", body)
+        if body.startswith("#!"):
+            raise err("RUN with a #! heredoc (a script run by its interpreter) is not "
+                      "supported by this builder")
+        return body
+    return rest + "".join("\n" + d.content + d.name for d in docs)
 
 
 # -- one instruction ------------------------------------------------------------------------
@@ -408,8 +465,12 @@ def _parse_instruction(ln: _Line, escape: str, path: str) -> Instruction:
     flags = _parse_flags(keyword, flag_words, path, line)
     base = dict(keyword=keyword, flags=flags, line=line, original=stripped, end_line=ln.end)
 
-    if keyword in ("RUN", "COPY", "ADD") and not rest.startswith("[") and _heredoc_words(rest):
-        raise err(f"heredocs ({_heredoc_words(rest)[0]}) are not supported by this builder")
+    if ln.heredocs:
+        if keyword != "RUN":
+            raise err(f"{keyword} with a heredoc ({ln.heredocs[0].word}) is not supported by "
+                      "this builder")
+        return Instruction(args=(_heredoc_command(rest, ln.heredocs, err),), heredocs=ln.heredocs,
+                           **base)
 
     try:
         if keyword in ("RUN", "CMD", "ENTRYPOINT", "SHELL"):
@@ -588,6 +649,23 @@ def _stage(index: int, ins: Instruction, body: list[Instruction], path: str) -> 
 
 SCRATCH = "scratch"
 
+# distribution/reference's grammar: [domain[:port]/]path[:tag][@digest], path lower-case
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
+
+
+def is_reference(text: str) -> bool:
+    """Whether text is an image reference Docker would accept (`busybox`, `alpine:3.19`,
+    `registry.local:5000/team/app@sha256:...`)."""
+    return len(text) <= 255 + 128 + 80 and bool(_REFERENCE.match(text))
+
 # Build args every RUN may see without an ARG, and that never enter the image or a cache key.
 PROXY_ARGS = frozenset({"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
                         "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"})
@@ -674,7 +752,7 @@ def stage_order(df: Dockerfile, target: str | None = None,
     resolved: list[ResolvedStage] = []
     for st in df.stages:
         try:
-            base = shellwords.expand(st.base, env, df.escape)
+            base, unset = shellwords.expand_reporting(st.base, env, df.escape)
             platform = shellwords.expand(st.platform, env, df.escape) if st.platform else ""
         except shellwords.ShellWordError as exc:
             raise df.error(st.line, f"FROM: {exc}") from None
@@ -686,6 +764,12 @@ def stage_order(df: Dockerfile, target: str | None = None,
         for earlier in df.stages[:st.index]:
             if earlier.name and earlier.name == base.lower():
                 base_stage = earlier.index  # the latest earlier definition
+        if base_stage is None and not is_reference(base):
+            hint = ""
+            if unset:
+                names = ", ".join(sorted(unset))
+                hint = f"; {names} had no value (an ARG before the first FROM, or --build-arg)"
+            raise df.error(st.line, f"invalid reference format: {base!r} (FROM {st.base}{hint})")
         deps: set[int] = set() if base_stage is None else {base_stage}
         images: list[str] = []
         copy_from: dict[int, int | str] = {}
@@ -746,6 +830,9 @@ def _copy_source(df: Dockerfile, st: Stage, ins: Instruction) -> int | str:
             raise df.error(ins.line, f"COPY --from={word}: there is no stage {index} (the "
                            f"Dockerfile has {len(df.stages)})")
     if index is None:
+        if not is_reference(word):
+            raise df.error(ins.line, f"COPY --from={word}: no stage of that name, and not an "
+                           "image reference")
         return word  # an image reference
     if index >= st.index:
         what = "itself" if index == st.index else "a later stage"

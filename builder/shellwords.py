@@ -73,6 +73,7 @@ class _Lexer:
         self.pos = 0
         self.env = env  # None: leave every $ as written (quote removal only)
         self.escape = escape
+        self.unset: set[str] = set()
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -88,6 +89,7 @@ class _Lexer:
         assert self.env is not None
         if name in self.env:
             return self.env[name], True
+        self.unset.add(name)
         return "", False
 
     # processStopOn: the whole input (stop="") or up to an unescaped stop character
@@ -311,6 +313,13 @@ class _LateSuffix:
 def expand(word: str, env: Mapping[str, str], escape: str = DEFAULT_ESCAPE) -> str:
     """One word, expanded and with its quotes removed (BuildKit's ProcessWord)."""
     return _Lexer(word, env, escape).until("")[0]
+
+
+def expand_reporting(word: str, env: Mapping[str, str],
+                     escape: str = DEFAULT_ESCAPE) -> tuple[str, frozenset[str]]:
+    """`expand`, and the names it found unset (for errors that say which ARG had no value)."""
+    lexer = _Lexer(word, env, escape)
+    return lexer.until("")[0], frozenset(lexer.unset)
 
 
 def expand_words(text: str, env: Mapping[str, str], escape: str = DEFAULT_ESCAPE) -> list[str]:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from builder.dockerfile import (
     DockerfileError,
     Healthcheck,
+    is_reference,
     parse,
     parse_duration,
     platform_args,
@@ -367,10 +368,45 @@ def test_args_only_is_no_stage():
 
 # -- heredocs -------------------------------------------------------------------------------
 
-def test_heredoc_in_copy_is_refused():
+def test_run_heredoc_alone_is_the_script():
+    df = parse("FROM busybox\nRUN <<EOF\napt-get update\n# kept: the shell reads it\n"
+               "echo $HOME\nEOF\nRUN echo next\n")
+    run, nxt = df.stages[0].instructions
+    assert run.args == ("apt-get update\n# kept: the shell reads it\necho $HOME\n",)
+    assert not run.exec_form and (run.line, run.end_line) == (2, 6)
+    assert run.heredocs[0].name == "EOF"
+    assert (nxt.args, nxt.line) == (("echo next",), 7)
+
+
+def test_run_heredoc_with_a_command_is_handed_to_the_shell():
+    ins = only("RUN python3 <<'PY' > /out\nprint('hi')\nPY\n")
+    assert ins.args == ("python3 <<'PY' > /out\nprint('hi')\nPY",)
+    ins = only("RUN cat <<A <<-B\na\nA\n\tb\n\tB\n")
+    assert ins.args == ("cat <<A <<-B\na\nA\n\tb\nB",)  # the terminator as named
+
+
+def test_run_heredoc_chomp_strips_leading_tabs():
+    assert only("RUN <<-EOT\n\techo a\n\t\techo b\n\tEOT\n").args == ("echo a\necho b\n",)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("COPY <<EOF /x\nhello\nEOF",
+     "Dockerfile:2: COPY with a heredoc (<<EOF) is not supported by this builder"),
+    ("RUN <<EOF\nnever ends", "Dockerfile:2: unterminated heredoc <<EOF"),
+    ("RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF",
+     "Dockerfile:2: RUN with a #! heredoc (a script run by its interpreter) is not supported "
+     "by this builder"),
+])
+def test_heredoc_refusals(text, message):
     with pytest.raises(DockerfileError) as exc:
-        parse("FROM busybox\nCOPY <<EOF /x\nhello\nEOF\n")
-    assert str(exc.value) == "Dockerfile:2: heredocs (<<EOF) are not supported by this builder"
+        parse("FROM busybox\n" + text + "\n")
+    assert str(exc.value) == message
+
+
+def test_heredoc_markers_that_are_not_heredocs():
+    assert only('RUN ["sh", "-c", "cat <<EOF"]\n').args == ("sh", "-c", "cat <<EOF")
+    assert only("RUN echo a <<\n").args == ("echo a <<",)
+    assert only("RUN cat<<EOF\n").args == ("cat<<EOF",)  # << must start a word
 
 
 def test_quoted_heredoc_marker_is_just_a_word():
@@ -509,6 +545,28 @@ def test_repeated_stage_name_binds_the_latest_earlier_for_from():
 def test_platform_args_are_global_scope():
     df = parse("FROM busybox:$TARGETARCH\n")
     assert stage_order(df, auto_args=platform_args("linux", "arm64"))[0].base == "busybox:arm64"
+
+
+def test_from_that_expands_to_no_reference_names_the_unset_arg():
+    assert error_of("ARG BASE\nFROM ${BASE}:1.0\n") == (
+        "Dockerfile:2: invalid reference format: ':1.0' (FROM ${BASE}:1.0; BASE had no value "
+        "(an ARG before the first FROM, or --build-arg))")
+    assert error_of("FROM Busybox\n").startswith("Dockerfile:1: invalid reference format")
+
+
+def test_copy_from_neither_stage_nor_reference():
+    assert error_of("FROM busybox\nCOPY --from=Not/Valid! /x /x\n") == (
+        "Dockerfile:2: COPY --from=Not/Valid!: no stage of that name, and not an image "
+        "reference")
+
+
+@pytest.mark.parametrize("ref, ok", [
+    ("busybox", True), ("alpine:3.19", True), ("registry.local:5000/team/app:v1", True),
+    ("localhost/a_b__c--d", True), ("a@sha256:" + "0" * 64, True), ("[::1]:5000/x", True),
+    (":1.0", False), ("Busybox", False), ("a:", False), ("/x", False), ("a b", False),
+])
+def test_is_reference(ref, ok):
+    assert is_reference(ref) is ok
 
 
 def test_every_from_is_checked_even_an_unneeded_one():
