@@ -12,7 +12,7 @@ The rules are BuildKit's lexer's:
   patterns. `${}` is "bad substitution", any other modifier "unsupported modifier".
 - Single quotes are literal. Inside double quotes the escape character escapes only `"`, `$`
   and itself (elsewhere it stays); unquoted, it escapes any character and is dropped.
-- The escape character is `\\` or, under the directive `# escape=` + "`", the backtick.
+- The escape character is the backslash, or the backtick under the `escape` directive.
 
 `split_words` is the parser's word splitter (quotes kept, for ENV/LABEL/ARG); `expand_words`
 expands and then splits where expansion or plain text put unquoted whitespace (EXPOSE).

@@ -17,6 +17,7 @@ from builder.dockerfile import (
     parse_duration,
     platform_args,
     stage_order,
+    unused_build_args,
 )
 from builder.errors import BuildError
 
@@ -601,3 +602,10 @@ def test_continuations_join_to_the_same_command(pieces):
     split = only("RUN " + "\\\n".join(pieces) + "\n")
     assert split.args == one.args
     assert split.end_line == 2 + len(pieces) - 1
+
+
+def test_unused_build_args():
+    df = parse("ARG G\nFROM busybox AS a\nARG A\nFROM busybox\nARG B\n")
+    order = stage_order(df)
+    given = {"G": "1", "A": "2", "B": "3", "HTTP_PROXY": "p", "NOPE": "4"}
+    assert unused_build_args(df, order, given) == ["A", "NOPE"]  # stage a is not built

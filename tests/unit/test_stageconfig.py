@@ -9,15 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from builder.configfmt import go_duration, parse_port
 from builder.dockerfile import DockerfileError, parse, stage_order
-from builder.stageconfig import (
-    DEFAULT_PATH,
-    METADATA,
-    StageState,
-    build_time,
-    go_duration,
-    parse_port,
-)
+from builder.stageconfig import DEFAULT_PATH, METADATA, StageState, build_time
 
 NOW = "2024-01-02T03:04:05Z"
 BUSYBOX = {
