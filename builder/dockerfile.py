@@ -495,7 +495,7 @@ def meta_arg_values(df: Dockerfile, build_args: Mapping[str, str | None] | None 
             except shellwords.ShellWordError as exc:
                 raise df.error(arg.line, f"ARG {arg.name}: {exc}") from None
         else:
-            values[arg.name] = None
+            values.setdefault(arg.name, None)  # `ARG TARGETARCH` keeps the automatic value
     return values
 
 

@@ -570,6 +570,15 @@ def test_is_reference(ref, ok):
     assert is_reference(ref) is ok
 
 
+def test_declaring_an_automatic_arg_keeps_its_value():
+    df = parse("ARG TARGETARCH\nFROM busybox:$TARGETARCH\n")
+    rs = stage_order(df, auto_args=platform_args("linux", "arm64"))[0]
+    assert rs.base == "busybox:arm64" and rs.meta_args["TARGETARCH"] == "arm64"
+    rs = stage_order(df, build_args={"TARGETARCH": "riscv64"},
+                     auto_args=platform_args("linux", "arm64"))[0]
+    assert rs.base == "busybox:riscv64"
+
+
 def test_every_from_is_checked_even_an_unneeded_one():
     # BuildKit expands every stage's FROM before picking what the target needs
     assert error_of("ARG X\nFROM busybox AS ok\nFROM $X\n", target="ok") == \

@@ -153,6 +153,17 @@ def test_meta_arg_visible_in_a_stage_only_when_redeclared():
     assert (env["A"], env["B"]) == ("", "1.0")
 
 
+def test_automatic_platform_args_need_declaring_in_a_stage():
+    from builder.dockerfile import platform_args
+    df = parse("FROM busybox\nENV BEFORE=$TARGETARCH\nARG TARGETARCH\nENV AFTER=$TARGETARCH\n")
+    rs = stage_order(df, auto_args=platform_args("linux", "arm64"))[0]
+    state = StageState.start(None, meta_args=rs.meta_args)
+    for ins in rs.stage.instructions:
+        state = state.apply(ins)
+    env = env_of(state)
+    assert (env["BEFORE"], env["AFTER"]) == ("", "arm64")
+
+
 def test_arg_without_value_and_without_build_arg_is_unset():
     state = run("ARG V\nENV A=${V:-unset}\n")
     assert env_of(state)["A"] == "unset" and "V" not in env_of(state)
