@@ -47,6 +47,7 @@ from builder.dockerfile import (
     Healthcheck,
     Instruction,
 )
+from builder.dockerfile_text import error
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -57,8 +58,6 @@ METADATA = frozenset({"ENV", "ARG", "LABEL", "USER", "EXPOSE", "VOLUME", "CMD", 
                       "HEALTHCHECK", "SHELL", "STOPSIGNAL", "MAINTAINER"})
 # Instructions whose work the executor does, recording it with commit().
 LAYER_STEPS = frozenset({"RUN", "COPY", "ADD", "WORKDIR"})
-
-
 
 
 def build_time(source_date_epoch: str | int | None, now: float) -> str:
@@ -100,6 +99,7 @@ class CopySpec:
 
 @dataclass(frozen=True, slots=True)
 class StageState:
+    """One stage's config, environment and ARG scope, history and layers so far."""
     env: tuple[tuple[str, str], ...]
     args: tuple[tuple[str, str | None], ...]  # the stage's declared ARGs, in order
     meta_args: Mapping[str, str | None] = field(hash=False)
@@ -308,8 +308,7 @@ class StageState:
     # -- helpers ----------------------------------------------------------------------------
 
     def _error(self, line: int, message: str) -> DockerfileError:
-        return DockerfileError(f"{self.path}:{line}: {message}" if line
-                               else f"{self.path}: {message}")
+        return error(self.path, line, message)
 
     def _set(self, **fields) -> StageState:
         cfg = dict(self.config)
