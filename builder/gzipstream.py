@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 BLOCK = 1 << 20
 DICT = 32 << 10  # deflate's window: the most of the previous block a block can refer to
-LEVEL = 6  # gzip's and Go's default, as Docker compresses layers
+LEVEL = 6  # gzip's and Go's default level; callers may pick another
 # magic, deflate, no flags, mtime 0, no extra flags, OS "unknown" (as Go's gzip writes it)
 HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 

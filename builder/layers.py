@@ -43,6 +43,11 @@ _XWHITEOUT = (b"trusted.overlay.whiteout", b"user.overlay.whiteout")
 # An upper dir holding these is not self-contained: its content partly lives in a lower layer.
 _INCOMPLETE = {b"redirect": "redirect_dir", b"metacopy": "metacopy"}
 _PAX_XATTR = "SCHILY.xattr."
+# Level 1 compresses 50 MiB of binaries at ~110 MiB/s on two cores here against ~47 at level 6,
+# for a blob ~12% bigger: Docker's builders do not compress at build time at all, so the build
+# pays for this and a push does not. MOOR_BUILD_GZIP_LEVEL=6..9 trades speed for size.
+GZIP_LEVEL = 1
+GZIP_LEVEL_ENV = "MOOR_BUILD_GZIP_LEVEL"
 _CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
 _END = b"\0" * (2 * _BLOCK)  # two zero blocks end the archive (no record padding, as Go)
@@ -96,7 +101,7 @@ def _write(top: str, out_dir: str, epoch: int | None, media: str, overlay: bool,
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".layer-", suffix=".tar.gz")
     try:
         with os.fdopen(fd, "wb", buffering=_CHUNK) as out:
-            gz = GzipWriter(out)
+            gz = GzipWriter(out, level=_gzip_level())
             try:
                 _Archiver(os.fsencode(top), gz, epoch, overlay, adopt).run()
                 gz.write(_END)
@@ -114,6 +119,15 @@ def _write(top: str, out_dir: str, epoch: int | None, media: str, overlay: bool,
         raise
     return Layer(final, gz.sha256, gz.raw_sha256, gz.size, mtype,
                  os.path.abspath(top) if adopt else None)
+
+
+def _gzip_level() -> int:
+    text = os.environ.get(GZIP_LEVEL_ENV, "")
+    if not text:
+        return GZIP_LEVEL
+    if not text.isdigit() or not 0 <= int(text) <= 9:
+        raise BuildError(f"{GZIP_LEVEL_ENV}={text!r}: want a gzip level from 0 to 9")
+    return int(text)
 
 
 class _Archiver:

@@ -278,3 +278,15 @@ def test_gzip_writer_round_trips_and_ignores_threads(chunks, block, threads):
     assert w.raw_sha256 == "sha256:" + hashlib.sha256(data).hexdigest()
     assert w.sha256 == "sha256:" + hashlib.sha256(outs[0]).hexdigest()
     assert w.size == len(outs[0]) and w.raw_size == len(data)
+
+
+def test_gzip_level_changes_the_blob_not_the_diff_id(work, monkeypatch):
+    put(f"{work}/upper/f", b"abc" * 10000)
+    fast = layers.from_upper(f"{work}/upper", f"{work}/a")
+    monkeypatch.setenv(layers.GZIP_LEVEL_ENV, "9")
+    small = layers.from_upper(f"{work}/upper", f"{work}/b")
+    assert small.diff_id == fast.diff_id and small.digest != fast.digest
+    assert small.size <= fast.size
+    monkeypatch.setenv(layers.GZIP_LEVEL_ENV, "fast")
+    with pytest.raises(BuildError, match="MOOR_BUILD_GZIP_LEVEL='fast': want a gzip level"):
+        layers.from_upper(f"{work}/upper", f"{work}/c")
