@@ -269,11 +269,13 @@ class _Archiver:
         return info
 
     def _header(self, info: tarfile.TarInfo, xattrs: dict[bytes, bytes] | None = None) -> None:
-        if xattrs:
-            info.pax_headers = {
-                _PAX_XATTR + os.fsdecode(k): v.decode("utf-8", "surrogateescape")
-                for k, v in sorted(xattrs.items()) if k in KEEP_XATTRS}
-        self.out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        pax = {_PAX_XATTR + os.fsdecode(k): v.decode("utf-8", "surrogateescape")
+               for k, v in sorted((xattrs or {}).items()) if k in KEEP_XATTRS}
+        header = None if pax else ustar_header(info)
+        if header is None:
+            info.pax_headers = pax
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self.out.write(header)
 
     def _whiteout(self, rel: str, name: bytes, prefix: str, st: os.stat_result) -> None:
         # A plain empty file keeping the whiteout's owner and time; overlayfs may share one
@@ -326,6 +328,33 @@ class _Archiver:
     @staticmethod
     def _error(path: bytes, e: OSError) -> BuildError:
         return BuildError(f"archiving {os.fsdecode(path)}: {e.strerror}")
+
+
+_NUL8, _NUL32 = b"\0" * 8, b"\0" * 32
+_TAIL = b"\0" * (155 + 12)  # prefix (unused, as Python's PAX writer leaves it) and padding
+_MAX7, _MAX11 = 8 ** 7, 8 ** 11
+
+
+def ustar_header(info: tarfile.TarInfo) -> bytes | None:
+    """The header block tarfile's PAX writer makes for info, when it needs no PAX record
+    (ASCII names and links of at most 100 bytes, numbers that fit): ~10x faster, which is most
+    of the cost of a layer of many small files. None: let tarfile write it."""
+    name = info.name + "/" if info.type == tarfile.DIRTYPE else info.name
+    link = info.linkname
+    if not (name.isascii() and link.isascii() and len(name) <= 100 and len(link) <= 100 and
+            0 <= info.uid < _MAX7 and 0 <= info.gid < _MAX7 and 0 <= info.size < _MAX11 and
+            type(info.mtime) is int and 0 <= info.mtime < _MAX11 and
+            0 <= info.devmajor < _MAX7 and 0 <= info.devminor < _MAX7):
+        return None
+    block = b"".join((
+        name.encode().ljust(100, b"\0"), b"%07o\0" % (info.mode & 0o7777),
+        b"%07o\0" % info.uid, b"%07o\0" % info.gid, b"%011o\0" % info.size,
+        b"%011o\0" % info.mtime, b"        ", info.type, link.encode().ljust(100, b"\0"),
+        tarfile.POSIX_MAGIC, _NUL32, _NUL32, *(
+            (b"%07o\0" % info.devmajor, b"%07o\0" % info.devminor)
+            if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE) else (_NUL8, _NUL8)),
+        _TAIL))
+    return block[:148] + b"%06o\0 " % sum(block) + block[156:]
 
 
 # ---- reading layers back (tests, comparisons) ----

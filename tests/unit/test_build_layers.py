@@ -26,6 +26,7 @@ from nodeagent.runtime.images.layers import unpack_layer
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts, xattrs and chown need root")
 
 T = 1_700_000_000  # mtimes on disk
+ASCII = "".join(map(chr, range(1, 128)))
 CAP = b"\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
 
@@ -290,3 +291,22 @@ def test_gzip_level_changes_the_blob_not_the_diff_id(work, monkeypatch):
     monkeypatch.setenv(layers.GZIP_LEVEL_ENV, "fast")
     with pytest.raises(BuildError, match="MOOR_BUILD_GZIP_LEVEL='fast': want a gzip level"):
         layers.from_upper(f"{work}/upper", f"{work}/c")
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.one_of(st.text(ASCII, min_size=1, max_size=120), st.text(min_size=1)),
+       link=st.one_of(st.text(ASCII, max_size=110), st.text(max_size=3)),
+       kind=st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                             tarfile.CHRTYPE, tarfile.FIFOTYPE]),
+       mode=st.integers(0, 0o7777), uid=st.integers(0, 8 ** 8), gid=st.integers(0, 70000),
+       size=st.integers(0, 2 ** 40), mtime=st.integers(0, 2 ** 34),
+       dev=st.tuples(st.integers(0, 300), st.integers(0, 2 ** 20)))
+def test_fast_header_is_tarfiles_own(name, link, kind, mode, uid, gid, size, mtime, dev):
+    info = tarfile.TarInfo(name.replace("\0", ""))
+    info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
+    info.size, info.mtime, info.linkname = size, mtime, link.replace("\0", "")
+    info.devmajor, info.devminor = dev
+    info.uname = info.gname = ""
+    fast = layers.ustar_header(info)
+    if fast is not None:
+        assert fast == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
