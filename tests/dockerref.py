@@ -23,6 +23,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKER = "/usr/bin/docker"  # Debian's client, the daemon's own version (not /usr/local/bin's)
 DOCKERD = "/usr/sbin/dockerd"
 START_TIMEOUT = 40.0
@@ -516,6 +518,33 @@ def moor_image(root: str, image: str) -> tuple[dict[str, Node], dict]:
 
 def moor_tree(root: str, image: str) -> dict[str, Node]:
     return moor_image(root, image)[0]
+
+
+def moor_build(root: str, context: str, tag: str, *, dockerfile: str | None = None,
+               build_args: dict[str, str] | None = None, target: str | None = None,
+               no_cache: bool = False, labels: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """`moor build` (python -m builder) into the build root `root`; check the returncode."""
+    args = [sys.executable, "-m", "builder", "build", "--root", root, "-t", tag]
+    if dockerfile:
+        args += ["-f", dockerfile]
+    for k, v in (build_args or {}).items():
+        args += ["--build-arg", f"{k}={v}" if v is not None else k]
+    for k, v in (labels or {}).items():
+        args += ["--label", f"{k}={v}"]
+    if target:
+        args += ["--target", target]
+    if no_cache:
+        args.append("--no-cache")
+    return subprocess.run([*args, context], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def import_into_root(root: str, tarball: str) -> None:
+    """A `docker save` tarball (the test busybox, say) into a build root's image store."""
+    from nodeagent.runtime.images.archive import import_archive
+
+    import_archive(_moor_store(root), tarball)
 
 
 # The config fields compared between builders; the rest (Hostname, Image, ArgsEscaped, ...)
