@@ -112,14 +112,21 @@ ARG STAGE_ARG=s-default
 ARG OVERRIDDEN=o-default
 ENV FROM_ENV=env-value
 ARG FROM_ENV=arg-value
+ARG ARG_FIRST=arg-first
+ENV ARG_FIRST=env-after
+ENV NO_VALUE=env-kept
+ARG NO_VALUE
+ENV FROM_CLI=env-before-cli
+ARG FROM_CLI
 RUN echo "global=$GLOBAL stage=$STAGE_ARG over=$OVERRIDDEN env=$FROM_ENV \\
- outer=$NOT_REDECLARED" > /args.txt
-ENV STAGE_ENV=${{STAGE_ARG}}-env OVER_ENV=$OVERRIDDEN
+ outer=$NOT_REDECLARED first=$ARG_FIRST novalue=$NO_VALUE cli=$FROM_CLI" > /args.txt
+ENV STAGE_ENV=${{STAGE_ARG}}-env OVER_ENV=$OVERRIDDEN COPIED=$FROM_ENV-$FROM_CLI
 ARG LATE
 RUN echo "late=${{LATE:-unset}} alt=${{STAGE_ARG:+set}}" > /late.txt
 LABEL stage.arg=$STAGE_ARG global=${{GLOBAL}}
 WORKDIR /w/$STAGE_ARG
-""", build_args={"OVERRIDDEN": "from-cli", "GLOBAL": "g-cli", "LATE": "l-cli"})
+""", build_args={"OVERRIDDEN": "from-cli", "GLOBAL": "g-cli", "LATE": "l-cli",
+                 "FROM_CLI": "cli-value"})
 
 DOCKERIGNORE = Case("dockerignore", f"""\
 FROM {BASE}
@@ -160,5 +167,46 @@ COPY linkdir/ /linkdir-contents/
     symlinks={"rel": "target.txt", "abs-out": "/etc/shadow", "up-out": "../../outside",
               "dangling": "nowhere", "linkdir": "dir", "dir/back": ".."})
 
+def _tarball() -> bytes:
+    import gzip
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, mode, uid in (("pkg/bin/tool", b"#!/bin/sh\n", 0o755, 0),
+                                       ("pkg/share/doc.txt", b"doc\n", 0o644, 1000),
+                                       ("pkg/setuid", b"s", 0o4755, 0)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), mode, uid, uid, 1
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("pkg/bin/tool-link")
+        link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "tool", 1
+        tf.addfile(link)
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+# COPY's and ADD's rules: wildcards, renames, variables in paths, --chmod (BuildKit only),
+# setuid bits and empty directories from the context, and local archives ADD unpacks.
+COPY_RULES = Case("copy-rules", f"""\
+FROM {BASE}
+ENV DEST=/opt/app
+COPY src/*.c $DEST/c/
+COPY ["name with space.txt", "/opt/spaced/"]
+COPY hello.txt /opt/renamed.txt
+COPY hello.txt src/a.c /opt/multi/
+COPY --chmod=0640 hello.txt /opt/chmod.txt
+COPY --chmod=0750 src/ /opt/chmod-dir/
+COPY setuid empty/ /opt/perm/
+COPY empty /opt/empty
+ADD pkg.tar.gz /opt/unpacked/
+ADD pkg.tar.gz /opt/unpacked/
+ADD hello.txt /opt/added/
+RUN ["/bin/sh", "-c", "ls -R /opt > /opt/listing"]
+""", files={"src/a.c": "a\n", "src/b.c": "b\n", "src/skip.h": "h\n", "hello.txt": "hi\n",
+            "name with space.txt": "sp\n", "setuid": "s\n", "empty/.keep": "",
+            "pkg.tar.gz": _tarball()},
+    modes={"setuid": 0o4755}, legacy=False)
+
 CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, DOCKERIGNORE, CONFIGS,
-         SYMLINKS)
+         SYMLINKS, COPY_RULES)
