@@ -187,7 +187,8 @@ def _tarball() -> bytes:
 
 
 # COPY's and ADD's rules: wildcards, renames, variables in paths, --chmod (BuildKit only),
-# setuid bits and empty directories from the context, and local archives ADD unpacks.
+# setuid bits and empty directories from the context, a directory source (its contents are
+# copied, not its own mode), and local archives ADD unpacks (twice: one layer twice).
 COPY_RULES = Case("copy-rules", f"""\
 FROM {BASE}
 ENV DEST=/opt/app
@@ -199,14 +200,19 @@ COPY --chmod=0640 hello.txt /opt/chmod.txt
 COPY --chmod=0750 src/ /opt/chmod-dir/
 COPY setuid empty/ /opt/perm/
 COPY empty /opt/empty
+COPY private/ /opt/private/
+COPY private /opt/private-named
+RUN mkdir -m 0711 /opt/exists
+COPY --chown=1:2 private /opt/exists/
 ADD pkg.tar.gz /opt/unpacked/
 ADD pkg.tar.gz /opt/unpacked/
 ADD hello.txt /opt/added/
 RUN ["/bin/sh", "-c", "ls -R /opt > /opt/listing"]
 """, files={"src/a.c": "a\n", "src/b.c": "b\n", "src/skip.h": "h\n", "hello.txt": "hi\n",
             "name with space.txt": "sp\n", "setuid": "s\n", "empty/.keep": "",
+            "private/key": "k\n", "private/sub/more": "m\n",
             "pkg.tar.gz": _tarball()},
-    modes={"setuid": 0o4755}, legacy=False)
+    modes={"setuid": 0o4755, "private": 0o700, "private/sub": 0o750}, legacy=False)
 
 CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, DOCKERIGNORE, CONFIGS,
          SYMLINKS, COPY_RULES)
