@@ -95,7 +95,8 @@ class DockerEngine:
               timeout: float = 300) -> str:
         """`docker build`; returns the image ID. RUN steps get the host's network: the
         daemon has no bridge."""
-        iid = os.path.join(self.root, "iid")
+        fd, iid = tempfile.mkstemp(prefix="iid-", dir=self.root)
+        os.close(fd)
         args = ["build", "-t", tag, "--iidfile", iid, "--network", network]
         if dockerfile:
             args += ["-f", dockerfile]
@@ -109,9 +110,12 @@ class DockerEngine:
             args.append("--no-cache")
         if buildkit:
             args += ["--progress", "plain"]
-        self.docker(*args, context, buildkit=buildkit, timeout=timeout)
-        with open(iid) as f:
-            return f.read().strip()
+        try:
+            self.docker(*args, context, buildkit=buildkit, timeout=timeout)
+            with open(iid) as f:
+                return f.read().strip()
+        finally:
+            os.unlink(iid)
 
     def save(self, image: str, path: str) -> None:
         self.docker("save", "-o", path, image)
