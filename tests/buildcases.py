@@ -110,23 +110,36 @@ FROM ${{BASE}}
 ARG GLOBAL
 ARG STAGE_ARG=s-default
 ARG OVERRIDDEN=o-default
-ENV FROM_ENV=env-value
-ARG FROM_ENV=arg-value
 ARG ARG_FIRST=arg-first
 ENV ARG_FIRST=env-after
 ENV NO_VALUE=env-kept
 ARG NO_VALUE
-ENV FROM_CLI=env-before-cli
-ARG FROM_CLI
-RUN echo "global=$GLOBAL stage=$STAGE_ARG over=$OVERRIDDEN env=$FROM_ENV \\
- outer=$NOT_REDECLARED first=$ARG_FIRST novalue=$NO_VALUE cli=$FROM_CLI" > /args.txt
-ENV STAGE_ENV=${{STAGE_ARG}}-env OVER_ENV=$OVERRIDDEN COPIED=$FROM_ENV-$FROM_CLI
+RUN echo "global=$GLOBAL stage=$STAGE_ARG over=$OVERRIDDEN outer=$NOT_REDECLARED \\
+ first=$ARG_FIRST novalue=$NO_VALUE" > /args.txt
+ENV STAGE_ENV=${{STAGE_ARG}}-env OVER_ENV=$OVERRIDDEN
 ARG LATE
 RUN echo "late=${{LATE:-unset}} alt=${{STAGE_ARG:+set}}" > /late.txt
 LABEL stage.arg=$STAGE_ARG global=${{GLOBAL}}
 WORKDIR /w/$STAGE_ARG
-""", build_args={"OVERRIDDEN": "from-cli", "GLOBAL": "g-cli", "LATE": "l-cli",
-                 "FROM_CLI": "cli-value"})
+""", build_args={"OVERRIDDEN": "from-cli", "GLOBAL": "g-cli", "LATE": "l-cli"})
+
+# An ARG with a value declared after an ENV of the same name (in the stage or inherited from
+# the base image): BuildKit gives the ARG's value to later RUNs and expansions, while the
+# stored Env keeps the ENV's (the classic builder keeps the ENV everywhere).
+ARGS_AFTER_ENV = Case("args-after-env", f"""\
+FROM {BASE} AS parent
+ENV INHERITED=from-parent
+
+FROM parent
+ARG INHERITED
+ENV FROM_ENV=env-value
+ARG FROM_ENV=arg-value
+ENV FROM_CLI=env-before-cli
+ARG FROM_CLI
+RUN echo "inherited=$INHERITED env=$FROM_ENV cli=$FROM_CLI" > /args.txt
+ENV COPIED=$FROM_ENV-$FROM_CLI-$INHERITED
+LABEL copied=$FROM_ENV
+""", build_args={"FROM_CLI": "cli-value", "INHERITED": "cli-inherited"})
 
 DOCKERIGNORE = Case("dockerignore", f"""\
 FROM {BASE}
@@ -214,5 +227,5 @@ RUN ["/bin/sh", "-c", "ls -R /opt > /opt/listing"]
             "pkg.tar.gz": _tarball()},
     modes={"setuid": 0o4755, "private": 0o700, "private/sub": 0o750}, legacy=False)
 
-CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, DOCKERIGNORE, CONFIGS,
-         SYMLINKS, COPY_RULES)
+CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, ARGS_AFTER_ENV,
+         DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES)
