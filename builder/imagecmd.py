@@ -207,8 +207,9 @@ def rmi(args) -> int:
             sys.stderr.write(f"{DAEMON}{e}\n")
             failed = True
     try:
-        # Docker frees a deleted image's layers at once; gc keeps whatever any record names.
-        store.gc(keep_refs=[i.reference for i in store.list()])
+        # Docker frees a deleted image's layers at once; gc keeps whatever any record names,
+        # including one a build commits meanwhile.
+        store.gc(keep_refs=None)
     except StoreError as e:
         raise BuildError(f"freeing removed images' layers in {store.root}: {e}") from None
     return 1 if failed else 0
