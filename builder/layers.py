@@ -285,7 +285,9 @@ class _Archiver:
         self._header(info)
 
     def _opaque(self, rel: str, st: os.stat_result) -> None:
+        # As Docker writes it: the directory's owner and permission bits, no time.
         info = self._info(rel + "/" + OPAQUE_MARKER, st, tarfile.REGTYPE)
+        info.mode &= 0o777
         info.mtime = 0
         self._header(info)
 
