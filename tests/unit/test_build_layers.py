@@ -312,3 +312,18 @@ def test_fast_header_is_tarfiles_own(name, link, kind, mode, uid, gid, size, mti
     fast = layers.ustar_header(info)
     if fast is not None:
         assert fast == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def test_names_tar_cannot_hold_in_ustar_round_trip(work):
+    upper = os.fsencode(f"{work}/upper")
+    long_dir = b"d" * 120
+    os.makedirs(upper + b"/" + long_dir)
+    put(os.fsdecode(upper + b"/" + long_dir + b"/" + b"f" * 100), b"long")
+    put(os.fsdecode(upper + b"/caf\xc3\xa9"), b"utf-8")
+    put(os.fsdecode(upper + b"/latin\xe9"), b"not utf-8")
+    os.symlink(b"/" + b"t" * 200, upper + b"/link")
+    os.utime(upper + b"/" + long_dir, (T, T))
+    layer = layers.from_upper(os.fsdecode(upper), f"{work}/out", adopt=True)
+    unpack_layer(layer.path, f"{work}/unpacked")
+    assert scan(f"{work}/unpacked") == scan(os.fsdecode(upper))
+    assert os.path.exists(os.fsencode(f"{work}/unpacked") + b"/latin\xe9")
