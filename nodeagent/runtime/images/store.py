@@ -262,8 +262,9 @@ class Store:
             f.write(str(size))
         try:
             os.rename(tmp, path)
-        except OSError:  # removed meanwhile
-            os.unlink(tmp)
+        except OSError:  # the layer (or, by gc, the temp file) was removed meanwhile
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return size
 
     def add_image(self, reference: str, manifest: Manifest, parent: str | None = None) -> Image:
