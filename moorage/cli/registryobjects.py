@@ -34,13 +34,16 @@ BINARY = "/usr/bin/docker-registry"
 LIBRARIES = ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2")
 
 # The registry's own configuration (distribution's config.yml, version 0.1): blobs and
-# manifests on the claim, plain HTTP on :5000 (TLS is the alias' job to skip: in-cluster
-# traffic only), deletes allowed so `DELETE /v2/<repo>/manifests/<digest>` works.
+# manifests on the claim, plain HTTP on :5000 (in-cluster traffic only: agents and the build
+# machine list it as insecure), deletes allowed so `DELETE /v2/<repo>/manifests/<digest>`
+# works, no access log (the readiness probe would fill it), abandoned uploads purged weekly.
 CONFIG_YML = f"""\
 version: 0.1
 log:
   level: info
   formatter: text
+  accesslog:
+    disabled: true
 storage:
   filesystem:
     rootdirectory: {DATA_DIR}
@@ -49,6 +52,9 @@ storage:
   maintenance:
     uploadpurging:
       enabled: true
+      age: 168h
+      interval: 24h
+      dryrun: false
 http:
   addr: :{PORT}
   headers:

@@ -1,0 +1,211 @@
+"""The cluster's own registry in a 3-host `moor lab`: `moor registry deploy` loads the
+registry's image into one node through the control plane and runs it as a StatefulSet of one;
+an image pushed to its NodePort from this machine (the build machine) runs, named
+`registry.cluster.local:5000/...`, in a pod on every host with no registry flags; the
+registry's pod, deleted, comes back on the same node with its images, and a node pulls a tag
+pushed before the restart from it. A second deploy changes nothing.
+
+The registry image is made here from the same build context `moor registry deploy` would
+build (moorage/cli/registryobjects.py context_files), with tests/imagebuild.py's writers, and
+passed as --image-archive: the Dockerfile path needs `moor build`, which is another branch's.
+The app image is pushed with tests/imagebuild.py's push to the node port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from moorage.cli import registryobjects as ro
+from moorage.model.registries import CLUSTER_REGISTRY
+from tests import imagebuild
+from tests.conftest import TEST_PREFIX
+from tests.integration.test_lab import LabUnderTest, wait_for
+from tests.integration.test_lab_dns import pexec
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="makes netns, links, cgroups: root"),
+    pytest.mark.skipif(not os.path.exists(ro.BINARY), reason="needs Debian's docker-registry"),
+]
+
+NS = ro.NAMESPACE
+APP = "moortest/app"
+MARK = "moortest registry image"
+
+
+def registry_image_archive(directory: str, tag: str) -> str:
+    """The registry image (the deploy's build context as one layer) as a docker save tar."""
+    entries = [imagebuild.TarEntry(d, kind="dir") for d in (
+        "etc", "etc/docker", "etc/docker/registry", "lib", "lib/x86_64-linux-gnu", "lib64",
+        "usr", "usr/bin", "var", "var/lib", "var/lib/registry")]
+    entries.append(imagebuild.TarEntry("tmp", kind="dir", mode=0o1777))
+    for source in sorted(filter(None, ro.context_files().values())):
+        with open(os.path.realpath(source), "rb") as f:
+            entries.append(imagebuild.TarEntry(source.lstrip("/"), f.read(), mode=0o755))
+    entries.append(imagebuild.TarEntry(ro.CONFIG_PATH.lstrip("/"), ro.CONFIG_YML.encode()))
+    image = imagebuild.make_image(
+        [entries], entrypoint=[ro.BINARY], cmd=["serve", ro.CONFIG_PATH], env=(),
+        exposed_ports=["5000/tcp"], compress=False)
+    path = os.path.join(directory, "registry.tar")
+    imagebuild.write_docker_save(path, image, [ro.image_ref(tag)])
+    return path
+
+
+def app_image(mark: str):
+    return imagebuild.make_image([imagebuild.busybox_rootfs(), [
+        imagebuild.TarEntry("etc", kind="dir"),
+        imagebuild.TarEntry("etc/moortest-mark", mark.encode() + b"\n")]])
+
+
+def moor(lab, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "moorage.cli.main", *args], env=lab.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def get_json(lab, *args: str):
+    out = lab.moor("get", *args, "-o", "json")
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def node_ip(lab, name: str) -> str:
+    node = get_json(lab, "node", name)
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+def pod_yaml(name: str, node: str, image: str) -> str:
+    return f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: moortest-reg}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {image}
+    command: ["sh", "-c", "cat /etc/moortest-mark; while true; do sleep 1; done"]
+"""
+
+
+def running_pod(lab, name: str, ns: str = "default", ready: bool = False):
+    pod = get_json(lab, "pod", name, "-n", ns)
+    if not pod or pod.get("status", {}).get("phase") != "Running":
+        return None
+    if ready and not any(c["type"] == "Ready" and c["status"] == "True"
+                         for c in pod["status"].get("conditions", [])):
+        return None
+    return pod
+
+
+@pytest.fixture(scope="module")
+def lab():
+    root = tempfile.mkdtemp(prefix=TEST_PREFIX + "registry-")
+    t = LabUnderTest(root)
+    t.build_root = os.path.join(root, "build")
+    t.env["MOOR_BUILD_ROOT"] = t.build_root
+    try:
+        out = t.lab("up", "--nodes", "3", "--underlay-cidr", t.cidr)
+        assert out.returncode == 0, f"lab up failed:\n{out.stdout}\n{out.stderr}"
+        t.archive = registry_image_archive(root, "2.8.2")
+        yield t
+    finally:
+        for i in (1, 2, 3):
+            t.moor("delete", "pod", f"moortest-app-{i}", "--ignore-not-found", "--now")
+        t.moor("delete", "pod", "moortest-again", "--ignore-not-found", "--now")
+        t.lab("down")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deployed(lab):
+    out = moor(lab, "registry", "deploy", "--storage", "1Gi", "--image-archive", lab.archive)
+    assert out.returncode == 0, f"deploy failed:\n{out.stdout}\n{out.stderr}"
+    lab.deploy_output = out.stdout
+    sts = get_json(lab, "statefulset", ro.NAME, "-n", NS)
+    lab.registry_node = sts["spec"]["template"]["spec"]["nodeSelector"][ro.HOSTNAME_LABEL]
+    lab.registry_url = f"http://{node_ip(lab, lab.registry_node)}:{ro.DEFAULT_NODE_PORT}"
+    return lab
+
+
+def test_deploy_runs_the_registry_and_configures_the_build_machine(deployed):
+    lab = deployed
+    assert f"{lab.registry_node}: Loaded image: {ro.image_ref('2.8.2')}" in lab.deploy_output
+    assert f"{CLUSTER_REGISTRY} runs as {NS}/registry-0 on node {lab.registry_node}" \
+        in lab.deploy_output
+    pod = running_pod(lab, ro.pod_name(), NS, ready=True)
+    assert pod["spec"]["nodeName"] == lab.registry_node
+    with open(os.path.join(lab.build_root, "registries.json")) as f:
+        doc = json.load(f)
+    endpoint = lab.registry_url.removeprefix("http://")
+    assert doc["mirrors"] == {CLUSTER_REGISTRY: [lab.registry_url]}
+    assert set(doc["insecure"]) == {CLUSTER_REGISTRY, endpoint}
+    claim = get_json(lab, "pvc", ro.claim_name(), "-n", NS)
+    assert claim["status"]["phase"] == "Bound"
+
+
+def test_an_image_pushed_from_the_build_machine_runs_on_every_host(deployed):
+    lab = deployed
+    imagebuild.push(lab.registry_url, APP, "1", app_image(MARK))
+    image = f"{CLUSTER_REGISTRY}/{APP}:1"
+    path = os.path.join(lab.root, "apps.yaml")
+    with open(path, "w") as f:
+        f.write("---\n".join(pod_yaml(f"moortest-app-{i}", f"{lab.name}-h{i}", image)
+                             for i in (1, 2, 3)))
+    out = lab.moor("apply", "-f", path)
+    assert out.returncode == 0, out.stderr
+    for i in (1, 2, 3):
+        pod = wait_for(lambda i=i: running_pod(lab, f"moortest-app-{i}"), 120)
+        assert pod["spec"]["nodeName"] == f"{lab.name}-h{i}"
+        assert pexec(lab, pod, "cat", "/etc/moortest-mark").stdout == MARK + "\n"
+    out = lab.moor("registry", "status")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert ["Node:", lab.registry_node] in [line.split() for line in lines], out.stdout
+    assert any(line.split() == [APP, "1"] for line in lines), out.stdout
+    assert any(line.startswith("Claim:") and "size 1Gi" in line for line in lines), out.stdout
+
+
+def test_the_registry_keeps_its_images_across_its_pods_restart(deployed):
+    lab = deployed
+    # Pushed before the restart, pulled after it: the data must have survived.
+    imagebuild.push(lab.registry_url, APP, "2", app_image(MARK + " 2"))
+    before = running_pod(lab, ro.pod_name(), NS, ready=True)
+    out = lab.moor("delete", "pod", ro.pod_name(), "-n", NS, "--now")
+    assert out.returncode == 0, out.stderr
+
+    def replaced():
+        pod = running_pod(lab, ro.pod_name(), NS, ready=True)
+        return pod if pod and pod["metadata"]["uid"] != before["metadata"]["uid"] else None
+    after = wait_for(replaced, 120)
+    assert after["spec"]["nodeName"] == lab.registry_node
+    out = wait_for(lambda: (lambda o: o if APP in o.stdout else None)(
+        lab.moor("registry", "status")), 60)
+    assert any(line.split() == [APP, "1,2"] for line in out.stdout.splitlines()), out.stdout
+    # A node that has never had tag 2 pulls it from the restarted registry.
+    other = next(i for i in (1, 2, 3) if f"{lab.name}-h{i}" != lab.registry_node)
+    path = os.path.join(lab.root, "again.yaml")
+    with open(path, "w") as f:
+        f.write(pod_yaml("moortest-again", f"{lab.name}-h{other}",
+                         f"{CLUSTER_REGISTRY}/{APP}:2"))
+    assert lab.moor("apply", "-f", path).returncode == 0
+    pod = wait_for(lambda: running_pod(lab, "moortest-again"), 120)
+    assert pexec(lab, pod, "cat", "/etc/moortest-mark").stdout == MARK + " 2\n"
+
+
+def test_a_second_deploy_changes_nothing(deployed):
+    lab = deployed
+    out = moor(lab, "registry", "deploy", "--storage", "1Gi", "--image-archive", lab.archive)
+    assert out.returncode == 0, f"deploy failed:\n{out.stdout}\n{out.stderr}"
+    actions = [line.split()[-1] for line in out.stdout.splitlines()
+               if line.startswith(("namespace/", "service/", "statefulset/"))]
+    assert actions == ["unchanged"] * 4, out.stdout
+    out = moor(lab, "registry", "deploy", "--node", next(
+        f"{lab.name}-h{i}" for i in (1, 2, 3) if f"{lab.name}-h{i}" != lab.registry_node),
+        "--image-archive", lab.archive)
+    assert out.returncode == 1 and "the registry's data is on node" in out.stderr
