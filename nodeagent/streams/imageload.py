@@ -54,6 +54,13 @@ async def _receive(inbound: asyncio.Queue, out) -> int:
             return done
 
 
+def one_line(err: Exception, path: str) -> str:
+    """The importer's message about our temp file, as the caller knows it: "the image
+    archive", on one line (tarfile's explanations of what it tried go)."""
+    text = str(err).replace(path, "the image archive").strip().splitlines()[0]
+    return text.rstrip(": ") or type(err).__name__
+
+
 def _import(store: Store, path: str) -> list[str]:
     return [image.reference for image in import_archive(store, path)]
 
@@ -69,7 +76,8 @@ async def serve_image_load(store: Store, call, msg: agent_pb2.OpenStream,
         try:
             refs = await asyncio.to_thread(_import, store, path)
         except (ArchiveError, StoreError) as err:
-            raise PodIOError("INVALID_ARGUMENT", f"node {node}: {err}") from None
+            raise PodIOError("INVALID_ARGUMENT", f"node {node}: {one_line(err, path)}") \
+                from None
         except OSError as err:
             raise PodIOError("INTERNAL", f"node {node}: importing the archive: {err}") from None
     finally:

@@ -122,6 +122,45 @@ def lab():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_image_load_delivers_archives_to_nodes(lab):
+    tar = imagebuild.busybox_tar(lab.root, ["moortest/loaded:1"])
+    out = lab.moor("image", "load", "-i", tar)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == [
+        f"{lab.name}-h{i}: Loaded image: docker.io/moortest/loaded:1" for i in (1, 2, 3)]
+    # From the build machine's store, through `python -m builder save`.
+    from nodeagent.runtime.images.archive import import_archive
+    from nodeagent.runtime.images.store import Store
+
+    built = imagebuild.busybox_tar(os.path.join(lab.root), ["moortest/built:1"])
+    import_archive(Store(os.path.join(lab.build_root, "images")), built)
+    out = lab.moor("image", "load", "moortest/built:1", "--node", f"{lab.name}-h3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"{lab.name}-h3: Loaded image: docker.io/moortest/built:1\n"
+    path = os.path.join(lab.root, "never.yaml")
+    with open(path, "w") as f:
+        f.write(pod_yaml("moortest-never", f"{lab.name}-h3", "moortest/built:1")
+                .replace("    command:", "    imagePullPolicy: Never\n    command:"))
+    assert lab.moor("apply", "-f", path).returncode == 0
+    wait_for(lambda: running_pod(lab, "moortest-never"), 60)
+    assert lab.moor("delete", "pod", "moortest-never", "--now").returncode == 0
+
+
+def test_image_load_refuses_a_bad_archive_and_an_unknown_node(lab):
+    bad = os.path.join(lab.root, "bad.tar")
+    with open(bad, "wb") as f:
+        f.write(b"not a tar" * 100)
+    out = lab.moor("image", "load", "-i", bad, "--node", f"{lab.name}-h1")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(f"{lab.name}-h1: Error from server (Invalid): node "
+                                 f"{lab.name}-h1: "), out.stderr
+    assert "the image archive: not a readable tar archive" in out.stderr, out.stderr
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    out = lab.moor("image", "load", "-i", bad, "--node", "nope")
+    assert out.returncode == 1
+    assert out.stderr == 'nope: Error from server (NotFound): nodes "nope" not found\n'
+
+
 @pytest.fixture(scope="module")
 def deployed(lab):
     out = moor(lab, "registry", "deploy", "--storage", "1Gi", "--image-archive", lab.archive)

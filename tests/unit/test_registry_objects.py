@@ -6,6 +6,7 @@ merge of them into their pull settings."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -202,3 +203,48 @@ def test_only_admins_may_load_images():
     denied = authorize(Identity("node", "node-1"), "/moorage.v1.Images/Load", None)
     assert not denied.allowed and "may not call Load" in denied.message
     assert authorize(None, "/moorage.v1.Images/Load", None).code.name == "UNAUTHENTICATED"
+
+
+def test_the_service_index_sends_aliases_when_they_change_only():
+    import asyncio
+
+    from controlplane.dispatcher.servicetable import ServiceIndex
+
+    async def go():
+        sent = []
+        index = ServiceIndex(store=None, broadcast=lambda table: None, coalesce_seconds=0,
+                             on_registries=sent.append)
+        index._resync_services([service("web", annotation="")])
+        index._resync_pods([])
+        assert index.synced.is_set() and sent == [] and not index.registries().aliases
+        index._put_service(service("registry"))
+        assert [a.name for a in sent[-1].aliases] == [CLUSTER_REGISTRY]
+        index._put_service(service("registry"))          # the same: nothing sent
+        index._put_service(service("web", annotation=""))
+        assert len(sent) == 1
+        index._put_service(service("registry", ip="10.96.0.13"))
+        assert list(sent[-1].aliases[0].mirrors) == ["http://10.96.0.13:5000"]
+        index._delete_service(service("registry"))
+        assert list(sent[-1].aliases) == [] and len(sent) == 3
+        assert index.registries() == agent_pb2.ClusterRegistries()
+
+    asyncio.run(go())
+
+
+def test_the_registry_image_context_holds_what_the_dockerfile_copies(tmp_state):
+    import pathlib
+
+    from moorage.cli.registry import make_context
+
+    tmp_path = pathlib.Path(tmp_state)
+    if not all(os.path.exists(p) for p in filter(None, ro.context_files().values())):
+        pytest.skip("needs Debian's docker-registry")
+    make_context(str(tmp_path))
+    assert (tmp_path / "Dockerfile").read_text() == ro.dockerfile()
+    assert (tmp_path / "config.yml").read_text() == ro.CONFIG_YML
+    for rel, source in ro.context_files().items():
+        if source:
+            got = tmp_path / rel
+            assert got.is_file() and not got.is_symlink()
+            assert got.stat().st_size == os.path.getsize(os.path.realpath(source))
+            assert os.access(got, os.X_OK)
