@@ -57,13 +57,21 @@ class ImagesServicer(api_pb2_grpc.ImagesServicer):
             start.CopyFrom(first.image_load)
             opening = agent_pb2.OpenStream(image_load=start)
             async with self.streams.open(node, opening, depth=LOAD_DEPTH) as link:
+                truncated = False
+
                 async def pump_out():
+                    nonlocal truncated
                     if first.data or first.eof:
                         await link.put(api_pb2.StreamFrame(data=first.data, eof=first.eof))
+                        if first.eof:
+                            return
                     async for frame in request_iterator:
                         await link.put(api_pb2.StreamFrame(data=frame.data, eof=frame.eof))
                         if frame.eof:
                             return
+                    # The caller stopped sending before its last frame: never import a part.
+                    truncated = True
+                    link.close()
 
                 caller = asyncio.create_task(pump_out())
                 try:
@@ -74,6 +82,10 @@ class ImagesServicer(api_pb2_grpc.ImagesServicer):
                         yield frame
                         if frame.exited:
                             return
+                    if truncated:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                            "the archive ended before its frame with eof: "
+                                            "nothing was loaded")
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"the stream from node {node} ended unexpectedly")
                 finally:

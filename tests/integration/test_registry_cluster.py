@@ -161,6 +161,43 @@ def test_image_load_refuses_a_bad_archive_and_an_unknown_node(lab):
     assert out.stderr == 'nope: Error from server (NotFound): nodes "nope" not found\n'
 
 
+def test_a_load_that_stops_before_its_last_frame_loads_nothing(lab):
+    import grpc
+    import yaml
+
+    from moorage.credentials import channel_credentials
+    from moorage.v1 import api_pb2, api_pb2_grpc
+
+    with open(lab.config) as f:
+        config = yaml.safe_load(f)
+    tar = imagebuild.busybox_tar(lab.root, ["moortest/partial:1"])
+    with open(tar, "rb") as f:
+        head = f.read(4096)
+    node = f"{lab.name}-h2"
+    frames = [api_pb2.StreamFrame(image_load=api_pb2.ImageLoadStart(node=node)),
+              api_pb2.StreamFrame(data=head)]
+    channel = grpc.secure_channel(config["server"], channel_credentials(config["credentials"]))
+    with channel, pytest.raises(grpc.RpcError) as err:
+        list(api_pb2_grpc.ImagesStub(channel).Load(iter(frames), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert "ended before its frame with eof" in err.value.details()
+    # The node's store has no such image: a pod that must not pull it waits.
+    path = os.path.join(lab.root, "partial.yaml")
+    with open(path, "w") as f:
+        f.write(pod_yaml("moortest-partial", node, "moortest/partial:1")
+                .replace("    command:", "    imagePullPolicy: Never\n    command:"))
+    assert lab.moor("apply", "-f", path).returncode == 0
+
+    def waiting():
+        pod = get_json(lab, "pod", "moortest-partial")
+        messages = [c.get("message", "") for c in pod.get("status", {}).get(
+            "containerStatuses", [])] if pod else []
+        return messages if any(messages) else None
+    [message] = wait_for(waiting, 60)
+    assert "is not present and imagePullPolicy is Never" in message, message
+    assert lab.moor("delete", "pod", "moortest-partial", "--now").returncode == 0
+
+
 @pytest.fixture(scope="module")
 def deployed(lab):
     out = moor(lab, "registry", "deploy", "--storage", "1Gi", "--image-archive", lab.archive)
