@@ -218,6 +218,10 @@ def _pod_ready(client, namespace: str, image: str):
             pod.spec.containers[0].image != image:
         return False, "the previous pod is still there"
     ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+    unscheduled = [c.message for c in pod.status.conditions
+                   if c.type == "PodScheduled" and c.status == "False" and c.message]
+    if unscheduled:
+        return False, unscheduled[0]
     waiting = [f"{c.reason}: {c.message}".strip(": ") for c in pod.status.container_statuses
                if c.reason and c.state != "running"]
     return ready, "; ".join(waiting) or pod.status.phase or "Pending"
