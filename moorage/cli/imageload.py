@@ -135,12 +135,13 @@ def builder_save(names: list[str], out: str, root: str | None) -> None:
 
 
 def image_load(ctx) -> int:
-    args, client = ctx.args, ctx.client()
+    args = ctx.args
     if bool(args.input) == bool(args.names):
         raise CliError("error: give either -i FILE or IMAGE names of the build machine, "
                        "not both or neither")
     if args.input and not os.path.isfile(args.input):
         raise CliError(f"error: {args.input}: no such file")
+    client = ctx.client()
     nodes = list(dict.fromkeys(args.node)) or all_nodes(client)
     if not nodes:
         raise CliError("error: the cluster has no nodes to load into")
