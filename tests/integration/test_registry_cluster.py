@@ -330,3 +330,25 @@ def test_a_second_deploy_changes_nothing(deployed):
         f"{lab.name}-h{i}" for i in (1, 2, 3) if f"{lab.name}-h{i}" != lab.registry_node),
         *lab.source)
     assert out.returncode == 1 and "the registry's data is on node" in out.stderr
+
+
+def test_agents_drop_the_alias_when_the_service_goes(deployed):
+    lab = deployed
+    push(lab, APP, "3", app_image(MARK + " 3"))
+    svc = get_json(lab, "service", ro.NAME, "-n", NS)
+    cluster_ip = svc["spec"]["clusterIP"]
+    assert lab.moor("delete", "service", ro.NAME, "-n", NS).returncode == 0
+    path = os.path.join(lab.root, "gone.yaml")
+    with open(path, "w") as f:
+        f.write(pod_yaml("moortest-gone", f"{lab.name}-h1", f"{CLUSTER_REGISTRY}/{APP}:3"))
+    assert lab.moor("apply", "-f", path).returncode == 0
+
+    def pull_error():
+        pod = get_json(lab, "pod", "moortest-gone")
+        messages = [c.get("message", "") for c in pod.get("status", {}).get(
+            "containerStatuses", [])] if pod else []
+        return next((m for m in messages if m), None)
+    message = wait_for(pull_error, 60)
+    # Only the registry's own name is left to try, and it is no host.
+    assert "registry.cluster.local" in message and cluster_ip not in message, message
+    assert lab.moor("delete", "pod", "moortest-gone", "--now").returncode == 0
