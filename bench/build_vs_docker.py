@@ -288,7 +288,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"# moor build vs docker build (dockerd {engine.version}, BuildKit and legacy): one "
-          f"Dockerfile, 2 stages, 4 RUN, 3 COPY + 1 COPY --from, a context of {SMALL_FILES} "
+          f"Dockerfile, 2 stages, 4 RUN, 2 COPY + 1 COPY --from, a context of {SMALL_FILES} "
           f"small files and {BIG_FILES} x {BIG_BYTES >> 20} MiB; median of {RUNS}; "
           f"{os.cpu_count()} CPUs, load {load:.1f} at start")
     for name, err in errors.items():
