@@ -1,0 +1,305 @@
+"""The build context: a directory seen through its .dockerignore. Resolves COPY/ADD sources
+as Docker does (paths relative to the context root, Go filepath.Match wildcards, nothing outside
+the context, a named symlink resolved inside it) and checksums what a step copies (paths, types,
+modes, contents, link targets; never mtimes or owners) for the build cache.
+
+Invariant: no path this module hands out lies outside the context root.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from builder.errors import BuildError
+
+_CHUNK = 1 << 20
+_WILDCARD = re.compile(r"[*?\[\\]")
+
+
+class PatternError(ValueError):
+    """A wildcard pattern Go's filepath.Match would reject (ErrBadPattern)."""
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(pattern: str) -> re.Pattern:
+    """Go's filepath.Match syntax as a regex: * and ? never match '/', [...] classes with
+    ranges and ^ negation, backslash escapes."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            i += 1
+            if i >= n:
+                raise PatternError(f"syntax error in pattern {pattern!r}")
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            if negate:
+                i += 1
+            items, first = [], True
+            while True:
+                if i >= n:
+                    raise PatternError(f"syntax error in pattern {pattern!r}")
+                if pattern[i] == "]" and not first:
+                    break
+                first = False
+                lo, i = _class_char(pattern, i)
+                if i < n and pattern[i] == "-":
+                    hi, i = _class_char(pattern, i + 1)
+                    if hi < lo:
+                        raise PatternError(f"syntax error in pattern {pattern!r}")
+                    items.append(f"{re.escape(lo)}-{re.escape(hi)}")
+                else:
+                    items.append(re.escape(lo))
+            out.append(f"[^/{''.join(items)}]" if negate else f"[{''.join(items)}]")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _class_char(pattern: str, i: int) -> tuple[str, int]:
+    if i >= len(pattern) or pattern[i] in "-]":
+        raise PatternError(f"syntax error in pattern {pattern!r}")
+    if pattern[i] == "\\":
+        i += 1
+        if i >= len(pattern):
+            raise PatternError(f"syntax error in pattern {pattern!r}")
+    return pattern[i], i + 1
+
+
+def match(pattern: str, name: str) -> bool:
+    """Go's filepath.Match(pattern, name) on '/'-separated paths."""
+    return _compile(pattern).match(name) is not None
+
+
+def has_wildcard(text: str) -> bool:
+    return bool(_WILDCARD.search(text))
+
+
+class IgnoreAll:
+    """No .dockerignore: nothing is excluded."""
+
+    def ignored(self, relpath: str, is_dir: bool) -> bool:
+        return False
+
+    def may_descend(self, reldir: str) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One matched source: its path relative to the context root and on the host."""
+
+    rel: str
+    host: str
+    is_dir: bool
+
+
+class Context:
+    """A context directory and its ignore rules (dockerignore.Matcher or IgnoreAll)."""
+
+    def __init__(self, root: str, matcher=None):
+        self.root = os.path.realpath(root)
+        self.matcher = matcher or IgnoreAll()
+
+    @classmethod
+    def open(cls, root: str) -> Context:
+        """The context at root with its .dockerignore, if any."""
+        path = os.path.join(root, ".dockerignore")
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return cls(root)
+        from builder import dockerignore
+        return cls(root, dockerignore.Matcher.from_file_text(text))
+
+    # ---- sources ----
+
+    def sources(self, pattern: str, what: str = "COPY") -> list[Source]:
+        """What one COPY/ADD source names: a path or a wildcard pattern, relative to the
+        context root; refuses paths leading outside it and names matching nothing."""
+        clean = _clean(pattern, what)
+        if has_wildcard(clean):
+            try:
+                found = [self._source(rel) for rel in self._glob(clean)]
+            except PatternError as e:
+                raise BuildError(f"{what} failed: {e}") from None
+        else:
+            found = [self._named(clean)] if self._named(clean) else []
+        if not found:
+            raise BuildError(f"{what} failed: file not found in build context or excluded by "
+                             f".dockerignore: stat {pattern}: file does not exist")
+        return found
+
+    def _named(self, rel: str) -> Source | None:
+        if rel and self._excluded(rel):
+            return None
+        host = self._resolve(rel)
+        if host is None:
+            return None
+        try:
+            st = os.stat(host) if not os.path.islink(host) else os.lstat(host)
+        except OSError:
+            return None
+        return Source(rel, host, stat.S_ISDIR(st.st_mode))
+
+    def _source(self, rel: str) -> Source:
+        host = os.path.join(self.root, rel)
+        return Source(rel, host, stat.S_ISDIR(os.lstat(host).st_mode))
+
+    def _resolve(self, rel: str) -> str | None:
+        """rel's host path with any symlink on the way resolved as if the context were /."""
+        parts = [p for p in rel.split("/") if p]
+        done: list[str] = []
+        links = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            here = os.path.join(self.root, *done, part)
+            if os.path.islink(here):
+                links += 1
+                if links > 40:
+                    return None
+                target = os.readlink(here)
+                if target.startswith("/"):
+                    done = []
+                parts = [p for p in target.split("/") if p and p != "."] + parts
+                continue
+            if not os.path.lexists(here):
+                return None
+            done.append(part)
+        return os.path.join(self.root, *done)
+
+    def _excluded(self, rel: str) -> bool:
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(os.path.join(self.root, rel)).st_mode)
+        except OSError:
+            return False
+        if self.matcher.ignored(rel, is_dir):
+            return not (is_dir and self.matcher.may_descend(rel))
+        return False
+
+    def _glob(self, pattern: str) -> list[str]:
+        """Paths (relative to the root, sorted) that the pattern matches component by
+        component, never descending into ignored directories."""
+        level = [""]
+        for comp in pattern.split("/"):
+            nxt = []
+            for base in level:
+                bdir = os.path.join(self.root, base)
+                if not has_wildcard(comp):
+                    rel = posixpath.join(base, comp) if base else comp
+                    if os.path.lexists(os.path.join(self.root, rel)):
+                        nxt.append(rel)
+                    continue
+                try:
+                    names = sorted(os.listdir(bdir))
+                except (NotADirectoryError, FileNotFoundError):
+                    continue
+                nxt += [posixpath.join(base, n) if base else n for n in names if match(comp, n)]
+            level = nxt
+        return [rel for rel in level if not self._excluded(rel)]
+
+    # ---- walking and checksums ----
+
+    def walk(self, src: Source) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(path below the source, host path, lstat) of the source and everything in it that
+        .dockerignore keeps, parents before children, names sorted; "" is the source itself."""
+        st = os.lstat(src.host)
+        yield "", src.host, st
+        if stat.S_ISDIR(st.st_mode):
+            rel_root = os.path.relpath(src.host, self.root)
+            rel_root = "" if rel_root == "." else rel_root
+            yield from _walk_dir(src.host, "", rel_root, self.matcher)
+
+    def checksum(self, sources: list[Source]) -> str:
+        """A digest of everything these sources copy, for the cache key."""
+        return checksum_tree(((s.rel, self.walk(s)) for s in sources), _content_digest)
+
+
+Entry = tuple[str, str, os.stat_result]
+
+
+def _walk_dir(host: str, below: str, rel: str, matcher) -> Iterator[Entry]:
+    try:
+        entries = sorted(os.scandir(host), key=lambda e: e.name)
+    except OSError as e:
+        raise BuildError(f"reading the build context: {e}") from None
+    for entry in entries:
+        crel = posixpath.join(rel, entry.name) if rel else entry.name
+        cbelow = posixpath.join(below, entry.name) if below else entry.name
+        st = entry.stat(follow_symlinks=False)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if matcher.ignored(crel, is_dir):
+            if is_dir and matcher.may_descend(crel):
+                # Excluded itself, but an exception (!pattern) may keep something inside.
+                kept = list(_walk_dir(entry.path, cbelow, crel, matcher))
+                if kept:
+                    yield cbelow, entry.path, st
+                    yield from kept
+            continue
+        yield cbelow, entry.path, st
+        if is_dir:
+            yield from _walk_dir(entry.path, cbelow, crel, matcher)
+
+
+def walk_tree(host: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Like Context.walk for a tree with no ignore rules (another stage's or image's files)."""
+    st = os.lstat(host)
+    yield "", host, st
+    if stat.S_ISDIR(st.st_mode):
+        yield from _walk_dir(host, "", "", IgnoreAll())
+
+
+def _content_digest(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def checksum_tree(trees, content: Callable[[str], str] = _content_digest) -> str:
+    """sha256 over (name, walk) pairs: each entry's path, type, permission bits, and its
+    content digest or link target."""
+    sha = hashlib.sha256()
+    for name, entries in trees:
+        sha.update(f"source {name}\0".encode())
+        for below, host, st in entries:
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                body = "f " + content(host)
+            elif stat.S_ISLNK(mode):
+                body = "l " + os.readlink(host)
+            elif stat.S_ISDIR(mode):
+                body = "d"
+            else:
+                body = f"o {stat.S_IFMT(mode)} {st.st_rdev}"
+            sha.update(f"{below}\0{stat.S_IMODE(mode):o}\0{body}\0".encode())
+    return "sha256:" + sha.hexdigest()
+
+
+def _clean(pattern: str, what: str) -> str:
+    """The source relative to the context root; '..' may not lead out of it."""
+    cleaned = posixpath.normpath(pattern) if pattern else "."
+    if cleaned == ".." or cleaned.startswith("../"):
+        raise BuildError(f"{what} failed: forbidden path outside the build context: {pattern}")
+    cleaned = cleaned.lstrip("/")
+    return "" if cleaned == "." else cleaned

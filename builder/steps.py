@@ -1,0 +1,380 @@
+"""The instructions of one stage, in order: metadata ones applied to the stage's config state,
+RUN, COPY, ADD and WORKDIR run as filesystem steps, each reused from the build cache while no
+earlier step of the stage missed it, else executed and its upper dir made a layer.
+
+A new layer's blob goes into the store at once and the upper dir itself becomes the layer's
+unpacked dir (it already is in overlay's format: whiteout devices, opaque xattrs), so the next
+step can stack on it without unpacking anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+import sys
+import uuid
+
+from builder import cache as cachemod
+from builder import rootview
+from builder.context import Context, Source
+from builder.copier import (
+    Copier,
+    CopyOptions,
+    CopySource,
+    Owner,
+    is_archive,
+    parse_chmod,
+    parse_chown,
+    tree_entries,
+    unpacked_archive,
+)
+from builder.errors import BuildError
+from builder.runstep import RunError, Runner
+from nodeagent.runtime.images.store import StoreError
+from nodeagent.runtime.security import resolve_user
+
+COMMENT = "buildkit.dockerfile.v0"
+LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
+COPY_FLAGS = {"COPY": {"from", "chown", "chmod", "link"}, "ADD": {"chown", "chmod", "link"}}
+_URL = re.compile(r"^(https?|git|ssh)://|^git@", re.IGNORECASE)
+ADD_URL = ("ADD from a URL is not supported: no network may be reachable from builds; "
+           "download it into the context and COPY it")
+
+
+class StepError(Exception):
+    """A step failed; the message is Docker's, line is the instruction's."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+class Steps:
+    def __init__(self, build, dockerfile, context: Context, work: str, build_id: str,
+                 progress, no_cache: bool, epoch: int | None):
+        self.build, self.store, self.cache = build, build.store, build.cache
+        self.dockerfile, self.context, self.work = dockerfile, context, work
+        self.build_id, self.progress, self.no_cache, self.epoch = (build_id, progress,
+                                                                   no_cache, epoch)
+        self._runner: Runner | None = None
+        self._n = 0
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    def _dir(self, what: str) -> str:
+        self._n += 1
+        d = os.path.join(self.work, f"{self._n}-{what}")
+        os.makedirs(d)
+        return d
+
+    # ---- the stage ----
+
+    def run_stage(self, st, stage, results: dict) -> None:
+        n, total = 1, 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
+        for instr in stage.instructions:
+            if instr.keyword not in LAYER_STEPS:
+                self._meta(st, instr)
+                continue
+            n += 1
+            self.progress.step(st.label, n, total, instr.original)
+            try:
+                if instr.keyword == "RUN":
+                    self._run(st, instr)
+                elif instr.keyword == "WORKDIR":
+                    self._workdir(st, instr)
+                else:
+                    self._copy(st, instr, stage.index, results)
+            except BuildError as e:
+                raise StepError(instr.line, str(e)) from None
+
+    def _meta(self, st, instr) -> None:
+        st.sc.apply(instr)
+        st.key = cachemod.step_key(st.key, st.diff_ids, instr.original, st.sc.cache_scope())
+        record = None if self.no_cache else self.cache.get(st.key)
+        if record is None:
+            record = cachemod.Record(st.key, None, _now(), instr.original)
+            self.cache.put(record)
+        st.history.append({"created": record.created, "created_by": instr.original,
+                           "comment": COMMENT, "empty_layer": True})
+
+    # ---- cache ----
+
+    def _reuse(self, st, key: str) -> cachemod.Record | None:
+        if self.no_cache or st.missed:
+            return None
+        record = self.cache.get(key)
+        if record is None or (record.layer and not self._present(record.layer)):
+            return None
+        return record
+
+    def _present(self, layer: cachemod.CachedLayer) -> bool:
+        if not self.store.has_blob(layer.digest):
+            return False
+        if not os.path.isdir(self.store.layer_path(layer.diff_id)):
+            try:
+                with self.store.writing():
+                    self.store.ensure_layer(layer.digest, layer.diff_id)
+            except (StoreError, OSError):
+                return False
+        return True
+
+    def _apply(self, st, record: cachemod.Record, cached: bool) -> None:
+        from builder.executor import LayerRef
+
+        entry = {"created": record.created, "created_by": record.created_by, "comment": COMMENT}
+        if record.layer:
+            x = record.layer
+            ref = LayerRef(x.diff_id, x.digest, x.size, x.media_type,
+                           os.path.join(self.store.layer_path(x.diff_id), "rootfs"))
+            st.layers.append(ref)
+            st.new.append(ref)
+        else:
+            entry["empty_layer"] = True
+        st.history.append(entry)
+        st.key = record.key
+        if cached:
+            self.progress.cached()
+        else:
+            self.progress.done()
+
+    def _store_result(self, st, key: str, layer, created_by: str) -> None:
+        record = cachemod.Record(key, layer, _now(), created_by)
+        self.cache.put(record)
+        self._apply(st, record, cached=False)
+
+    # ---- layers ----
+
+    def _take_layer(self, upper: str) -> cachemod.CachedLayer | None:
+        """The upper dir as a layer: blob into the store, the dir itself as its unpacked form."""
+        from builder import layers
+
+        out = self._dir("layer")
+        layer = layers.from_upper(upper, out, source_date_epoch=self.epoch,
+                                  media=self.build.media)
+        if layer is None:
+            return None
+        with self.store.writing():
+            if self.store.has_blob(layer.digest):
+                os.unlink(layer.path)
+            else:
+                self.store.commit_blob(layer.path, layer.digest)
+            final = self.store.layer_path(layer.diff_id)
+            if not os.path.isdir(final):
+                tmp = os.path.join(self.store.layers_dir, f".tmp-{uuid.uuid4().hex}")
+                os.mkdir(tmp)
+                try:
+                    os.rename(upper, os.path.join(tmp, "rootfs"))
+                    os.rename(tmp, final)
+                except OSError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if not os.path.isdir(final):  # another fs, or a race lost: unpack it
+                        self.store.ensure_layer(layer.digest, layer.diff_id)
+        return cachemod.CachedLayer(layer.digest, layer.diff_id, layer.size, layer.media_type)
+
+    def _fresh_layer(self, st, fill) -> cachemod.CachedLayer | None:
+        """fill(root) writes into the image's '/' (a mounted overlay, or the upper dir itself
+        when the image below is empty); what changed becomes the layer."""
+        d = self._dir("step")
+        upper, wk = os.path.join(d, "upper"), os.path.join(d, "work")
+        os.mkdir(upper)
+        if not st.lowers:
+            fill(upper)
+        else:
+            os.mkdir(wk)
+            with rootview.mounted(st.lowers, os.path.join(d, "merged"), upper, wk) as root:
+                fill(root)
+        return self._take_layer(upper)
+
+    # ---- RUN ----
+
+    def _run(self, st, instr) -> None:
+        if instr.flags:
+            raise BuildError(f"RUN --{next(iter(instr.flags))} is not supported")
+        argv = list(instr.args) if instr.exec_form else [*st.sc.shell, instr.args[0]]
+        cmd = " ".join(argv)
+        key = cachemod.step_key(st.key, st.diff_ids, "RUN " + json.dumps(argv),
+                                st.sc.cache_scope())
+        record = self._reuse(st, key)
+        if record:
+            self._apply(st, record, cached=True)
+            return
+        st.missed = True
+        if self._runner is None:
+            self._runner = Runner(self.build.root.containers, self.build_id,
+                                  self.build.cgroup_root)
+        empty = os.path.join(self.work, "empty")
+        os.makedirs(empty, exist_ok=True)
+        try:
+            result = self._runner.run(argv, st.lowers, st.sc.run_env(), st.sc.user,
+                                      st.sc.workdir, self.progress.output, empty)
+        except RunError as e:
+            raise BuildError(f'process "{cmd}" could not be started: {e}') from None
+        try:
+            if result.exit_code != 0:
+                self._show_held()
+                raise BuildError(f'process "{cmd}" did not complete successfully: exit code: '
+                                 f"{result.exit_code}")
+            layer = self._take_layer(result.upper)
+        finally:
+            self._runner.remove(result.cid)
+        self._store_result(st, key, layer, f"RUN {cmd} # buildkit")
+
+    def _show_held(self) -> None:
+        for line in self.progress.held_output():
+            sys.stderr.write(line + "\n")
+
+    # ---- WORKDIR ----
+
+    def _workdir(self, st, instr) -> None:
+        st.sc.apply(instr)
+        wd = st.sc.workdir or "/"
+        key = cachemod.step_key(st.key, st.diff_ids, "WORKDIR " + wd, st.sc.cache_scope())
+        record = self._reuse(st, key)
+        if record:
+            self._apply(st, record, cached=True)
+            return
+        layer = None
+        if wd != "/" and not rootview.exists(st.lowers, wd, follow_last=True):
+            owner = self._user_owner(st)
+            st.missed = True
+            layer = self._fresh_layer(
+                st, lambda root: Copier(root, CopyOptions(parent_owner=owner)).make_dirs(wd))
+        self._store_result(st, key, layer, f"WORKDIR {wd}")
+
+    def _user_owner(self, st) -> Owner:
+        """The USER's uid:gid, which BuildKit gives the dirs WORKDIR makes."""
+        if not st.sc.user:
+            return Owner(0, 0)
+        try:
+            ident = resolve_user(st.sc.user, rootview.read_file(st.lowers, "/etc/passwd"),
+                                 rootview.read_file(st.lowers, "/etc/group"))
+        except (LookupError, ValueError):
+            return Owner(0, 0)
+        return Owner(ident.uid, ident.gid)
+
+    # ---- COPY and ADD ----
+
+    def _copy(self, st, instr, stage_index: int, results: dict) -> None:
+        kw = instr.keyword
+        for flag in instr.flags:
+            if flag not in COPY_FLAGS[kw]:
+                raise BuildError(f"{kw} --{flag} is not supported")
+        words = [st.sc.expand(a) for a in instr.args]
+        if len(words) < 2:
+            raise BuildError(f"{kw} requires at least two arguments, but only one was provided:"
+                             f" destination could not be determined")
+        srcs, dest = words[:-1], words[-1]
+        if kw == "ADD" and any(_URL.match(s) for s in srcs):
+            raise BuildError(ADD_URL)
+        chown = st.sc.expand(instr.flags["chown"]) if instr.flags.get("chown") else None
+        chmod = parse_chmod(instr.flags["chmod"]) if instr.flags.get("chmod") else None
+        frm = st.sc.expand(instr.flags["from"]) if instr.flags.get("from") else None
+        if frm is not None:
+            from_lowers, content = self._from_source(frm, stage_index, results, instr)
+            matched: list[list[Source]] = []
+        else:
+            from_lowers = None
+            matched = [self.context.sources(s, kw) for s in srcs]
+            content = self.context.checksum([s for group in matched for s in group])
+        desc = json.dumps([kw, frm is not None, chown, chmod, srcs, dest, st.sc.workdir])
+        key = cachemod.step_key(st.key, st.diff_ids, desc, st.sc.cache_scope(), content)
+        record = self._reuse(st, key)
+        if record:
+            self._apply(st, record, cached=True)
+            return
+        st.missed = True
+
+        def fill(root: str) -> None:
+            owner = parse_chown(chown, _read(root, "/etc/passwd"),
+                                _read(root, "/etc/group")) if chown else None
+            if from_lowers is None:
+                self._copy_context(root, kw, matched, srcs, dest, st.sc.workdir, owner, chmod)
+            else:
+                self._copy_from(root, from_lowers, srcs, dest, st.sc.workdir, owner, chmod, kw)
+
+        layer = self._fresh_layer(st, fill)
+        self._store_result(st, key, layer, f"{instr.original} # buildkit")
+
+    def _copy_context(self, root, kw, matched, srcs, dest, workdir, owner, chmod) -> None:
+        flat = [s for group in matched for s in group]
+        many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
+        copier = Copier(root, CopyOptions(owner or Owner(0, 0), chmod, owner or Owner(0, 0)))
+        plain, archives = [], []
+        for src in flat:
+            if kw == "ADD" and not src.is_dir and is_archive(src.host):
+                archives.append(src)
+            else:
+                plain.append(CopySource(_name(src), src.is_dir, self.context.walk(src), src.host))
+        if plain:
+            copier.copy(plain, dest, workdir, as_dir=True if many else None)
+        for src in archives:
+            unpacked = unpacked_archive(src.host, self.work)
+            try:
+                # An archive keeps the owners it records unless --chown says otherwise.
+                Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0))).extract(
+                    tree_entries(unpacked), posixpath.join(workdir or "/", dest))
+            finally:
+                shutil.rmtree(unpacked, ignore_errors=True)
+
+    def _copy_from(self, root, lowers, srcs, dest, workdir, owner, chmod, kw) -> None:
+        view = os.path.join(self._dir("from"), "merged")
+        with rootview.mounted(lowers, view) as from_root:
+            ctx = Context(from_root)
+            matched = [ctx.sources(s, kw) for s in srcs]
+            flat = [s for group in matched for s in group]
+            many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
+            copier = Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0)))
+            copier.copy([CopySource(_name(s), s.is_dir, ctx.walk(s), s.host) for s in flat],
+                        dest, workdir, as_dir=True if many else None)
+
+    def _from_source(self, value: str, stage_index: int, results: dict, instr):
+        """(lower dirs, cache identity) of what --from names: a stage by name or index, or an
+        image."""
+        names = {s.name: s.index for s in self.dockerfile.stages if s.name}
+        idx = names.get(value.lower())
+        if idx is None and value.isdigit():
+            idx = int(value)
+        if idx is not None:
+            if idx >= stage_index or idx not in results:
+                raise BuildError(f"COPY --from={value}: no such stage before this one")
+            res = results[idx]
+            return res.lowers, res.base_key
+        image = self.build.image(value)
+        lowers = [os.path.join(self.store.layer_path(d), "rootfs")
+                  for d in reversed(image.diff_ids)]
+        return lowers, cachemod.image_base_key(image.config_digest)
+
+
+def _read(root: str, path: str) -> str:
+    """A file of the image being written (mounted at root), "" when absent."""
+    from nodeagent.runtime.rootfs import secure_join
+
+    try:
+        host = secure_join(root, path)
+        if not stat.S_ISREG(os.lstat(host).st_mode):
+            return ""
+        with open(host, errors="replace") as f:
+            return f.read()
+    except (OSError, ValueError):
+        return ""
+
+
+def _name(src: Source) -> str:
+    return posixpath.basename(src.rel.rstrip("/")) or "."
+
+
+def _has_wild(text: str) -> bool:
+    from builder.context import has_wildcard
+    return has_wildcard(text)
+
+
+def _now() -> str:
+    from builder.executor import now_rfc3339
+    return now_rfc3339()
