@@ -46,7 +46,7 @@ def run(args) -> int:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     build = Build(root, registry_config=config, media=args.format, quiet=args.quiet,
                   source_date_epoch=int(epoch) if epoch and epoch.isdigit() else None)
-    image = build.run(parsed, Context.open(context_dir), args.target, build_args, labels,
+    image = build.run(parsed, Context.open(context_dir, path), args.target, build_args, labels,
                       tags, args.no_cache, out=sys.stdout)
     if args.push:
         push_tags(build.store, image, tags, config, args.quiet)

@@ -92,11 +92,11 @@ def has_wildcard(text: str) -> bool:
 class IgnoreAll:
     """No .dockerignore: nothing is excluded."""
 
-    def ignored(self, relpath: str, is_dir: bool) -> bool:
+    def excluded(self, relpath: str) -> bool:
         return False
 
     def may_descend(self, reldir: str) -> bool:
-        return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,23 +109,32 @@ class Source:
 
 
 class Context:
-    """A context directory and its ignore rules (dockerignore.Matcher or IgnoreAll)."""
+    """A context directory and its ignore rules (dockerignore.Matcher or IgnoreAll: anything
+    with excluded(relpath) and may_descend(reldir))."""
 
     def __init__(self, root: str, matcher=None):
         self.root = os.path.realpath(root)
         self.matcher = matcher or IgnoreAll()
 
     @classmethod
-    def open(cls, root: str) -> Context:
-        """The context at root with its .dockerignore, if any."""
-        path = os.path.join(root, ".dockerignore")
-        try:
-            with open(path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return cls(root)
+    def open(cls, root: str, dockerfile: str | None = None) -> Context:
+        """The context at root with its ignore file: `<Dockerfile>.dockerignore` beside the
+        Dockerfile when there is one, else root/.dockerignore, as Docker looks them up."""
         from builder import dockerignore
-        return cls(root, dockerignore.Matcher.from_file_text(text))
+
+        candidates = [os.path.join(root, dockerignore.IGNORE_FILE)]
+        if dockerfile:
+            candidates.insert(0, dockerfile + dockerignore.IGNORE_FILE)
+        for path in candidates:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except (OSError, UnicodeDecodeError) as e:
+                raise BuildError(f"reading {path}: {e}") from None
+            return cls(root, dockerignore.Matcher.from_text(text, os.path.basename(path)))
+        return cls(root)
 
     # ---- sources ----
 
@@ -188,13 +197,12 @@ class Context:
         return os.path.join(self.root, *done)
 
     def _excluded(self, rel: str) -> bool:
-        try:
-            is_dir = stat.S_ISDIR(os.lstat(os.path.join(self.root, rel)).st_mode)
-        except OSError:
+        """Whether a named source is out of the context (an excluded directory from which an
+        exception brings something back still counts as there)."""
+        if not self.matcher.excluded(rel):
             return False
-        if self.matcher.ignored(rel, is_dir):
-            return not (is_dir and self.matcher.may_descend(rel))
-        return False
+        return not (os.path.isdir(os.path.join(self.root, rel)) and
+                    self.matcher.may_descend(rel))
 
     def _glob(self, pattern: str) -> list[str]:
         """Paths (relative to the root, sorted) that the pattern matches component by
@@ -247,7 +255,7 @@ def _walk_dir(host: str, below: str, rel: str, matcher) -> Iterator[Entry]:
         cbelow = posixpath.join(below, entry.name) if below else entry.name
         st = entry.stat(follow_symlinks=False)
         is_dir = stat.S_ISDIR(st.st_mode)
-        if matcher.ignored(crel, is_dir):
+        if matcher.excluded(crel):
             if is_dir and matcher.may_descend(crel):
                 # Excluded itself, but an exception (!pattern) may keep something inside.
                 kept = list(_walk_dir(entry.path, cbelow, crel, matcher))

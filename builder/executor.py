@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
 
 from builder import cache as cachemod
@@ -68,10 +68,9 @@ class StageRun:
     label: str
     layers: list[LayerRef]
     new: list[LayerRef]
-    sc: object  # stageconfig.StageState
+    sc: object  # stageconfig.StageState (immutable: each step replaces it)
     key: str
     base: Image | None
-    history: list[dict] = field(default_factory=list)
     missed: bool = False
 
     @property
@@ -151,34 +150,31 @@ class Build:
         if isinstance(context, str):
             context = Context.open(context)
         progress = Progress(out or sys.stdout, self.quiet)
-        try:
-            stages = df.stage_order(dockerfile, target, build_args)
-        except df.DockerfileError as e:
-            raise BuildError(str(e)) from None
+        stages = df.stage_order(dockerfile, target, build_args,
+                                df.platform_args("linux", host_architecture()))
         epoch = self.source_date_epoch
         if epoch is None and build_args.get(SOURCE_DATE_EPOCH):
             epoch = _epoch(build_args[SOURCE_DATE_EPOCH])
+        created = stageconfig.build_time(epoch, time.time())
         build_id = uuid.uuid4().hex[:12]
         work = os.path.join(self.root.work, build_id)
         os.makedirs(work)
-        steps = Steps(self, dockerfile, context, work, build_id, progress, no_cache, epoch)
+        steps = Steps(self, dockerfile, context, work, build_id, progress, no_cache, epoch,
+                      created)
         results: dict[int, StageResult] = {}
         multi = len(dockerfile.stages) > 1
         try:
             for i, rs in enumerate(stages):
                 final = i == len(stages) - 1
                 stage = rs.stage
-                label = (stage.name or f"stage-{stage.index}") if multi else ""
-                st = self._start_stage(dockerfile, rs, results, build_args, stageconfig, label,
-                                       progress,
-                                       sum(1 for x in stage.instructions
-                                           if x.keyword in LAYER_STEPS) + 1)
+                label = stage.display_name if multi else ""
+                total = 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
+                st = self._start_stage(dockerfile, rs, results, build_args, label, progress,
+                                       total, created)
                 try:
-                    steps.run_stage(st, stage, results)
+                    steps.run_stage(st, rs, results)
                 except StepError as e:
                     raise BuildError(f"{dockerfile.path}:{e.line}: {e}") from None
-                except df.DockerfileError as e:
-                    raise BuildError(str(e)) from None
                 results[stage.index] = self._commit(
                     st, (labels or {}) if final else {}, list(tags) if final else [])
         finally:
@@ -190,19 +186,21 @@ class Build:
         return image
 
     def _start_stage(self, dockerfile, rs, results: dict[int, StageResult], build_args,
-                     stageconfig, label: str, progress: Progress, total: int) -> StageRun:
+                     label: str, progress: Progress, total: int, created: str) -> StageRun:
+        from builder import stageconfig
+
         stage = rs.stage
         where = f"{dockerfile.path}:{stage.line}"
-        progress.step(label, 1, total, f"FROM {rs.base}" if not rs.base.startswith("stage:")
-                      else f"FROM {_stage_label(rs, dockerfile)}")
-        if stage.platform and stage.platform not in (
-                f"linux/{host_architecture()}", "$BUILDPLATFORM", "$TARGETPLATFORM"):
-            raise BuildError(f"{where}: FROM --platform={stage.platform}: only the "
-                             f"build machine's platform (linux/{host_architecture()}) is built")
-        if rs.base == "scratch":
+        progress.step(label, 1, total, f"FROM {rs.base}" if rs.base_stage is not None
+                      or rs.is_scratch else f"FROM {_display_ref(rs.base)}")
+        arch = host_architecture()
+        if rs.platform and rs.platform.split("/")[:2] != ["linux", arch]:
+            raise BuildError(f"{where}: FROM --platform={rs.platform}: only the build "
+                             f"machine's platform (linux/{arch}) can be built")
+        if rs.is_scratch:
             layers, doc, key, base = [], None, cachemod.SCRATCH_KEY, None
-        elif rs.base.startswith("stage:"):
-            res = results[int(rs.base.split(":", 1)[1])]
+        elif rs.base_stage is not None:
+            res = results[rs.base_stage]
             layers, doc, key, base = list(res.layers), res.config_doc, res.base_key, res.image
         else:
             try:
@@ -211,15 +209,16 @@ class Build:
                 raise BuildError(f"{where}: {e}") from None
             layers, doc = self.image_layers(base), self.config_doc(base)
             key = cachemod.image_base_key(base.config_digest)
-        sc = stageconfig.StageState.from_base(doc, build_args, rs.meta_args)
-        history = list(doc.get("history") or []) if doc else []
+        sc = stageconfig.StageState.start(doc, meta_args=rs.meta_args, build_args=build_args,
+                                          created=created, escape=dockerfile.escape,
+                                          path=dockerfile.path, platform=("linux", arch, ""))
         progress.done()
-        return StageRun(label, layers, [], sc, key, base, history)
+        return StageRun(label, layers, [], sc, key, base)
 
     def _commit(self, st: StageRun, labels: dict[str, str], tags: list[str]) -> StageResult:
         from builder import images, layers
 
-        doc = config_document(st.sc, st.history, st.diff_ids, labels)
+        doc = st.sc.config_doc(labels=labels or None)
         new = [layers.Layer(path=self.store.blob_path(x.digest), digest=x.digest,
                             diff_id=x.diff_id, size=x.size, media_type=x.media_type)
                for x in st.new]
@@ -230,25 +229,11 @@ class Build:
         return StageResult(image, list(st.layers), doc)
 
 
-def config_document(sc, history: list[dict], diff_ids: list[str], labels: dict[str, str]) -> dict:
-    """The stage's image config: stageconfig's, with our layers, history and --label."""
-    doc = sc.config_doc()
-    doc = dict(doc)
-    doc["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
-    doc["history"] = list(history)
-    created = next((h.get("created") for h in reversed(history) if h.get("created")), None)
-    if created:
-        doc["created"] = created
-    if labels:
-        config = dict(doc.get("config") or {})
-        config["Labels"] = {**(config.get("Labels") or {}), **labels}
-        doc["config"] = config
-    return doc
-
-
-def _stage_label(rs, dockerfile) -> str:
-    index = int(rs.base.split(":", 1)[1])
-    return dockerfile.stages[index].name or str(index)
+def _display_ref(ref: str) -> str:
+    try:
+        return str(parse_reference(ref))
+    except ReferenceError:
+        return ref
 
 
 def _display(tag: str) -> str:

@@ -17,6 +17,7 @@ import shutil
 import stat
 import sys
 import uuid
+from dataclasses import replace
 
 from builder import cache as cachemod
 from builder import rootview
@@ -55,11 +56,12 @@ class StepError(Exception):
 
 class Steps:
     def __init__(self, build, dockerfile, context: Context, work: str, build_id: str,
-                 progress, no_cache: bool, epoch: int | None):
+                 progress, no_cache: bool, epoch: int | None, created: str):
         self.build, self.store, self.cache = build, build.store, build.cache
         self.dockerfile, self.context, self.work = dockerfile, context, work
         self.build_id, self.progress, self.no_cache, self.epoch = (build_id, progress,
                                                                    no_cache, epoch)
+        self.created = created  # this build's time for the history of the steps it runs
         self._runner: Runner | None = None
         self._n = 0
 
@@ -76,7 +78,10 @@ class Steps:
 
     # ---- the stage ----
 
-    def run_stage(self, st, stage, results: dict) -> None:
+    def run_stage(self, st, rs, results: dict) -> None:
+        from builder.dockerfile import DockerfileError
+
+        stage = rs.stage
         n, total = 1, 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
         for instr in stage.instructions:
             if instr.keyword not in LAYER_STEPS:
@@ -90,19 +95,21 @@ class Steps:
                 elif instr.keyword == "WORKDIR":
                     self._workdir(st, instr)
                 else:
-                    self._copy(st, instr, stage.index, results)
+                    self._copy(st, instr, rs, results)
+            except DockerfileError:
+                raise  # already names the file and line
             except BuildError as e:
                 raise StepError(instr.line, str(e)) from None
 
     def _meta(self, st, instr) -> None:
-        st.sc.apply(instr)
+        """A config-only instruction; its record keeps the history time stable across builds,
+        so an unchanged rebuild makes the same image ID."""
         st.key = cachemod.step_key(st.key, st.diff_ids, instr.original, st.sc.cache_scope())
         record = None if self.no_cache else self.cache.get(st.key)
         if record is None:
-            record = cachemod.Record(st.key, None, _now(), instr.original)
+            record = cachemod.Record(st.key, None, self.created, instr.original)
             self.cache.put(record)
-        st.history.append({"created": record.created, "created_by": instr.original,
-                           "comment": COMMENT, "empty_layer": True})
+        st.sc = replace(st.sc, created=record.created).apply(instr)
 
     # ---- cache ----
 
@@ -125,29 +132,28 @@ class Steps:
                 return False
         return True
 
-    def _apply(self, st, record: cachemod.Record, cached: bool) -> None:
+    def _apply(self, st, instr, record: cachemod.Record, cached: bool) -> None:
         from builder.executor import LayerRef
 
-        entry = {"created": record.created, "created_by": record.created_by, "comment": COMMENT}
+        diff_id = None
         if record.layer:
             x = record.layer
             ref = LayerRef(x.diff_id, x.digest, x.size, x.media_type,
                            os.path.join(self.store.layer_path(x.diff_id), "rootfs"))
             st.layers.append(ref)
             st.new.append(ref)
-        else:
-            entry["empty_layer"] = True
-        st.history.append(entry)
+            diff_id = x.diff_id
+        st.sc = replace(st.sc, created=record.created).commit(instr, diff_id)
         st.key = record.key
         if cached:
             self.progress.cached()
         else:
             self.progress.done()
 
-    def _store_result(self, st, key: str, layer, created_by: str) -> None:
-        record = cachemod.Record(key, layer, _now(), created_by)
+    def _store_result(self, st, instr, key: str, layer) -> None:
+        record = cachemod.Record(key, layer, self.created, st.sc.created_by(instr))
         self.cache.put(record)
-        self._apply(st, record, cached=False)
+        self._apply(st, instr, record, cached=False)
 
     # ---- layers ----
 
@@ -197,13 +203,13 @@ class Steps:
     def _run(self, st, instr) -> None:
         if instr.flags:
             raise BuildError(f"RUN --{next(iter(instr.flags))} is not supported")
-        argv = list(instr.args) if instr.exec_form else [*st.sc.shell, instr.args[0]]
+        argv = st.sc.run_argv(instr)
         cmd = " ".join(argv)
         key = cachemod.step_key(st.key, st.diff_ids, "RUN " + json.dumps(argv),
                                 st.sc.cache_scope())
         record = self._reuse(st, key)
         if record:
-            self._apply(st, record, cached=True)
+            self._apply(st, instr, record, cached=True)
             return
         st.missed = True
         if self._runner is None:
@@ -213,7 +219,7 @@ class Steps:
         os.makedirs(empty, exist_ok=True)
         try:
             result = self._runner.run(argv, st.lowers, st.sc.run_env(), st.sc.user,
-                                      st.sc.workdir, self.progress.output, empty)
+                                      st.sc.working_dir, self.progress.output, empty)
         except RunError as e:
             raise BuildError(f'process "{cmd}" could not be started: {e}') from None
         try:
@@ -224,7 +230,7 @@ class Steps:
             layer = self._take_layer(result.upper)
         finally:
             self._runner.remove(result.cid)
-        self._store_result(st, key, layer, f"RUN {cmd} # buildkit")
+        self._store_result(st, instr, key, layer)
 
     def _show_held(self) -> None:
         for line in self.progress.held_output():
@@ -233,20 +239,20 @@ class Steps:
     # ---- WORKDIR ----
 
     def _workdir(self, st, instr) -> None:
-        st.sc.apply(instr)
-        wd = st.sc.workdir or "/"
+        st.sc = st.sc.apply(instr)
+        wd, mkdir = st.sc.working_dir, st.sc.mkdir
         key = cachemod.step_key(st.key, st.diff_ids, "WORKDIR " + wd, st.sc.cache_scope())
         record = self._reuse(st, key)
         if record:
-            self._apply(st, record, cached=True)
+            self._apply(st, instr, record, cached=True)
             return
         layer = None
-        if wd != "/" and not rootview.exists(st.lowers, wd, follow_last=True):
+        if mkdir and mkdir != "/" and not rootview.exists(st.lowers, mkdir, follow_last=True):
             owner = self._user_owner(st)
             st.missed = True
             layer = self._fresh_layer(
-                st, lambda root: Copier(root, CopyOptions(parent_owner=owner)).make_dirs(wd))
-        self._store_result(st, key, layer, f"WORKDIR {wd}")
+                st, lambda root: Copier(root, CopyOptions(parent_owner=owner)).make_dirs(mkdir))
+        self._store_result(st, instr, key, layer)
 
     def _user_owner(self, st) -> Owner:
         """The USER's uid:gid, which BuildKit gives the dirs WORKDIR makes."""
@@ -261,48 +267,47 @@ class Steps:
 
     # ---- COPY and ADD ----
 
-    def _copy(self, st, instr, stage_index: int, results: dict) -> None:
+    def _copy(self, st, instr, rs, results: dict) -> None:
         kw = instr.keyword
         for flag in instr.flags:
             if flag not in COPY_FLAGS[kw]:
                 raise BuildError(f"{kw} --{flag} is not supported")
-        words = [st.sc.expand(a) for a in instr.args]
-        if len(words) < 2:
+        if len(instr.args) < 2:
             raise BuildError(f"{kw} requires at least two arguments, but only one was provided:"
                              f" destination could not be determined")
-        srcs, dest = words[:-1], words[-1]
+        spec = st.sc.copy_spec(instr)
+        srcs, dest = list(spec.sources), spec.dest
         if kw == "ADD" and any(_URL.match(s) for s in srcs):
             raise BuildError(ADD_URL)
-        chown = st.sc.expand(instr.flags["chown"]) if instr.flags.get("chown") else None
-        chmod = parse_chmod(instr.flags["chmod"]) if instr.flags.get("chmod") else None
-        frm = st.sc.expand(instr.flags["from"]) if instr.flags.get("from") else None
-        if frm is not None:
-            from_lowers, content = self._from_source(frm, stage_index, results, instr)
+        chmod = parse_chmod(spec.chmod) if spec.chmod else None
+        if spec.from_ is not None:
+            from_lowers, content = self._from_source(rs.copy_from.get(instr.line, spec.from_),
+                                                     results)
             matched: list[list[Source]] = []
         else:
             from_lowers = None
             matched = [self.context.sources(s, kw) for s in srcs]
             content = self.context.checksum([s for group in matched for s in group])
-        desc = json.dumps([kw, frm is not None, chown, chmod, srcs, dest, st.sc.workdir])
+        desc = json.dumps([kw, spec.from_ is not None, spec.chown, chmod, srcs, dest])
         key = cachemod.step_key(st.key, st.diff_ids, desc, st.sc.cache_scope(), content)
         record = self._reuse(st, key)
         if record:
-            self._apply(st, record, cached=True)
+            self._apply(st, instr, record, cached=True)
             return
         st.missed = True
 
         def fill(root: str) -> None:
-            owner = parse_chown(chown, _read(root, "/etc/passwd"),
-                                _read(root, "/etc/group")) if chown else None
+            owner = parse_chown(spec.chown, _read(root, "/etc/passwd"),
+                                _read(root, "/etc/group")) if spec.chown else None
             if from_lowers is None:
-                self._copy_context(root, kw, matched, srcs, dest, st.sc.workdir, owner, chmod)
+                self._copy_context(root, kw, matched, srcs, dest, owner, chmod)
             else:
-                self._copy_from(root, from_lowers, srcs, dest, st.sc.workdir, owner, chmod, kw)
+                self._copy_from(root, from_lowers, srcs, dest, owner, chmod, kw)
 
         layer = self._fresh_layer(st, fill)
-        self._store_result(st, key, layer, f"{instr.original} # buildkit")
+        self._store_result(st, instr, key, layer)
 
-    def _copy_context(self, root, kw, matched, srcs, dest, workdir, owner, chmod) -> None:
+    def _copy_context(self, root, kw, matched, srcs, dest, owner, chmod) -> None:
         flat = [s for group in matched for s in group]
         many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
         copier = Copier(root, CopyOptions(owner or Owner(0, 0), chmod, owner or Owner(0, 0)))
@@ -313,17 +318,17 @@ class Steps:
             else:
                 plain.append(CopySource(_name(src), src.is_dir, self.context.walk(src), src.host))
         if plain:
-            copier.copy(plain, dest, workdir, as_dir=True if many else None)
+            copier.copy(plain, dest, as_dir=True if many else None)
         for src in archives:
             unpacked = unpacked_archive(src.host, self.work)
             try:
                 # An archive keeps the owners it records unless --chown says otherwise.
                 Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0))).extract(
-                    tree_entries(unpacked), posixpath.join(workdir or "/", dest))
+                    tree_entries(unpacked), dest)
             finally:
                 shutil.rmtree(unpacked, ignore_errors=True)
 
-    def _copy_from(self, root, lowers, srcs, dest, workdir, owner, chmod, kw) -> None:
+    def _copy_from(self, root, lowers, srcs, dest, owner, chmod, kw) -> None:
         view = os.path.join(self._dir("from"), "merged")
         with rootview.mounted(lowers, view) as from_root:
             ctx = Context(from_root)
@@ -332,21 +337,17 @@ class Steps:
             many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
             copier = Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0)))
             copier.copy([CopySource(_name(s), s.is_dir, ctx.walk(s), s.host) for s in flat],
-                        dest, workdir, as_dir=True if many else None)
+                        dest, as_dir=True if many else None)
 
-    def _from_source(self, value: str, stage_index: int, results: dict, instr):
-        """(lower dirs, cache identity) of what --from names: a stage by name or index, or an
-        image."""
-        names = {s.name: s.index for s in self.dockerfile.stages if s.name}
-        idx = names.get(value.lower())
-        if idx is None and value.isdigit():
-            idx = int(value)
-        if idx is not None:
-            if idx >= stage_index or idx not in results:
-                raise BuildError(f"COPY --from={value}: no such stage before this one")
-            res = results[idx]
+    def _from_source(self, source: int | str, results: dict):
+        """(lower dirs, cache identity) of what --from names (stage_order resolved it to an
+        earlier stage's index or an image reference)."""
+        if isinstance(source, int):
+            if source not in results:
+                raise BuildError(f"COPY --from: stage {source} was not built before this one")
+            res = results[source]
             return res.lowers, res.base_key
-        image = self.build.image(value)
+        image = self.build.image(source)
         lowers = [os.path.join(self.store.layer_path(d), "rootfs")
                   for d in reversed(image.diff_ids)]
         return lowers, cachemod.image_base_key(image.config_digest)
