@@ -9,6 +9,7 @@ seen by (nor left to) the host, whatever happens to this process.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from builder.errors import BuildError
@@ -39,6 +40,8 @@ def run(args) -> int:
     root = BuildRoot.from_args(args.root)
     config = registry_config(root, args.insecure_registry)
     private_mounts()
+    # A stopped build cleans up as an interrupted one does (containers, work dirs).
+    signal.signal(signal.SIGTERM, _interrupt)
 
     from builder.context import Context
     from builder.executor import Build
@@ -51,6 +54,10 @@ def run(args) -> int:
     if args.push:
         push_tags(build.store, image, tags, config, args.quiet)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _context(path: str) -> str:

@@ -104,6 +104,7 @@ class Build:
         self.quiet = quiet
         self.source_date_epoch = source_date_epoch
         self._pulled: dict[str, Image] = {}
+        self.progress: Progress | None = None
 
     # ---- images ----
 
@@ -119,11 +120,15 @@ class Build:
         image = None if self.pull else self.store.get(name)
         if image is None:
             try:
-                image = self.store.pull(name, self.registry_config)
+                image = self.store.pull(name, self.registry_config, self._pull_progress)
             except StoreError as e:
                 raise BuildError(str(e)) from None
         self._pulled[name] = image
         return image
+
+    def _pull_progress(self, p) -> None:
+        if p.done == p.total and self.progress is not None:
+            self.progress.note(f"pulled {p.digest[:19]} {p.total / 1e6:.1f}MB")
 
     def config_doc(self, image: Image) -> dict:
         try:
@@ -149,7 +154,7 @@ class Build:
         build_args = dict(build_args or {})
         if isinstance(context, str):
             context = Context.open(context)
-        progress = Progress(out or sys.stdout, self.quiet)
+        progress = self.progress = Progress(out or sys.stdout, self.quiet)
         stages = df.stage_order(dockerfile, target, build_args,
                                 df.platform_args("linux", host_architecture()))
         epoch = self.source_date_epoch
