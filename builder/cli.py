@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-u", "--username", required=True)
     p.add_argument("-p", "--password", help="(default: read from stdin)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    _registry_flags(p)
 
     p = command("tag", "give an image another name")
     p.add_argument("source", metavar="SOURCE[:TAG]")

@@ -10,6 +10,7 @@ Interface (the executor, buildcmd/executor, relies on it):
   Dockerfile.meta_args: tuple[Arg, ...]                ARGs before the first FROM
   Dockerfile.stages:    tuple[Stage, ...]
   Dockerfile.escape:    "\\" or "`" (the `# escape=` directive); .syntax: the `# syntax=` value
+                       (accepted and otherwise ignored: no frontend image is ever run)
   Stage.index, .name ("" when unnamed, else lower-cased), .base (FROM's image word, unexpanded),
        .platform (FROM --platform, unexpanded, "" when absent), .instructions (FROM excluded),
        .line, .original
@@ -17,9 +18,15 @@ Interface (the executor, buildcmd/executor, relies on it):
        words; shell form: one string), .exec_form, .line (1-based, first line), .end_line,
        .original (as written, continuations joined: what progress prints), .pairs,
        .healthcheck
-  stage_order(df, target, build_args) -> list[ResolvedStage]   the stages the target needs, in
-       build order, with each FROM expanded by the meta ARGs; refuses missing stages, cycles,
-       ARGs without value in FROM (DockerfileError naming the line)
+  stage_order(df, target, build_args, auto_args=None) -> list[ResolvedStage]   the stages the
+       target needs, in build order, with each FROM expanded by the meta ARGs; refuses missing
+       stages, cycles, ARGs without value in FROM (DockerfileError naming the line).
+       build_args: {name: value}, a None value counting as not given; auto_args:
+       platform_args(os, arch) for TARGETARCH and the like
+  ResolvedStage.stage, .index, .name, .base (expanded), .base_stage (index or None),
+       .is_scratch, .platform (expanded), .deps (stage indexes), .from_images,
+       .copy_from {COPY line: stage index | image ref}, .meta_args (for StageState.start)
+  unused_build_args(df, order, build_args) -> the build args no ARG of the build declares
 
 Instruction.args, per keyword (words are as written: quotes kept and variables unexpanded,
 except where said; StageState.expand / copy_spec expand them as Docker does):
@@ -42,25 +49,37 @@ Flags are `--name=value` words before the arguments; a boolean flag (`--link`) m
 is stored as "true" or "false". Each instruction takes only its own flags; the ones this
 builder does not implement (RUN --mount/--network/--security/--device, COPY --exclude/--parents,
 ADD --checksum/--keep-git-dir/--unpack/--exclude) are refused by name, as are ONBUILD and
-heredocs (`RUN <<EOF`).
+heredocs in COPY and ADD. A RUN with heredocs (`RUN <<EOF`) becomes shell form as in BuildKit:
+args is (the script,) when the command is the heredoc alone, else (the line, then each body and
+its terminator,) for the shell to read; .heredocs keeps the bodies.
 
 Errors are one line, `<path>:<line>: <what>`, or `<path>: <what>` when no line applies.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from builder import shellwords
-from builder.errors import BuildError
+from builder.dockerfile_text import (
+    WHITESPACE,
+    DockerfileError,
+    Heredoc,
+    JSONArrayError,
+    LogicalLine,
+    error,
+    is_reference,
+    json_array,
+    logical_lines,
+    parse_duration,
+    split_flags,
+)
 
-
-class DockerfileError(BuildError):
-    """A Dockerfile that cannot be built: the message names the file and, where one applies,
-    the line."""
+__all__ = ["Arg", "Dockerfile", "DockerfileError", "Healthcheck", "Heredoc", "Instruction",
+           "ResolvedStage", "Stage", "find_stage", "is_reference", "meta_arg_values", "parse",
+           "parse_duration", "platform_args", "stage_order", "unused_build_args"]
 
 
 # -- the parsed shapes ---------------------------------------------------------------------
@@ -95,6 +114,7 @@ class Instruction:
     end_line: int = 0
     pairs: tuple[tuple[str, str | None], ...] = ()
     healthcheck: Healthcheck | None = None
+    heredocs: tuple[Heredoc, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +142,7 @@ class Dockerfile:
     syntax: str | None = None
 
     def error(self, line: int | None, message: str) -> DockerfileError:
-        return _error(self.path, line, message)
-
-
-def _error(path: str, line: int | None, message: str) -> DockerfileError:
-    return DockerfileError(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+        return error(self.path, line, message)
 
 
 # -- instruction table ---------------------------------------------------------------------
@@ -147,136 +163,10 @@ _UNSUPPORTED_FLAGS: dict[str, frozenset[str]] = {
 KEYWORDS = frozenset({"FROM", "RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD", "ENV", "LABEL",
                       "ARG", "EXPOSE", "VOLUME", "USER", "WORKDIR", "STOPSIGNAL", "MAINTAINER",
                       "HEALTHCHECK", "ONBUILD"})
-# The instructions whose words Docker expands with the build's variables.
-EXPANDING = frozenset({"ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER",
-                       "VOLUME", "WORKDIR", "ARG"})
-
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
-_KNOWN_DIRECTIVES = frozenset({"syntax", "escape", "check"})
-_WHITESPACE = re.compile(r"[\t\v\f\r ]+")
-_HEREDOC = re.compile(r"^(\d*)<<(-?)([^<]*)$")
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
-_BOM = "\ufeff"
-
-
-def _continuation(escape: str) -> re.Pattern[str]:
-    e = re.escape(escape)
-    # the escape token at the end of a line (before spaces or tabs) continues it, unless it is
-    # itself escaped; on a line of its own it continues too
-    return re.compile(rf"([^{e}]){e}[ \t]*$|^{e}[ \t]*$")
-
-
-def _is_comment(raw: str) -> bool:
-    return raw.lstrip().startswith("#")
-
-
-@dataclass(slots=True)
-class _Line:
-    text: str
-    start: int
-    end: int
-
-
-def _logical_lines(text: str, path: str) -> tuple[list[_Line], str, str | None]:
-    """Split into instructions: directives read, comments dropped, continuations joined."""
-    raw = text.split("\n")
-    if raw and raw[-1] == "":
-        raw.pop()
-    raw = [r[:-1] if r.endswith("\r") else r for r in raw]
-    if raw and raw[0].startswith(_BOM):
-        raw[0] = raw[0][len(_BOM):]
-
-    escape = shellwords.DEFAULT_ESCAPE
-    syntax: str | None = None
-    seen: set[str] = set()
-    i = 0
-    while i < len(raw):
-        stripped = raw[i].lstrip()
-        m = _DIRECTIVE.match(stripped) if stripped.startswith("#") else None
-        if not m or m.group(1).lower() not in _KNOWN_DIRECTIVES:
-            break
-        key, value = m.group(1).lower(), m.group(2)
-        if key in seen:
-            raise _error(path, i + 1, f"only one {key} parser directive can be used")
-        seen.add(key)
-        if key == "escape":
-            if value not in ("\\", "`"):
-                raise _error(path, i + 1,
-                             f"invalid escape token '{value}' does not match ` or \\")
-            escape = value
-        elif key == "syntax":
-            syntax = value
-        i += 1
-
-    cont = _continuation(escape)
-    lines: list[_Line] = []
-    n = len(raw)
-    i = 0
-    while i < n:
-        first = raw[i].lstrip()
-        start = i + 1
-        i += 1
-        if first.startswith("#"):
-            continue
-        line, more = _trim_continuation(first, cont)
-        if not more and not line.strip():
-            continue
-        while more and i < n:
-            nxt = raw[i]
-            i += 1
-            if _is_comment(nxt) or not nxt.strip():
-                continue  # comments and blank lines inside a continuation are skipped
-            part, more = _trim_continuation(nxt, cont)
-            line += part
-        lines.append(_Line(line, start, i))
-    return lines, escape, syntax
-
-
-def _trim_continuation(line: str, cont: re.Pattern[str]) -> tuple[str, bool]:
-    if cont.search(line):
-        return cont.sub(r"\1", line, count=1), True
-    return line, False
 
 
 # -- flags ----------------------------------------------------------------------------------
-
-def _split_flags(rest: str) -> tuple[list[str], str]:
-    """The leading `--flag[=value]` words (quotes and backslashes in them processed), and the
-    rest of the line. A lone `--` ends the flags."""
-    flags: list[str] = []
-    i, n = 0, len(rest)
-    while True:
-        while i < n and rest[i].isspace():
-            i += 1
-        if not rest.startswith("--", i):
-            return flags, rest[i:]
-        word: list[str] = []
-        quote = ""
-        while i < n:
-            ch = rest[i]
-            if quote:
-                if ch == quote:
-                    quote = ""
-                elif ch == "\\" and i + 1 < n:
-                    i += 1
-                    word.append(rest[i])
-                else:
-                    word.append(ch)
-            elif ch.isspace():
-                break
-            elif ch in "'\"":
-                quote = ch
-            elif ch == "\\" and i + 1 < n:
-                i += 1
-                word.append(rest[i])
-            else:
-                word.append(ch)
-            i += 1
-        text = "".join(word)
-        if text == "--":
-            return flags, rest[i:].lstrip()
-        flags.append(text)
-
 
 def _parse_flags(keyword: str, words: list[str], path: str, line: int) -> dict[str, str]:
     strings, bools = _FLAGS.get(keyword, (frozenset(), frozenset()))
@@ -285,90 +175,43 @@ def _parse_flags(keyword: str, words: list[str], path: str, line: int) -> dict[s
     for word in words:
         name, eq, value = word[2:].partition("=")
         if name in unsupported:
-            raise _error(path, line, f"{keyword} --{name} is not supported by this builder")
+            raise error(path, line, f"{keyword} --{name} is not supported by this builder")
         if name not in strings and name not in bools:
-            raise _error(path, line, f"unknown flag: --{name}")
+            raise error(path, line, f"unknown flag: --{name}")
         if name in out:
-            raise _error(path, line, f"duplicate flag specified: --{name}")
+            raise error(path, line, f"duplicate flag specified: --{name}")
         if name in bools:
             if not eq:
                 value = "true"
             elif value.lower() not in ("true", "false"):
-                raise _error(path, line,
+                raise error(path, line,
                              f"expecting boolean value for flag {name}, not: {value}")
             value = value.lower()
         elif not eq:
-            raise _error(path, line, f"missing a value on flag: --{name}")
+            raise error(path, line, f"missing a value on flag: --{name}")
         out[name] = value
     return out
 
 
 # -- argument forms -------------------------------------------------------------------------
 
-class _JSONError(ValueError):
-    pass
-
-
-def _maybe_json(rest: str) -> list[str] | None:
-    """The strings of a JSON array, or None when the text is not meant as one. Text that starts
-    like an array of strings (`["`, `['` or `[]`) must be one: Docker would quietly run a
-    broken array through the shell, which only fails later, with a confusing error; a shell
-    command that merely starts with `[` (`[ -f x ] && ...`) stays shell form."""
-    text = rest.strip()
-    if not text.startswith("["):
-        return None
-    after = text[1:].lstrip()
-    if not after or after[0] not in "\"']":
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise _JSONError(str(exc).split(":")[0] if after[0] != "'" else
-                         "strings must be in double quotes") from None
-    if not isinstance(value, list):
-        raise _JSONError("not a JSON array")
-    if not all(isinstance(v, str) for v in value):
-        raise _JSONError("when using JSON array syntax, arrays must be comprised of strings only")
-    return value
-
-
-def _heredoc_words(rest: str) -> list[str]:
-    found = []
-    for word in shellwords.split_words(rest):
-        m = _HEREDOC.match(word)
-        if m and m.group(3):
-            found.append(word)
-    return found
+def _heredoc_command(rest: str, docs: tuple[Heredoc, ...], err) -> str:
+    """A RUN with here-documents as the shell-form text BuildKit runs: a command that is one
+    heredoc alone runs its body as the script; anything else is the line followed by each body
+    and its terminator, for the shell to read as real here-documents. Bodies are never
+    expanded by the builder (BuildKit ignores the quoting of the name for RUN)."""
+    if len(docs) == 1 and rest.strip() == docs[0].word:
+        body = docs[0].content
+        if docs[0].chomp:
+            body = re.sub(r"(?m)^\t+", "", body)
+        if body.startswith("#!"):
+            raise err("RUN with a #! heredoc (a script run by its interpreter) is not "
+                      "supported by this builder")
+        return body
+    return rest + "".join("\n" + d.content + d.name for d in docs)
 
 
 # -- one instruction ------------------------------------------------------------------------
-
-_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
-                   "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-
-
-def parse_duration(text: str) -> int:
-    """Go's time.ParseDuration, in nanoseconds ("1m30s", "500ms", "0")."""
-    s = text
-    sign = 1
-    if s[:1] in "+-":
-        sign = -1 if s[0] == "-" else 1
-        s = s[1:]
-    if s == "0":
-        return 0
-    if not s:
-        raise ValueError(f'time: invalid duration "{text}"')
-    total = 0.0
-    pos = 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if not m:
-            raise ValueError(f'time: invalid duration "{text}"')
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    return sign * int(round(total))
-
 
 _MIN_HEALTH_DURATION = 1_000_000  # 1ms, Docker's container.MinimumDuration
 
@@ -380,40 +223,44 @@ def _health_duration(flags: dict[str, str], name: str, path: str, line: int) -> 
     try:
         d = parse_duration(value)
     except ValueError as exc:
-        raise _error(path, line, f"HEALTHCHECK --{name}: {exc}") from None
+        raise error(path, line, f"HEALTHCHECK --{name}: {exc}") from None
     if d == 0:
         return 0
     if d < _MIN_HEALTH_DURATION:
-        raise _error(path, line, f'Interval "{name}" cannot be less than 1ms')
+        raise error(path, line, f'Interval "{name}" cannot be less than 1ms')
     return d
 
 
-def _parse_instruction(ln: _Line, escape: str, path: str) -> Instruction:
+def _parse_instruction(ln: LogicalLine, escape: str, path: str) -> Instruction:
     stripped = ln.text.strip()
-    parts = _WHITESPACE.split(stripped, maxsplit=1)
+    parts = WHITESPACE.split(stripped, maxsplit=1)
     word = parts[0]
     keyword = word.upper()
     rest = parts[1] if len(parts) > 1 else ""
     line = ln.start
 
     def err(message: str) -> DockerfileError:
-        return _error(path, line, message)
+        return error(path, line, message)
 
     if keyword not in KEYWORDS:
         raise err(f"unknown instruction: {word}")
     if keyword == "ONBUILD":
         raise err("ONBUILD is not supported by this builder")
-    flag_words, rest = _split_flags(rest)
+    flag_words, rest = split_flags(rest)
     rest = rest.strip()
     flags = _parse_flags(keyword, flag_words, path, line)
     base = dict(keyword=keyword, flags=flags, line=line, original=stripped, end_line=ln.end)
 
-    if keyword in ("RUN", "COPY", "ADD") and not rest.startswith("[") and _heredoc_words(rest):
-        raise err(f"heredocs ({_heredoc_words(rest)[0]}) are not supported by this builder")
+    if ln.heredocs:
+        if keyword != "RUN":
+            raise err(f"{keyword} with a heredoc ({ln.heredocs[0].word}) is not supported by "
+                      "this builder")
+        return Instruction(args=(_heredoc_command(rest, ln.heredocs, err),), heredocs=ln.heredocs,
+                           **base)
 
     try:
         if keyword in ("RUN", "CMD", "ENTRYPOINT", "SHELL"):
-            words = _maybe_json(rest)
+            words = json_array(rest)
             if words is not None:
                 return Instruction(args=tuple(words), exec_form=True, **base)
             if keyword == "SHELL":
@@ -422,10 +269,10 @@ def _parse_instruction(ln: _Line, escape: str, path: str) -> Instruction:
                 raise err(f"{keyword} requires at least one argument")
             return Instruction(args=(rest,), **base)
         if keyword in ("COPY", "ADD", "VOLUME"):
-            words = _maybe_json(rest)
+            words = json_array(rest)
             exec_form = words is not None
             if words is None:
-                words = _WHITESPACE.split(rest) if rest else []
+                words = WHITESPACE.split(rest) if rest else []
             if keyword == "VOLUME":
                 if not words:
                     raise err("VOLUME requires at least one argument")
@@ -437,7 +284,7 @@ def _parse_instruction(ln: _Line, escape: str, path: str) -> Instruction:
             return Instruction(args=tuple(words), exec_form=exec_form, **base)
         if keyword == "HEALTHCHECK":
             return _parse_healthcheck(rest, base, flags, path, line)
-    except _JSONError as exc:
+    except JSONArrayError as exc:
         raise err(f"malformed JSON in exec form: {exc}") from None
 
     if keyword in ("ENV", "LABEL"):
@@ -461,7 +308,7 @@ def _parse_instruction(ln: _Line, escape: str, path: str) -> Instruction:
             arg_pairs.append((name, value if eq else None))
         return Instruction(args=tuple(n for n, _ in arg_pairs), pairs=tuple(arg_pairs), **base)
     if keyword in ("FROM", "EXPOSE"):
-        words = _WHITESPACE.split(rest) if rest else []
+        words = WHITESPACE.split(rest) if rest else []
         if not words:
             raise err(f"{keyword} requires at least one argument")
         return Instruction(args=tuple(words), **base)
@@ -477,7 +324,7 @@ def _parse_name_values(keyword: str, rest: str, escape: str, err) -> list[tuple[
         raise err(f"{keyword} requires at least one argument")
     if "=" not in words[0]:
         # the legacy form: KEY rest-of-line
-        parts = _WHITESPACE.split(rest, maxsplit=1)
+        parts = WHITESPACE.split(rest, maxsplit=1)
         if len(parts) < 2:
             raise err(f"{keyword} must have two arguments")
         return [(parts[0], parts[1])]
@@ -494,26 +341,26 @@ def _parse_name_values(keyword: str, rest: str, escape: str, err) -> list[tuple[
 
 def _parse_healthcheck(rest: str, base: dict, flags: dict[str, str], path: str,
                        line: int) -> Instruction:
-    parts = _WHITESPACE.split(rest, maxsplit=1) if rest else []
+    parts = WHITESPACE.split(rest, maxsplit=1) if rest else []
     if not parts:
-        raise _error(path, line, "HEALTHCHECK requires at least one argument")
+        raise error(path, line, "HEALTHCHECK requires at least one argument")
     kind = parts[0].upper()
     cmd = parts[1].strip() if len(parts) > 1 else ""
     if kind == "NONE":
         if cmd:
-            raise _error(path, line, "HEALTHCHECK NONE takes no arguments")
+            raise error(path, line, "HEALTHCHECK NONE takes no arguments")
         return Instruction(args=(), healthcheck=Healthcheck(test=("NONE",)), **base)
     if kind != "CMD":
-        raise _error(path, line, f'Unknown type "{kind}" in HEALTHCHECK (try CMD)')
-    words = _maybe_json(cmd)
+        raise error(path, line, f'Unknown type "{kind}" in HEALTHCHECK (try CMD)')
+    words = json_array(cmd)
     if words is not None:
         if not words:
-            raise _error(path, line, "Missing command after HEALTHCHECK CMD")
+            raise error(path, line, "Missing command after HEALTHCHECK CMD")
         test = ("CMD", *words)
         args, exec_form = tuple(words), True
     else:
         if not cmd:
-            raise _error(path, line, "Missing command after HEALTHCHECK CMD")
+            raise error(path, line, "Missing command after HEALTHCHECK CMD")
         test = ("CMD-SHELL", cmd)
         args, exec_form = (cmd,), False
     retries = 0
@@ -521,10 +368,10 @@ def _parse_healthcheck(rest: str, base: dict, flags: dict[str, str], path: str,
         try:
             retries = int(flags["retries"])
         except ValueError:
-            raise _error(path, line, f"HEALTHCHECK --retries: invalid number "
+            raise error(path, line, f"HEALTHCHECK --retries: invalid number "
                                      f"{flags['retries']!r}") from None
         if retries < 0:
-            raise _error(path, line, f"--retries cannot be negative ({retries})")
+            raise error(path, line, f"--retries cannot be negative ({retries})")
     hc = Healthcheck(test=test,
                      interval=_health_duration(flags, "interval", path, line),
                      timeout=_health_duration(flags, "timeout", path, line),
@@ -538,9 +385,9 @@ def _parse_healthcheck(rest: str, base: dict, flags: dict[str, str], path: str,
 
 def parse(text: str, path: str = "Dockerfile") -> Dockerfile:
     """Parse a Dockerfile's text into its meta ARGs and stages. Pure; raises DockerfileError."""
-    lines, escape, syntax = _logical_lines(text, path)
+    lines, escape, syntax = logical_lines(text, path)
     if not lines:
-        raise _error(path, None, "no instructions")
+        raise error(path, None, "no instructions")
     meta: list[Arg] = []
     stages: list[Stage] = []
     current: list[Instruction] | None = None
@@ -560,12 +407,12 @@ def parse(text: str, path: str = "Dockerfile") -> Dockerfile:
             if ins.keyword == "ARG":
                 meta.extend(Arg(n, d, ins.line) for n, d in ins.pairs)
                 continue
-            raise _error(path, ins.line, f"no FROM before {ins.keyword}")
+            raise error(path, ins.line, f"no FROM before {ins.keyword}")
         assert current is not None
         current.append(ins)
     close()
     if not stages:
-        raise _error(path, None, "no FROM: the Dockerfile has no build stage")
+        raise error(path, None, "no FROM: the Dockerfile has no build stage")
     return Dockerfile(path=path, escape=escape, meta_args=tuple(meta), stages=tuple(stages),
                       syntax=syntax)
 
@@ -576,10 +423,10 @@ def _stage(index: int, ins: Instruction, body: list[Instruction], path: str) -> 
     if len(args) == 3 and args[1].lower() == "as":
         name = args[2].lower()
         if not _STAGE_NAME.match(name):
-            raise _error(path, ins.line, f"invalid name for build stage: {args[2]!r}, name "
+            raise error(path, ins.line, f"invalid name for build stage: {args[2]!r}, name "
                                          "can't start with a number or contain symbols")
     elif len(args) != 1:
-        raise _error(path, ins.line, "FROM requires either one or three arguments")
+        raise error(path, ins.line, "FROM requires either one or three arguments")
     return Stage(index=index, name=name, base=args[0], platform=ins.flags.get("platform", ""),
                  instructions=tuple(body), line=ins.line, original=ins.original)
 
@@ -588,7 +435,6 @@ def _stage(index: int, ins: Instruction, body: list[Instruction], path: str) -> 
 
 SCRATCH = "scratch"
 
-# Build args every RUN may see without an ARG, and that never enter the image or a cache key.
 PROXY_ARGS = frozenset({"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
                         "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"})
 
@@ -649,7 +495,7 @@ def meta_arg_values(df: Dockerfile, build_args: Mapping[str, str | None] | None 
             except shellwords.ShellWordError as exc:
                 raise df.error(arg.line, f"ARG {arg.name}: {exc}") from None
         else:
-            values[arg.name] = None
+            values.setdefault(arg.name, None)  # `ARG TARGETARCH` keeps the automatic value
     return values
 
 
@@ -674,7 +520,7 @@ def stage_order(df: Dockerfile, target: str | None = None,
     resolved: list[ResolvedStage] = []
     for st in df.stages:
         try:
-            base = shellwords.expand(st.base, env, df.escape)
+            base, unset = shellwords.expand_reporting(st.base, env, df.escape)
             platform = shellwords.expand(st.platform, env, df.escape) if st.platform else ""
         except shellwords.ShellWordError as exc:
             raise df.error(st.line, f"FROM: {exc}") from None
@@ -686,6 +532,12 @@ def stage_order(df: Dockerfile, target: str | None = None,
         for earlier in df.stages[:st.index]:
             if earlier.name and earlier.name == base.lower():
                 base_stage = earlier.index  # the latest earlier definition
+        if base_stage is None and not is_reference(base):
+            hint = ""
+            if unset:
+                names = ", ".join(sorted(unset))
+                hint = f"; {names} had no value (an ARG before the first FROM, or --build-arg)"
+            raise df.error(st.line, f"invalid reference format: {base!r} (FROM {st.base}{hint})")
         deps: set[int] = set() if base_stage is None else {base_stage}
         images: list[str] = []
         copy_from: dict[int, int | str] = {}
@@ -713,6 +565,19 @@ def stage_order(df: Dockerfile, target: str | None = None,
     needed: set[int] = set()
     _visit(df, resolved, want, needed, [])
     return [r for r in resolved if r.index in needed]
+
+
+def unused_build_args(df: Dockerfile, order: list[ResolvedStage],
+                      build_args: Mapping[str, str | None]) -> list[str]:
+    """The --build-arg names that no ARG of the stages built (nor of the global scope)
+    declares, proxy args aside: Docker's legacy builder warned "One or more build-args were not
+    consumed"."""
+    declared = {a.name for a in df.meta_args}
+    for rs in order:
+        for ins in rs.stage.instructions:
+            if ins.keyword == "ARG":
+                declared.update(name for name, _ in ins.pairs)
+    return sorted(k for k in build_args if k not in declared and k not in PROXY_ARGS)
 
 
 def _visit(df: Dockerfile, resolved: list[ResolvedStage], index: int, needed: set[int],
@@ -746,6 +611,9 @@ def _copy_source(df: Dockerfile, st: Stage, ins: Instruction) -> int | str:
             raise df.error(ins.line, f"COPY --from={word}: there is no stage {index} (the "
                            f"Dockerfile has {len(df.stages)})")
     if index is None:
+        if not is_reference(word):
+            raise df.error(ins.line, f"COPY --from={word}: no stage of that name, and not an "
+                           "image reference")
         return word  # an image reference
     if index >= st.index:
         what = "itself" if index == st.index else "a later stage"

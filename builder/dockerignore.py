@@ -56,25 +56,29 @@ def clean(path: str) -> str:
     return out
 
 
+def normalize(pattern: str) -> str:
+    """One pattern as the ignore file's reader leaves it: trimmed, cleaned, one leading "/"
+    dropped, a leading "!" kept ("" for a blank line)."""
+    pattern = pattern.strip()
+    invert = pattern.startswith("!")
+    if invert:
+        pattern = pattern[1:].strip()
+    if pattern:
+        pattern = clean(pattern)
+        if len(pattern) > 1 and pattern.startswith("/"):
+            pattern = pattern[1:]
+    return "!" + pattern if invert else pattern
+
+
 def read_patterns(text: str, path: str = IGNORE_FILE) -> list[tuple[str, int]]:
     """The patterns of an ignore file's text, each with its line number."""
     out: list[tuple[str, int]] = []
     for number, line in enumerate(text.split("\n"), start=1):
         if number == 1:
             line = line.removeprefix("\ufeff")
-        if line.startswith("#"):
+        if line.startswith("#") or not line.strip():
             continue
-        pattern = line.strip()
-        if not pattern:
-            continue
-        invert = pattern.startswith("!")
-        if invert:
-            pattern = pattern[1:].strip()
-        if pattern:
-            pattern = clean(pattern)
-            if len(pattern) > 1 and pattern.startswith("/"):
-                pattern = pattern[1:]
-        out.append(("!" + pattern if invert else pattern, number))
+        out.append((normalize(line), number))
     return out
 
 
@@ -245,10 +249,12 @@ class Matcher:
     __slots__ = ("patterns", "has_exceptions")
 
     def __init__(self, patterns: Sequence[str | tuple[str, int]], path: str = IGNORE_FILE):
+        """`patterns` as written in an ignore file (each normalised as the reader does), or
+        (pattern, line) pairs from read_patterns, whose line numbers errors name."""
         compiled = []
         for item in patterns:
             text, line = (item, 0) if isinstance(item, str) else item
-            text = text.strip()
+            text = normalize(text)
             if not text:
                 continue
             try:

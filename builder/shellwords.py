@@ -12,7 +12,7 @@ The rules are BuildKit's lexer's:
   patterns. `${}` is "bad substitution", any other modifier "unsupported modifier".
 - Single quotes are literal. Inside double quotes the escape character escapes only `"`, `$`
   and itself (elsewhere it stays); unquoted, it escapes any character and is dropped.
-- The escape character is `\\` or, under the directive `# escape=` + "`", the backtick.
+- The escape character is the backslash, or the backtick under the `escape` directive.
 
 `split_words` is the parser's word splitter (quotes kept, for ENV/LABEL/ARG); `expand_words`
 expands and then splits where expansion or plain text put unquoted whitespace (EXPOSE).
@@ -73,6 +73,7 @@ class _Lexer:
         self.pos = 0
         self.env = env  # None: leave every $ as written (quote removal only)
         self.escape = escape
+        self.unset: set[str] = set()
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -88,6 +89,7 @@ class _Lexer:
         assert self.env is not None
         if name in self.env:
             return self.env[name], True
+        self.unset.add(name)
         return "", False
 
     # processStopOn: the whole input (stop="") or up to an unescaped stop character
@@ -193,6 +195,8 @@ class _Lexer:
             raise ShellWordError("syntax error: bad substitution")
         name = self.name()
         ch = self.next()
+        if not ch:
+            raise ShellWordError("syntax error: missing '}'")
         if ch == "}":
             return self.lookup(name)[0]
         if ch == "/":
@@ -309,6 +313,13 @@ class _LateSuffix:
 def expand(word: str, env: Mapping[str, str], escape: str = DEFAULT_ESCAPE) -> str:
     """One word, expanded and with its quotes removed (BuildKit's ProcessWord)."""
     return _Lexer(word, env, escape).until("")[0]
+
+
+def expand_reporting(word: str, env: Mapping[str, str],
+                     escape: str = DEFAULT_ESCAPE) -> tuple[str, frozenset[str]]:
+    """`expand`, and the names it found unset (for errors that say which ARG had no value)."""
+    lexer = _Lexer(word, env, escape)
+    return lexer.until("")[0], frozenset(lexer.unset)
 
 
 def expand_words(text: str, env: Mapping[str, str], escape: str = DEFAULT_ESCAPE) -> list[str]:

@@ -36,16 +36,18 @@ import copy
 import json
 import posixpath
 import time as _time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from builder import shellwords
+from builder.configfmt import check_signal, go_duration, go_list, go_quote_list, parse_port
 from builder.dockerfile import (
     PROXY_ARGS,
     DockerfileError,
     Healthcheck,
     Instruction,
 )
+from builder.dockerfile_text import error
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -56,14 +58,6 @@ METADATA = frozenset({"ENV", "ARG", "LABEL", "USER", "EXPOSE", "VOLUME", "CMD", 
                       "HEALTHCHECK", "SHELL", "STOPSIGNAL", "MAINTAINER"})
 # Instructions whose work the executor does, recording it with commit().
 LAYER_STEPS = frozenset({"RUN", "COPY", "ADD", "WORKDIR"})
-
-_SIGNALS = {
-    "ABRT": 6, "ALRM": 14, "BUS": 7, "CHLD": 17, "CLD": 17, "CONT": 18, "FPE": 8, "HUP": 1,
-    "ILL": 4, "INT": 2, "IO": 29, "IOT": 6, "KILL": 9, "PIPE": 13, "POLL": 29, "PROF": 27,
-    "PWR": 30, "QUIT": 3, "SEGV": 11, "STKFLT": 16, "STOP": 19, "SYS": 31, "TERM": 15,
-    "TRAP": 5, "TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "USR1": 10, "USR2": 12,
-    "VTALRM": 26, "WINCH": 28, "XCPU": 24, "XFSZ": 25,
-}
 
 
 def build_time(source_date_epoch: str | int | None, now: float) -> str:
@@ -89,47 +83,6 @@ def rfc3339(seconds: float) -> str:
     return stamp + "Z"
 
 
-def go_duration(ns: int) -> str:
-    """Go's time.Duration.String(): 0s, 1.5s, 5m0s, 1h0m0s, 300ms."""
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < 1_000:
-        return f"{sign}{ns}ns"
-    if ns < 1_000_000:
-        return sign + _frac(ns, 1_000) + "µs"
-    if ns < 1_000_000_000:
-        return sign + _frac(ns, 1_000_000) + "ms"
-    h, rem = divmod(ns, 3_600_000_000_000)
-    m, rem = divmod(rem, 60_000_000_000)
-    s = _frac(rem, 1_000_000_000) + "s"
-    if h:
-        return f"{sign}{h}h{m}m{s}"
-    if m:
-        return f"{sign}{m}m{s}"
-    return sign + s
-
-
-def _frac(value: int, unit: int) -> str:
-    whole, rest = divmod(value, unit)
-    if not rest:
-        return str(whole)
-    digits = str(rest).rjust(len(str(unit)) - 1, "0").rstrip("0")
-    return f"{whole}.{digits}"
-
-
-def go_quote_list(items: Sequence[str]) -> str:
-    """Go's %q of a []string: ["a" "b"] (JSON-style escapes stand in for Go's, which agree for
-    printable text)."""
-    return "[" + " ".join(json.dumps(s, ensure_ascii=False) for s in items) + "]"
-
-
-def go_list(items: Sequence[str]) -> str:
-    """Go's %v of a []string: [a b]."""
-    return "[" + " ".join(items) + "]"
-
-
 @dataclass(frozen=True, slots=True)
 class CopySpec:
     """A COPY or ADD with its words expanded: the sources as written (relative to the context
@@ -146,6 +99,7 @@ class CopySpec:
 
 @dataclass(frozen=True, slots=True)
 class StageState:
+    """One stage's config, environment and ARG scope, history and layers so far."""
     env: tuple[tuple[str, str], ...]
     args: tuple[tuple[str, str | None], ...]  # the stage's declared ARGs, in order
     meta_args: Mapping[str, str | None] = field(hash=False)
@@ -164,8 +118,9 @@ class StageState:
     # -- construction -----------------------------------------------------------------------
 
     @classmethod
-    def start(cls, base_config: Mapping | None, *, meta_args: Mapping[str, str | None] = {},
-              build_args: Mapping[str, str | None] = {}, created: str = "",
+    def start(cls, base_config: Mapping | None, *,
+              meta_args: Mapping[str, str | None] | None = None,
+              build_args: Mapping[str, str | None] | None = None, created: str = "",
               escape: str = "\\", path: str = "Dockerfile",
               platform: tuple[str, str, str] = ("linux", "amd64", "")) -> StageState:
         """A stage's state from its base image's config document (None for scratch: Docker's
@@ -190,8 +145,8 @@ class StageState:
             if platform[2]:
                 base["variant"] = platform[2]
         rootfs = doc.get("rootfs") or {}
-        given = {k: v for k, v in build_args.items() if v is not None}
-        return cls(env=tuple(env), args=(), meta_args=dict(meta_args), build_args=given,
+        given = {k: v for k, v in (build_args or {}).items() if v is not None}
+        return cls(env=tuple(env), args=(), meta_args=dict(meta_args or {}), build_args=given,
                    config=cfg, history=tuple(doc.get("history") or ()),
                    diff_ids=tuple(rootfs.get("diff_ids") or ()), base=base, created=created,
                    escape=escape, path=path, onbuild=onbuild)
@@ -353,8 +308,7 @@ class StageState:
     # -- helpers ----------------------------------------------------------------------------
 
     def _error(self, line: int, message: str) -> DockerfileError:
-        return DockerfileError(f"{self.path}:{line}: {message}" if line
-                               else f"{self.path}: {message}")
+        return error(self.path, line, message)
 
     def _set(self, **fields) -> StageState:
         cfg = dict(self.config)
@@ -457,28 +411,6 @@ def _workdir(st: StageState, ins: Instruction) -> StageState:
     return replace(st, mkdir=path)
 
 
-def parse_port(spec: str) -> list[str]:
-    """One EXPOSE word as Docker normalises it: 80 -> 80/tcp, 53/UDP -> 53/udp, and a range
-    8000-8001 -> one key per port."""
-    port, _, proto = spec.partition("/")
-    proto = (proto or "tcp").lower()
-    if proto not in ("tcp", "udp", "sctp"):
-        raise ValueError(f"invalid proto: {proto}")
-    if ":" in port:  # ip:hostport:port is accepted by Docker with a warning; the last part counts
-        port = port.rsplit(":", 1)[1]
-    lo, dash, hi = port.partition("-")
-    try:
-        start = int(lo)
-        end = int(hi) if dash else start
-    except ValueError:
-        raise ValueError(f"invalid containerPort: {port}") from None
-    if not (0 < start <= 65535) or not (0 < end <= 65535):
-        raise ValueError(f"invalid containerPort: {port}")
-    if end < start:
-        raise ValueError(f"invalid range specified for container port: {port}")
-    return [f"{p}/{proto}" for p in range(start, end + 1)]
-
-
 def _expose(st: StageState, ins: Instruction) -> StageState:
     try:
         words = shellwords.expand_words(" ".join(ins.args), st.expansion_env(), st.escape)
@@ -546,20 +478,6 @@ def _healthcheck(st: StageState, ins: Instruction) -> StageState:
 
 def _shell(st: StageState, ins: Instruction) -> StageState:
     return st._set(Shell=list(ins.args))._with_history("SHELL " + go_list(list(ins.args)), True)
-
-
-def check_signal(sig: str) -> str:
-    """STOPSIGNAL's value as Docker accepts it: a positive number, or a name with or without
-    SIG in any case; stored as written."""
-    if sig.isdigit():
-        if int(sig) == 0:
-            raise ValueError(f"invalid signal: {sig}")
-        return sig
-    name = sig.upper()
-    name = name[3:] if name.startswith("SIG") else name
-    if name not in _SIGNALS and not name.startswith("RTMIN") and not name.startswith("RTMAX"):
-        raise ValueError(f"invalid signal: {sig}")
-    return sig
 
 
 def _stopsignal(st: StageState, ins: Instruction) -> StageState:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 
 from moorage.cli.commands import Context, out
@@ -19,6 +21,8 @@ from moorage.cli.errors import CliError
 EXAMPLES = """\
   moor stack deploy -c compose.yaml shop      its services run in namespace "shop"
   moor stack deploy -c app/compose.yaml       stack name: the file's directory ("app")
+  moor stack deploy --build -c compose.yaml shop
+                                              build and push services with build: first
   moor stack ls
   moor stack ps shop
   moor stack rm shop                          its volumes stay (moor volume ls -n shop)"""
@@ -37,6 +41,10 @@ def add_commands(sub, add_globals) -> None:
                              description="Translate the Compose file and apply every object "
                              "in one transaction; nothing is applied if any key is unsupported.")
     act.add_argument("-c", "--compose-file", required=True, metavar="FILE")
+    act.add_argument("--build", action="store_true",
+                     help="first build each service that has build: (on this machine, as "
+                     "root) and push it to its image: name; nothing is deployed if a build "
+                     "fails")
     act.add_argument("name", nargs="?", metavar="NAME",
                      help="the stack (and its namespace); default: the file's directory name")
     add_globals(act, suppress=True)
@@ -84,12 +92,45 @@ def deploy(ctx: Context) -> int:
     client = ctx.client()
     _check_external(client, name, result.external, path)
     _check_external_volumes(client, name, result.external_volumes, path)
+    if args.build:
+        build_all(result.builds, path)
+    else:
+        for b in result.builds:
+            out(f"note: {path}: services.{b.service}.build: not built (no --build); deploying "
+                f"{b.image} as it is in its registry")
     response = client.apply(manifests)
     for r in response.results:
         ref = f"{r.kind.lower()}/{r.name}"
         out(f"{ref} {r.action}" + (f" (namespace {r.namespace})" if r.namespace else ""))
     out(f'stack "{name}" deployed')
     return 0
+
+
+def build_all(builds, source: str, run=subprocess.run) -> None:
+    """Builds and pushes each build with the builder (a program of its own, run as a child:
+    the CLI imports no builder code), its output streamed; the first failure stops
+    everything. Services sharing one build and image are built once."""
+    from moorage.manifest import composebuild
+
+    if not builds:
+        out(f"note: {source}: --build: no service has build:")
+        return
+    done: set = set()
+    for b in builds:
+        key = (b.image, b.context, b.dockerfile, b.args, b.target, b.labels)
+        if key in done:
+            continue
+        done.add(key)
+        out(f"building services.{b.service}: {b.image} from {b.context}")
+        sys.stdout.flush()
+        try:
+            code = run(composebuild.command(b, sys.executable)).returncode
+        except OSError as err:
+            raise CliError(f"error: {source}: services.{b.service}.build: cannot start the "
+                           f"builder: {err.strerror}") from None
+        if code != 0:
+            raise CliError(f"error: {source}: services.{b.service}.build: the build of "
+                           f"{b.image} failed (exit {code}); nothing was deployed")
 
 
 def _read(path: str) -> bytes:

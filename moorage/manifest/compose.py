@@ -19,6 +19,8 @@ A stack NAME becomes:
   Deployment's rolling update starts the new pod before the old one stops); its governing
   Service is its own when that is headless, else `<service>-headless`. More replicas of it are
   refused: each would need a volume of its own, which Compose cannot say.
+- a service's `build:` is no object: it is returned in Translation.builds (composebuild.py)
+  for `moor stack deploy --build` to build and push before the apply.
 Every object carries `moorage.io/stack: NAME`; pods also `moorage.io/service: <service>`.
 """
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from moorage.manifest import composeconfigs, composevolumes, yamlload
+from moorage.manifest import composebuild, composeconfigs, composevolumes, yamlload
 from moorage.manifest.composeproblems import NOT_SUPPORTED, Problems
 from moorage.model.network import NODE_PORT_RANGE
 
@@ -49,9 +51,9 @@ _BYTES_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmg]?)b?$", re.IGNORECASE)
 _CONSTRAINT_RE = re.compile(r"^\s*([\w.\-/]+)\s*(==|!=)\s*(\S+)\s*$")
 
 TOP_LEVEL = {"version", "name", "services", "configs", "secrets", "volumes"}
-SERVICE_KEYS = {"image", "command", "entrypoint", "environment", "ports", "expose", "deploy",
-                "healthcheck", "depends_on", "working_dir", "configs", "secrets", "volumes",
-                "tmpfs"}
+SERVICE_KEYS = {"image", "build", "command", "entrypoint", "environment", "ports", "expose",
+                "deploy", "healthcheck", "depends_on", "working_dir", "configs", "secrets",
+                "volumes", "tmpfs"}
 # The governing Service of a StatefulSet made from a service whose own Service has a VIP.
 HEADLESS_SUFFIX = "-headless"
 _SERVICE_NAME_MAX = 63
@@ -77,6 +79,8 @@ class Translation:
     external: list[composeconfigs.Defined] = field(default_factory=list)
     # `external: true` volumes: claims that must exist already.
     external_volumes: list[composevolumes.Named] = field(default_factory=list)
+    # Services with `build:`, built and pushed by `moor stack deploy --build` before the apply.
+    builds: list[composebuild.Build] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -355,8 +359,8 @@ def _healthcheck(hc: Mapping, where: str, problems: Problems) -> dict:
     return {"livenessProbe": liveness, "readinessProbe": readiness}
 
 
-def _service(name: str, svc, ctx: _Context, problems: Problems,
-             notes: list[str]) -> list[dict]:
+def _service(name: str, svc, ctx: _Context, problems: Problems, notes: list[str],
+             builds: list[composebuild.Build]) -> list[dict]:
     path = f"services.{name}"
     stack, env, names = ctx.stack, ctx.env, ctx.names
     if not isinstance(svc, Mapping):
@@ -367,10 +371,13 @@ def _service(name: str, svc, ctx: _Context, problems: Problems,
         problems.add(path, why)
     for key in svc:
         if key not in SERVICE_KEYS and not str(key).startswith("x-"):
-            hint = ("; build and push the image, then give `image`" if key == "build" else "")
-            problems.add(f"{path}.{key}", NOT_SUPPORTED + hint)
+            problems.add(f"{path}.{key}", NOT_SUPPORTED)
     image = svc.get("image")
-    if not isinstance(image, str) or not image:
+    if "build" in svc:
+        build = composebuild.parse(name, svc, ctx.directory, problems)
+        if build:
+            builds.append(build)
+    elif not isinstance(image, str) or not image:
         problems.add(f"{path}.image", "required: the image to run")
     container: dict = {"name": name, "image": image}
     entrypoint = _argv(svc.get("entrypoint"), f"{path}.entrypoint", problems)
@@ -535,13 +542,14 @@ def translate(text: str, stack: str, *, source: str = "compose.yaml",
                             "metadata": {"name": stack, "labels": {STACK_LABEL: stack}}},
                            *files.objects, *volumes.objects]
     notes: list[str] = []
+    builds: list[composebuild.Build] = []
     ctx = _Context(stack, env or {}, {str(n) for n in doc["services"]}, files, volumes,
                    posixpath.dirname(source) if directory is None else directory)
     for name, svc in doc["services"].items():
-        objects += _service(str(name), svc, ctx, problems, notes)
+        objects += _service(str(name), svc, ctx, problems, notes, builds)
     if problems.items:
         raise ComposeError(problems.items)
-    return Translation(objects, notes, files.external, volumes.external)
+    return Translation(objects, notes, files.external, volumes.external, builds)
 
 
 def default_stack_name(path: str) -> str:

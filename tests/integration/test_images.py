@@ -43,15 +43,15 @@ def free_port() -> int:
 
 class Registry:
     """Debian's docker-registry on a free port; with `users` ({name: password}) it requires
-    Basic auth (htpasswd), and `url` carries the first user's credentials for pushing."""
+    Basic auth (htpasswd), and `url` carries the first user's credentials for pushing; `auth`
+    is another `auth:` section of its config.yml (a token server's, tests/tokenserver.py)."""
 
-    def __init__(self, tmp: str, users: dict[str, str] | None = None):
+    def __init__(self, tmp: str, users: dict[str, str] | None = None, auth: str = ""):
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
         self.data = os.path.join(tmp, "data")
         config = os.path.join(tmp, "config.yml")
-        auth = ""
         if users:
             import bcrypt
 
@@ -74,7 +74,7 @@ class Registry:
                     if resp.status == 200:
                         return
             except urllib.error.HTTPError as err:
-                if err.code == 401 and users:
+                if err.code == 401 and auth:
                     return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)

@@ -200,9 +200,9 @@ def test_default_stack_name_is_the_directory():
                  ["compose.yaml: services.web.cap_add: not supported by Moorage"],
                  id="cap-add"),
     pytest.param("services: {web: {build: .}}",
-                 ["compose.yaml: services.web.build: not supported by Moorage; build and push "
-                  "the image, then give `image`",
-                  "compose.yaml: services.web.image: required: the image to run"], id="build"),
+                 ["compose.yaml: services.web.image: required with build: the registry name "
+                  "to push the build to and to run from (e.g. registry.cluster.local:5000/"
+                  "web:1); every node pulls it from there"], id="build-without-image"),
     pytest.param("networks: {front: {}}\nservices: {web: {image: b}}",
                  ["compose.yaml: networks: not supported by Moorage"], id="top-level"),
     pytest.param("services: {web: {image: b, ports: ['8080:80']}}",

@@ -6,7 +6,6 @@ Plain HTTP is used only for registries the configuration lists as insecure.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
@@ -22,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .auth import AuthError, Authorizer, is_loopback, parse_challenge
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, Reference
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -45,7 +45,10 @@ _CHUNK = 1 << 20
 # A digest becomes a file name in the store, so only this exact shape is ever accepted.
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-_CHALLENGE_RE = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
+
+
+def _pull_secret_advice(host: str) -> str:
+    return f"give the pod an imagePullSecrets Secret (kubernetes.io/dockerconfigjson) for {host}"
 
 
 class RegistryError(Exception):
@@ -80,6 +83,9 @@ class RegistryConfig:
     insecure: frozenset[str] = frozenset()
     timeout: float = DEFAULT_TIMEOUT
     architecture: str = field(default_factory=host_architecture)
+    # Docker's default: registries on localhost or 127.0.0.0/8 speak plain HTTP (the build
+    # machine's setting; agents list every insecure registry).
+    insecure_loopback: bool = False
 
     def __post_init__(self) -> None:
         for domain in self.mirrors:
@@ -89,7 +95,7 @@ class RegistryConfig:
         """Where to look for an image of this registry: its mirrors in order, then itself."""
         found = [self._mirror(url, domain) for url in self.mirrors.get(domain, ())]
         host = DOCKER_HUB_API_HOST if domain == DOCKER_HUB else domain
-        scheme = "http" if {domain, host} & self.insecure else "https"
+        scheme = "http" if self.is_insecure(domain) or self.is_insecure(host) else "https"
         return found + [Endpoint(f"{scheme}://{host}", host, mirror=False)]
 
     def _mirror(self, url: str, domain: str) -> Endpoint:
@@ -97,13 +103,16 @@ class RegistryConfig:
         if not parsed.netloc or parsed.scheme not in ("", "http", "https"):
             raise RegistryError(f"mirror {url!r} for {domain}: want host[:port] or an "
                                 "http(s):// URL")
-        insecure = parsed.netloc in self.insecure
+        insecure = self.is_insecure(parsed.netloc)
         if parsed.scheme == "http" and not insecure:
             raise RegistryError(f"mirror {url} for {domain} uses plain HTTP but "
                                 f"{parsed.netloc} is not listed as an insecure registry")
         scheme = parsed.scheme or ("http" if insecure else "https")
         return Endpoint(f"{scheme}://{parsed.netloc}{parsed.path.rstrip('/')}", parsed.netloc,
                         mirror=True)
+
+    def is_insecure(self, host: str) -> bool:
+        return host in self.insecure or (self.insecure_loopback and is_loopback(host))
 
     def credentials_for(self, host: str, domain: str) -> Credentials | None:
         return self.credentials.get(host) or self.credentials.get(domain)
@@ -205,6 +214,7 @@ class RegistryClient:
         self.config = config
         self._auth: dict[tuple[str, str], str] = {}
         self._opener = urllib.request.build_opener()
+        self._authorizer = Authorizer(config, _pull_secret_advice, self._opener)
 
     def fetch_manifest(self, ref: Reference) -> tuple[Endpoint, Manifest]:
         """The image manifest for ref from the first endpoint that has it."""
@@ -301,53 +311,18 @@ class RegistryClient:
                     continue
                 raise RegistryError(_describe_http(e.code, body, endpoint, ref)) from None
             except (urllib.error.URLError, OSError) as e:
-                raise RegistryError(_describe_network(e, endpoint)) from None
+                raise RegistryError(describe_network(e, endpoint)) from None
         raise AssertionError("unreachable")
 
     def _authorize(self, endpoint: Endpoint, ref: Reference, challenge: str) -> str:
-        """The Authorization header value a 401 challenge asks for."""
-        scheme, _, params_text = challenge.partition(" ")
-        params = {k.lower(): a or b for k, a, b in _CHALLENGE_RE.findall(params_text)}
-        creds = self.config.credentials_for(endpoint.host, ref.domain)
-        basic = creds and "Basic " + base64.b64encode(
-            f"{creds.username}:{creds.password}".encode()).decode()
-        if scheme.lower() == "basic":
-            if not basic:
-                raise RegistryError(f"{endpoint.host} wants a username and password: give the "
-                                    "pod an imagePullSecrets Secret (kubernetes.io/"
-                                    f"dockerconfigjson) for {endpoint.host}")
-            return basic
-        if scheme.lower() != "bearer" or "realm" not in params:
-            raise RegistryError(f"{endpoint.host} asks for unsupported auth {challenge!r}")
-        return "Bearer " + self._fetch_token(endpoint, ref, params, basic)
-
-    def _fetch_token(self, endpoint: Endpoint, ref: Reference, params: dict,
-                     basic: str | None) -> str:
-        realm = urllib.parse.urlsplit(params["realm"])
-        if realm.scheme != "https" and not (realm.scheme == "http"
-                                            and realm.netloc in self.config.insecure):
-            raise RegistryError(f"{endpoint.host} sends us for a token to {params['realm']}, "
-                                "which is neither https nor an insecure registry")
-        query = {"service": params.get("service", ""),
-                 "scope": params.get("scope") or f"repository:{ref.repository}:pull"}
-        url = params["realm"] + ("&" if realm.query else "?") + urllib.parse.urlencode(query)
-        req = urllib.request.Request(url)
-        if basic:
-            req.add_unredirected_header("Authorization", basic)
+        """The Authorization header value a 401 challenge asks for (the challenge's scope, or
+        pull of this repository)."""
+        _, params = parse_challenge(challenge)
+        scopes = [] if params.get("scope") else [f"repository:{ref.repository}:pull"]
         try:
-            with self._opener.open(req, timeout=self.config.timeout) as resp:
-                doc = _json(resp.read(MAX_MANIFEST_BYTES), f"token from {realm.netloc}")
-        except urllib.error.HTTPError as e:
-            raise RegistryError(f"token server {realm.netloc} refused a token for "
-                                f"{query['scope']} (HTTP {e.code}); check the credentials "
-                                f"for {endpoint.host}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise RegistryError(_describe_network(e, Endpoint(params["realm"], realm.netloc,
-                                                              False))) from None
-        token = doc.get("token") or doc.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise RegistryError(f"token server {realm.netloc} answered without a token")
-        return token
+            return self._authorizer.authorize(endpoint, ref.domain, challenge, scopes)
+        except AuthError as e:
+            raise RegistryError(str(e)) from None
 
 
 def _read_error_body(e: urllib.error.HTTPError) -> bytes:
@@ -376,7 +351,7 @@ def _describe_http(code: int, body: bytes, endpoint: Endpoint, ref: Reference) -
     return f"{reason} {where}{hint}"
 
 
-def _describe_network(e: Exception, endpoint: Endpoint) -> str:
+def describe_network(e: Exception, endpoint: Endpoint) -> str:
     reason = getattr(e, "reason", e)
     where = f"mirror {endpoint.host}" if endpoint.mirror else endpoint.host
     if isinstance(reason, ssl.SSLError):
