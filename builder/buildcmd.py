@@ -92,19 +92,17 @@ def registry_config(root: BuildRoot, insecure: list[str]):
 
 
 def push_tags(store, image, tags: list[str], config, quiet: bool) -> None:
+    """`--push`: each tag in turn, with distribution.push's progress lines."""
     if not tags:
         raise BuildError("--push needs a name to push to: add -t NAME[:TAG]")
-    try:
-        from builder import distribution
-    except ImportError:
-        raise BuildError("--push: pushing is not available in this build of moor "
-                         "(builder/distribution.py is missing)") from None
+    from builder import distribution
+
     for tag in tags:
-        if not quiet:
-            print(f"Pushing {tag}")
-        digest = distribution.push(store, image, tag, config, None)
-        if not quiet:
-            print(f"{tag}: digest: {digest}")
+        distribution.push(store, image, tag, config, None if quiet else _say)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def private_mounts() -> None:

@@ -319,3 +319,30 @@ def test_built_image_runs_in_a_pod(built):
         sandboxes = sandbox.Sandboxes(LibcSyscalls())
         for name in sandbox.existing(base[-1]):
             sandboxes.remove(name)
+
+
+@pytest.fixture
+def registry():
+    from tests.conftest import stop_process
+    from tests.integration.test_images import REGISTRY_BIN, Registry
+
+    if not os.path.exists(REGISTRY_BIN):
+        pytest.skip("needs docker-registry")
+    tmp = tempfile.mkdtemp(prefix=TEST_PREFIX + "buildreg-")
+    reg = Registry(tmp)
+    yield reg
+    stop_process(reg.proc)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_build_push_and_pull_back(built, registry):
+    from nodeagent.runtime.images.registry import RegistryConfig
+
+    built.write("Dockerfile", "FROM busybox:test\nRUN echo pushed > /msg\n")
+    name = f"{registry.host}/built/app:1"
+    proc = built.build("-t", name, "--push", "--insecure-registry", registry.host)
+    assert "Successfully tagged" in proc.stdout
+    fresh = Store(os.path.join(built.root, "fresh"))
+    image = fresh.pull(name, RegistryConfig(insecure=frozenset({registry.host})))
+    assert image.config_digest == built.store.get(name).config_digest
+    assert rootview.read_file(image.layer_dirs(), "/msg") == "pushed\n"
