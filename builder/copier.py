@@ -42,6 +42,8 @@ class CopySource:
     is_dir: bool
     entries: Iterable[OS_WalkEntry]
     host: str = ""
+    # The context root itself: Docker never sends its metadata, a dir made for it is 0755.
+    plain_root: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +160,7 @@ class Copier:
                 target = posixpath.join(dest_path, src.name)
             else:
                 target = dest_path
-            self.copy_tree(src.entries, target)
+            self.copy_tree(src.entries, target, plain_root=src.plain_root)
         self.finish()
 
     def extract(self, entries: Iterable[OS_WalkEntry], target: str) -> None:
@@ -167,11 +169,14 @@ class Copier:
         self.copy_tree(entries, target, into=True)
         self.finish()
 
-    def copy_tree(self, entries: Iterable[OS_WalkEntry], target: str, into: bool = False) -> None:
+    def copy_tree(self, entries: Iterable[OS_WalkEntry], target: str, into: bool = False,
+                  plain_root: bool = False) -> None:
         """One source's entries, its "" entry landing at target (a container path); with
         `into`, "" only names the directory the rest goes in."""
         hosts: dict[str, str] = {}
         for below, host, st in entries:
+            if below == "" and plain_root:
+                st = _with_mode(st, stat.S_IFDIR | 0o755)
             if below == "" and into:
                 hosts[""] = self.make_dirs(target)
                 continue
@@ -227,11 +232,13 @@ class Copier:
                 os.unlink(dst)
                 existing = None
             if existing is None:
+                # A directory made here takes the source's metadata; one that exists keeps
+                # its own, as BuildKit's copy does.
                 os.mkdir(dst, 0o700)
-            uid, gid = self._owner(st)
-            os.chown(dst, uid, gid)
-            os.chmod(dst, self._mode(st))
-            self._dir_times.append((dst, st))  # after its children are written
+                uid, gid = self._owner(st)
+                os.chown(dst, uid, gid)
+                os.chmod(dst, self._mode(st))
+                self._dir_times.append((dst, st))  # after its children are written
             return dst
         if existing is not None:
             if stat.S_ISDIR(existing.st_mode):
@@ -264,6 +271,13 @@ class Copier:
         for dst, st in reversed(self._dir_times):
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         self._dir_times.clear()
+
+
+def _with_mode(st: os.stat_result, mode: int) -> os.stat_result:
+    fields = list(st)[:10]
+    fields[stat.ST_MODE] = mode
+    return os.stat_result(fields, {"st_atime_ns": st.st_atime_ns,
+                                   "st_mtime_ns": st.st_mtime_ns})
 
 
 def _copy_file(src: str, dst: str) -> None:

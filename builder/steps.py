@@ -316,7 +316,8 @@ class Steps:
             if kw == "ADD" and not src.is_dir and is_archive(src.host):
                 archives.append(src)
             else:
-                plain.append(CopySource(_name(src), src.is_dir, self.context.walk(src), src.host))
+                plain.append(CopySource(_name(src), src.is_dir, self.context.walk(src),
+                                        src.host, plain_root=src.rel == ""))
         if plain:
             copier.copy(plain, dest, as_dir=True if many else None)
         for src in archives:

@@ -308,3 +308,20 @@ def test_lookup_through_whiteouts_opaque_dirs_and_links(tmp_path):
     assert rootview.exists(lowers, "/var/www/new.html")
     assert rootview.lookup(lowers, "/lib/libc.so")[0] == str(low / "usr/lib/libc.so")
     assert rootview.lookup(lowers, "/../../lib/libc.so") is not None
+
+
+@needs_root
+def test_existing_dirs_keep_their_metadata_new_ones_take_the_source(ctx_dir, tmp_path):
+    root = tmp_path / "root"
+    (root / "app").mkdir(parents=True)
+    os.chmod(root / "app", 0o711)
+    os.chmod(ctx_dir, 0o700)
+    os.chmod(os.path.join(ctx_dir, "src"), 0o750)
+    ctx = Context(ctx_dir)
+    srcs = [CopySource(".", True, ctx.walk(s), s.host, plain_root=True) for s in ctx.sources(".")]
+    Copier(str(root), CopyOptions()).copy(srcs, "/app")
+    assert stat.S_IMODE(os.lstat(root / "app").st_mode) == 0o711       # existed: kept
+    assert stat.S_IMODE(os.lstat(root / "app/src").st_mode) == 0o750   # made: the source's
+    srcs = [CopySource(".", True, ctx.walk(s), s.host, plain_root=True) for s in ctx.sources(".")]
+    Copier(str(root), CopyOptions()).copy(srcs, "/fresh")
+    assert stat.S_IMODE(os.lstat(root / "fresh").st_mode) == 0o755     # not the context's 0700
