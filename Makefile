@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# prometheus: test_metrics scrapes a lab with it; vagrant: test_deploy runs `vagrant validate`.
-APT_PACKAGES := etcd-server etcd-client busybox-static iproute2 nftables python3-venv docker-registry runc prometheus vagrant
+# prometheus: test_metrics scrapes a lab with it; vagrant: test_deploy runs `vagrant validate`;
+# docker.io: the reference engine `moor build` is compared with (tests/dockerref.py).
+APT_PACKAGES := etcd-server etcd-client busybox-static iproute2 nftables python3-venv docker-registry runc prometheus vagrant docker.io
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PY  := $(VENV)/.py-stamp
 
@@ -46,7 +47,7 @@ proto: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# The benchmarks' peers: Docker Swarm (Debian's docker.io), runc, node_exporter (metrics scrape
+# The benchmarks' peers: Docker Swarm and docker build/push (Debian's docker.io), runc, node_exporter (metrics scrape
 # cost), fio (volume I/O against the host directory); tests need none of them.
 BENCH_APT_PACKAGES := docker.io iperf3 prometheus-node-exporter fio
 

@@ -150,7 +150,7 @@ def swarm_images(d: Dockerd, service: str) -> list[str]:
 
 
 def bench_swarm(root: str, image_tar: str, results: dict) -> str:
-    if not shutil.which("dockerd") or not os.path.exists(base.DOCKER):
+    if not os.path.exists(base.DOCKERD) or not os.path.exists(base.DOCKER):
         return "dockerd is not installed (apt-get install docker.io)"
     d = Dockerd(root)
     try:

@@ -11,8 +11,9 @@ Running again with none on the dead node (defaults: NotReady after 6 s without a
 eviction 4 s later). The control plane's 20 s eviction startup grace is left at its default:
 the failure test starts well over 20 s after the control plane did.
 
-Docker Swarm: Debian's docker.io. The bench starts dockerd itself under a temp dir (its own
-data root, exec root, socket and cgroup parent; no iptables, no docker0 bridge), runs
+Docker Swarm: Debian's docker.io. The bench starts dockerd itself under a temp dir, through the
+tests' reference engine (tests/dockerref.py: its own data root, exec root, socket and cgroup
+parent; no iptables, no docker0 bridge), runs
 `docker swarm init`, `docker load`s the same busybox rootfs (a `docker save` tarball written by
 tests/imagebuild.py) and, for N in 1, 10, 100, times `docker service create --replicas N
 --detach` from the CLI's start until `docker service ps` shows every task Running, then
@@ -23,8 +24,9 @@ node here, so its failure test is not run; the issue's figures are printed for c
 
 Everything started is torn down in `finally` blocks: agents, their containers, cgroups and
 netns, the control plane, etcd, swarm state, dockerd (and its containerd), mounts under its data
-root, docker_gwbridge, the dockerd cgroup parent, files dockerd creates outside its roots
-(/etc/docker/key.json, /run/docker) when they were not there before, and the temp dir.
+root, docker_gwbridge, the dockerd cgroup parent, the directories dockerd creates outside its
+roots (/run/docker, /run/containerd, /run/runc) when they were not there before and are empty,
+and the temp dir.
 
 Run as root: python bench/cluster_vs_swarm.py
 """
@@ -53,6 +55,7 @@ from nodeagent.runtime import cgroups  # noqa: E402
 from nodeagent.runtime.runtime import Runtime  # noqa: E402
 from nodeagent.runtime.syscalls import LibcSyscalls  # noqa: E402
 from tests import imagebuild  # noqa: E402
+from tests.dockerref import DOCKER, DOCKERD, DockerEngine  # noqa: E402
 
 PREFIX = "moorbench-"
 COUNTS = (1, 10, 100)
@@ -61,7 +64,6 @@ FAILOVER_REPLICAS = 6
 TARGET_RATIO = 0.5
 TARGET_FAILOVER = 15.0
 RUN_TIMEOUT = 300.0
-DOCKER = "/usr/bin/docker"  # Debian's client, the daemon's own version
 DOCKER_CGROUP_PARENT = PREFIX + "docker"
 COMMAND = "while true; do sleep 1; done"
 
@@ -414,113 +416,21 @@ class NodeWatch:
 # ---------------------------------------------------------------- Docker Swarm
 
 
-class Dockerd:
+class Dockerd(DockerEngine):
+    """The shared reference engine (tests/dockerref.py) under root/dockerd, as a Swarm of one:
+    services are removed and the swarm left before the daemon stops."""
+
     def __init__(self, root: str):
-        self.root = os.path.join(root, "dockerd")
-        self.sock = os.path.join(self.root, "docker.sock")
-        self.proc: subprocess.Popen | None = None
-        self.created_outside: list[str] = [p for p in ("/etc/docker/key.json", "/run/docker")
-                                           if not os.path.lexists(p)]
-        self.had_gwbridge = os.path.exists("/sys/class/net/docker_gwbridge")
+        super().__init__(os.path.join(root, "dockerd"), cgroup_parent=DOCKER_CGROUP_PARENT,
+                         env={"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"})
         self.swarm = False
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 60) -> str:
-        out = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True,
-                             text=True, timeout=timeout)
-        if check and out.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(args[:3])}: {out.stderr.strip()}")
-        return out.stdout
-
-    def start(self) -> None:
-        os.makedirs(self.root, mode=0o700)
-        env = dict(os.environ, DOCKER_SERVICE_PREFER_OFFLINE_IMAGE="1")
-        with open(os.path.join(self.root, "dockerd.log"), "ab") as log:
-            self.proc = subprocess.Popen(
-                ["dockerd", "--data-root", os.path.join(self.root, "data"),
-                 "--exec-root", os.path.join(self.root, "exec"),
-                 "--pidfile", os.path.join(self.root, "docker.pid"),
-                 "-H", f"unix://{self.sock}", "--iptables=false", "--ip6tables=false",
-                 "--bridge=none", "--cgroup-parent", DOCKER_CGROUP_PARENT],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True)
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("dockerd exited at start: " + self.log_tail())
-            if os.path.exists(self.sock) and subprocess.run(
-                    [DOCKER, "-H", f"unix://{self.sock}", "version"],
-                    capture_output=True).returncode == 0:
-                return
-            time.sleep(0.3)
-        raise RuntimeError("dockerd did not answer in 40 s: " + self.log_tail())
-
-    def log_tail(self) -> str:
-        try:
-            with open(os.path.join(self.root, "dockerd.log")) as f:
-                lines = [line.strip() for line in f if "level=error" in line or
-                         "level=fatal" in line or "failed to start" in line]
-            return " | ".join(lines[-3:]) or "(no errors logged)"
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.swarm and self.proc.poll() is None:
+    def before_stop(self) -> None:
+        if self.swarm:
             for svc in self.docker("service", "ls", "-q", check=False).split():
                 self.docker("service", "rm", svc, check=False)
             self._wait_no_containers(30)
             self.docker("swarm", "leave", "--force", check=False)
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        # dockerd's own containerd (and anything else left in its session) goes with it.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait()
-        self._reap_strays()
-        with open("/proc/mounts") as f:
-            mounts = [line.split()[1] for line in f]
-        for m in reversed(mounts):
-            if m.startswith(self.root + "/") or m == self.root:
-                subprocess.run(["umount", "-l", m], capture_output=True)
-        if not self.had_gwbridge and os.path.exists("/sys/class/net/docker_gwbridge"):
-            subprocess.run(["ip", "link", "del", "docker_gwbridge"], capture_output=True)
-        for top in os.listdir("/sys/fs/cgroup"):
-            base = os.path.join("/sys/fs/cgroup", top)
-            for dirpath, _, _ in os.walk(base, topdown=False):
-                if DOCKER_CGROUP_PARENT in dirpath:
-                    try:
-                        os.rmdir(dirpath)
-                    except OSError:
-                        pass
-        for p in self.created_outside:
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            elif os.path.lexists(p):
-                os.unlink(p)
-
-    def _reap_strays(self) -> None:
-        """containerd shims started under our exec root run in their own sessions."""
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if self.root in cmd and int(pid) != os.getpid():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def _wait_no_containers(self, timeout: float, service: str = "") -> None:
         args = ["ps", "-aq"] + (["--filter", f"label=com.docker.swarm.service.name={service}"]
@@ -538,7 +448,7 @@ def swarm_running(d: Dockerd, name: str) -> int:
 
 def bench_swarm(root: str, image_tar: str, results: dict) -> str:
     """Returns "" when it ran, else why not."""
-    if not shutil.which("dockerd") or not os.path.exists(DOCKER):
+    if not os.path.exists(DOCKERD) or not os.path.exists(DOCKER):
         return "dockerd is not installed (apt-get install docker.io)"
     d = Dockerd(root)
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from controlplane.store import Store
 from controlplane.store.local import LocalEtcd, stop_process
+from tests.dockerref import docker_engine  # noqa: F401 - the session's reference dockerd
 
 # Everything a test creates (temp dirs, netns, links, cgroups) carries this in its name, so the
 # session-end check can find leftovers.

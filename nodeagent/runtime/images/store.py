@@ -4,18 +4,21 @@ every image, and one record per image reference.
 Layout under the root:
   blobs/sha256/<hex>           verified content; written to tmp/ and renamed in
   layers/<diffid-hex>/rootfs   an unpacked layer; appears only when fully unpacked
-  images/<sha256 of ref>.json  reference -> manifest, config and ordered layers (bottom first)
+  images/<sha256 of ref>.json  reference -> manifest, config and ordered layers (bottom first);
+                               a build machine also records images by ID ("sha256:<config>")
   locks/                       flock files: one per layer being unpacked, one for the store
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -28,6 +31,9 @@ from .registry import Manifest, ProgressFn, RegistryClient, RegistryConfig, Regi
 
 _CHUNK = 1 << 20
 _RECORD_VERSION = 1
+# An image ID (the config's digest) names an image with no tag, as Docker's IDs do.
+IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_SIZE_FILE = "size"
 
 
 class StoreError(Exception):
@@ -72,6 +78,7 @@ class Image:
     config: ImageConfig
     layers_root: str
     index_digest: str | None = None  # the multi-arch index the manifest was picked from
+    parent: str | None = None  # a built image: the ID of the image it was built on
 
     def layer_dirs(self) -> list[str]:
         """Absolute unpacked rootfs dirs, TOP layer first: the order overlayfs lowerdir wants."""
@@ -81,6 +88,11 @@ class Image:
 
 def _record_name(reference: str) -> str:
     return hashlib.sha256(reference.encode()).hexdigest() + ".json"
+
+
+def record_key(ref: str) -> str:
+    """What a record is stored under: an image ID as it is, a reference normalised."""
+    return ref if IMAGE_ID_RE.fullmatch(ref) else str(parse_reference(ref))
 
 
 class Store:
@@ -103,6 +115,9 @@ class Store:
 
     def get(self, ref: str) -> Image | None:
         """The image stored under ref; a digest reference also finds an image pulled by tag."""
+        if IMAGE_ID_RE.fullmatch(ref):
+            record = self._read_record(os.path.join(self.images_dir, _record_name(ref)))
+            return self._image(record) if record else None
         parsed = parse_reference(ref)
         record = self._read_record(os.path.join(self.images_dir, _record_name(str(parsed))))
         if record is None and parsed.digest:
@@ -133,7 +148,8 @@ class Store:
         config_doc = self._blob_json(record["config"], f"config of {record['reference']}")
         return Image(record["reference"], record["manifest"], record["config"],
                      tuple(record["layers"]), tuple(record["diff_ids"]),
-                     ImageConfig.from_json(config_doc), self.layers_dir, record.get("index"))
+                     ImageConfig.from_json(config_doc), self.layers_dir, record.get("index"),
+                     record.get("parent"))
 
     def _blob_json(self, digest: str, what: str) -> dict:
         try:
@@ -210,8 +226,49 @@ class Store:
         """The config's rootfs.diff_ids, checked to be n_layers well-formed digests."""
         return _diff_ids(self._blob_json(config_digest, f"config of {where}"), n_layers, where)
 
-    def add_image(self, reference: str, manifest: Manifest) -> Image:
-        """Records reference -> manifest once its config and every layer are in the store."""
+    def adopt_layer(self, tree: str, diff_id: str) -> bool:
+        """Moves tree (a layer already unpacked, in lowerdir form, on this filesystem) in as
+        layer diff_id; False, leaving tree alone, if the layer is here already or tree is on
+        another filesystem. The caller vouches that tree is what diff_id unpacks to."""
+        final = self.layer_path(diff_id)
+        if os.path.isdir(final):
+            return False
+        with self._flock(f"layer-{diff_id.split(':', 1)[1]}", fcntl.LOCK_EX):
+            if os.path.isdir(final):
+                return False
+            tmp = os.path.join(self.layers_dir, f".tmp-{uuid.uuid4().hex}")
+            os.mkdir(tmp)
+            try:
+                os.rename(tree, os.path.join(tmp, "rootfs"))
+            except OSError as e:
+                os.rmdir(tmp)
+                if e.errno == errno.EXDEV:
+                    return False
+                raise
+            os.rename(tmp, final)
+            return True
+
+    def layer_size(self, diff_id: str) -> int:
+        """Bytes of the unpacked layer's files (hard links counted once), remembered beside it."""
+        path = os.path.join(self.layer_path(diff_id), _SIZE_FILE)
+        try:
+            with open(path) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            pass
+        size = _disk_usage(os.path.join(self.layer_path(diff_id), "rootfs"))
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=".size-")
+        with os.fdopen(fd, "w") as f:
+            f.write(str(size))
+        try:
+            os.rename(tmp, path)
+        except OSError:  # removed meanwhile
+            os.unlink(tmp)
+        return size
+
+    def add_image(self, reference: str, manifest: Manifest, parent: str | None = None) -> Image:
+        """Records reference (or an image ID) -> manifest once its config and every layer are
+        in the store; parent is the ID of the image a built image was made from."""
         diff_ids = self.diff_ids(manifest.config.digest, len(manifest.layers), reference)
         for diff_id in diff_ids:
             if not os.path.isdir(self.layer_path(diff_id)):
@@ -220,6 +277,8 @@ class Store:
                   "manifest": manifest.digest, "index": manifest.index_digest,
                   "config": manifest.config.digest,
                   "layers": [layer.digest for layer in manifest.layers], "diff_ids": diff_ids}
+        if parent:
+            record["parent"] = parent
         path = os.path.join(self.images_dir, _record_name(reference))
         fd, tmp = tempfile.mkstemp(dir=self.images_dir, prefix=".record-")
         with os.fdopen(fd, "w") as f:
@@ -272,7 +331,7 @@ class Store:
 
     def remove(self, ref: str) -> bool:
         """Forgets ref; its blobs and layers stay until gc finds them unreferenced."""
-        path = os.path.join(self.images_dir, _record_name(str(parse_reference(ref))))
+        path = os.path.join(self.images_dir, _record_name(record_key(ref)))
         try:
             os.unlink(path)
             return True
@@ -282,7 +341,7 @@ class Store:
     def gc(self, keep_refs: Iterable[str], in_use_layer_dirs: Iterable[str] = ()) -> int:
         """Removes images not in keep_refs, then every blob and layer no remaining image (and
         no running container, named by in_use_layer_dirs) uses; returns bytes freed."""
-        keep = {str(parse_reference(r)) for r in keep_refs}
+        keep = {record_key(r) for r in keep_refs}
         in_use = {_layer_name(d) for d in in_use_layer_dirs}
         with self._flock("store", fcntl.LOCK_EX):
             live_blobs: set[str] = set()
