@@ -16,7 +16,6 @@ import re
 import shutil
 import stat
 import sys
-import uuid
 from dataclasses import replace
 
 from builder import cache as cachemod
@@ -158,12 +157,13 @@ class Steps:
     # ---- layers ----
 
     def _take_layer(self, upper: str) -> cachemod.CachedLayer | None:
-        """The upper dir as a layer: blob into the store, the dir itself as its unpacked form."""
+        """The upper dir as a layer: its blob into the store, and the dir itself (trimmed by
+        from_upper to what the tar records) moved in as the layer's unpacked form."""
         from builder import layers
 
         out = self._dir("layer")
         layer = layers.from_upper(upper, out, source_date_epoch=self.epoch,
-                                  media=self.build.media)
+                                  media=self.build.media, adopt=True)
         if layer is None:
             return None
         with self.store.writing():
@@ -171,17 +171,8 @@ class Steps:
                 os.unlink(layer.path)
             else:
                 self.store.commit_blob(layer.path, layer.digest)
-            final = self.store.layer_path(layer.diff_id)
-            if not os.path.isdir(final):
-                tmp = os.path.join(self.store.layers_dir, f".tmp-{uuid.uuid4().hex}")
-                os.mkdir(tmp)
-                try:
-                    os.rename(upper, os.path.join(tmp, "rootfs"))
-                    os.rename(tmp, final)
-                except OSError:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    if not os.path.isdir(final):  # another fs, or a race lost: unpack it
-                        self.store.ensure_layer(layer.digest, layer.diff_id)
+            if not self.store.adopt_layer(layer.tree, layer.diff_id):
+                self.store.ensure_layer(layer.digest, layer.diff_id)  # another fs, or there
         return cachemod.CachedLayer(layer.digest, layer.diff_id, layer.size, layer.media_type)
 
     def _fresh_layer(self, st, fill) -> cachemod.CachedLayer | None:
