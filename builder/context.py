@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from builder.errors import BuildError
+from moorage.fsutil import write_atomic
 
 _CHUNK = 1 << 20
 _WILDCARD = re.compile(r"[*?\[\\]")
@@ -112,12 +114,14 @@ class Context:
     """A context directory and its ignore rules (dockerignore.Matcher or IgnoreAll: anything
     with excluded(relpath) and may_descend(reldir))."""
 
-    def __init__(self, root: str, matcher=None):
+    def __init__(self, root: str, matcher=None, sums: SumCache | None = None):
         self.root = os.path.realpath(root)
         self.matcher = matcher or IgnoreAll()
+        self.sums = sums
 
     @classmethod
-    def open(cls, root: str, dockerfile: str | None = None) -> Context:
+    def open(cls, root: str, dockerfile: str | None = None,
+             sums: SumCache | None = None) -> Context:
         """The context at root with its ignore file: `<Dockerfile>.dockerignore` beside the
         Dockerfile when there is one, else root/.dockerignore, as Docker looks them up."""
         from builder import dockerignore
@@ -133,8 +137,8 @@ class Context:
                 continue
             except (OSError, UnicodeDecodeError) as e:
                 raise BuildError(f"reading {path}: {e}") from None
-            return cls(root, dockerignore.Matcher.from_text(text, os.path.basename(path)))
-        return cls(root)
+            return cls(root, dockerignore.Matcher.from_text(text, os.path.basename(path)), sums)
+        return cls(root, sums=sums)
 
     # ---- sources ----
 
@@ -239,7 +243,8 @@ class Context:
 
     def checksum(self, sources: list[Source]) -> str:
         """A digest of everything these sources copy, for the cache key."""
-        return checksum_tree(((s.rel, self.walk(s)) for s in sources), _content_digest)
+        content = self.sums.digest if self.sums is not None else _content_digest
+        return checksum_tree(((s.rel, self.walk(s)) for s in sources), content)
 
 
 Entry = tuple[str, str, os.stat_result]
@@ -276,7 +281,7 @@ def walk_tree(host: str) -> Iterator[tuple[str, str, os.stat_result]]:
         yield from _walk_dir(host, "", "", IgnoreAll())
 
 
-def _content_digest(path: str) -> str:
+def _content_digest(path: str, st: os.stat_result | None = None) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -284,7 +289,7 @@ def _content_digest(path: str) -> str:
     return sha.hexdigest()
 
 
-def checksum_tree(trees, content: Callable[[str], str] = _content_digest) -> str:
+def checksum_tree(trees, content: Callable[[str, os.stat_result], str] = _content_digest) -> str:
     """sha256 over (name, walk) pairs: each entry's path, type, permission bits, and its
     content digest or link target."""
     sha = hashlib.sha256()
@@ -293,7 +298,7 @@ def checksum_tree(trees, content: Callable[[str], str] = _content_digest) -> str
         for below, host, st in entries:
             mode = st.st_mode
             if stat.S_ISREG(mode):
-                body = "f " + content(host)
+                body = "f " + content(host, st)
             elif stat.S_ISLNK(mode):
                 body = "l " + os.readlink(host)
             elif stat.S_ISDIR(mode):
@@ -302,6 +307,50 @@ def checksum_tree(trees, content: Callable[[str], str] = _content_digest) -> str
                 body = f"o {stat.S_IFMT(mode)} {st.st_rdev}"
             sha.update(f"{below}\0{stat.S_IMODE(mode):o}\0{body}\0".encode())
     return "sha256:" + sha.hexdigest()
+
+
+class SumCache:
+    """Content digests of context files by (inode, size, mtime, ctime), kept between builds
+    in one JSON file, so an unchanged context is not read again (a write to a file changes
+    its ctime, so a stale digest is never used). Losing the file only costs a re-read."""
+
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, path: str):
+        self.path = path
+        self._old: dict[str, list] = {}
+        self._seen: dict[str, list] = {}
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            if isinstance(doc, dict) and doc.get("version") == 1:
+                self._old = doc.get("files") or {}
+        except (OSError, ValueError):
+            pass
+
+    def digest(self, path: str, st: os.stat_result) -> str:
+        key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        old = self._old.get(path)
+        if old is not None and old[:4] == key:
+            self._seen[path] = old
+            return old[4]
+        hexdigest = _content_digest(path)
+        self._seen[path] = [*key, hexdigest]
+        return hexdigest
+
+    def save(self) -> None:
+        """Writes what this build saw, plus older entries up to the size limit."""
+        if not self._seen:
+            return
+        files = dict(self._seen)
+        for path, entry in self._old.items():
+            if len(files) >= self.MAX_ENTRIES:
+                break
+            files.setdefault(path, entry)
+        try:
+            write_atomic(self.path, json.dumps({"version": 1, "files": files}), sync=False)
+        except OSError:
+            pass
 
 
 def _clean(pattern: str, what: str) -> str:

@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -91,13 +92,15 @@ def now_rfc3339() -> str:
 class Build:
     """One build on a build root. Not thread-safe; several Builds may share a root."""
 
-    def __init__(self, root: BuildRoot, *, registry_config: RegistryConfig | None = None,
+    def __init__(self, root: BuildRoot, *,
+                 registry_config: RegistryConfig | Callable[[], RegistryConfig] | None = None,
                  cgroup_root: str | None = None, media: str = "docker", pull: bool = False,
                  quiet: bool = False, source_date_epoch: int | None = None):
         self.root = root
         self.store = Store(root.images)
         self.cache = cachemod.Cache(root.cache)
-        self.registry_config = registry_config or RegistryConfig()
+        # Settings for pulls (a function making them is called on the first pull only).
+        self._registry_config = registry_config
         self.cgroup_root = cgroup_root
         self.media = media
         self.pull = pull
@@ -120,11 +123,16 @@ class Build:
         image = None if self.pull else self.store.get(name)
         if image is None:
             try:
-                image = self.store.pull(name, self.registry_config, self._pull_progress)
+                image = self.store.pull(name, self.registry_config(), self._pull_progress)
             except StoreError as e:
                 raise BuildError(str(e)) from None
         self._pulled[name] = image
         return image
+
+    def registry_config(self) -> RegistryConfig:
+        if callable(self._registry_config):
+            self._registry_config = self._registry_config()
+        return self._registry_config or RegistryConfig()
 
     def _pull_progress(self, p) -> None:
         if p.done == p.total and self.progress is not None:

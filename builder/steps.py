@@ -33,7 +33,6 @@ from builder.copier import (
     unpacked_archive,
 )
 from builder.errors import BuildError
-from builder.runstep import RunError, Runner
 from nodeagent.runtime.images.store import StoreError
 from nodeagent.runtime.security import resolve_user
 
@@ -61,7 +60,7 @@ class Steps:
         self.build_id, self.progress, self.no_cache, self.epoch = (build_id, progress,
                                                                    no_cache, epoch)
         self.created = created  # this build's time for the history of the steps it runs
-        self._runner: Runner | None = None
+        self._runner = None  # runstep.Runner, made on the first RUN that runs
         self._n = 0
 
     def close(self) -> None:
@@ -203,6 +202,8 @@ class Steps:
             self._apply(st, instr, record, cached=True)
             return
         st.missed = True
+        from builder.runstep import RunError, Runner  # the runtime: only when a RUN runs
+
         if self._runner is None:
             self._runner = Runner(self.build.root.containers, self.build_id,
                                   self.build.cgroup_root)
