@@ -325,3 +325,23 @@ def test_existing_dirs_keep_their_metadata_new_ones_take_the_source(ctx_dir, tmp
     srcs = [CopySource(".", True, ctx.walk(s), s.host, plain_root=True) for s in ctx.sources(".")]
     Copier(str(root), CopyOptions()).copy(srcs, "/fresh")
     assert stat.S_IMODE(os.lstat(root / "fresh").st_mode) == 0o755     # not the context's 0700
+
+
+def test_sum_cache_reuses_digests_until_a_file_changes(ctx_dir, tmp_path, monkeypatch):
+    from builder import context as ctxmod
+
+    reads = []
+    real = ctxmod._content_digest
+    monkeypatch.setattr(ctxmod, "_content_digest", lambda p, st=None: reads.append(p) or real(p))
+    path = str(tmp_path / "sums.json")
+    first = Context(ctx_dir, sums=ctxmod.SumCache(path))
+    want = first.checksum(first.sources("src"))
+    first.sums.save()
+    assert len(reads) == 3
+    reads.clear()
+    again = Context(ctx_dir, sums=ctxmod.SumCache(path))
+    assert again.checksum(again.sources("src")) == want and reads == []
+    write(ctx_dir, "src/main.py", "print(9)")                  # same size, new content
+    changed = Context(ctx_dir, sums=ctxmod.SumCache(path))
+    assert changed.checksum(changed.sources("src")) != want
+    assert reads == [os.path.join(changed.root, "src/main.py")]
