@@ -118,6 +118,7 @@ class Context:
         self.root = os.path.realpath(root)
         self.matcher = matcher or IgnoreAll()
         self.sums = sums
+        self._walks: dict[str, list[Entry]] = {}
 
     @classmethod
     def open(cls, root: str, dockerfile: str | None = None,
@@ -234,12 +235,18 @@ class Context:
     def walk(self, src: Source) -> Iterator[tuple[str, str, os.stat_result]]:
         """(path below the source, host path, lstat) of the source and everything in it that
         .dockerignore keeps, parents before children, names sorted; "" is the source itself."""
-        st = os.lstat(src.host)
-        yield "", src.host, st
-        if stat.S_ISDIR(st.st_mode):
-            rel_root = os.path.relpath(src.host, self.root)
-            rel_root = "" if rel_root == "." else rel_root
-            yield from _walk_dir(src.host, "", rel_root, self.matcher)
+        # Walked once per build: the checksum and the copy see the same entries, and a
+        # stat costs a syscall per file.
+        found = self._walks.get(src.host)
+        if found is None:
+            st = os.lstat(src.host)
+            found = [("", src.host, st)]
+            if stat.S_ISDIR(st.st_mode):
+                rel_root = os.path.relpath(src.host, self.root)
+                rel_root = "" if rel_root == "." else rel_root
+                found += _walk_dir(src.host, "", rel_root, self.matcher)
+            self._walks[src.host] = found
+        return iter(found)
 
     def checksum(self, sources: list[Source]) -> str:
         """A digest of everything these sources copy, for the cache key."""
