@@ -289,10 +289,20 @@ def walk_tree(host: str) -> Iterator[tuple[str, str, os.stat_result]]:
 
 
 def _content_digest(path: str, st: os.stat_result | None = None) -> str:
+    """sha256 of the file; a file no bigger than one chunk costs one read (raw fds: Python's
+    file objects add syscalls of their own)."""
     sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = st.st_size if st is not None else -1
+        while True:
+            chunk = os.read(fd, _CHUNK)
             sha.update(chunk)
+            if not chunk or len(chunk) == size:
+                break
+            size -= len(chunk)
+    finally:
+        os.close(fd)
     return sha.hexdigest()
 
 
@@ -341,7 +351,7 @@ class SumCache:
         if old is not None and old[:4] == key:
             self._seen[path] = old
             return old[4]
-        hexdigest = _content_digest(path)
+        hexdigest = _content_digest(path, st)
         self._seen[path] = [*key, hexdigest]
         return hexdigest
 
