@@ -61,6 +61,7 @@ class Steps:
                                                                    no_cache, epoch)
         self.created = created  # this build's time for the history of the steps it runs
         self._runner = None  # runstep.Runner, made on the first RUN that runs
+        self._run_ahead = False  # a RUN follows the current step in its stage
         self._n = 0
 
     def close(self) -> None:
@@ -81,10 +82,12 @@ class Steps:
 
         stage = rs.stage
         n, total = 1, 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
-        for instr in stage.instructions:
+        for pos, instr in enumerate(stage.instructions):
             if instr.keyword not in LAYER_STEPS:
                 self._meta(st, instr)
                 continue
+            # Once a step misses, every later one runs: a RUN ahead will need the runtime.
+            self._run_ahead = any(x.keyword == "RUN" for x in stage.instructions[pos + 1:])
             n += 1
             self.progress.step(st.label, n, total, instr.original)
             try:
@@ -202,11 +205,9 @@ class Steps:
             self._apply(st, instr, record, cached=True)
             return
         st.missed = True
-        from builder.runstep import RunError, Runner  # the runtime: only when a RUN runs
+        from builder.runstep import RunError
 
-        if self._runner is None:
-            self._runner = Runner(self.build.root.containers, self.build_id,
-                                  self.build.cgroup_root)
+        self._start_runner()
         empty = os.path.join(self.work, "empty")
         os.makedirs(empty, exist_ok=True)
         try:
@@ -223,6 +224,21 @@ class Steps:
         finally:
             self._runner.remove(result.cid)
         self._store_result(st, instr, key, layer)
+
+    def _start_runner(self) -> None:
+        if self._runner is None:
+            from builder.runstep import Runner  # the runtime: only when a RUN runs
+
+            self._runner = Runner(self.build.root.containers, self.build_id,
+                                  self.build.cgroup_root)
+
+    def _miss(self, st) -> None:
+        """The stage's first miss: what follows runs; a RUN ahead gets the container fork
+        server started now, so its start-up overlaps this step."""
+        st.missed = True
+        if self._run_ahead:
+            self._start_runner()
+            self._runner.warm()
 
     def _show_held(self) -> None:
         for line in self.progress.held_output():
@@ -241,7 +257,7 @@ class Steps:
         layer = None
         if mkdir and mkdir != "/" and not rootview.exists(st.lowers, mkdir, follow_last=True):
             owner = self._user_owner(st)
-            st.missed = True
+            self._miss(st)
             layer = self._fresh_layer(
                 st, lambda root: Copier(root, CopyOptions(parent_owner=owner)).make_dirs(mkdir))
         self._store_result(st, instr, key, layer)
@@ -286,7 +302,7 @@ class Steps:
         if record:
             self._apply(st, instr, record, cached=True)
             return
-        st.missed = True
+        self._miss(st)
 
         def fill(root: str) -> None:
             owner = parse_chown(spec.chown, _read(root, "/etc/passwd"),
