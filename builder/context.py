@@ -117,7 +117,7 @@ class Context:
     def __init__(self, root: str, matcher=None, sums: SumCache | None = None):
         self.root = os.path.realpath(root)
         self.matcher = matcher or IgnoreAll()
-        self.sums = sums
+        self.sums = sums if sums is not None else SumCache(None)
         self._walks: dict[str, list[Entry]] = {}
 
     @classmethod
@@ -250,8 +250,7 @@ class Context:
 
     def checksum(self, sources: list[Source]) -> str:
         """A digest of everything these sources copy, for the cache key."""
-        content = self.sums.digest if self.sums is not None else _content_digest
-        return checksum_tree(((s.rel, self.walk(s)) for s in sources), content)
+        return checksum_tree(((s.rel, self.walk(s)) for s in sources), self.sums.digest)
 
 
 Entry = tuple[str, str, os.stat_result]
@@ -333,10 +332,12 @@ class SumCache:
 
     MAX_ENTRIES = 200_000
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | None):
         self.path = path
         self._old: dict[str, list] = {}
         self._seen: dict[str, list] = {}
+        if path is None:
+            return  # in memory only
         try:
             with open(path) as f:
                 doc = json.load(f)
@@ -347,7 +348,7 @@ class SumCache:
 
     def digest(self, path: str, st: os.stat_result) -> str:
         key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        old = self._old.get(path)
+        old = self._seen.get(path) or self._old.get(path)
         if old is not None and old[:4] == key:
             self._seen[path] = old
             return old[4]
@@ -355,9 +356,13 @@ class SumCache:
         self._seen[path] = [*key, hexdigest]
         return hexdigest
 
+    def record(self, path: str, st: os.stat_result, hexdigest: str) -> None:
+        """A digest computed elsewhere (while the file was copied)."""
+        self._seen[path] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, hexdigest]
+
     def save(self) -> None:
         """Writes what this build saw, plus older entries up to the size limit."""
-        if not self._seen:
+        if not self._seen or self.path is None:
             return
         files = dict(self._seen)
         for path, entry in self._old.items():

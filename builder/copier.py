@@ -11,6 +11,7 @@ were / (rootfs.secure_join), and a copied symlink is never followed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import shutil
@@ -132,9 +133,12 @@ def unpacked_archive(path: str, scratch: str) -> str:
 class Copier:
     """Writes sources into root (the image's '/' on the host)."""
 
-    def __init__(self, root: str, options: CopyOptions):
+    def __init__(self, root: str, options: CopyOptions, on_digest=None):
+        """on_digest(src, st, sha256 hex), when given, is told every regular file's content
+        digest, computed as the file is copied (the build cache's checksum, for free)."""
         self.root = os.path.realpath(root)
         self.opts = options
+        self.on_digest = on_digest
         self._dir_times: list[tuple[str, os.stat_result]] = []
         self._sgid: dict[str, bool] = {}
         self._umask = os.umask(0o022)
@@ -284,7 +288,9 @@ class Copier:
             os.unlink(dst)
             fd = os.open(dst, _CREATE, mode & 0o777)
         try:
-            if st.st_size:
+            if self.on_digest is not None:
+                self.on_digest(src, st, _copy_hashing(src, fd, st.st_size))
+            elif st.st_size:
                 _copy_content(src, fd, st.st_size)
             if (uid, gid) != (0, 0) or self._setgid(os.path.dirname(dst)):
                 os.fchown(fd, uid, gid)
@@ -341,6 +347,23 @@ def _copy_content(src: str, fd_out: int, size: int) -> None:
                     view = view[os.write(fd_out, view):]
     finally:
         os.close(fd_in)
+
+
+def _copy_hashing(src: str, fd_out: int, size: int) -> str:
+    """Like _copy_content, through user space, returning the bytes' sha256 hex digest."""
+    sha = hashlib.sha256()
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        done = 0
+        while done < size and (chunk := os.read(fd_in, min(1 << 20, size - done))):
+            done += len(chunk)
+            sha.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd_out, view):]
+    finally:
+        os.close(fd_in)
+    return sha.hexdigest()
 
 
 def tree_entries(host: str) -> Iterator[OS_WalkEntry]:

@@ -105,11 +105,13 @@ class Steps:
     def _meta(self, st, instr) -> None:
         """A config-only instruction; its record keeps the history time stable across builds,
         so an unchanged rebuild makes the same image ID."""
-        st.key = cachemod.step_key(st.key, st.diff_ids, instr.original, st.sc.cache_scope())
+        parent = st.key
+        st.key = cachemod.step_key(parent, st.diff_ids, instr.original, st.sc.cache_scope())
         record = None if self.no_cache else self.cache.get(st.key)
         if record is None:
             record = cachemod.Record(st.key, None, self.created, instr.original)
             self.cache.put(record)
+            self.cache.mark_parent(parent)
         st.sc = replace(st.sc, created=record.created).apply(instr)
 
     # ---- cache ----
@@ -154,6 +156,7 @@ class Steps:
     def _store_result(self, st, instr, key: str, layer) -> None:
         record = cachemod.Record(key, layer, self.created, st.sc.created_by(instr))
         self.cache.put(record)
+        self.cache.mark_parent(st.key)
         self._apply(st, instr, record, cached=False)
 
     # ---- layers ----
@@ -295,14 +298,19 @@ class Steps:
         else:
             from_lowers = None
             matched = [self.context.sources(s, kw) for s in srcs]
-            content = self.context.checksum([s for group in matched for s in group])
+            # A step sure to miss checksums the files as it copies them (one read, not two).
+            content = None if self._sure_miss(st) else self.context.checksum(
+                [s for group in matched for s in group])
         desc = json.dumps([kw, spec.from_ is not None, spec.chown, chmod, srcs, dest])
-        key = cachemod.step_key(st.key, st.diff_ids, desc, st.sc.cache_scope(), content)
-        record = self._reuse(st, key)
+        parent, scope = st.key, st.sc.cache_scope()
+        key = None if content is None else cachemod.step_key(parent, st.diff_ids, desc, scope,
+                                                             content)
+        record = self._reuse(st, key) if key else None
         if record:
             self._apply(st, instr, record, cached=True)
             return
         self._miss(st)
+        diff_ids = list(st.diff_ids)
 
         def fill(root: str) -> None:
             owner = parse_chown(spec.chown, _read(root, "/etc/passwd"),
@@ -313,12 +321,19 @@ class Steps:
                 self._copy_from(root, from_lowers, srcs, dest, owner, chmod, kw)
 
         layer = self._fresh_layer(st, fill)
+        if key is None:
+            content = self.context.checksum([s for group in matched for s in group])
+            key = cachemod.step_key(parent, diff_ids, desc, scope, content)
         self._store_result(st, instr, key, layer)
+
+    def _sure_miss(self, st) -> bool:
+        return self.no_cache or st.missed or not self.cache.has_children(st.key)
 
     def _copy_context(self, root, kw, matched, srcs, dest, owner, chmod) -> None:
         flat = [s for group in matched for s in group]
         many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
-        copier = Copier(root, CopyOptions(owner or Owner(0, 0), chmod, owner or Owner(0, 0)))
+        copier = Copier(root, CopyOptions(owner or Owner(0, 0), chmod, owner or Owner(0, 0)),
+                        on_digest=self.context.sums.record)
         plain, archives = [], []
         for src in flat:
             if kw == "ADD" and not src.is_dir and is_archive(src.host):

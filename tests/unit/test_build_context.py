@@ -348,3 +348,23 @@ def test_sum_cache_reuses_digests_until_a_file_changes(ctx_dir, tmp_path, monkey
     changed = Context(ctx_dir, sums=ctxmod.SumCache(path))
     assert changed.checksum(changed.sources("src")) != want
     assert reads == [os.path.join(changed.root, "src/main.py")]
+
+
+@needs_root
+def test_checksum_while_copying_equals_checksum_before(ctx_dir, tmp_path):
+    from builder.context import SumCache
+
+    before = checksum(ctx_dir, ".")
+    ctx = Context(ctx_dir, sums=SumCache(None))
+    root = tmp_path / "root"
+    root.mkdir()
+    srcs = [CopySource(".", True, ctx.walk(s), s.host, plain_root=True) for s in ctx.sources(".")]
+    seen = []
+
+    def record(path, st, digest):
+        seen.append(path)
+        ctx.sums.record(path, st, digest)
+
+    Copier(str(root), CopyOptions(), on_digest=record).copy(srcs, "/app")
+    assert len(seen) == 7 and (root / "app/src/main.py").read_text() == "print(1)"
+    assert ctx.checksum(ctx.sources(".")) == before
