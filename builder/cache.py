@@ -94,18 +94,19 @@ class Cache:
         # Unsynced: a record lost in a crash is only a cache miss next time.
         write_atomic(self._path(record.key), json.dumps(record.to_json()), sync=False)
 
-    def mark_parent(self, parent: str) -> None:
-        """Records that some step was stored on top of parent (see has_children)."""
-        path = os.path.join(self.dir, "parents", parent.split(":", 1)[1])
+    def mark(self, probe: str) -> None:
+        """Records that a step with this probe (its key without the content checksum) was
+        stored (see seen)."""
+        path = os.path.join(self.dir, "probes", probe.split(":", 1)[1])
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w"):
                 pass
 
-    def has_children(self, parent: str) -> bool:
-        """False when no step was ever stored on parent: its next step is sure to miss, so
+    def seen(self, probe: str) -> bool:
+        """False when no step with this probe was ever stored: the step is sure to miss, so
         a COPY can checksum what it copies as it copies it instead of reading it twice."""
-        return os.path.exists(os.path.join(self.dir, "parents", parent.split(":", 1)[1]))
+        return os.path.exists(os.path.join(self.dir, "probes", probe.split(":", 1)[1]))
 
     def drop(self, key: str) -> None:
         try:

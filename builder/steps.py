@@ -111,7 +111,6 @@ class Steps:
         if record is None:
             record = cachemod.Record(st.key, None, self.created, instr.original)
             self.cache.put(record)
-            self.cache.mark_parent(parent)
         st.sc = replace(st.sc, created=record.created).apply(instr)
 
     # ---- cache ----
@@ -156,7 +155,6 @@ class Steps:
     def _store_result(self, st, instr, key: str, layer) -> None:
         record = cachemod.Record(key, layer, self.created, st.sc.created_by(instr))
         self.cache.put(record)
-        self.cache.mark_parent(st.key)
         self._apply(st, instr, record, cached=False)
 
     # ---- layers ----
@@ -298,11 +296,14 @@ class Steps:
         else:
             from_lowers = None
             matched = [self.context.sources(s, kw) for s in srcs]
-            # A step sure to miss checksums the files as it copies them (one read, not two).
-            content = None if self._sure_miss(st) else self.context.checksum(
-                [s for group in matched for s in group])
         desc = json.dumps([kw, spec.from_ is not None, spec.chown, chmod, srcs, dest])
         parent, scope = st.key, st.sc.cache_scope()
+        probe = cachemod.step_key(parent, st.diff_ids, desc, scope, "probe")
+        if from_lowers is None:
+            # A step sure to miss checksums the files as it copies them (one read, not two).
+            sure_miss = self.no_cache or st.missed or not self.cache.seen(probe)
+            content = None if sure_miss else self.context.checksum(
+                [s for group in matched for s in group])
         key = None if content is None else cachemod.step_key(parent, st.diff_ids, desc, scope,
                                                              content)
         record = self._reuse(st, key) if key else None
@@ -325,9 +326,7 @@ class Steps:
             content = self.context.checksum([s for group in matched for s in group])
             key = cachemod.step_key(parent, diff_ids, desc, scope, content)
         self._store_result(st, instr, key, layer)
-
-    def _sure_miss(self, st) -> bool:
-        return self.no_cache or st.missed or not self.cache.has_children(st.key)
+        self.cache.mark(probe)
 
     def _copy_context(self, root, kw, matched, srcs, dest, owner, chmod) -> None:
         flat = [s for group in matched for s in group]

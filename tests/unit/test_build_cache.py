@@ -75,3 +75,12 @@ def test_damaged_record_is_a_miss(tmp_path, damage):
     with open(path, "w") as f:
         f.write(damage(doc))
     assert c.get(key) is None
+
+
+def test_probes_say_whether_a_step_was_ever_stored(tmp_path):
+    c = cache.Cache(str(tmp_path))
+    probe = cache.step_key(**{**ARGS, "content": "probe"})
+    assert not c.seen(probe)
+    c.mark(probe)
+    c.mark(probe)
+    assert c.seen(probe) and not c.seen(cache.step_key(**ARGS))
