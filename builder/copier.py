@@ -141,8 +141,6 @@ class Copier:
         self.on_digest = on_digest
         self._dir_times: list[tuple[str, os.stat_result]] = []
         self._sgid: dict[str, bool] = {}
-        self._umask = os.umask(0o022)
-        os.umask(self._umask)
 
     def container_path(self, host: str) -> str:
         rel = os.path.relpath(host, self.root)
@@ -295,7 +293,7 @@ class Copier:
             if (uid, gid) != (0, 0) or self._setgid(os.path.dirname(dst)):
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)  # after chown, which clears setuid and setgid
-            elif mode & ~0o777 or mode & self._umask:
+            elif mode & ~0o777 or mode & _UMASK:
                 os.fchmod(fd, mode)
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
@@ -322,6 +320,9 @@ def _with_mode(st: os.stat_result, mode: int) -> os.stat_result:
                                    "st_mtime_ns": st.st_mtime_ns})
 
 
+# Read once, while the builder is single-threaded (reading it means setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -15,9 +15,11 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -26,7 +28,7 @@ from builder.context import Context
 from builder.errors import BuildError
 from builder.paths import BuildRoot
 from builder.progress import Progress
-from builder.steps import StepError, Steps
+from builder.steps import Cancelled, StepError, Steps
 from nodeagent.runtime.images.reference import ReferenceError, parse_reference
 from nodeagent.runtime.images.registry import RegistryConfig, host_architecture
 from nodeagent.runtime.images.store import Image, Store, StoreError
@@ -73,6 +75,7 @@ class StageRun:
     key: str
     base: Image | None
     missed: bool = False
+    run_ahead: bool = False  # a RUN follows the current step
 
     @property
     def lowers(self) -> list[str]:
@@ -107,6 +110,8 @@ class Build:
         self.quiet = quiet
         self.source_date_epoch = source_date_epoch
         self._pulled: dict[str, Image] = {}
+        self._lock = threading.Lock()
+        self._config_lock = threading.Lock()
         self.progress: Progress | None = None
 
     # ---- images ----
@@ -118,21 +123,23 @@ class Build:
             name = str(parse_reference(ref))
         except ReferenceError as e:
             raise BuildError(f"invalid image reference {ref!r}: {e}") from None
-        if name in self._pulled:
-            return self._pulled[name]
-        image = None if self.pull else self.store.get(name)
-        if image is None:
-            try:
-                image = self.store.pull(name, self.registry_config(), self._pull_progress)
-            except StoreError as e:
-                raise BuildError(str(e)) from None
-        self._pulled[name] = image
-        return image
+        with self._lock:  # stages run in threads: one pull per image
+            if name in self._pulled:
+                return self._pulled[name]
+            image = None if self.pull else self.store.get(name)
+            if image is None:
+                try:
+                    image = self.store.pull(name, self.registry_config(), self._pull_progress)
+                except StoreError as e:
+                    raise BuildError(str(e)) from None
+            self._pulled[name] = image
+            return image
 
     def registry_config(self) -> RegistryConfig:
-        if callable(self._registry_config):
-            self._registry_config = self._registry_config()
-        return self._registry_config or RegistryConfig()
+        with self._config_lock:
+            if callable(self._registry_config):
+                self._registry_config = self._registry_config()
+            return self._registry_config or RegistryConfig()
 
     def _pull_progress(self, p) -> None:
         if p.done == p.total and self.progress is not None:
@@ -176,20 +183,26 @@ class Build:
                       created)
         results: dict[int, StageResult] = {}
         multi = len(dockerfile.stages) > 1
+
+        def build_stage(rs, final: bool, deps: list[Future]) -> None:
+            for dep in deps:
+                dep.result()  # raises what failed it
+            stage = rs.stage
+            label = stage.display_name if multi else ""
+            total = 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
+            if steps.cancel.is_set():
+                raise Cancelled()
+            st = self._start_stage(dockerfile, rs, results, build_args, label, progress,
+                                   total, created)
+            try:
+                steps.run_stage(st, rs, results)
+            except StepError as e:
+                raise BuildError(f"{dockerfile.path}:{e.line}: {e}") from None
+            results[stage.index] = self._commit(
+                st, (labels or {}) if final else {}, list(tags) if final else [])
+
         try:
-            for i, rs in enumerate(stages):
-                final = i == len(stages) - 1
-                stage = rs.stage
-                label = stage.display_name if multi else ""
-                total = 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
-                st = self._start_stage(dockerfile, rs, results, build_args, label, progress,
-                                       total, created)
-                try:
-                    steps.run_stage(st, rs, results)
-                except StepError as e:
-                    raise BuildError(f"{dockerfile.path}:{e.line}: {e}") from None
-                results[stage.index] = self._commit(
-                    st, (labels or {}) if final else {}, list(tags) if final else [])
+            _run_parallel(stages, build_stage, steps)
         finally:
             steps.close()
             shutil.rmtree(work, ignore_errors=True)
@@ -240,6 +253,41 @@ class Build:
         except (StoreError, OSError, ValueError) as e:
             raise BuildError(f"committing the image: {e}") from None
         return StageResult(image, list(st.layers), doc)
+
+
+def _run_parallel(stages, build_stage, steps) -> None:
+    """Each stage in a thread of its own, started once its base stage is built; a COPY
+    --from waits for its stage only when it gets there (BuildKit too builds what does not
+    depend on each other side by side). The first failure stops the others at their next
+    step (their running RUNs are killed) and is what the build reports."""
+    futures: dict[int, Future] = {}
+    first: list[BaseException] = []
+
+    def guarded(rs, final, deps):
+        try:
+            build_stage(rs, final, deps)
+        except BaseException as e:
+            if not isinstance(e, Cancelled) and not first:
+                first.append(e)
+                steps.interrupt()
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=len(stages), thread_name_prefix="stage")
+    try:
+        steps.stages = futures  # a COPY --from waits for its stage when it gets there
+        for i, rs in enumerate(stages):
+            deps = [futures[rs.base_stage]] if rs.base_stage is not None else []
+            futures[rs.stage.index] = pool.submit(guarded, rs, i == len(stages) - 1, deps)
+        wait(list(futures.values()))
+    except BaseException:  # Ctrl-C or SIGTERM, in this (the main) thread
+        steps.interrupt()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    if first:
+        raise first[0]
+    for f in futures.values():
+        f.result()  # a Cancelled with no failure behind it cannot happen; be loud if it does
 
 
 def _display_ref(ref: str) -> str:

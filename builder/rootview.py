@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 
 from nodeagent.runtime.rootfs import RootfsPlan, overlay_options
 from nodeagent.runtime.syscalls import MNT_DETACH, MS_RDONLY, LibcSyscalls, Syscalls
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
+_CWD_LOCK = threading.Lock()
 MAX_LINKS = 40
 
 
@@ -138,6 +140,16 @@ def mounted(lowers: Sequence[str], merged: str, upper: str | None = None,
     else:
         opts, cwd = overlay_options(RootfsPlan(tuple(lowers), upper, work or "", merged))
         flags = 0
+    with _CWD_LOCK:  # the cwd is the process's: stages run in threads
+        _mount(sysc, merged, flags, opts, cwd, upper is not None)
+    try:
+        yield merged
+    finally:
+        sysc.umount2(merged, MNT_DETACH)
+
+
+def _mount(sysc: Syscalls, merged: str, flags: int, opts: str, cwd: str | None,
+           writable: bool) -> None:
     here = os.getcwd()
     try:
         if cwd:
@@ -146,17 +158,13 @@ def mounted(lowers: Sequence[str], merged: str, upper: str | None = None,
             # volatile: no sync of the host's filesystem at unmount (~25ms each here); a
             # crash loses the step, which the build would redo anyway.
             sysc.mount("overlay", merged, "overlay", flags,
-                       opts + ",volatile" if upper is not None else opts)
+                       opts + ",volatile" if writable else opts)
         except OSError:
-            if upper is None:
+            if not writable:
                 raise
             sysc.mount("overlay", merged, "overlay", flags, opts)  # a kernel before 5.10
     finally:
         os.chdir(here)
-    try:
-        yield merged
-    finally:
-        sysc.umount2(merged, MNT_DETACH)
 
 
 def _empty_dir(beside: str) -> str:

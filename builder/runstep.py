@@ -9,7 +9,9 @@ made in it (mount stubs are removed, as BuildKit removes them), ready for layers
 
 from __future__ import annotations
 
+import itertools
 import os
+import signal
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -57,14 +59,14 @@ class Runner:
         self.cgroup_root = cgroup_root or os.environ.get(CGROUP_ROOT_ENV) or DEFAULT_CGROUP_ROOT
         self.runtime = Runtime(state_dir, cgroup_root=self.cgroup_root)
         self.build_id = build_id
-        self._n = 0
-        self._live: set[str] = set()
+        self._numbers = itertools.count(1)
+        self._live: set[str] = set()  # set.add/discard are atomic: stages run in threads
 
     def run(self, argv: Sequence[str], lowers: Sequence[str], env: Sequence[str], user: str,
-            workdir: str, on_output: Callable[[str], None], empty_lower: str) -> RunResult:
+            workdir: str, on_output: Callable[[str], None], empty_lower: str,
+            cancelled: Callable[[], bool] = lambda: False) -> RunResult:
         """Runs argv to its end; the caller takes the layer from .upper, then calls remove."""
-        self._n += 1
-        cid = f"build-{self.build_id}-{self._n}"
+        cid = f"build-{self.build_id}-{next(self._numbers)}"
         envd = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
         user = user or "0:0"
         envd.setdefault("HOME", _home(lowers, user))
@@ -84,8 +86,16 @@ class Runner:
             self.runtime.start(cid)
         except StartError as e:
             raise RunError(str(e).split(": ", 1)[-1]) from None
-        _stream(os.path.join(cdir, "container.log"), lambda: self.runtime.status(cid).state
-                == EXITED, on_output)
+        killed = False
+
+        def exited() -> bool:
+            nonlocal killed
+            if not killed and cancelled():  # the build is stopping: so does this step
+                killed = True
+                self.runtime.signal(cid, signal.SIGKILL)
+            return self.runtime.status(cid).state == EXITED
+
+        _stream(os.path.join(cdir, "container.log"), exited, on_output)
         st = self.runtime.status(cid)
         _remove_stubs(upper, lowers, stubs, [f for f, _ in files])
         return RunResult(cid, st.exit_code if st.exit_code is not None else 1, st.reason, upper)
@@ -101,6 +111,15 @@ class Runner:
     def remove(self, cid: str) -> None:
         self.runtime.remove(cid)
         self._live.discard(cid)
+
+    def kill_all(self) -> None:
+        """SIGKILLs every running step (another stage failed, or the build was stopped);
+        their RUNs then end as failed."""
+        for cid in list(self._live):
+            try:
+                self.runtime.signal(cid, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
         """Removes what is left (a failed step's container) and the fork server."""

@@ -9,6 +9,7 @@ step can stack on it without unpacking anything.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import posixpath
@@ -16,6 +17,7 @@ import re
 import shutil
 import stat
 import sys
+import threading
 from dataclasses import replace
 
 from builder import cache as cachemod
@@ -44,6 +46,10 @@ ADD_URL = ("ADD from a URL is not supported: no network may be reachable from bu
            "download it into the context and COPY it")
 
 
+class Cancelled(Exception):
+    """Another stage failed (or the build was stopped): this one stops at its next step."""
+
+
 class StepError(Exception):
     """A step failed; the message is Docker's, line is the instruction's."""
 
@@ -61,17 +67,25 @@ class Steps:
                                                                    no_cache, epoch)
         self.created = created  # this build's time for the history of the steps it runs
         self._runner = None  # runstep.Runner, made on the first RUN that runs
-        self._run_ahead = False  # a RUN follows the current step in its stage
-        self._n = 0
+        self._runner_lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        self.cancel = threading.Event()  # set: stages stop at their next step
+        self.stages: dict = {}  # stage index -> Future, set by the executor
 
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
 
+    def interrupt(self) -> None:
+        """Stops every stage at its next step, and the RUNs running now."""
+        self.cancel.set()
+        runner = self._runner
+        if runner is not None:
+            runner.kill_all()
+
     def _dir(self, what: str) -> str:
-        self._n += 1
-        d = os.path.join(self.work, f"{self._n}-{what}")
+        d = os.path.join(self.work, f"{next(self._numbers)}-{what}")
         os.makedirs(d)
         return d
 
@@ -86,8 +100,10 @@ class Steps:
             if instr.keyword not in LAYER_STEPS:
                 self._meta(st, instr)
                 continue
+            if self.cancel.is_set():
+                raise Cancelled()
             # Once a step misses, every later one runs: a RUN ahead will need the runtime.
-            self._run_ahead = any(x.keyword == "RUN" for x in stage.instructions[pos + 1:])
+            st.run_ahead = any(x.keyword == "RUN" for x in stage.instructions[pos + 1:])
             n += 1
             self.progress.step(st.label, n, total, instr.original)
             try:
@@ -213,11 +229,14 @@ class Steps:
         os.makedirs(empty, exist_ok=True)
         try:
             result = self._runner.run(argv, st.lowers, st.sc.run_env(), st.sc.user,
-                                      st.sc.working_dir, self.progress.output, empty)
+                                      st.sc.working_dir, self.progress.output, empty,
+                                      self.cancel.is_set)
         except RunError as e:
             raise BuildError(f'process "{cmd}" could not be started: {e}') from None
         try:
             if result.exit_code != 0:
+                if self.cancel.is_set():
+                    raise Cancelled()
                 self._show_held()
                 raise BuildError(f'process "{cmd}" did not complete successfully: exit code: '
                                  f"{result.exit_code}")
@@ -227,17 +246,18 @@ class Steps:
         self._store_result(st, instr, key, layer)
 
     def _start_runner(self) -> None:
-        if self._runner is None:
-            from builder.runstep import Runner  # the runtime: only when a RUN runs
+        with self._runner_lock:
+            if self._runner is None:
+                from builder.runstep import Runner  # the runtime: only when a RUN runs
 
-            self._runner = Runner(self.build.root.containers, self.build_id,
-                                  self.build.cgroup_root)
+                self._runner = Runner(self.build.root.containers, self.build_id,
+                                      self.build.cgroup_root)
 
     def _miss(self, st) -> None:
         """The stage's first miss: what follows runs; a RUN ahead gets the container fork
         server started now, so its start-up overlaps this step."""
         st.missed = True
-        if self._run_ahead:
+        if st.run_ahead:
             self._start_runner()
             self._runner.warm()
 
@@ -366,6 +386,8 @@ class Steps:
         """(lower dirs, cache identity) of what --from names (stage_order resolved it to an
         earlier stage's index or an image reference)."""
         if isinstance(source, int):
+            if source in self.stages:
+                self.stages[source].result()  # built by its own thread: wait for it
             if source not in results:
                 raise BuildError(f"COPY --from: stage {source} was not built before this one")
             res = results[source]

@@ -118,15 +118,19 @@ def built():
 
 
 def steps(output: str) -> list[tuple[str, str]]:
-    """(step header, CACHED or DONE) pairs from the progress output."""
-    out, header = [], None
+    """(step header, CACHED or DONE) pairs from the progress output, in header order; lines
+    carry their step's number (`#3 [2/6] RUN ...`, `#3 DONE 0.1s`)."""
+    headers: dict[str, str] = {}
+    ends: dict[str, str] = {}
     for line in output.splitlines():
-        if line.startswith("["):
-            header = line
-        elif header and (line == "CACHED" or line.startswith("DONE ")):
-            out.append((header, "CACHED" if line == "CACHED" else "DONE"))
-            header = None
-    return out
+        number, _, rest = line.partition(" ")
+        if not number.startswith("#"):
+            continue
+        if rest.startswith("[") and number not in headers:
+            headers[number] = rest
+        elif rest == "CACHED" or rest.startswith("DONE "):
+            ends[number] = "CACHED" if rest == "CACHED" else "DONE"
+    return [(h, ends.get(n, "")) for n, h in headers.items()]
 
 
 def write_app_context(b: Built) -> None:
@@ -346,3 +350,27 @@ def test_build_push_and_pull_back(built, registry):
     image = fresh.pull(name, RegistryConfig(insecure=frozenset({registry.host})))
     assert image.config_digest == built.store.get(name).config_digest
     assert rootview.read_file(image.layer_dirs(), "/msg") == "pushed\n"
+
+
+PARALLEL_FAIL = """\
+FROM busybox:test AS slow
+RUN sleep 1000
+FROM busybox:test AS bad
+RUN exit 7
+FROM busybox:test
+COPY --from=slow /etc/passwd /a
+COPY --from=bad /etc/passwd /b
+"""
+
+
+def test_a_failing_stage_stops_the_others(built):
+    # The stages build side by side; the failure ends the slow RUN (else the build would
+    # hang until the subprocess timeout) and is what the build reports.
+    built.write("Dockerfile", PARALLEL_FAIL)
+    proc = built.build("-t", "parallel:1", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'error: Dockerfile:4: process "/bin/sh -c exit 7" did not complete successfully: '
+        "exit code: 7")
+    assert built.store.get("parallel:1") is None
+    assert built.leftovers() == []
