@@ -14,7 +14,7 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 
-from nodeagent.runtime.rootfs import RootfsPlan, overlay_options
+from nodeagent.runtime.rootfs import RootfsPlan, distinct_lowers, overlay_options
 from nodeagent.runtime.syscalls import MNT_DETACH, MS_RDONLY, LibcSyscalls, Syscalls
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -125,6 +125,7 @@ def mounted(lowers: Sequence[str], merged: str, upper: str | None = None,
     """The layers (top first) mounted at merged, writable into upper when given, read-only
     otherwise; unmounted on the way out. One read-only layer is used as it is."""
     sysc = sysc or LibcSyscalls()
+    lowers = list(distinct_lowers(lowers))
     if upper is None and len(lowers) == 1:
         yield lowers[0]
         return

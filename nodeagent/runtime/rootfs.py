@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nodeagent.runtime.syscalls import (
     MNT_DETACH,
@@ -53,12 +53,21 @@ class RootfsPlan:
 MOUNT_DATA_MAX = 4000  # the kernel copies at most one page of mount options
 
 
+def distinct_lowers(lower_dirs) -> tuple[str, ...]:
+    """lower_dirs (top first) with each dir kept only where it is topmost. The store keeps one
+    dir per layer content, so an image with two identical layers (ADD of one file twice)
+    names a dir twice; overlayfs refuses that (EINVAL or ELOOP), and the lower copy adds
+    nothing: every path it has, the upper copy has too, and decides."""
+    return tuple(dict.fromkeys(lower_dirs))
+
+
 def overlay_options(plan: RootfsPlan) -> tuple[str, str | None]:
     """The overlay mount options, and a dir to chdir into first when they must be shortened.
 
     Many layers with long paths overflow the one-page option limit; overlayfs resolves
     relative lowerdirs from the caller's cwd, so we then give them relative to their parent.
     """
+    plan = replace(plan, lower_dirs=distinct_lowers(plan.lower_dirs))
     for d in (*plan.lower_dirs, plan.upper, plan.work):
         # overlayfs splits its options on ',' and lowerdir on ':'; such paths cannot be passed.
         if "," in d or ":" in d:

@@ -104,6 +104,13 @@ def test_overlay_refuses_separator_paths(path):
         overlay_options(RootfsPlan((path,), "/u", "/w", "/m"))
 
 
+def test_overlay_names_a_repeated_layer_once_where_it_is_topmost():
+    # Two identical layers share one store dir; overlayfs refuses a lowerdir given twice.
+    opts, _ = overlay_options(RootfsPlan(("/l/b", "/l/a", "/l/b", "/l/c", "/l/a"), "/u", "/w",
+                                         "/m"))
+    assert opts == "lowerdir=/l/b:/l/a:/l/c,upperdir=/u,workdir=/w"
+
+
 def test_masked_paths_files_get_dev_null_dirs_get_ro_tmpfs():
     fake = RecordingSyscalls()
     kinds = {"/proc/kcore": "file", "/proc/keys": "file", "/sys/firmware": "dir",
