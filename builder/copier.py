@@ -46,8 +46,6 @@ class CopySource:
     is_dir: bool
     entries: Iterable[OS_WalkEntry]
     host: str = ""
-    # The context root itself: Docker never sends its metadata, a dir made for it is 0755.
-    plain_root: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +166,7 @@ class Copier:
                 target = posixpath.join(dest_path, src.name)
             else:
                 target = dest_path
-            self.copy_tree(src.entries, target, plain_root=src.plain_root)
+            self.copy_tree(src.entries, target)
         self.finish()
 
     def extract(self, entries: Iterable[OS_WalkEntry], target: str) -> None:
@@ -177,14 +175,16 @@ class Copier:
         self.copy_tree(entries, target, into=True)
         self.finish()
 
-    def copy_tree(self, entries: Iterable[OS_WalkEntry], target: str, into: bool = False,
-                  plain_root: bool = False) -> None:
+    def copy_tree(self, entries: Iterable[OS_WalkEntry], target: str, into: bool = False) -> None:
         """One source's entries, its "" entry landing at target (a container path); with
         `into`, "" only names the directory the rest goes in."""
         hosts: dict[str, str] = {}
         files: dict[str, list[tuple[str, os.stat_result, str]]] = {}  # by parent dir
         for below, host, st in entries:
-            if below == "" and plain_root:
+            top_dir = below == "" and stat.S_ISDIR(st.st_mode)
+            if top_dir:
+                # Docker copies a directory's contents, not the directory (the context root
+                # included): one made for it is 0755, never the source's nor --chmod's mode.
                 st = _with_mode(st, stat.S_IFDIR | 0o755)
             if below == "" and into:
                 hosts[""] = self.make_dirs(target)
@@ -199,7 +199,7 @@ class Copier:
             if stat.S_ISREG(st.st_mode):
                 files.setdefault(os.path.dirname(dst), []).append((host, st, dst))
             else:
-                hosts[below] = self._put(host, st, dst)
+                hosts[below] = self._put(host, st, dst, chmod=not top_dir)
         self._put_files(files)
 
     def _put_files(self, batches: dict[str, list[tuple[str, os.stat_result, str]]]) -> None:
@@ -240,8 +240,9 @@ class Copier:
     def _mode(self, st: os.stat_result) -> int:
         return stat.S_IMODE(st.st_mode) if self.opts.chmod is None else self.opts.chmod
 
-    def _put(self, src: str, st: os.stat_result, dst: str) -> str:
-        """Copies one entry to dst (a host path under root); returns where it landed."""
+    def _put(self, src: str, st: os.stat_result, dst: str, chmod: bool = True) -> str:
+        """Copies one entry to dst (a host path under root); returns where it landed.
+        chmod False: a directory made keeps st's mode whatever --chmod says."""
         mode = st.st_mode
         if stat.S_ISREG(mode):
             self._put_file(src, st, dst)
@@ -269,8 +270,9 @@ class Copier:
                 os.mkdir(dst, 0o700)
                 uid, gid = self._owner(st)
                 os.chown(dst, uid, gid)
-                os.chmod(dst, self._mode(st))
-                self._sgid[dst] = bool(self._mode(st) & stat.S_ISGID)
+                mode = self._mode(st) if chmod else stat.S_IMODE(st.st_mode)
+                os.chmod(dst, mode)
+                self._sgid[dst] = bool(mode & stat.S_ISGID)
                 self._dir_times.append((dst, st))  # after its children are written
             return dst
         if existing is not None:

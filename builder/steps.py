@@ -359,7 +359,7 @@ class Steps:
                 archives.append(src)
             else:
                 plain.append(CopySource(_name(src), src.is_dir, self.context.walk(src),
-                                        src.host, plain_root=src.rel == ""))
+                                        src.host))
         if plain:
             copier.copy(plain, dest, as_dir=True if many else None)
         for src in archives:

@@ -321,14 +321,30 @@ def test_existing_dirs_keep_their_metadata_new_ones_take_the_source(ctx_dir, tmp
     os.chmod(ctx_dir, 0o700)
     os.chmod(os.path.join(ctx_dir, "src"), 0o750)
     ctx = Context(ctx_dir)
-    srcs = [CopySource(".", True, ctx.walk(s), s.host, plain_root=True) for s in ctx.sources(".")]
+    srcs = [CopySource(".", True, ctx.walk(s), s.host) for s in ctx.sources(".")]
     Copier(str(root), CopyOptions()).copy(srcs, "/app")
     assert stat.S_IMODE(os.lstat(root / "app").st_mode) == 0o711       # existed: kept
     assert stat.S_IMODE(os.lstat(root / "app/src").st_mode) == 0o750   # made: the source's
-    srcs = [CopySource(".", True, ctx.walk(s), s.host, plain_root=True) for s in ctx.sources(".")]
+    srcs = [CopySource(".", True, ctx.walk(s), s.host) for s in ctx.sources(".")]
     Copier(str(root), CopyOptions()).copy(srcs, "/fresh")
     assert stat.S_IMODE(os.lstat(root / "fresh").st_mode) == 0o755     # not the context's 0700
 
+
+@needs_root
+def test_a_directory_source_copies_its_contents_not_its_own_mode(ctx_dir, tmp_path):
+    # As both of Docker's builders do: `COPY src/ /made/` makes /made 0755 (even under
+    # --chmod, which the files and subdirectories get), owned as --chown says.
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chmod(os.path.join(ctx_dir, "src"), 0o700)
+    ctx = Context(ctx_dir)
+    Copier(str(root), CopyOptions()).copy(context_sources(ctx, "src"), "/made/")
+    assert stat.S_IMODE(os.lstat(root / "made").st_mode) == 0o755
+    Copier(str(root), CopyOptions(Owner(7, 8), 0o750, Owner(7, 8))).copy(
+        context_sources(ctx, "src"), "/chmod/")
+    made = os.lstat(root / "chmod")
+    assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (7, 8, 0o755)
+    assert stat.S_IMODE(os.lstat(root / "chmod/main.py").st_mode) == 0o750
 
 def test_sum_cache_reuses_digests_until_a_file_changes(ctx_dir, tmp_path, monkeypatch):
     from builder import context as ctxmod
@@ -358,7 +374,7 @@ def test_checksum_while_copying_equals_checksum_before(ctx_dir, tmp_path):
     ctx = Context(ctx_dir, sums=SumCache(None))
     root = tmp_path / "root"
     root.mkdir()
-    srcs = [CopySource(".", True, ctx.walk(s), s.host, plain_root=True) for s in ctx.sources(".")]
+    srcs = [CopySource(".", True, ctx.walk(s), s.host) for s in ctx.sources(".")]
     seen = []
 
     def record(path, st, digest):
