@@ -114,6 +114,9 @@ class StageState:
     cmd_set: bool = False
     mkdir: str | None = None   # the directory a just-applied WORKDIR asks the executor to make
     onbuild: tuple[str, ...] = ()  # the base's ONBUILD triggers (Docker would run them)
+    # ARGs with a value declared after an ENV of the same name: BuildKit lets the later of
+    # the two win, in RUN's environment and in expansion (the stored Env keeps the ENV).
+    args_over_env: frozenset[str] = frozenset()
 
     # -- construction -----------------------------------------------------------------------
 
@@ -170,16 +173,20 @@ class StageState:
         return {k: v for k, v in self.args if v is not None}
 
     def expansion_env(self) -> dict[str, str]:
-        """What `$NAME` means in this stage now: ENV values over ARG values."""
+        """What `$NAME` means in this stage now: ENV values over ARG values, but an ARG
+        declared (with a value) after the ENV of its name wins."""
         out = self.arg_values()
         out.update(self.env)
+        out.update({k: v for k, v in self.args if k in self.args_over_env and v is not None})
         return out
 
     def run_env(self) -> list[str]:
-        """The environment a RUN sees: the image's Env, then the ARGs in scope that no Env
-        shadows, then the proxy build args (never declared, never stored)."""
+        """The environment a RUN sees: the image's Env (with the values of ARGs declared
+        after an ENV of their name), then the ARGs in scope that no Env shadows, then the
+        proxy build args (never declared, never stored)."""
         names = {k for k, _ in self.env}
-        out = [f"{k}={v}" for k, v in self.env]
+        over = {k: v for k, v in self.args if k in self.args_over_env and v is not None}
+        out = [f"{k}={over.get(k, v)}" for k, v in self.env]
         for k, v in self.args:
             if v is not None and k not in names:
                 out.append(f"{k}={v}")
@@ -195,6 +202,7 @@ class StageState:
         the shell. Proxy build args stay out, as in Docker."""
         doc = {"env": [list(p) for p in self.env],
                "args": sorted([k, v] for k, v in self.args),
+               "args_over_env": sorted(self.args_over_env),
                "user": self.user, "workdir": self.working_dir, "shell": list(self.shell)}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -252,7 +260,8 @@ class StageState:
         env = dict(self.env)
         shown: dict[str, str] = {}
         for k, v in self.args:
-            shown[k] = env.get(k, v if v is not None else "")
+            over = k in self.args_over_env and v is not None
+            shown[k] = v if over else env.get(k, v if v is not None else "")
         prefix = [f"|{len(shown)}", *(f"{k}={v}" for k, v in shown.items())] if shown else []
         return " ".join(prefix + argv)
 
@@ -360,7 +369,7 @@ def _env(st: StageState, ins: Instruction) -> StageState:
         if not k:
             raise st._error(ins.line, "ENV names can not be blank")
         env = _set(env, k, v)
-    st = replace(st, env=tuple(env))
+    st = replace(st, env=tuple(env), args_over_env=st.args_over_env - {k for k, _ in values})
     return st._with_history("ENV " + " ".join(f"{k}={v}" for k, v in values), True)
 
 
@@ -386,7 +395,10 @@ def _arg(st: StageState, ins: Instruction) -> StageState:
         else:
             value = st.meta_args.get(name)
         args = [(k, v) for k, v in args if k != name] + [(name, value)]
-        st = replace(st, args=tuple(args))
+        over = st.args_over_env - {name}
+        if value is not None and any(k == name for k, _ in st.env):
+            over |= {name}
+        st = replace(st, args=tuple(args), args_over_env=over)
         shown.append(name if value is None else f"{name}={value}")
     return st._with_history("ARG " + " ".join(shown), True)
 

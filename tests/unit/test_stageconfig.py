@@ -175,11 +175,21 @@ def test_several_args_on_a_line_see_each_other():
     assert (env["A"], env["B"]) == ("1", "12")
 
 
-def test_env_wins_over_an_arg_of_the_same_name_in_either_order():
-    for body in ("ARG V=arg\nENV V=env\n", "ENV V=env\nARG V=arg\n"):
-        state = run(body)
-        assert env_of(state)["V"] == "env"
-        assert state.expand("$V") == "env"
+def test_the_later_of_env_and_arg_wins_as_in_buildkit():
+    # ENV after ARG: the ENV. ARG with a value after ENV (or after an inherited Env): the ARG,
+    # for RUN and expansion, while the stored Env keeps the ENV's (the classic builder kept
+    # the ENV in both orders, a limitation BuildKit does not have).
+    state = run("ARG V=arg\nENV V=env\n")
+    assert env_of(state)["V"] == state.expand("$V") == "env"
+    state = run("ENV V=env\nARG V=arg\n")
+    assert env_of(state)["V"] == state.expand("$V") == "arg"
+    assert dict(state.env)["V"] == "env"
+    state = run("ENV V=env\nARG V\n")
+    assert env_of(state)["V"] == "env"  # an ARG without a value shadows nothing
+    state = run("ARG V\n", base={"config": {"Env": ["V=inherited"]}}, build_args={"V": "cli"})
+    assert env_of(state)["V"] == state.expand("$V") == "cli"
+    state = run("ENV V=env\nARG V=arg\nENV V=again\n")
+    assert env_of(state)["V"] == "again"
 
 
 def test_arg_history_shows_resolved_values():
