@@ -15,6 +15,7 @@ class Case:
     dockerfile: str
     files: dict[str, bytes | str] = field(default_factory=dict)  # path -> content
     symlinks: dict[str, str] = field(default_factory=dict)  # path -> target
+    hardlinks: dict[str, str] = field(default_factory=dict)  # path -> existing path
     modes: dict[str, int] = field(default_factory=dict)  # path -> chmod
     build_args: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -34,6 +35,8 @@ class Case:
             full = os.path.join(context, path)
             os.makedirs(os.path.dirname(full), exist_ok=True)
             os.symlink(target, full)
+        for path, existing in self.hardlinks.items():
+            os.link(os.path.join(context, existing), os.path.join(context, path))
         for path, mode in self.modes.items():
             os.chmod(os.path.join(context, path), mode)
         return context
@@ -227,5 +230,35 @@ RUN ["/bin/sh", "-c", "ls -R /opt > /opt/listing"]
             "pkg.tar.gz": _tarball()},
     modes={"setuid": 0o4755, "private": 0o700, "private/sub": 0o750}, legacy=False)
 
+# What RUN changes beyond new files: metadata-only changes to lower files (overlay copy-up),
+# a directory turned into a symlink and back, fifos, hard links, odd names.
+RUN_CHANGES = Case("run-changes", f"""\
+FROM {BASE}
+RUN mkdir -p /d/sub /l && echo x > /d/sub/x && ln -s /d /link-to-d && echo y > /l/y
+RUN chmod 0600 /etc/group && chown 65534:65534 /var/www && chmod g+s /var/www \\
+ && rm -rf /d && ln -s /etc /d && rm /link-to-d && mkdir /link-to-d && echo z > /link-to-d/z
+RUN mkfifo /fifo && echo h > /h1 && ln /h1 /h2 && ln /h1 /l/h3 \\
+ && echo u > "/\u00e9t\u00e9 and spaces" && mkdir -p /a/b/c/d/e/f && echo deep > /a/b/c/d/e/f/g
+RUN chmod 0640 /h1 && rm /l/y
+""")
+
+# Bases and sources other than the busybox stage: scratch, COPY --from an image by name, a
+# stage's files with --chown, WORKDIR after USER, hard links in the context.
+BASES = Case("bases", f"""\
+FROM {BASE} AS tools
+RUN mkdir -p /out/bin && cp /bin/busybox /out/bin/ && ln -s busybox /out/bin/sh \\
+ && echo cfg > /out/cfg && chmod 0600 /out/cfg
+
+FROM scratch AS minimal
+COPY --from=tools /out/ /
+COPY --from={BASE} /etc/passwd /etc/group /etc/
+COPY --from=0 --chown=1:2 /out/cfg /owned/cfg
+COPY hard-a hard-b /links/
+USER nobody
+WORKDIR /home/nobody/work
+ENV SCRATCH=yes
+CMD ["/bin/sh"]
+""", files={"hard-a": "shared\n"}, hardlinks={"hard-b": "hard-a"}, target="minimal")
+
 CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, ARGS_AFTER_ENV,
-         DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES)
+         DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES, RUN_CHANGES, BASES)
