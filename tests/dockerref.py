@@ -527,9 +527,10 @@ def moor_tree(root: str, image: str) -> dict[str, Node]:
 def moor_build(root: str, context: str, tag: str, *, dockerfile: str | None = None,
                build_args: dict[str, str] | None = None, target: str | None = None,
                no_cache: bool = False, labels: dict[str, str] | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+               media: str = "docker", timeout: float = 600) -> subprocess.CompletedProcess:
     """`moor build` (python -m builder) into the build root `root`; check the returncode."""
-    args = [sys.executable, "-m", "builder", "build", "--root", root, "-t", tag]
+    args = [sys.executable, "-m", "builder", "build", "--root", root, "-t", tag,
+            "--format", media]
     if dockerfile:
         args += ["-f", dockerfile]
     for k, v in (build_args or {}).items():

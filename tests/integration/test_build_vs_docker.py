@@ -178,14 +178,15 @@ def test_moor_build_matches_docker(engine, moor_root, work, case):
 # ---- push, then docker pull ----
 
 @needs_push
-def test_docker_pulls_what_moor_pushed(engine, moor_root, work):
+@pytest.mark.parametrize("media", ["docker", "oci"])
+def test_docker_pulls_what_moor_pushed(engine, moor_root, work, media):
     from tests.integration.test_images import Registry, stop
 
     reg = Registry(tempfile.mkdtemp(prefix=TEST_PREFIX + "registry-", dir=work))
     try:
         case = buildcases.SINGLE
         name = f"{reg.host}/moortest/app"
-        out = moor_build(moor_root, context(work, case), f"{name}:1")
+        out = moor_build(moor_root, context(work, case), f"{name}:1", media=media)
         assert out.returncode == 0, f"moor build: {out.stderr[-3000:]}"
         push = _moor(moor_root, "push", "--insecure-registry", reg.host, f"{name}:1")
         assert push.returncode == 0, f"moor push: {push.stderr[-3000:]}"
