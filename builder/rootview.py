@@ -64,9 +64,12 @@ def _hides_below(layer: str, parts: Sequence[str]) -> bool:
     return False
 
 
-def resolve(lowers: Sequence[str], path: str, follow_last: bool = True) -> list[str] | None:
+def resolve(lowers: Sequence[str], path: str, follow_last: bool = True,
+            missing_ok: bool = False) -> list[str] | None:
     """The path's components with every symlink of the image resolved inside the image, or
-    None when some directory on the way is missing. The last component may itself be absent."""
+    None when some directory on the way is missing (with missing_ok, what follows a missing
+    one is kept as written: nothing there can be a link) or is no directory. The last
+    component may itself be absent."""
     parts = [p for p in path.split("/") if p not in ("", ".")]
     done: list[str] = []
     links = 0
@@ -86,6 +89,11 @@ def resolve(lowers: Sequence[str], path: str, follow_last: bool = True) -> list[
                 done = []
             parts = [p for p in target.split("/") if p not in ("", ".")] + parts
             continue
+        if parts and found is None and missing_ok:
+            rest = [p for p in parts if p != ".."]
+            if len(rest) != len(parts):
+                return None  # '..' below a missing dir: nothing to resolve it against
+            return [*done, part, *rest]
         if parts and (found is None or not stat.S_ISDIR(found[1].st_mode)):
             return None
         done.append(part)
@@ -117,6 +125,24 @@ def read_file(lowers: Sequence[str], path: str) -> str:
 
 def exists(lowers: Sequence[str], path: str, follow_last: bool = False) -> bool:
     return lookup(lowers, path, follow_last) is not None
+
+
+def copy_up(upper: str, lowers: Sequence[str], path: str) -> None:
+    """Makes in upper the directories on path (already resolved: no symlinks) that the
+    image has, with their owner, mode and times, as overlayfs's copy-up would before
+    writing below them; stops at the first one the image lacks."""
+    host, parts = upper, [p for p in path.split("/") if p]
+    for i, part in enumerate(parts):
+        found = lookup(lowers, "/" + "/".join(parts[:i + 1]), follow_last=False)
+        if found is None or not stat.S_ISDIR(found[1].st_mode):
+            return
+        host = os.path.join(host, part)
+        if not os.path.isdir(host):
+            st = found[1]
+            os.mkdir(host, 0o700)
+            os.chown(host, st.st_uid, st.st_gid)
+            os.chmod(host, stat.S_IMODE(st.st_mode))
+            os.utime(host, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @contextlib.contextmanager
