@@ -1,5 +1,5 @@
-"""`moor build|push|pull|tag|images|rmi`: the argument parser; each command's work is in its
-own module (buildcmd, distcmd, imagecmd), loaded only when that command runs."""
+"""`moor build|push|pull|tag|images|rmi|save`: the argument parser; each command's work is in its
+own module (buildcmd, distcmd, imagecmd, savecmd), loaded only when that command runs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from builder.errors import BuildError
 _HANDLERS = {"build": "builder.buildcmd:run", "push": "builder.distcmd:push",
              "pull": "builder.distcmd:pull", "login": "builder.distcmd:login",
              "tag": "builder.imagecmd:tag", "images": "builder.imagecmd:images",
-             "rmi": "builder.imagecmd:rmi"}
+             "rmi": "builder.imagecmd:rmi", "save": "builder.savecmd:run"}
 COMMANDS = tuple(_HANDLERS)
 
 
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--digests", action="store_true", help="show manifest digests")
     p.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
+
+    p = command("save", "write images to a tar archive (docker save's layout: OCI + manifest.json)")
+    p.add_argument("names", nargs="+", metavar="IMAGE")
+    p.add_argument("-o", "--output", metavar="FILE", help="the archive (default: stdout)")
 
     p = command("rmi", "remove image names (and the image when no name is left)")
     p.add_argument("names", nargs="+", metavar="IMAGE")

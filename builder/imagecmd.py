@@ -67,7 +67,8 @@ class Listed:
     parent: str | None
 
 
-def listing(store: Store) -> list[Listed]:
+def listing(store: Store, sizes: bool = True) -> list[Listed]:
+    """Every image once, with its names; sizes=False skips measuring never-measured layers."""
     by_id: dict[str, list[Image]] = {}
     for image in store.list():
         by_id.setdefault(img.image_id(image), []).append(image)
@@ -76,7 +77,7 @@ def listing(store: Store) -> list[Listed]:
         first = group[0]
         try:
             created = _created(img.config_doc(store, first).get("created"))
-            size = sum(store.layer_size(d) for d in first.diff_ids)
+            size = sum(store.layer_size(d) for d in first.diff_ids) if sizes else 0
         except (BuildError, OSError):
             created, size = None, 0
         names = tuple(sorted(i.reference for i in group if not img.is_id_record(i)))
@@ -207,8 +208,9 @@ def rmi(args) -> int:
             sys.stderr.write(f"{DAEMON}{e}\n")
             failed = True
     try:
-        # Docker frees a deleted image's layers at once; gc keeps whatever any record names.
-        store.gc(keep_refs=[i.reference for i in store.list()])
+        # Docker frees a deleted image's layers at once; gc keeps whatever any record names,
+        # including one a build commits meanwhile.
+        store.gc(keep_refs=None)
     except StoreError as e:
         raise BuildError(f"freeing removed images' layers in {store.root}: {e}") from None
     return 1 if failed else 0
@@ -225,7 +227,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> list[str]:
     if image is None:
         raise _Conflict(f"No such image: {_shown(name)}")
     ident = img.image_id(image)
-    listed = {item.id: item for item in listing(store)}
+    listed = {item.id: item for item in listing(store, sizes=False)}
     item = listed[ident]
     children = [i.id for i in listed.values() if i.parent == ident]
     lines = []

@@ -8,6 +8,10 @@ SOURCE_DATE_EPOCH when one is given, and no access or change times. overlayfs's 
 (character devices 0/0, or the xattr form newer kernels may use) become `.wh.<name>` files and
 opaque directories get a `<dir>/.wh..wh..opq` file right after their own entry, as the OCI
 image spec has them. Files linked to each other inside the layer become tar hard links.
+Checked against a layer of Docker 20.10's builder (`docker save`): the same entry order, ustar
+headers of the PAX format, whiteouts as mode 0600 files, opaque markers with the directory's
+owner and permission bits and mtime 0. Docker also writes the build host's user and group
+names and the file type bits in the mode field; neither is kept here (they are not the image's).
 
 With adopt=True the dir is handed over: the same walk trims it to exactly what the tar records
 (kept xattrs only, whole-second clamped mtimes, no sockets or device nodes, root 0755 0:0), so
@@ -285,7 +289,9 @@ class _Archiver:
         self._header(info)
 
     def _opaque(self, rel: str, st: os.stat_result) -> None:
+        # As Docker writes it: the directory's owner and permission bits, no time.
         info = self._info(rel + "/" + OPAQUE_MARKER, st, tarfile.REGTYPE)
+        info.mode &= 0o777
         info.mtime = 0
         self._header(info)
 

@@ -30,6 +30,7 @@ from controlplane.allocators.subnets import IPAMError, parse_cluster
 from controlplane.api.bootstrap import BootstrapServicer
 from controlplane.api.cluster import ClusterServicer
 from controlplane.api.errors import EtcdErrors
+from controlplane.api.images import ImagesServicer
 from controlplane.api.network import NetworkServicer
 from controlplane.api.pods import PodsServicer
 from controlplane.controllers.deployments import DeploymentController
@@ -275,6 +276,8 @@ def _servicers(args, store: Store, ca, server, join_listen: str, scheduler_confi
     dispatcher.streams = PodStreams(store, dispatcher)
     api_pb2_grpc.add_PodsServicer_to_server(
         PodsServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
+    api_pb2_grpc.add_ImagesServicer_to_server(
+        ImagesServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
     api_pb2_grpc.add_NetworkServicer_to_server(
         NetworkServicer(store, dispatcher.streams, ca_cert=ca.cert), server)
     health = HealthServicer()

@@ -40,6 +40,7 @@ from nodeagent.session.identity import (
     keep_renewed,
     secure_channel_factory,
 )
+from nodeagent.session.registries import NodeRegistries
 from nodeagent.session.reporting import StatusReporter
 from nodeagent.session.stream import Session
 from nodeagent.storage import hostpath
@@ -124,7 +125,8 @@ def static_pods(directory: str) -> dict[str, pb.Pod]:
     return pods
 
 
-def run(node: Node, desired: Callable[[], dict[str, pb.Pod]], registry: RegistryConfig,
+def run(node: Node, desired: Callable[[], dict[str, pb.Pod]],
+        registry: RegistryConfig | Callable[[], RegistryConfig],
         stop: threading.Event, netns_prefix: str = "moorage-",
         report: Callable[[pb.Pod, pb.PodStatus], None] | None = None,
         removed: Callable[[pb.Pod], None] | None = None,
@@ -302,11 +304,15 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
                           ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]),
                       replicas_file=os.path.join(node.state_dir, "control-planes"))
     session.running_pod_uids = lambda: running_uids(node, lambda: list(session.desired))
-    streams = StreamServer(node.runtime, session)
+    streams = StreamServer(node.runtime, session, images=node.images)
     session.on_open_stream, session.on_stats = streams.open_stream, streams.stats
     network = _network(node, args, session, facts, wake, stop)
     configs = ConfigStore()
     session.on_config = lambda msg: _take_config(configs, msg, session, wake)
+    # The cluster's registry aliases (registry.cluster.local:5000 -> its Service) over the
+    # node's own settings; pod workers read the current merge at each pull.
+    registries = NodeRegistries(registry)
+    session.on_registries = registries.apply
     host_paths = host_policy(node, args)
     local_volumes = LocalVolumes(node.local_volumes_root, LibcSyscalls())
     storage = StorageLoop(local_volumes, session.volume_report, lambda: session.generation)
@@ -340,7 +346,7 @@ def run_joined(node: Node, args, registry: RegistryConfig, stop: threading.Event
         # A session pod that left the assignments without a graceful deletion was removed
         # from the API (a force delete, or evicted from this node while it was away): its
         # replacement may run already, so it is killed at once.
-        run(node, lambda: {**static(), **session.desired}, registry, stop,
+        run(node, lambda: {**static(), **session.desired}, registries, stop,
             netns_prefix=args.netns_prefix, report=reporter, removed=removed, wake=wake,
             event=session.event, network=network, confirm=session.pod_terminated,
             removal_grace=lambda pod: None if is_static(pod) else 0, configs=configs,

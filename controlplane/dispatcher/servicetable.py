@@ -4,7 +4,8 @@ start), for the agents' service rules and DNS.
 
 `service_entry` (moorage/model/endpoints.py, shared with `moor describe`) is pure; the index only
 keeps the watched objects and coalesces bursts of changes (a rollout touches many pods at
-once) into one broadcast.
+once) into one broadcast. The same Service watch feeds the cluster's registry aliases
+(moorage/model/registries.py), sent to agents whenever they change.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from controlplane.store import Store
 from moorage.model import kinds
 from moorage.model.endpoints import pod_is_ready, selects, service_entry
+from moorage.model.registries import aliases
 from moorage.v1 import agent_pb2
 from moorage.v1 import objects_pb2 as pb
 
@@ -26,9 +28,13 @@ COALESCE_SECONDS = 0.02
 
 class ServiceIndex:
     def __init__(self, store: Store, broadcast: Callable[[agent_pb2.ServiceTable], None],
-                 coalesce_seconds: float = COALESCE_SECONDS):
+                 coalesce_seconds: float = COALESCE_SECONDS,
+                 on_registries: Callable[[agent_pb2.ClusterRegistries], None] | None = None):
         self.store = store
         self.broadcast = broadcast
+        # Called with every new set of registry aliases, once synced.
+        self.on_registries = on_registries
+        self._registries = agent_pb2.ClusterRegistries()
         self.coalesce_seconds = coalesce_seconds
         self.services: dict[tuple[str, str], pb.Service] = {}
         self.pods: dict[str, dict[str, pb.Pod]] = {}          # namespace -> name -> pod
@@ -40,6 +46,17 @@ class ServiceIndex:
 
     def message(self) -> agent_pb2.ServiceTable:
         return agent_pb2.ServiceTable(services=[self.entries[k] for k in sorted(self.entries)])
+
+    def registries(self) -> agent_pb2.ClusterRegistries:
+        """The registry aliases the Services declare now."""
+        return self._registries
+
+    def _check_registries(self) -> None:
+        now = aliases(self.services.values())
+        if now != self._registries:
+            self._registries = now
+            if self.synced.is_set() and self.on_registries is not None:
+                self.on_registries(now)
 
     # ---- recomputing ----
 
@@ -97,17 +114,20 @@ class ServiceIndex:
         gone = set(self.services)
         self.services = {(s.metadata.namespace, s.metadata.name): s for s in items}
         self._recompute(gone | set(self.services))
+        self._check_registries()
         self._mark_synced("services")
 
     def _put_service(self, svc: pb.Service) -> None:
         key = (svc.metadata.namespace, svc.metadata.name)
         self.services[key] = svc
         self._recompute([key])
+        self._check_registries()
 
     def _delete_service(self, svc: pb.Service) -> None:
         key = (svc.metadata.namespace, svc.metadata.name)
         self.services.pop(key, None)
         self._recompute([key])
+        self._check_registries()
 
     # ---- pods ----
 

@@ -183,7 +183,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
         self.network = network or NetworkDefaults()
         self.events = EventRecorder(store, "kubelet")
         self.peers = PeerIndex(store, self.broadcast)
-        self.services = ServiceIndex(store, self.broadcast_services)
+        self.services = ServiceIndex(store, self.broadcast_services,
+                                     on_registries=self.broadcast_registries)
         self.configs = ConfigIndex(store, self._config_changed)
         self.volumes = VolumeIndex(store, self._volumes_changed)
         self.volume_reports = VolumeReports(store, self.events)
@@ -197,6 +198,11 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
 
     def broadcast_services(self, table: agent_pb2.ServiceTable) -> None:
         msg = agent_pb2.DispatcherMessage(services=table)
+        for queue in list(self.sessions.values()):
+            queue.put_nowait(msg)
+
+    def broadcast_registries(self, registries: agent_pb2.ClusterRegistries) -> None:
+        msg = agent_pb2.DispatcherMessage(registries=registries)
         for queue in list(self.sessions.values()):
             queue.put_nowait(msg)
 
@@ -391,6 +397,8 @@ class DispatcherServicer(agent_pb2_grpc.DispatcherServicer):
             yield agent_pb2.DispatcherMessage(peers=self.peers.message())
             await self.services.synced.wait()
             yield agent_pb2.DispatcherMessage(services=self.services.message())
+            # Always sent, empty too: a reconnecting agent drops aliases that went meanwhile.
+            yield agent_pb2.DispatcherMessage(registries=self.services.registries())
             await self.configs.synced.wait()
             sent = SessionConfigs(self.configs)
             for part in split(sent.additions(pods, full=True)):

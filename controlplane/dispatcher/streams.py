@@ -1,5 +1,6 @@
-"""The broker between the Pods API (controlplane/api/pods.py) and the agents: streams for logs
-and exec, and questions (stats, network checks) asked over a node's session.
+"""The broker between the Pods and Images APIs (controlplane/api/pods.py, images.py) and the
+agents: streams for logs, exec and image loads, and questions (stats, network checks) asked
+over a node's session.
 
 A logs or exec request becomes a pending `StreamLink` here and an OpenStream on the node's
 session; the agent answers by opening Dispatcher.Stream with the link's id, and frames are then
@@ -61,19 +62,28 @@ def choose_container(pod, name: str) -> str:
 
 
 class StreamLink:
-    """One logs/exec request between its caller and the agent's Stream."""
+    """One logs/exec/image-load request between its caller and the agent's Stream.
 
-    def __init__(self, id_: str, node: str):
+    `depth` bounds the frames waiting for the agent (0: unbounded); a caller that streams
+    bulk data (an image archive) sends with `put`, which waits for room, so the control plane
+    holds a few frames of it, never the whole archive."""
+
+    def __init__(self, id_: str, node: str, depth: int = 0):
         self.id, self.node = id_, node
         self.connected = asyncio.Event()
         # None in to_agent ends the agent's stream; None in from_agent means the agent is gone.
-        self.to_agent: asyncio.Queue = asyncio.Queue()
+        self.to_agent: asyncio.Queue = asyncio.Queue(maxsize=depth)
         self.from_agent: asyncio.Queue = asyncio.Queue()
         self.closed = False
 
     def send(self, frame: api_pb2.StreamFrame) -> None:
         if not self.closed:
             self.to_agent.put_nowait(frame)
+
+    async def put(self, frame: api_pb2.StreamFrame) -> None:
+        """Queues `frame` for the agent once there is room (dropped after close)."""
+        if not self.closed:
+            await self.to_agent.put(frame)
 
     async def frames(self) -> AsyncIterator[api_pb2.StreamFrame]:
         """The agent's frames until its stream ends."""
@@ -86,6 +96,9 @@ class StreamLink:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            # The agent's stream ends at the None: frames still waiting would never be read.
+            while self.to_agent.full():
+                self.to_agent.get_nowait()
             self.to_agent.put_nowait(None)
 
 
@@ -102,10 +115,10 @@ class PodStreams:
         return node in getattr(self.dispatcher, "sessions", {})
 
     @contextlib.asynccontextmanager
-    async def open(self, node: str, request: agent_pb2.OpenStream):
-        """Asks `node` to open a stream for `request`; yields the connected link, closed on
-        exit (also when the caller is cancelled)."""
-        link = StreamLink(uuid.uuid4().hex, node)
+    async def open(self, node: str, request: agent_pb2.OpenStream, depth: int = 0):
+        """Asks `node` to open a stream for `request`; yields the connected link (of queue
+        depth `depth`, see StreamLink), closed on exit (also when the caller is cancelled)."""
+        link = StreamLink(uuid.uuid4().hex, node, depth)
         request.id = link.id
         self._pending[link.id] = link
         try:

@@ -29,6 +29,8 @@ examples:
   moor rollout restart deploy/web        replace a deployment's pods, rolling
   moor build -t reg:5000/web:1 --push .  build ./Dockerfile on this machine (as root), push it
   moor images / moor pull / moor tag     the build machine's images
+  moor image load -i app.tar             an image archive into every node's store
+  moor registry deploy                   the cluster's registry: registry.cluster.local:5000
   moor delete deployment web             delete one object
   moor --server 10.0.0.5:7440 version    talk to another control plane
 
@@ -128,9 +130,11 @@ def build_parser() -> Parser:
     _add_rollout_commands(sub, command)
     _add_node_commands(sub, command)
     _add_token_commands(command)
-    from moorage.cli import configs, lab, prometheus, stack, streams, volumes
+    from moorage.cli import configs, imageload, lab, prometheus, registry, stack, streams, volumes
 
     streams.add_commands(command)
+    imageload.add_commands(sub, _add_globals)
+    registry.add_commands(sub, _add_globals)
     configs.add_commands(command, _add_globals)
     prometheus.add_commands(sub, _add_globals)
     stack.add_commands(sub, _add_globals)
@@ -361,9 +365,11 @@ def _dispatch(args) -> int:
         commands,
         configs,
         deleting,
+        imageload,
         netdoctor,
         nodes,
         prometheus,
+        registry,
         rollout,
         stack,
         streams,
@@ -377,7 +383,8 @@ def _dispatch(args) -> int:
                "cordon": nodes.cordon, "uncordon": nodes.uncordon, "drain": nodes.drain,
                "token": tokens.token, "net": netdoctor.doctor, "version": commands.version,
                **streams.HANDLERS, **stack.HANDLERS, **prometheus.HANDLERS,
-               **configs.HANDLERS, **volumes.HANDLERS}[args.command]
+               **configs.HANDLERS, **volumes.HANDLERS, **imageload.HANDLERS,
+               **registry.HANDLERS}[args.command]
     ctx = commands.Context(args)
     try:
         return handler(ctx)
@@ -393,7 +400,7 @@ def _report(message: str) -> None:
 
 # Image commands run containers on this machine, so they are a program of their own: the
 # builder (builder/), started in place of this process rather than imported.
-BUILDER_COMMANDS = ("build", "push", "pull", "login", "tag", "images", "rmi")
+BUILDER_COMMANDS = ("build", "push", "pull", "login", "tag", "images", "rmi", "save")
 
 
 def _hand_to_builder(argv: list[str]) -> int:

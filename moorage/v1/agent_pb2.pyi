@@ -45,16 +45,18 @@ class RenewRequest(_message.Message):
     def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class OpenStream(_message.Message):
-    __slots__ = ("id", "pod_uid", "logs", "exec")
+    __slots__ = ("id", "pod_uid", "logs", "exec", "image_load")
     ID_FIELD_NUMBER: _ClassVar[int]
     POD_UID_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     EXEC_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_LOAD_FIELD_NUMBER: _ClassVar[int]
     id: str
     pod_uid: str
     logs: _api_pb2.LogsRequest
     exec: _api_pb2.ExecStart
-    def __init__(self, id: _Optional[str] = ..., pod_uid: _Optional[str] = ..., logs: _Optional[_Union[_api_pb2.LogsRequest, _Mapping]] = ..., exec: _Optional[_Union[_api_pb2.ExecStart, _Mapping]] = ...) -> None: ...
+    image_load: _api_pb2.ImageLoadStart
+    def __init__(self, id: _Optional[str] = ..., pod_uid: _Optional[str] = ..., logs: _Optional[_Union[_api_pb2.LogsRequest, _Mapping]] = ..., exec: _Optional[_Union[_api_pb2.ExecStart, _Mapping]] = ..., image_load: _Optional[_Union[_api_pb2.ImageLoadStart, _Mapping]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("id",)
@@ -217,7 +219,7 @@ class NetCheckReport(_message.Message):
     def __init__(self, id: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[_api_pb2.NetFinding, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DispatcherMessage(_message.Message):
-    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check", "services", "config", "volumes")
+    __slots__ = ("settings", "assignments", "open_stream", "stats_request", "peers", "net_check", "services", "config", "volumes", "registries")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +229,7 @@ class DispatcherMessage(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    REGISTRIES_FIELD_NUMBER: _ClassVar[int]
     settings: SessionSettings
     assignments: Assignments
     open_stream: OpenStream
@@ -236,7 +239,24 @@ class DispatcherMessage(_message.Message):
     services: ServiceTable
     config: ConfigData
     volumes: VolumeData
-    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ..., services: _Optional[_Union[ServiceTable, _Mapping]] = ..., config: _Optional[_Union[ConfigData, _Mapping]] = ..., volumes: _Optional[_Union[VolumeData, _Mapping]] = ...) -> None: ...
+    registries: ClusterRegistries
+    def __init__(self, settings: _Optional[_Union[SessionSettings, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., open_stream: _Optional[_Union[OpenStream, _Mapping]] = ..., stats_request: _Optional[_Union[StatsRequest, _Mapping]] = ..., peers: _Optional[_Union[Peers, _Mapping]] = ..., net_check: _Optional[_Union[NetCheckRequest, _Mapping]] = ..., services: _Optional[_Union[ServiceTable, _Mapping]] = ..., config: _Optional[_Union[ConfigData, _Mapping]] = ..., volumes: _Optional[_Union[VolumeData, _Mapping]] = ..., registries: _Optional[_Union[ClusterRegistries, _Mapping]] = ...) -> None: ...
+
+class ClusterRegistries(_message.Message):
+    __slots__ = ("aliases",)
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    aliases: _containers.RepeatedCompositeFieldContainer[RegistryAlias]
+    def __init__(self, aliases: _Optional[_Iterable[_Union[RegistryAlias, _Mapping]]] = ...) -> None: ...
+
+class RegistryAlias(_message.Message):
+    __slots__ = ("name", "mirrors", "insecure")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIRRORS_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mirrors: _containers.RepeatedScalarFieldContainer[str]
+    insecure: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., mirrors: _Optional[_Iterable[str]] = ..., insecure: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConfigData(_message.Message):
     __slots__ = ("full", "config_maps", "secrets", "removed")

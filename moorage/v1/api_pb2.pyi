@@ -304,7 +304,7 @@ class ExecStart(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., container: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bool] = ..., tty: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
 
 class StreamFrame(_message.Message):
-    __slots__ = ("id", "exec", "logs", "fd", "data", "eof", "exited", "exit_code", "error", "code", "rows", "cols")
+    __slots__ = ("id", "exec", "logs", "fd", "data", "eof", "exited", "exit_code", "error", "code", "rows", "cols", "image_load")
     ID_FIELD_NUMBER: _ClassVar[int]
     EXEC_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +317,7 @@ class StreamFrame(_message.Message):
     CODE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     COLS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_LOAD_FIELD_NUMBER: _ClassVar[int]
     id: str
     exec: ExecStart
     logs: LogsRequest
@@ -329,7 +330,16 @@ class StreamFrame(_message.Message):
     code: str
     rows: int
     cols: int
-    def __init__(self, id: _Optional[str] = ..., exec: _Optional[_Union[ExecStart, _Mapping]] = ..., logs: _Optional[_Union[LogsRequest, _Mapping]] = ..., fd: _Optional[int] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ..., exited: _Optional[bool] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., code: _Optional[str] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+    image_load: ImageLoadStart
+    def __init__(self, id: _Optional[str] = ..., exec: _Optional[_Union[ExecStart, _Mapping]] = ..., logs: _Optional[_Union[LogsRequest, _Mapping]] = ..., fd: _Optional[int] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ..., exited: _Optional[bool] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., code: _Optional[str] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., image_load: _Optional[_Union[ImageLoadStart, _Mapping]] = ...) -> None: ...
+
+class ImageLoadStart(_message.Message):
+    __slots__ = ("node", "size")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    size: int
+    def __init__(self, node: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class TopRequest(_message.Message):
     __slots__ = ("kind", "namespace", "all_namespaces")

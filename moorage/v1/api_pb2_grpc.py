@@ -823,3 +823,85 @@ class Pods:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ImagesStub:
+    """Images delivered to nodes' stores through the control plane (admin only), as `kind load`
+    and k3s' airgap images do: how a node gets an image no registry it can reach has.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Load = channel.stream_stream(
+                '/moorage.v1.Images/Load',
+                request_serializer=moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+                response_deserializer=moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+                _registered_method=True)
+
+
+class ImagesServicer:
+    """Images delivered to nodes' stores through the control plane (admin only), as `kind load`
+    and k3s' airgap images do: how a node gets an image no registry it can reach has.
+    """
+
+    def Load(self, request_iterator, context):
+        """The first frame carries `image_load` (the node); then `data` frames of a `docker save`
+        tarball or an OCI layout tar, in order, and a frame with `eof` after the last. The answer
+        is output on fd 1 ("Loaded image: NAME" lines, as `docker load` prints them), then one
+        frame with `exited` (exit_code 0); or a final frame with `error` and `code`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ImagesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Load': grpc.stream_stream_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+                    response_serializer=moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'moorage.v1.Images', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('moorage.v1.Images', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Images:
+    """Images delivered to nodes' stores through the control plane (admin only), as `kind load`
+    and k3s' airgap images do: how a node gets an image no registry it can reach has.
+    """
+
+    @staticmethod
+    def Load(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/moorage.v1.Images/Load',
+            moorage_dot_v1_dot_api__pb2.StreamFrame.SerializeToString,
+            moorage_dot_v1_dot_api__pb2.StreamFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

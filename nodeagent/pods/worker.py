@@ -139,7 +139,7 @@ class _Waiting:
 
 class PodWorker:
     def __init__(self, pod: pb.Pod, runtime: Runtime, images: Store,
-                 registry: RegistryConfig | None = None, *,
+                 registry: RegistryConfig | Callable[[], RegistryConfig] | None = None, *,
                  netns_prefix: str = sandbox.DEFAULT_PREFIX, clock=time.time, network=None,
                  prober=None, event=None, sandboxes: sandbox.Sandboxes | None = None,
                  configs: ConfigStore | None = None, volumes_root: str = "",
@@ -360,16 +360,18 @@ class PodWorker:
             return self.images.pull(c.image, self._registry(), pull_progress())
 
     def _registry(self) -> RegistryConfig | None:
-        """The node's registry settings plus the pod's imagePullSecrets' credentials."""
+        """The node's registry settings (now: `registry` may be a callable returning them, as
+        the cluster's registry aliases change) plus the pod's imagePullSecrets' credentials."""
+        node = self.registry() if callable(self.registry) else self.registry
         if not self.pod.spec.image_pull_secrets:
-            return self.registry
+            return node
         creds, missing = pullsecrets.credentials(self.pod.spec.image_pull_secrets,
                                                  self._lookup)
         if missing:
             self._event("Warning", "FailedToRetrieveImagePullSecret",
                         f"Unable to retrieve some image pull secrets ({', '.join(missing)}); "
                         "attempting to pull the image may not succeed.")
-        base = self.registry or RegistryConfig()
+        base = node or RegistryConfig()
         return dataclasses.replace(base, credentials={**base.credentials, **creds})
 
     def status(self, plan: Plan) -> pb.PodStatus:

@@ -111,6 +111,9 @@ class Session:
         self.on_services = on_services
         # The ConfigMaps and Secrets the node's pods use (must not block); set by the daemon.
         self.on_config: Callable[[agent_pb2.ConfigData], None] | None = None
+        # The cluster's registry aliases, whole, on each change (must not block); set by the
+        # daemon.
+        self.on_registries: Callable[[agent_pb2.ClusterRegistries], None] | None = None
         # The local persistent volumes bound to this node (must not block); set by the daemon.
         self.on_volumes: Callable[[agent_pb2.VolumeData], None] | None = None
         # Fills in what Hello says that changes between sessions (free local storage, the
@@ -277,6 +280,9 @@ class Session:
         elif kind == "volumes":
             if self.on_volumes is not None:
                 self.on_volumes(msg.volumes)
+        elif kind == "registries":
+            if self.on_registries is not None:
+                self.on_registries(msg.registries)
         elif kind == "net_check" and self.on_net_check is not None:
             self._spawn(self._answer(msg.net_check, self.on_net_check, "net_check",
                                      agent_pb2.NetCheckReport))

@@ -1,10 +1,12 @@
-"""The agent's half of logs, exec and top: serves the OpenStream requests its session gets
-over Dispatcher.Stream (logs.py, exec.py) and answers stats requests (top.py).
+"""The agent's half of logs, exec, image loads and top: serves the OpenStream requests its
+session gets over Dispatcher.Stream (logs.py, exec.py, imageload.py) and answers stats
+requests (top.py).
 
 Everything here runs in the session's event loop, which must never block: file reads, pipe and
 pty reads and process waits run in threads. Contract: each stream ends with exactly one final
-frame (`eof` for logs, `exited` for exec, or `error` + `code`), unless the control plane hangs
-up first, in which case the follow or the exec'd process is stopped.
+frame (`eof` for logs, `exited` for exec and image loads, or `error` + `code`), unless the
+control plane hangs up first, in which case the follow, the exec'd process or the load is
+stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 from moorage.v1 import agent_pb2, agent_pb2_grpc, api_pb2
 from nodeagent.streams.common import PodIOError, select_container
 from nodeagent.streams.exec import serve_exec
+from nodeagent.streams.imageload import serve_image_load
 from nodeagent.streams.logs import serve_logs
 from nodeagent.streams.top import STATS_WINDOW, Sampler
 
@@ -25,8 +28,9 @@ log = logging.getLogger("moorage.agent.streams")
 
 
 class StreamServer:
-    def __init__(self, runtime, session, stats_window: float = STATS_WINDOW):
-        self.runtime, self.session = runtime, session
+    def __init__(self, runtime, session, stats_window: float = STATS_WINDOW, images=None):
+        # `images`: the node's image Store, for image loads (None: they are refused).
+        self.runtime, self.session, self.images = runtime, session, images
         self.sampler = Sampler(runtime, getattr(session, "node_name", ""), stats_window)
         self._tasks: set[asyncio.Task] = set()
 
@@ -41,7 +45,12 @@ class StreamServer:
                                 previous)
 
     async def _work(self, call, msg: agent_pb2.OpenStream, inbound: asyncio.Queue) -> None:
-        if msg.HasField("exec"):
+        if msg.HasField("image_load"):
+            if self.images is None:
+                raise PodIOError("UNIMPLEMENTED", "this agent has no image store to load into")
+            await serve_image_load(self.images, call, msg, inbound,
+                                   getattr(self.session, "node_name", ""))
+        elif msg.HasField("exec"):
             ex = msg.exec
             cid = await asyncio.to_thread(self._container, msg, ex.container, ex.pod)
             await serve_exec(self.runtime, call, msg, cid, inbound)

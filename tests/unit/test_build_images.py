@@ -280,3 +280,28 @@ def test_human_duration(seconds, want):
 ])
 def test_familiar(ref, want):
     assert imagecmd.familiar(ref) == want
+
+
+def test_store_records_by_id(store, base, root):
+    layer = step(root, {"f": b"1"})
+    image = images.commit(store, config(), [layer], base)
+    ident = images.image_id(image)
+    assert store.get(ident).reference == ident
+    assert store.get(ident).parent == images.image_id(base)
+    store.gc(keep_refs=[ident, "busybox:test"])  # an ID is kept as itself
+    assert store.get(ident) is not None and os.path.isdir(store.layer_path(layer.diff_id))
+    store.gc(keep_refs=None)  # None keeps every record
+    assert store.get(ident) is not None
+    assert store.remove(ident) and store.get(ident) is None
+    store.gc(keep_refs=None)
+    assert not os.path.exists(store.layer_path(layer.diff_id))
+    assert store.get("busybox:test") is not None
+
+
+def test_layer_size_is_remembered(store, base):
+    diff_id = base.diff_ids[0]
+    size = store.layer_size(diff_id)
+    assert size > 1_000_000  # busybox
+    with open(os.path.join(store.layer_path(diff_id), "size")) as f:
+        assert int(f.read()) == size
+    assert store.layer_size(diff_id) == size

@@ -57,6 +57,7 @@ def make_upper(upper: str) -> None:
     os.mknod(f"{upper}/etc/gone", stat.S_IFCHR | 0o000, 0)  # a deleted file
     os.mkdir(f"{upper}/var")
     os.mkdir(f"{upper}/var/www")  # rm -r, then mkdir: opaque
+    os.chmod(f"{upper}/var/www", 0o2755)
     os.setxattr(f"{upper}/var/www", "trusted.overlay.opaque", b"y")
     put(f"{upper}/var/www/index.html", b"<p>new</p>\n")
     os.mknod(f"{upper}/olddir", stat.S_IFCHR | 0o000, 0)  # a deleted directory
@@ -93,7 +94,8 @@ def test_entries_order_whiteouts_opaque_links(work):
     assert (entries["bin/motd"].uid, entries["bin/motd"].gid) == (7, 8)
     assert (entries["var/www/index.html"].uid, entries["var/www/index.html"].gid) == (1000, 1000)
     assert entries["etc/.wh.gone"].size == 0
-    assert entries["var/www/.wh..wh..opq"].mode == 0o755
+    assert entries["var/www"].mode == 0o2755
+    assert entries["var/www/.wh..wh..opq"].mode == 0o755  # permission bits only, as Docker
     assert entries["etc/motd"].mtime == T
 
 
@@ -310,3 +312,18 @@ def test_fast_header_is_tarfiles_own(name, link, kind, mode, uid, gid, size, mti
     fast = layers.ustar_header(info)
     if fast is not None:
         assert fast == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def test_names_tar_cannot_hold_in_ustar_round_trip(work):
+    upper = os.fsencode(f"{work}/upper")
+    long_dir = b"d" * 120
+    os.makedirs(upper + b"/" + long_dir)
+    put(os.fsdecode(upper + b"/" + long_dir + b"/" + b"f" * 100), b"long")
+    put(os.fsdecode(upper + b"/caf\xc3\xa9"), b"utf-8")
+    put(os.fsdecode(upper + b"/latin\xe9"), b"not utf-8")
+    os.symlink(b"/" + b"t" * 200, upper + b"/link")
+    os.utime(upper + b"/" + long_dir, (T, T))
+    layer = layers.from_upper(os.fsdecode(upper), f"{work}/out", adopt=True)
+    unpack_layer(layer.path, f"{work}/unpacked")
+    assert scan(f"{work}/unpacked") == scan(os.fsdecode(upper))
+    assert os.path.exists(os.fsencode(f"{work}/unpacked") + b"/latin\xe9")

@@ -262,8 +262,9 @@ class Store:
             f.write(str(size))
         try:
             os.rename(tmp, path)
-        except OSError:  # removed meanwhile
-            os.unlink(tmp)
+        except OSError:  # the layer (or, by gc, the temp file) was removed meanwhile
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return size
 
     def add_image(self, reference: str, manifest: Manifest, parent: str | None = None) -> Image:
@@ -338,16 +339,17 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def gc(self, keep_refs: Iterable[str], in_use_layer_dirs: Iterable[str] = ()) -> int:
-        """Removes images not in keep_refs, then every blob and layer no remaining image (and
-        no running container, named by in_use_layer_dirs) uses; returns bytes freed."""
-        keep = {record_key(r) for r in keep_refs}
+    def gc(self, keep_refs: Iterable[str] | None, in_use_layer_dirs: Iterable[str] = ()) -> int:
+        """Removes images not in keep_refs (None keeps every image, even one recorded while gc
+        waited for the lock), then every blob and layer no remaining image (and no running
+        container, named by in_use_layer_dirs) uses; returns bytes freed."""
+        keep = None if keep_refs is None else {record_key(r) for r in keep_refs}
         in_use = {_layer_name(d) for d in in_use_layer_dirs}
         with self._flock("store", fcntl.LOCK_EX):
             live_blobs: set[str] = set()
             live_layers = set(in_use)
             for record in list(self._records()):
-                if record["reference"] not in keep:
+                if keep is not None and record["reference"] not in keep:
                     os.unlink(os.path.join(self.images_dir, _record_name(record["reference"])))
                     continue
                 for digest in (record["manifest"], record["config"], *record["layers"]):
