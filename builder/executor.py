@@ -208,6 +208,10 @@ class Build:
             shutil.rmtree(work, ignore_errors=True)
         image = results[stages[-1].stage.index].image
         from builder import images
+        unused = df.unused_build_args(dockerfile, stages, build_args)
+        if unused:
+            progress.note(f"[Warning] One or more build-args [{' '.join(unused)}] were not "
+                          "consumed")
         progress.finished(images.image_id(image), [_display(t) for t in tags])
         return image
 
@@ -238,6 +242,9 @@ class Build:
         sc = stageconfig.StageState.start(doc, meta_args=rs.meta_args, build_args=build_args,
                                           created=created, escape=dockerfile.escape,
                                           path=dockerfile.path, platform=("linux", arch, ""))
+        if sc.onbuild:
+            progress.note(f"warning: {rs.base} has ONBUILD triggers, which this builder does "
+                          f"not run: {'; '.join(sc.onbuild)}")
         progress.done()
         return StageRun(label, layers, [], sc, key, base)
 
