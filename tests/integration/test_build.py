@@ -427,3 +427,24 @@ def test_context_must_be_a_directory(built):
                                path], capture_output=True, text=True, timeout=60, env=env)
         assert proc.returncode != 0
         assert proc.stderr == f'error: unable to prepare context: path "{path}" {what}\n'
+
+
+def test_a_stopped_build_leaves_nothing_behind(built):
+    built.write("Dockerfile", "FROM busybox:test\nRUN echo started; sleep 1000\n")
+    env = {**os.environ, "MOOR_BUILD_CGROUP_ROOT": built.cgroup_root}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--root", built.root,
+                             "-t", "stopped:1", built.context], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:  # the barrier: the RUN is running
+            if line.rstrip().endswith(" started"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # a second one must not cut the clean-up short
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert built.store.get("stopped:1") is None
+    assert built.leftovers() == []
