@@ -32,6 +32,7 @@ from builder.steps import Cancelled, StepError, Steps
 from nodeagent.runtime.images.reference import ReferenceError, parse_reference
 from nodeagent.runtime.images.registry import RegistryConfig, host_architecture
 from nodeagent.runtime.images.store import Image, Store, StoreError
+from nodeagent.runtime.spec import alive, proc_start_time
 
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
@@ -177,8 +178,11 @@ class Build:
             epoch = _epoch(build_args[SOURCE_DATE_EPOCH])
         created = stageconfig.build_time(epoch, time.time())
         build_id = uuid.uuid4().hex[:12]
+        reap_dead_builds(self.root, self.cgroup_root)
         work = os.path.join(self.root.work, build_id)
         os.makedirs(work)
+        with open(os.path.join(work, OWNER_FILE), "w") as f:
+            f.write(f"{os.getpid()} {proc_start_time(os.getpid()) or 0}\n")
         steps = Steps(self, dockerfile, context, work, build_id, progress, no_cache, epoch,
                       created)
         results: dict[int, StageResult] = {}
@@ -295,6 +299,42 @@ def _run_parallel(stages, build_stage, steps) -> None:
         raise first[0]
     for f in futures.values():
         f.result()  # a Cancelled with no failure behind it cannot happen; be loud if it does
+
+
+OWNER_FILE = ".owner"  # "<pid> <start time>" of the builder a work dir belongs to
+
+
+def reap_dead_builds(root: BuildRoot, cgroup_root: str | None) -> None:
+    """Removes what a killed builder left (its RUN containers, its work dir): a work dir
+    whose owner process is gone. Builds alive on the same root are left alone."""
+    try:
+        names = os.listdir(root.work)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            with open(os.path.join(root.work, name, OWNER_FILE)) as f:
+                pid, start = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue  # being made, or not a build's
+        if alive(pid, start):
+            continue
+        containers = [c for c in _listdir(root.containers) if c.startswith(f"build-{name}-")]
+        if containers:
+            from builder.runstep import Runner
+
+            runner = Runner(root.containers, name, cgroup_root)
+            for cid in containers:
+                runner.runtime.remove(cid)
+            runner.close()
+        shutil.rmtree(os.path.join(root.work, name), ignore_errors=True)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _display_ref(ref: str) -> str:

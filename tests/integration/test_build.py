@@ -448,3 +448,21 @@ def test_a_stopped_build_leaves_nothing_behind(built):
             proc.wait()
     assert built.store.get("stopped:1") is None
     assert built.leftovers() == []
+
+
+def test_the_next_build_reaps_what_a_killed_builder_left(built):
+    built.write("Dockerfile", "FROM busybox:test\nRUN echo started; sleep 1000\n")
+    env = {**os.environ, "MOOR_BUILD_CGROUP_ROOT": built.cgroup_root}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--root", built.root,
+                             "-t", "killed:1", built.context], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stdout:
+        if line.rstrip().endswith(" started"):
+            break
+    proc.kill()  # no clean-up at all: its RUN's container lives on
+    proc.wait()
+    proc.stdout.close()
+    assert [x for x in built.leftovers() if x.startswith("container")]
+    built.write("Dockerfile", "FROM busybox:test\nRUN true\n")
+    built.build("-t", "next:1")
+    assert built.leftovers() == []
