@@ -136,12 +136,15 @@ def unpacked_archive(path: str, scratch: str) -> str:
 class Copier:
     """Writes sources into root (the image's '/' on the host)."""
 
-    def __init__(self, root: str, options: CopyOptions, on_digest=None):
+    def __init__(self, root: str, options: CopyOptions, on_digest=None, link_from=None):
         """on_digest(src, st, sha256 hex), when given, is told every regular file's content
-        digest, computed as the file is copied (the build cache's checksum, for free)."""
+        digest, computed as the file is copied (the build cache's checksum, for free).
+        link_from(src) may name an immutable file (an image store's layer) with exactly the
+        metadata the copy would get: it is hard-linked instead of copied."""
         self.root = os.path.realpath(root)
         self.opts = options
         self.on_digest = on_digest
+        self.link_from = link_from
         self._dir_times: list[tuple[str, os.stat_result]] = []
         self._sgid: dict[str, bool] = {}
 
@@ -299,6 +302,8 @@ class Copier:
         """A regular file, created with its mode and its metadata set through the open fd:
         syscalls are most of a small file's cost (six here when owner and mode need no
         fixing: two opens, the copy, utime, two closes)."""
+        if self.link_from is not None and self._link(src, dst):
+            return
         uid, gid = self._owner(st)
         mode = self._mode(st)
         try:
@@ -322,6 +327,22 @@ class Copier:
             os.utime(fd, ns=_times(st))
         finally:
             os.close(fd)
+
+    def _link(self, src: str, dst: str) -> bool:
+        real = self.link_from(src)
+        if real is None:
+            return False
+        for _ in (0, 1):
+            try:
+                os.link(real, dst, follow_symlinks=False)
+                return True
+            except FileExistsError:
+                if stat.S_ISDIR(os.lstat(dst).st_mode):
+                    return False  # the copy says why it cannot
+                os.unlink(dst)
+            except OSError:
+                return False  # another filesystem, too many links: copy it
+        return False
 
     def _setgid(self, parent: str) -> bool:
         """Whether files made in parent take its group (a setgid dir), so need a chown."""

@@ -362,10 +362,15 @@ class Steps:
             many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
             direct = None if archives else direct_dest(st.lowers, dest, sources)
             digest = self.context.sums.record if from_lowers is None else None
+            # Unchanged files of another image's layers are linked, not copied: those layers
+            # never change, and the copy would get their metadata exactly.
+            link = _layer_file(from_lowers, view) if (
+                from_lowers and direct is not None and owner is None and chmod is None) \
+                else None
 
             def fill(root: str) -> None:
                 copier = Copier(root, CopyOptions(owner or keep, chmod, owner or Owner(0, 0)),
-                                on_digest=digest)
+                                on_digest=digest, link_from=link)
                 if sources:
                     copier.copy(sources, direct or dest, as_dir=True if many else None)
                 for src in archives:
@@ -426,6 +431,17 @@ def direct_dest(lowers: list[str], dest: str, sources: list[CopySource]) -> str 
         if any(rootview.exists(lowers, posixpath.join(path, n)) for n in names):
             return None
     return path.rstrip("/") + "/"
+
+
+def _layer_file(lowers: list[str], view: str):
+    """For COPY --from: a file seen in the mounted view -> the store layer file it is."""
+    def real(host: str) -> str | None:
+        found = rootview.lookup(lowers, "/" + os.path.relpath(host, view), follow_last=False)
+        if found is None or not stat.S_ISREG(found[1].st_mode) or \
+                found[1].st_mtime_ns % 1_000_000_000:
+            return None  # only whole-second mtimes: what the copy would give it
+        return found[0]
+    return real
 
 
 def _name(src: Source) -> str:

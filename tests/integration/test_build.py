@@ -342,7 +342,8 @@ def registry():
 def test_build_push_and_pull_back(built, registry):
     from nodeagent.runtime.images.registry import RegistryConfig
 
-    built.write("Dockerfile", "FROM busybox:test\nRUN echo pushed > /msg\n")
+    built.write("Dockerfile", "FROM busybox:test AS src\nRUN echo linked > /file\n"
+                "FROM busybox:test\nRUN echo pushed > /msg\nCOPY --from=src /file /copied\n")
     name = f"{registry.host}/built/app:1"
     proc = built.build("-t", name, "--push", "--insecure-registry", registry.host)
     assert "Successfully tagged" in proc.stdout
@@ -350,6 +351,9 @@ def test_build_push_and_pull_back(built, registry):
     image = fresh.pull(name, RegistryConfig(insecure=frozenset({registry.host})))
     assert image.config_digest == built.store.get(name).config_digest
     assert rootview.read_file(image.layer_dirs(), "/msg") == "pushed\n"
+    # Copied from the other stage's layer as a hard link: the pushed layer has the file.
+    assert rootview.lookup(built.lowers(name), "/copied")[1].st_nlink >= 2
+    assert rootview.read_file(image.layer_dirs(), "/copied") == "linked\n"
 
 
 PARALLEL_FAIL = """\
