@@ -16,15 +16,11 @@ import os
 import posixpath
 import shutil
 import stat
-import tarfile
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from builder.errors import BuildError
-from nodeagent.runtime.images.layers import LayerError, unpack_layer
-from nodeagent.runtime.rootfs import secure_join
 
 OS_WalkEntry = tuple[str, str, os.stat_result]
 COPY_THREADS = 4
@@ -111,6 +107,8 @@ def is_archive(path: str) -> bool:
         return False
     if not head.startswith(_MAGICS) and head[257:262] != b"ustar" and len(head) < 512:
         return False
+    import tarfile  # here: a build with no ADD to judge never needs it
+
     try:
         with tarfile.open(path, "r:*") as tf:
             return tf.next() is not None
@@ -121,6 +119,8 @@ def is_archive(path: str) -> bool:
 def unpacked_archive(path: str, scratch: str) -> str:
     """The archive unpacked (safely: nothing outside the dir) into a fresh dir under scratch;
     the caller removes it."""
+    from nodeagent.runtime.images.layers import LayerError, unpack_layer
+
     dest = os.path.join(scratch, f"archive-{uuid.uuid4().hex}")
     try:
         unpack_layer(path, dest)
@@ -217,6 +217,8 @@ class Copier:
             for batch in batches.values():
                 fill(batch)
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="copy") as pool:
             for _ in pool.map(fill, batches.values()):
                 pass  # re-raises the first failure, after every batch has ended
@@ -356,6 +358,13 @@ class Copier:
         for dst, st in reversed(self._dir_times):
             os.utime(dst, ns=_times(st), follow_symlinks=False)
         self._dir_times.clear()
+
+
+def secure_join(root: str, path: str) -> str:
+    """nodeagent's rootfs.secure_join, imported when first needed (a warm build copies
+    nothing and should not pay for the runtime's imports)."""
+    from nodeagent.runtime.rootfs import secure_join as join
+    return join(root, path)
 
 
 def _times(st: os.stat_result) -> tuple[int, int]:

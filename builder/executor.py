@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -188,7 +187,7 @@ class Build:
         results: dict[int, StageResult] = {}
         multi = len(dockerfile.stages) > 1
 
-        def build_stage(rs, final: bool, deps: list[Future]) -> None:
+        def build_stage(rs, final: bool, deps: list[StageFuture]) -> None:
             for dep in deps:
                 dep.result()  # raises what failed it
             stage = rs.stage
@@ -266,35 +265,67 @@ class Build:
         return StageResult(image, list(st.layers), doc)
 
 
+class StageFuture:
+    """One stage's thread: result() waits for it and re-raises what ended it."""
+
+    def __init__(self, fn, *args):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
+                                        name="stage")
+
+    def _run(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+            self._error = e
+
+    def start(self) -> StageFuture:
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        # A timeout keeps the wait interruptible by Ctrl-C and SIGTERM in the main thread.
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def result(self) -> None:
+        self.join()
+        if self._error is not None:
+            raise self._error
+
+
 def _run_parallel(stages, build_stage, steps) -> None:
     """Each stage in a thread of its own, started once its base stage is built; a COPY
     --from waits for its stage only when it gets there (BuildKit too builds what does not
     depend on each other side by side). The first failure stops the others at their next
     step (their running RUNs are killed) and is what the build reports."""
-    futures: dict[int, Future] = {}
+    futures: dict[int, StageFuture] = {}
     first: list[BaseException] = []
+    lock = threading.Lock()
 
     def guarded(rs, final, deps):
         try:
             build_stage(rs, final, deps)
         except BaseException as e:
-            if not isinstance(e, Cancelled) and not first:
-                first.append(e)
-                steps.interrupt()
+            with lock:
+                if not isinstance(e, Cancelled) and not first:
+                    first.append(e)
+                    steps.interrupt()
             raise
 
-    pool = ThreadPoolExecutor(max_workers=len(stages), thread_name_prefix="stage")
+    steps.stages = futures  # a COPY --from waits for its stage when it gets there
     try:
-        steps.stages = futures  # a COPY --from waits for its stage when it gets there
         for i, rs in enumerate(stages):
             deps = [futures[rs.base_stage]] if rs.base_stage is not None else []
-            futures[rs.stage.index] = pool.submit(guarded, rs, i == len(stages) - 1, deps)
-        wait(list(futures.values()))
+            futures[rs.stage.index] = StageFuture(guarded, rs, i == len(stages) - 1,
+                                                  deps).start()
+        for f in futures.values():
+            f.join()
     except BaseException:  # Ctrl-C or SIGTERM, in this (the main) thread
         steps.interrupt()
+        for f in futures.values():
+            f.join()
         raise
-    finally:
-        pool.shutdown(wait=True)
     if first:
         raise first[0]
     for f in futures.values():

@@ -13,9 +13,10 @@ import os
 import stat
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from nodeagent.runtime.rootfs import RootfsPlan, overlay_options
-from nodeagent.runtime.syscalls import MNT_DETACH, MS_RDONLY, LibcSyscalls, Syscalls
+if TYPE_CHECKING:
+    from nodeagent.runtime.syscalls import Syscalls
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _CWD_LOCK = threading.Lock()
@@ -150,6 +151,10 @@ def mounted(lowers: Sequence[str], merged: str, upper: str | None = None,
             work: str | None = None, sysc: Syscalls | None = None) -> Iterator[str]:
     """The layers (top first) mounted at merged, writable into upper when given, read-only
     otherwise; unmounted on the way out. One read-only layer is used as it is."""
+    # The runtime's mount code, imported here: lookups (all a warm build does) need none.
+    from nodeagent.runtime.rootfs import RootfsPlan, overlay_options
+    from nodeagent.runtime.syscalls import MNT_DETACH, MS_RDONLY, LibcSyscalls
+
     sysc = sysc or LibcSyscalls()
     if upper is None and len(lowers) == 1:
         yield lowers[0]

@@ -37,7 +37,6 @@ from builder.copier import (
 )
 from builder.errors import BuildError
 from nodeagent.runtime.images.store import StoreError
-from nodeagent.runtime.security import resolve_user
 
 COMMENT = "buildkit.dockerfile.v0"
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
@@ -293,6 +292,8 @@ class Steps:
         """The USER's uid:gid, which BuildKit gives the dirs WORKDIR makes."""
         if not st.sc.user:
             return Owner(0, 0)
+        from nodeagent.runtime.security import resolve_user
+
         try:
             ident = resolve_user(st.sc.user, rootview.read_file(st.lowers, "/etc/passwd"),
                                  rootview.read_file(st.lowers, "/etc/group"))
