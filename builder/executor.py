@@ -1,4 +1,5 @@
-"""Runs a parsed Dockerfile: the stages the target needs, in order, each from its base (an
+"""Runs a parsed Dockerfile: the stages the target needs, side by side where they do not
+depend on each other, each from its base (an
 image of the build machine's store, pulled when absent; scratch; an earlier stage), every
 instruction either applied to the stage's config (stageconfig) or run as a filesystem step
 (RUN in a container of the node runtime, COPY/ADD, WORKDIR) that becomes a layer; steps are

@@ -4,7 +4,11 @@ earlier step of the stage missed it, else executed and its upper dir made a laye
 
 A new layer's blob goes into the store at once and the upper dir itself becomes the layer's
 unpacked dir (it already is in overlay's format: whiteout devices, opaque xattrs), so the next
-step can stack on it without unpacking anything.
+step can stack on it without unpacking anything. A COPY that only adds names writes straight
+into that dir (no overlay), and links what it takes unchanged from another image's layers.
+
+One Steps serves every stage of a build; stages run in threads of their own (executor.py), so
+what it shares (the container runner, work dir names) is made thread-safe.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from builder.copier import (
 from builder.errors import BuildError
 from nodeagent.runtime.images.store import StoreError
 
-COMMENT = "buildkit.dockerfile.v0"
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
 COPY_FLAGS = {"COPY": {"from", "chown", "chmod", "link"}, "ADD": {"chown", "chmod", "link"}}
 _URL = re.compile(r"^(https?|git|ssh)://|^git@", re.IGNORECASE)
@@ -70,7 +73,7 @@ class Steps:
         self._runner_lock = threading.Lock()
         self._numbers = itertools.count(1)
         self.cancel = threading.Event()  # set: stages stop at their next step
-        self.stages: dict = {}  # stage index -> Future, set by the executor
+        self.stages: dict = {}  # stage index -> executor.StageFuture, set by the executor
 
     def close(self) -> None:
         if self._runner is not None:
