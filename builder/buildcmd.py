@@ -46,6 +46,7 @@ def run(args) -> int:
     private_mounts()
     # A stopped build cleans up as an interrupted one does (containers, work dirs).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
     from builder.context import Context, SumCache
     from builder.executor import Build
@@ -66,6 +67,10 @@ def run(args) -> int:
 
 
 def _interrupt(signum, frame):
+    # Once: a second signal (`timeout` forwards its own, Ctrl-C twice) must not cut the
+    # clean-up short and leave a RUN's container behind.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

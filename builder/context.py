@@ -336,6 +336,7 @@ class SumCache:
         self.path = path
         self._old: dict[str, list] = {}
         self._seen: dict[str, list] = {}
+        self._dirty = False
         if path is None:
             return  # in memory only
         try:
@@ -354,15 +355,18 @@ class SumCache:
             return old[4]
         hexdigest = _content_digest(path, st)
         self._seen[path] = [*key, hexdigest]
+        self._dirty = True
         return hexdigest
 
     def record(self, path: str, st: os.stat_result, hexdigest: str) -> None:
         """A digest computed elsewhere (while the file was copied)."""
         self._seen[path] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, hexdigest]
+        self._dirty = True
 
     def save(self) -> None:
-        """Writes what this build saw, plus older entries up to the size limit."""
-        if not self._seen or self.path is None:
+        """Writes what this build saw, plus older entries up to the size limit (nothing
+        when every digest was reused)."""
+        if not self._dirty or self.path is None:
             return
         files = dict(self._seen)
         for path, entry in self._old.items():

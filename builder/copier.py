@@ -16,15 +16,11 @@ import os
 import posixpath
 import shutil
 import stat
-import tarfile
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from builder.errors import BuildError
-from nodeagent.runtime.images.layers import LayerError, unpack_layer
-from nodeagent.runtime.rootfs import secure_join
 
 OS_WalkEntry = tuple[str, str, os.stat_result]
 COPY_THREADS = 4
@@ -109,6 +105,8 @@ def is_archive(path: str) -> bool:
         return False
     if not head.startswith(_MAGICS) and head[257:262] != b"ustar" and len(head) < 512:
         return False
+    import tarfile  # here: a build with no ADD to judge never needs it
+
     try:
         with tarfile.open(path, "r:*") as tf:
             return tf.next() is not None
@@ -119,6 +117,8 @@ def is_archive(path: str) -> bool:
 def unpacked_archive(path: str, scratch: str) -> str:
     """The archive unpacked (safely: nothing outside the dir) into a fresh dir under scratch;
     the caller removes it."""
+    from nodeagent.runtime.images.layers import LayerError, unpack_layer
+
     dest = os.path.join(scratch, f"archive-{uuid.uuid4().hex}")
     try:
         unpack_layer(path, dest)
@@ -134,12 +134,15 @@ def unpacked_archive(path: str, scratch: str) -> str:
 class Copier:
     """Writes sources into root (the image's '/' on the host)."""
 
-    def __init__(self, root: str, options: CopyOptions, on_digest=None):
+    def __init__(self, root: str, options: CopyOptions, on_digest=None, link_from=None):
         """on_digest(src, st, sha256 hex), when given, is told every regular file's content
-        digest, computed as the file is copied (the build cache's checksum, for free)."""
+        digest, computed as the file is copied (the build cache's checksum, for free).
+        link_from(src) may name an immutable file (an image store's layer) with exactly the
+        metadata the copy would get: it is hard-linked instead of copied."""
         self.root = os.path.realpath(root)
         self.opts = options
         self.on_digest = on_digest
+        self.link_from = link_from
         self._dir_times: list[tuple[str, os.stat_result]] = []
         self._sgid: dict[str, bool] = {}
 
@@ -214,6 +217,8 @@ class Copier:
             for batch in batches.values():
                 fill(batch)
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="copy") as pool:
             for _ in pool.map(fill, batches.values()):
                 pass  # re-raises the first failure, after every batch has ended
@@ -301,6 +306,8 @@ class Copier:
         """A regular file, created with its mode and its metadata set through the open fd:
         syscalls are most of a small file's cost (six here when owner and mode need no
         fixing: two opens, the copy, utime, two closes)."""
+        if self.link_from is not None and self._link(src, dst):
+            return
         uid, gid = self._owner(st)
         mode = self._mode(st)
         try:
@@ -325,6 +332,22 @@ class Copier:
         finally:
             os.close(fd)
 
+    def _link(self, src: str, dst: str) -> bool:
+        real = self.link_from(src)
+        if real is None:
+            return False
+        for _ in (0, 1):
+            try:
+                os.link(real, dst, follow_symlinks=False)
+                return True
+            except FileExistsError:
+                if stat.S_ISDIR(os.lstat(dst).st_mode):
+                    return False  # the copy says why it cannot
+                os.unlink(dst)
+            except OSError:
+                return False  # another filesystem, too many links: copy it
+        return False
+
     def _setgid(self, parent: str) -> bool:
         """Whether files made in parent take its group (a setgid dir), so need a chown."""
         found = self._sgid.get(parent)
@@ -337,6 +360,13 @@ class Copier:
         for dst, st in reversed(self._dir_times):
             os.utime(dst, ns=_times(st), follow_symlinks=False)
         self._dir_times.clear()
+
+
+def secure_join(root: str, path: str) -> str:
+    """nodeagent's rootfs.secure_join, imported when first needed (a warm build copies
+    nothing and should not pay for the runtime's imports)."""
+    from nodeagent.runtime.rootfs import secure_join as join
+    return join(root, path)
 
 
 def _times(st: os.stat_result) -> tuple[int, int]:

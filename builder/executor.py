@@ -1,4 +1,5 @@
-"""Runs a parsed Dockerfile: the stages the target needs, in order, each from its base (an
+"""Runs a parsed Dockerfile: the stages the target needs, side by side where they do not
+depend on each other, each from its base (an
 image of the build machine's store, pulled when absent; scratch; an earlier stage), every
 instruction either applied to the stage's config (stageconfig) or run as a filesystem step
 (RUN in a container of the node runtime, COPY/ADD, WORKDIR) that becomes a layer; steps are
@@ -19,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -32,6 +32,7 @@ from builder.steps import Cancelled, StepError, Steps
 from nodeagent.runtime.images.reference import ReferenceError, parse_reference
 from nodeagent.runtime.images.registry import RegistryConfig, host_architecture
 from nodeagent.runtime.images.store import Image, Store, StoreError
+from nodeagent.runtime.spec import alive, proc_start_time
 
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
@@ -177,14 +178,17 @@ class Build:
             epoch = _epoch(build_args[SOURCE_DATE_EPOCH])
         created = stageconfig.build_time(epoch, time.time())
         build_id = uuid.uuid4().hex[:12]
+        reap_dead_builds(self.root, self.cgroup_root)
         work = os.path.join(self.root.work, build_id)
         os.makedirs(work)
+        with open(os.path.join(work, OWNER_FILE), "w") as f:
+            f.write(f"{os.getpid()} {proc_start_time(os.getpid()) or 0}\n")
         steps = Steps(self, dockerfile, context, work, build_id, progress, no_cache, epoch,
                       created)
         results: dict[int, StageResult] = {}
         multi = len(dockerfile.stages) > 1
 
-        def build_stage(rs, final: bool, deps: list[Future]) -> None:
+        def build_stage(rs, final: bool, deps: list[StageFuture]) -> None:
             for dep in deps:
                 dep.result()  # raises what failed it
             stage = rs.stage
@@ -208,6 +212,10 @@ class Build:
             shutil.rmtree(work, ignore_errors=True)
         image = results[stages[-1].stage.index].image
         from builder import images
+        unused = df.unused_build_args(dockerfile, stages, build_args)
+        if unused:
+            progress.note(f"[Warning] One or more build-args [{' '.join(unused)}] were not "
+                          "consumed")
         progress.finished(images.image_id(image), [_display(t) for t in tags])
         return image
 
@@ -238,6 +246,9 @@ class Build:
         sc = stageconfig.StageState.start(doc, meta_args=rs.meta_args, build_args=build_args,
                                           created=created, escape=dockerfile.escape,
                                           path=dockerfile.path, platform=("linux", arch, ""))
+        if sc.onbuild:
+            progress.note(f"warning: {rs.base} has ONBUILD triggers, which this builder does "
+                          f"not run: {'; '.join(sc.onbuild)}")
         progress.done()
         return StageRun(label, layers, [], sc, key, base)
 
@@ -255,39 +266,107 @@ class Build:
         return StageResult(image, list(st.layers), doc)
 
 
+class StageFuture:
+    """One stage's thread: result() waits for it and re-raises what ended it."""
+
+    def __init__(self, fn, *args):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
+                                        name="stage")
+
+    def _run(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+            self._error = e
+
+    def start(self) -> StageFuture:
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        # A timeout keeps the wait interruptible by Ctrl-C and SIGTERM in the main thread.
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def result(self) -> None:
+        self.join()
+        if self._error is not None:
+            raise self._error
+
+
 def _run_parallel(stages, build_stage, steps) -> None:
     """Each stage in a thread of its own, started once its base stage is built; a COPY
     --from waits for its stage only when it gets there (BuildKit too builds what does not
     depend on each other side by side). The first failure stops the others at their next
     step (their running RUNs are killed) and is what the build reports."""
-    futures: dict[int, Future] = {}
+    futures: dict[int, StageFuture] = {}
     first: list[BaseException] = []
+    lock = threading.Lock()
 
     def guarded(rs, final, deps):
         try:
             build_stage(rs, final, deps)
         except BaseException as e:
-            if not isinstance(e, Cancelled) and not first:
-                first.append(e)
-                steps.interrupt()
+            with lock:
+                if not isinstance(e, Cancelled) and not first:
+                    first.append(e)
+                    steps.interrupt()
             raise
 
-    pool = ThreadPoolExecutor(max_workers=len(stages), thread_name_prefix="stage")
+    steps.stages = futures  # a COPY --from waits for its stage when it gets there
     try:
-        steps.stages = futures  # a COPY --from waits for its stage when it gets there
         for i, rs in enumerate(stages):
             deps = [futures[rs.base_stage]] if rs.base_stage is not None else []
-            futures[rs.stage.index] = pool.submit(guarded, rs, i == len(stages) - 1, deps)
-        wait(list(futures.values()))
+            futures[rs.stage.index] = StageFuture(guarded, rs, i == len(stages) - 1,
+                                                  deps).start()
+        for f in futures.values():
+            f.join()
     except BaseException:  # Ctrl-C or SIGTERM, in this (the main) thread
         steps.interrupt()
+        for f in futures.values():
+            f.join()
         raise
-    finally:
-        pool.shutdown(wait=True)
     if first:
         raise first[0]
     for f in futures.values():
         f.result()  # a Cancelled with no failure behind it cannot happen; be loud if it does
+
+
+OWNER_FILE = ".owner"  # "<pid> <start time>" of the builder a work dir belongs to
+
+
+def reap_dead_builds(root: BuildRoot, cgroup_root: str | None) -> None:
+    """Removes what a killed builder left (its RUN containers, its work dir): a work dir
+    whose owner process is gone. Builds alive on the same root are left alone."""
+    try:
+        names = os.listdir(root.work)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            with open(os.path.join(root.work, name, OWNER_FILE)) as f:
+                pid, start = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue  # being made, or not a build's
+        if alive(pid, start):
+            continue
+        containers = [c for c in _listdir(root.containers) if c.startswith(f"build-{name}-")]
+        if containers:
+            from builder.runstep import Runner
+
+            runner = Runner(root.containers, name, cgroup_root)
+            for cid in containers:
+                runner.runtime.remove(cid)
+            runner.close()
+        shutil.rmtree(os.path.join(root.work, name), ignore_errors=True)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _display_ref(ref: str) -> str:

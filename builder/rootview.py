@@ -13,9 +13,10 @@ import os
 import stat
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from nodeagent.runtime.rootfs import RootfsPlan, distinct_lowers, overlay_options
-from nodeagent.runtime.syscalls import MNT_DETACH, MS_RDONLY, LibcSyscalls, Syscalls
+if TYPE_CHECKING:
+    from nodeagent.runtime.syscalls import Syscalls
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _CWD_LOCK = threading.Lock()
@@ -64,9 +65,12 @@ def _hides_below(layer: str, parts: Sequence[str]) -> bool:
     return False
 
 
-def resolve(lowers: Sequence[str], path: str, follow_last: bool = True) -> list[str] | None:
+def resolve(lowers: Sequence[str], path: str, follow_last: bool = True,
+            missing_ok: bool = False) -> list[str] | None:
     """The path's components with every symlink of the image resolved inside the image, or
-    None when some directory on the way is missing. The last component may itself be absent."""
+    None when some directory on the way is missing (with missing_ok, what follows a missing
+    one is kept as written: nothing there can be a link) or is no directory. The last
+    component may itself be absent."""
     parts = [p for p in path.split("/") if p not in ("", ".")]
     done: list[str] = []
     links = 0
@@ -86,6 +90,11 @@ def resolve(lowers: Sequence[str], path: str, follow_last: bool = True) -> list[
                 done = []
             parts = [p for p in target.split("/") if p not in ("", ".")] + parts
             continue
+        if parts and found is None and missing_ok:
+            rest = [p for p in parts if p != ".."]
+            if len(rest) != len(parts):
+                return None  # '..' below a missing dir: nothing to resolve it against
+            return [*done, part, *rest]
         if parts and (found is None or not stat.S_ISDIR(found[1].st_mode)):
             return None
         done.append(part)
@@ -119,11 +128,33 @@ def exists(lowers: Sequence[str], path: str, follow_last: bool = False) -> bool:
     return lookup(lowers, path, follow_last) is not None
 
 
+def copy_up(upper: str, lowers: Sequence[str], path: str) -> None:
+    """Makes in upper the directories on path (already resolved: no symlinks) that the
+    image has, with their owner, mode and times, as overlayfs's copy-up would before
+    writing below them; stops at the first one the image lacks."""
+    host, parts = upper, [p for p in path.split("/") if p]
+    for i, part in enumerate(parts):
+        found = lookup(lowers, "/" + "/".join(parts[:i + 1]), follow_last=False)
+        if found is None or not stat.S_ISDIR(found[1].st_mode):
+            return
+        host = os.path.join(host, part)
+        if not os.path.isdir(host):
+            st = found[1]
+            os.mkdir(host, 0o700)
+            os.chown(host, st.st_uid, st.st_gid)
+            os.chmod(host, stat.S_IMODE(st.st_mode))
+            os.utime(host, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 @contextlib.contextmanager
 def mounted(lowers: Sequence[str], merged: str, upper: str | None = None,
             work: str | None = None, sysc: Syscalls | None = None) -> Iterator[str]:
     """The layers (top first) mounted at merged, writable into upper when given, read-only
     otherwise; unmounted on the way out. One read-only layer is used as it is."""
+    # The runtime's mount code, imported here: lookups (all a warm build does) need none.
+    from nodeagent.runtime.rootfs import RootfsPlan, distinct_lowers, overlay_options
+    from nodeagent.runtime.syscalls import MNT_DETACH, MS_RDONLY, LibcSyscalls
+
     sysc = sysc or LibcSyscalls()
     lowers = list(distinct_lowers(lowers))
     if upper is None and len(lowers) == 1:

@@ -28,7 +28,8 @@ HOSTNAME = "buildkitsandbox"  # what `hostname` says in a RUN of Docker's BuildK
 HOST_FILES = ("/etc/resolv.conf", "/etc/hosts")
 # Mount points the runtime makes in every rootfs; not the step's, unless the image had them.
 RUNTIME_DIRS = ("/proc", "/dev", "/sys")
-POLL = 0.01
+POLL = 0.02  # the longest wait between two looks at a running step's log and status
+POLL_MIN = 0.001
 LOG_MAX_BYTES = 1 << 40  # one file for the step's whole output; it is removed with the step
 
 
@@ -138,6 +139,7 @@ def _stream(log: str, exited: Callable[[], bool], on_output: Callable[[str], Non
     f = None
     partial = ""
     buf = b""
+    delay = POLL_MIN
     try:
         while True:
             done = exited()
@@ -151,6 +153,7 @@ def _stream(log: str, exited: Callable[[], bool], on_output: Callable[[str], Non
                     continue
             chunk = f.read()
             if chunk:
+                delay = POLL_MIN
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for raw in lines:
@@ -165,7 +168,8 @@ def _stream(log: str, exited: Callable[[], bool], on_output: Callable[[str], Non
                 if partial:
                     on_output(partial)
                 return
-            time.sleep(POLL)
+            time.sleep(delay)
+            delay = min(delay * 2, POLL)  # short steps end soon after they exit
     finally:
         if f is not None:
             f.close()

@@ -4,11 +4,16 @@ earlier step of the stage missed it, else executed and its upper dir made a laye
 
 A new layer's blob goes into the store at once and the upper dir itself becomes the layer's
 unpacked dir (it already is in overlay's format: whiteout devices, opaque xattrs), so the next
-step can stack on it without unpacking anything.
+step can stack on it without unpacking anything. A COPY that only adds names writes straight
+into that dir (no overlay), and links what it takes unchanged from another image's layers.
+
+One Steps serves every stage of a build; stages run in threads of their own (executor.py), so
+what it shares (the container runner, work dir names) is made thread-safe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -36,9 +41,7 @@ from builder.copier import (
 )
 from builder.errors import BuildError
 from nodeagent.runtime.images.store import StoreError
-from nodeagent.runtime.security import resolve_user
 
-COMMENT = "buildkit.dockerfile.v0"
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
 COPY_FLAGS = {"COPY": {"from", "chown", "chmod", "link"}, "ADD": {"chown", "chmod", "link"}}
 _URL = re.compile(r"^(https?|git|ssh)://|^git@", re.IGNORECASE)
@@ -70,7 +73,7 @@ class Steps:
         self._runner_lock = threading.Lock()
         self._numbers = itertools.count(1)
         self.cancel = threading.Event()  # set: stages stop at their next step
-        self.stages: dict = {}  # stage index -> Future, set by the executor
+        self.stages: dict = {}  # stage index -> executor.StageFuture, set by the executor
 
     def close(self) -> None:
         if self._runner is not None:
@@ -194,13 +197,18 @@ class Steps:
                 self.store.ensure_layer(layer.digest, layer.diff_id)  # another fs, or there
         return cachemod.CachedLayer(layer.digest, layer.diff_id, layer.size, layer.media_type)
 
-    def _fresh_layer(self, st, fill) -> cachemod.CachedLayer | None:
+    def _fresh_layer(self, st, fill, direct: str | None = None) -> cachemod.CachedLayer | None:
         """fill(root) writes into the image's '/' (a mounted overlay, or the upper dir itself
-        when the image below is empty); what changed becomes the layer."""
+        when the image below is empty, or when `direct` names a destination whose every
+        written name is new to the image: its existing parents are then copied up as
+        overlayfs would); what changed becomes the layer."""
         d = self._dir("step")
         upper, wk = os.path.join(d, "upper"), os.path.join(d, "work")
         os.mkdir(upper)
         if not st.lowers:
+            fill(upper)
+        elif direct is not None:
+            rootview.copy_up(upper, st.lowers, direct)
             fill(upper)
         else:
             os.mkdir(wk)
@@ -287,6 +295,8 @@ class Steps:
         """The USER's uid:gid, which BuildKit gives the dirs WORKDIR makes."""
         if not st.sc.user:
             return Owner(0, 0)
+        from nodeagent.runtime.security import resolve_user
+
         try:
             ident = resolve_user(st.sc.user, rootview.read_file(st.lowers, "/etc/passwd"),
                                  rootview.read_file(st.lowers, "/etc/group"))
@@ -332,55 +342,59 @@ class Steps:
             return
         self._miss(st)
         diff_ids = list(st.diff_ids)
-
-        def fill(root: str) -> None:
-            owner = parse_chown(spec.chown, _read(root, "/etc/passwd"),
-                                _read(root, "/etc/group")) if spec.chown else None
+        # The chown names are the image's as it is before this step.
+        owner = parse_chown(spec.chown, rootview.read_file(st.lowers, "/etc/passwd"),
+                            rootview.read_file(st.lowers, "/etc/group")) if spec.chown else None
+        with contextlib.ExitStack() as stack:
             if from_lowers is None:
-                self._copy_context(root, kw, matched, srcs, dest, owner, chmod)
+                ctx, flat = self.context, [s for group in matched for s in group]
+                keep = Owner(0, 0)  # a context's files belong to root unless --chown
             else:
-                self._copy_from(root, from_lowers, srcs, dest, owner, chmod, kw)
+                view = stack.enter_context(rootview.mounted(
+                    from_lowers, os.path.join(self._dir("from"), "merged")))
+                ctx = Context(view)
+                flat = [s for pattern in srcs for s in ctx.sources(pattern, kw)]
+                keep = None  # another image's files keep their owners
+            sources, archives = [], []
+            for src in flat:
+                if kw == "ADD" and not src.is_dir and is_archive(src.host):
+                    archives.append(src)
+                else:
+                    sources.append(CopySource(_name(src), src.is_dir, list(ctx.walk(src)),
+                                              src.host))
+            many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
+            direct = None if archives else direct_dest(st.lowers, dest, sources)
+            digest = self.context.sums.record if from_lowers is None else None
+            # Unchanged files of another image's layers are linked, not copied: those layers
+            # never change, and the copy would get their metadata exactly.
+            link = _layer_file(from_lowers, view) if (
+                from_lowers and direct is not None and owner is None and chmod is None) \
+                else None
 
-        layer = self._fresh_layer(st, fill)
+            def fill(root: str) -> None:
+                copier = Copier(root, CopyOptions(owner or keep, chmod, owner or Owner(0, 0)),
+                                on_digest=digest, link_from=link)
+                if sources:
+                    copier.copy(sources, direct or dest, as_dir=True if many else None)
+                for src in archives:
+                    self._extract(root, src, dest, owner, chmod)
+
+            layer = self._fresh_layer(st, fill, direct)
         if key is None:
             content = self.context.checksum([s for group in matched for s in group])
             key = cachemod.step_key(parent, diff_ids, desc, scope, content)
         self._store_result(st, instr, key, layer)
         self.cache.mark(probe)
 
-    def _copy_context(self, root, kw, matched, srcs, dest, owner, chmod) -> None:
-        flat = [s for group in matched for s in group]
-        many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
-        copier = Copier(root, CopyOptions(owner or Owner(0, 0), chmod, owner or Owner(0, 0)),
-                        on_digest=self.context.sums.record)
-        plain, archives = [], []
-        for src in flat:
-            if kw == "ADD" and not src.is_dir and is_archive(src.host):
-                archives.append(src)
-            else:
-                plain.append(CopySource(_name(src), src.is_dir, self.context.walk(src),
-                                        src.host))
-        if plain:
-            copier.copy(plain, dest, as_dir=True if many else None)
-        for src in archives:
-            unpacked = unpacked_archive(src.host, self.work)
-            try:
-                # An archive keeps the owners it records unless --chown says otherwise.
-                Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0))).extract(
-                    tree_entries(unpacked), dest)
-            finally:
-                shutil.rmtree(unpacked, ignore_errors=True)
-
-    def _copy_from(self, root, lowers, srcs, dest, owner, chmod, kw) -> None:
-        view = os.path.join(self._dir("from"), "merged")
-        with rootview.mounted(lowers, view) as from_root:
-            ctx = Context(from_root)
-            matched = [ctx.sources(s, kw) for s in srcs]
-            flat = [s for group in matched for s in group]
-            many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
-            copier = Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0)))
-            copier.copy([CopySource(_name(s), s.is_dir, ctx.walk(s), s.host) for s in flat],
-                        dest, as_dir=True if many else None)
+    def _extract(self, root: str, src: Source, dest: str, owner, chmod) -> None:
+        """ADD of a local archive: unpacked into dest; its entries keep the owners it
+        records unless --chown says otherwise."""
+        unpacked = unpacked_archive(src.host, self.work)
+        try:
+            Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0))).extract(
+                tree_entries(unpacked), dest)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
 
     def _from_source(self, source: int | str, results: dict):
         """(lower dirs, cache identity) of what --from names (stage_order resolved it to an
@@ -398,18 +412,39 @@ class Steps:
         return lowers, cachemod.image_base_key(image.config_digest)
 
 
-def _read(root: str, path: str) -> str:
-    """A file of the image being written (mounted at root), "" when absent."""
-    from nodeagent.runtime.rootfs import secure_join
+def direct_dest(lowers: list[str], dest: str, sources: list[CopySource]) -> str | None:
+    """dest resolved in the image (its symlinks followed) when a COPY can write straight
+    into its new layer's dir: dest is absent, or a directory none of whose written names
+    exist; None when the copy needs the overlay (it would replace something)."""
+    if not lowers:
+        return None
+    parts = rootview.resolve(lowers, dest, missing_ok=True)
+    if parts is None:
+        return None
+    path = "/" + "/".join(parts)
+    found = rootview.lookup(lowers, path, follow_last=False)
+    if found is None:
+        return path + "/" if dest.endswith("/") and path != "/" else path
+    if not stat.S_ISDIR(found[1].st_mode):
+        return None
+    for src in sources:
+        # A directory's contents go into dest, a file into it (dest is a directory).
+        names = [b for b, _, _ in src.entries if b and "/" not in b] if src.is_dir \
+            else [src.name]
+        if any(rootview.exists(lowers, posixpath.join(path, n)) for n in names):
+            return None
+    return path.rstrip("/") + "/"
 
-    try:
-        host = secure_join(root, path)
-        if not stat.S_ISREG(os.lstat(host).st_mode):
-            return ""
-        with open(host, errors="replace") as f:
-            return f.read()
-    except (OSError, ValueError):
-        return ""
+
+def _layer_file(lowers: list[str], view: str):
+    """For COPY --from: a file seen in the mounted view -> the store layer file it is."""
+    def real(host: str) -> str | None:
+        found = rootview.lookup(lowers, "/" + os.path.relpath(host, view), follow_last=False)
+        if found is None or not stat.S_ISREG(found[1].st_mode) or \
+                found[1].st_mtime_ns % 1_000_000_000:
+            return None  # only whole-second mtimes: what the copy would give it
+        return found[0]
+    return real
 
 
 def _name(src: Source) -> str:

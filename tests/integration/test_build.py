@@ -342,7 +342,8 @@ def registry():
 def test_build_push_and_pull_back(built, registry):
     from nodeagent.runtime.images.registry import RegistryConfig
 
-    built.write("Dockerfile", "FROM busybox:test\nRUN echo pushed > /msg\n")
+    built.write("Dockerfile", "FROM busybox:test AS src\nRUN echo linked > /file\n"
+                "FROM busybox:test\nRUN echo pushed > /msg\nCOPY --from=src /file /copied\n")
     name = f"{registry.host}/built/app:1"
     proc = built.build("-t", name, "--push", "--insecure-registry", registry.host)
     assert "Successfully tagged" in proc.stdout
@@ -350,6 +351,9 @@ def test_build_push_and_pull_back(built, registry):
     image = fresh.pull(name, RegistryConfig(insecure=frozenset({registry.host})))
     assert image.config_digest == built.store.get(name).config_digest
     assert rootview.read_file(image.layer_dirs(), "/msg") == "pushed\n"
+    # Copied from the other stage's layer as a hard link: the pushed layer has the file.
+    assert rootview.lookup(built.lowers(name), "/copied")[1].st_nlink >= 2
+    assert rootview.read_file(image.layer_dirs(), "/copied") == "linked\n"
 
 
 PARALLEL_FAIL = """\
@@ -373,4 +377,96 @@ def test_a_failing_stage_stops_the_others(built):
         'error: Dockerfile:4: process "/bin/sh -c exit 7" did not complete successfully: '
         "exit code: 7")
     assert built.store.get("parallel:1") is None
+    assert built.leftovers() == []
+
+
+def test_add_unpacks_local_archives_and_bad_input_is_one_line(built):
+    import gzip
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("pkg/data.txt")
+        payload = b"from the archive\n"
+        info.size, info.uid, info.gid = len(payload), 123, 456
+        tf.addfile(info, io.BytesIO(payload))
+    with open(os.path.join(built.context, "pkg.tgz"), "wb") as f:
+        f.write(gzip.compress(buf.getvalue()))
+    built.write("notes.tar", "not an archive\n")
+    built.write("Dockerfile", "FROM busybox:test\nADD pkg.tgz /opt/\nADD notes.tar /opt/\n")
+    built.build("-t", "add:1")
+    lowers = built.lowers("add:1")
+    assert built.read("add:1", "/opt/pkg/data.txt") == "from the archive\n"
+    st = rootview.lookup(lowers, "/opt/pkg/data.txt")[1]
+    assert (st.st_uid, st.st_gid) == (123, 456)                    # the archive's owners
+    assert built.read("add:1", "/opt/notes.tar") == "not an archive\n"   # copied as it is
+
+    cases = {
+        "FROM busybox:test\nADD https://example.com/x.tgz /\n":
+            "Dockerfile:2: ADD from a URL is not supported: no network may be reachable from "
+            "builds; download it into the context and COPY it",
+        "FROM busybox:test\nRUN true\nCOPY ../x /\n":
+            "Dockerfile:3: COPY failed: forbidden path outside the build context: ../x",
+        "FROM busybox:test\nCOPY missing.txt /\n":
+            "Dockerfile:2: COPY failed: file not found in build context or excluded by "
+            ".dockerignore: stat missing.txt: file does not exist",
+    }
+    for text, want in cases.items():
+        built.write("Dockerfile", text)
+        proc = built.build("-t", "bad:1", check=False)
+        assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [f"error: {want}"]
+    os.remove(os.path.join(built.context, "Dockerfile"))
+    proc = built.build(check=False)
+    assert proc.returncode != 0 and "Dockerfile" in proc.stderr and \
+        len(proc.stderr.strip().splitlines()) == 1
+    assert built.store.get("bad:1") is None
+    assert built.leftovers() == []
+
+
+def test_context_must_be_a_directory(built):
+    env = {**os.environ, "MOOR_BUILD_CGROUP_ROOT": built.cgroup_root}
+    for path, what in ((os.path.join(built.root, "nope"), "not found"),
+                       (os.path.join(built.root, "busybox.tar"), "is not a directory")):
+        proc = subprocess.run([sys.executable, "-m", "builder", "build", "--root", built.root,
+                               path], capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode != 0
+        assert proc.stderr == f'error: unable to prepare context: path "{path}" {what}\n'
+
+
+def test_a_stopped_build_leaves_nothing_behind(built):
+    built.write("Dockerfile", "FROM busybox:test\nRUN echo started; sleep 1000\n")
+    env = {**os.environ, "MOOR_BUILD_CGROUP_ROOT": built.cgroup_root}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--root", built.root,
+                             "-t", "stopped:1", built.context], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:  # the barrier: the RUN is running
+            if line.rstrip().endswith(" started"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # a second one must not cut the clean-up short
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert built.store.get("stopped:1") is None
+    assert built.leftovers() == []
+
+
+def test_the_next_build_reaps_what_a_killed_builder_left(built):
+    built.write("Dockerfile", "FROM busybox:test\nRUN echo started; sleep 1000\n")
+    env = {**os.environ, "MOOR_BUILD_CGROUP_ROOT": built.cgroup_root}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--root", built.root,
+                             "-t", "killed:1", built.context], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stdout:
+        if line.rstrip().endswith(" started"):
+            break
+    proc.kill()  # no clean-up at all: its RUN's container lives on
+    proc.wait()
+    proc.stdout.close()
+    assert [x for x in built.leftovers() if x.startswith("container")]
+    built.write("Dockerfile", "FROM busybox:test\nRUN true\n")
+    built.build("-t", "next:1")
     assert built.leftovers() == []

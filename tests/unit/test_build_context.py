@@ -384,3 +384,33 @@ def test_checksum_while_copying_equals_checksum_before(ctx_dir, tmp_path):
     Copier(str(root), CopyOptions(), on_digest=record).copy(srcs, "/app")
     assert len(seen) == 7 and (root / "app/src/main.py").read_text() == "print(1)"
     assert ctx.checksum(ctx.sources(".")) == before
+
+
+@needs_root
+def test_direct_writes_only_when_every_written_name_is_new(ctx_dir, tmp_path):
+    from builder.steps import direct_dest
+
+    low = tmp_path / "low"
+    write(low, "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
+    write(low, "app/main.py", "old")
+    (low / "srv").mkdir()
+    os.chmod(low / "srv", 0o710)
+    os.symlink("srv", low / "link")
+    lowers = [str(low)]
+    ctx = Context(ctx_dir)
+
+    def sources(pattern):
+        return [CopySource(os.path.basename(s.rel) or ".", s.is_dir, list(ctx.walk(s)), s.host)
+                for s in ctx.sources(pattern)]
+
+    assert direct_dest(lowers, "/new/deep/", sources("src")) == "/new/deep/"   # all new
+    assert direct_dest(lowers, "/link/", sources("src")) == "/srv/"            # link followed
+    assert direct_dest(lowers, "/app/", sources("a.txt")) == "/app/"           # a new name
+    assert direct_dest(lowers, "/app/", sources("src")) is None                # main.py exists
+    assert direct_dest(lowers, "/etc/passwd", sources("a.txt")) is None        # replaces a file
+    assert direct_dest([], "/x", sources("a.txt")) is None                     # scratch: upper
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    rootview.copy_up(str(upper), lowers, "/srv/new/x")
+    assert sorted(os.listdir(upper)) == ["srv"] and os.listdir(upper / "srv") == []
+    assert stat.S_IMODE(os.lstat(upper / "srv").st_mode) == 0o710
