@@ -239,17 +239,8 @@ def _environment(value, where: str, env: Mapping[str, str],
                  problems: Problems) -> list[dict]:
     """List (`K=V`, or `K` taken from the deploying shell's environment, as Compose does) or
     map form; a value-less variable that is unset in the shell is left out."""
-    pairs: list[tuple[str, str | None]] = []
-    if isinstance(value, Mapping):
-        pairs = [(str(k), None if v is None else _scalar(v)) for k, v in value.items()]
-    elif isinstance(value, list):
-        for item in value:
-            k, sep, v = str(item).partition("=")
-            pairs.append((k, v if sep else None))
-    elif value is not None:
-        problems.add(where, "want a list of KEY=VALUE or a map")
     out = []
-    for k, v in pairs:
+    for k, v in composebuild.key_values(value, where, problems):
         if not k:
             problems.add(where, "a variable needs a name")
             continue
@@ -259,12 +250,6 @@ def _environment(value, where: str, env: Mapping[str, str],
                 continue
         out.append({"name": k, "value": v})
     return out
-
-
-def _scalar(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
 
 
 def _resources(deploy: Mapping, where: str, problems: Problems) -> dict:

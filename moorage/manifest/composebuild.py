@@ -32,26 +32,30 @@ class Build:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-def _scalar(v) -> str:
+def scalar(v) -> str:
+    """A Compose scalar as a string: YAML's booleans as Compose writes them."""
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
 
 
+def key_values(value, where: str, problems: Problems) -> list[tuple[str, str | None]]:
+    """Compose's two ways of writing KEY=VALUE entries (environment, args, labels): a list of
+    `K=V` or bare `K` (value None), or a map whose null values are None."""
+    if isinstance(value, Mapping):
+        return [(str(k), None if v is None else scalar(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [(k, v if sep else None) for k, sep, v in (str(i).partition("=") for i in value)]
+    if value is not None:
+        problems.add(where, "want a list of KEY=VALUE or a map")
+    return []
+
+
 def _pairs(value, where: str, problems: Problems, allow_bare: bool
            ) -> list[tuple[str, str | None]]:
     """`[K=V, K]` or `{K: V, K: null}`; a bare K (no value) only where `allow_bare`."""
-    pairs: list[tuple[str, str | None]] = []
-    if isinstance(value, Mapping):
-        pairs = [(str(k), None if v is None else _scalar(v)) for k, v in value.items()]
-    elif isinstance(value, list):
-        for item in value:
-            k, sep, v = str(item).partition("=")
-            pairs.append((k, v if sep else None))
-    elif value is not None:
-        problems.add(where, "want a list of KEY=VALUE or a map")
-        return []
     out = []
+    pairs = key_values(value, where, problems)
     for k, v in pairs:
         if not k:
             problems.add(where, "an entry needs a name")
