@@ -28,7 +28,7 @@ from builder.context import Context
 from builder.errors import BuildError
 from builder.paths import BuildRoot
 from builder.progress import Progress
-from builder.steps import Cancelled, StepError, Steps
+from builder.steps import Cancelled, LayerRef, StepError, Steps
 from nodeagent.runtime.images.reference import ReferenceError, parse_reference
 from nodeagent.runtime.images.registry import RegistryConfig, host_architecture
 from nodeagent.runtime.images.store import Image, Store, StoreError
@@ -36,17 +36,6 @@ from nodeagent.runtime.spec import alive, proc_start_time
 
 LAYER_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
-
-
-@dataclass(frozen=True, slots=True)
-class LayerRef:
-    """One layer of a stage: its store entries and unpacked dir (lowerdir)."""
-
-    diff_id: str
-    digest: str
-    size: int
-    media_type: str
-    dir: str
 
 
 @dataclass
@@ -85,12 +74,6 @@ class StageRun:
     @property
     def diff_ids(self) -> list[str]:
         return [layer.diff_id for layer in self.layers]
-
-
-def now_rfc3339() -> str:
-    t = time.time_ns()
-    secs, frac = divmod(t, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
 class Build:

@@ -23,7 +23,8 @@ import shutil
 import stat
 import sys
 import threading
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 
 from builder import cache as cachemod
 from builder import rootview
@@ -47,6 +48,23 @@ COPY_FLAGS = {"COPY": {"from", "chown", "chmod", "link"}, "ADD": {"chown", "chmo
 _URL = re.compile(r"^(https?|git|ssh)://|^git@", re.IGNORECASE)
 ADD_URL = ("ADD from a URL is not supported: no network may be reachable from builds; "
            "download it into the context and COPY it")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRef:
+    """One layer of a stage: its store entries and unpacked dir (lowerdir)."""
+
+    diff_id: str
+    digest: str
+    size: int
+    media_type: str
+    dir: str
+
+
+def now_rfc3339() -> str:
+    t = time.time_ns()
+    secs, frac = divmod(t, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
 class Cancelled(Exception):
@@ -154,8 +172,6 @@ class Steps:
         return True
 
     def _apply(self, st, instr, record: cachemod.Record, cached: bool) -> None:
-        from builder.executor import LayerRef
-
         diff_id = None
         if record.layer:
             x = record.layer
@@ -457,5 +473,4 @@ def _has_wild(text: str) -> bool:
 
 
 def _now() -> str:
-    from builder.executor import now_rfc3339
     return now_rfc3339()

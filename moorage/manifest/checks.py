@@ -6,6 +6,7 @@ fills what Kubernetes would fill (protocol TCP, restartPolicy Always, 25% surge.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -421,7 +422,9 @@ _KIND_CHECKS = {"Pod": _pod, "Deployment": _deployment, "Service": _service, "No
                 "PersistentVolumeClaim": storagechecks.persistent_volume_claim,
                 "PersistentVolume": storagechecks.persistent_volume,
                 "StorageClass": storagechecks.storage_class,
-                "StatefulSet": statefulsetchecks.stateful_set}
+                "StatefulSet": functools.partial(
+                    statefulsetchecks.stateful_set, max_replicas=MAX_REPLICAS,
+                    selector_and_template=_selector_and_template, pod_spec=_pod_spec)}
 
 
 # ---- helpers ----

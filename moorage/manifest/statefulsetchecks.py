@@ -24,14 +24,15 @@ FORBIDDEN_UPDATE = ("Forbidden: updates to statefulset spec for fields other tha
 STORAGE = "storage"
 
 
-def stateful_set(obj: pb.StatefulSet, errs) -> None:
-    from moorage.manifest import checks as base  # checks.py imports this module
-
+def stateful_set(obj: pb.StatefulSet, errs, *, max_replicas: int, selector_and_template,
+                 pod_spec) -> None:
+    """The checks every workload shares (the replica bound, selector and template, the pod
+    spec) come from checks.py, which names this function in its table."""
     spec = obj.spec
-    if spec.HasField("replicas") and not 0 <= spec.replicas <= base.MAX_REPLICAS:
-        errs.add("spec.replicas", f"{spec.replicas} is not in 0-{base.MAX_REPLICAS}")
+    if spec.HasField("replicas") and not 0 <= spec.replicas <= max_replicas:
+        errs.add("spec.replicas", f"{spec.replicas} is not in 0-{max_replicas}")
     errs.required("spec.serviceName", spec.service_name, naming.dns1123_label)
-    base._selector_and_template(spec, errs)
+    selector_and_template(spec, errs)
     template_vols = {v.name: i for i, v in enumerate(spec.template.spec.volumes)}
     claims: dict[str, pb.PersistentVolumeClaim] = {}
     for i, claim in enumerate(spec.volume_claim_templates):
@@ -46,8 +47,8 @@ def stateful_set(obj: pb.StatefulSet, errs) -> None:
                          "name in every pod)")
         if name:
             claims.setdefault(name, claim)
-    base._pod_spec(spec.template.spec, "spec.template.spec", errs, in_template=True,
-                   owner="a StatefulSet", claim_volumes=claims)
+    pod_spec(spec.template.spec, "spec.template.spec", errs, in_template=True,
+             owner="a StatefulSet", claim_volumes=claims)
     if spec.pod_management_policy and spec.pod_management_policy not in POLICIES:
         errs.add("spec.podManagementPolicy", _one_of(spec.pod_management_policy, POLICIES))
     st = spec.update_strategy

@@ -12,16 +12,56 @@ import base64
 import ipaddress
 import json
 import re
+import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .registry import Credentials, Endpoint, RegistryConfig
+from dataclasses import dataclass
+from typing import Protocol
 
 MAX_TOKEN_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    base_url: str  # scheme://host[:port][/path], no trailing slash
+    host: str  # host[:port], what messages and credentials use
+    mirror: bool
+
+
+class RegistryConfig(Protocol):
+    """What authentication needs of the registry settings (registry.RegistryConfig)."""
+
+    timeout: float
+
+    def credentials_for(self, host: str, domain: str) -> Credentials | None: ...
+
+    def is_insecure(self, host: str) -> bool: ...
+
+
+def describe_network(e: Exception, endpoint: Endpoint) -> str:
+    reason = getattr(e, "reason", e)
+    where = f"mirror {endpoint.host}" if endpoint.mirror else endpoint.host
+    if isinstance(reason, ssl.SSLError):
+        return (f"TLS handshake with {where} failed ({reason.reason or reason}); if it serves "
+                "plain HTTP, list it as an insecure registry")
+    if isinstance(reason, ConnectionRefusedError):
+        return f"connection refused by {where}"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot resolve {where}: {reason.strerror}"
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return f"timed out talking to {where}"
+    return f"cannot reach {where}: {reason}"
+
+
 _CHALLENGE_RE = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
 
 
@@ -104,8 +144,6 @@ class Authorizer:
                             f"(HTTP {e.code}); check the credentials for {endpoint.host}"
                             ) from None
         except (urllib.error.URLError, OSError) as e:
-            from .registry import Endpoint, describe_network
-
             raise AuthError(describe_network(e, Endpoint(params["realm"], realm.netloc,
                                                          False))) from None
         try:

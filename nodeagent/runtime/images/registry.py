@@ -12,8 +12,6 @@ import json
 import os
 import platform
 import re
-import socket
-import ssl
 import tempfile
 import urllib.error
 import urllib.parse
@@ -21,7 +19,15 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .auth import AuthError, Authorizer, is_loopback, parse_challenge
+from .auth import (  # noqa: F401 - Credentials, Endpoint, describe_network: this module's API too
+    AuthError,
+    Authorizer,
+    Credentials,
+    Endpoint,
+    describe_network,
+    is_loopback,
+    parse_challenge,
+)
 from .reference import DOCKER_HUB, DOCKER_HUB_API_HOST, Reference
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -58,19 +64,6 @@ class RegistryError(Exception):
 def host_architecture() -> str:
     machine = platform.machine().lower()
     return _ARCHES.get(machine, machine)
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str
-    password: str
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    base_url: str  # scheme://host[:port][/path], no trailing slash
-    host: str  # host[:port], what messages and credentials use
-    mirror: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,18 +342,3 @@ def _describe_http(code: int, body: bytes, endpoint: Endpoint, ref: Reference) -
     hint = (f" (give the pod an imagePullSecrets Secret for {endpoint.host})"
             if code in (401, 403) else "")
     return f"{reason} {where}{hint}"
-
-
-def describe_network(e: Exception, endpoint: Endpoint) -> str:
-    reason = getattr(e, "reason", e)
-    where = f"mirror {endpoint.host}" if endpoint.mirror else endpoint.host
-    if isinstance(reason, ssl.SSLError):
-        return (f"TLS handshake with {where} failed ({reason.reason or reason}); if it serves "
-                "plain HTTP, list it as an insecure registry")
-    if isinstance(reason, ConnectionRefusedError):
-        return f"connection refused by {where}"
-    if isinstance(reason, socket.gaierror):
-        return f"cannot resolve {where}: {reason.strerror}"
-    if isinstance(reason, TimeoutError | socket.timeout):
-        return f"timed out talking to {where}"
-    return f"cannot reach {where}: {reason}"
