@@ -44,8 +44,11 @@ def push(args) -> int:
     store = _store(root, what)
     image = store.get(ref)
     if image is None:
-        raise BuildError(f"{what}: no image {ref} on this machine (`moor images` lists them, "
-                         "`moor tag` names one)")
+        # Docker's words, with the repository as Docker shows it (`web`, `reg:5000/web`).
+        from builder.imagecmd import familiar
+
+        raise BuildError("An image does not exist locally with the tag: "
+                         + familiar(parse_reference(ref).name))
     distribution.push(store, image, ref, config, None if args.quiet else _say)
     if args.quiet:
         _say(ref)
