@@ -392,7 +392,11 @@ class Steps:
                 raise BuildError(f"COPY --from: stage {source} was not built before this one")
             res = results[source]
             return res.lowers, res.base_key
-        image = self.build.image(source)
+        try:
+            image = self.build.image(source)
+        except BuildError as e:  # most often a mistyped stage name: say it is none
+            raise BuildError(f"COPY --from={source}: no stage of that name, and the image: {e}",
+                             e.code) from None
         lowers = [os.path.join(self.store.layer_path(d), "rootfs")
                   for d in reversed(image.diff_ids)]
         return lowers, cachemod.image_base_key(image.config_digest)
