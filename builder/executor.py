@@ -189,7 +189,8 @@ class Build:
                 dep.result()  # raises what failed it
             stage = rs.stage
             label = stage.display_name if multi else ""
-            total = 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
+            total = (rs.base_stage is None) + sum(1 for x in stage.instructions
+                                                  if x.keyword in LAYER_STEPS)
             if steps.cancel.is_set():
                 raise Cancelled()
             st = self._start_stage(dockerfile, rs, results, build_args, label, progress,
@@ -217,8 +218,11 @@ class Build:
 
         stage = rs.stage
         where = f"{dockerfile.path}:{stage.line}"
-        progress.step(label, 1, total, f"FROM {rs.base}" if rs.base_stage is not None
-                      or rs.is_scratch else f"FROM {_display_ref(rs.base)}")
+        # FROM an earlier stage is no step of its own (BuildKit shows none: `[final 1/1] RUN`).
+        from_step = rs.base_stage is None
+        if from_step:
+            progress.step(label, 1, total, f"FROM {rs.base}" if rs.is_scratch
+                          else f"FROM {_display_ref(rs.base)}")
         arch = host_architecture()
         if rs.platform and rs.platform.split("/")[:2] != ["linux", arch]:
             raise BuildError(f"{where}: FROM --platform={rs.platform}: only the build "
@@ -238,7 +242,8 @@ class Build:
         sc = stageconfig.StageState.start(doc, meta_args=rs.meta_args, build_args=build_args,
                                           created=created, escape=dockerfile.escape,
                                           path=dockerfile.path, platform=("linux", arch, ""))
-        progress.done()
+        if from_step:
+            progress.done()
         return StageRun(label, layers, [], sc, key, base)
 
     def _commit(self, st: StageRun, labels: dict[str, str], tags: list[str]) -> StageResult:

@@ -95,7 +95,8 @@ class Steps:
         from builder.dockerfile import DockerfileError
 
         stage = rs.stage
-        n, total = 1, 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
+        n = int(rs.base_stage is None)  # the FROM step, unless FROM an earlier stage
+        total = n + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
         for pos, instr in enumerate(stage.instructions):
             if instr.keyword not in LAYER_STEPS:
                 self._meta(st, instr)
