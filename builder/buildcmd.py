@@ -26,6 +26,11 @@ def run(args) -> int:
         raise BuildError("moor build runs containers and mounts overlays: run it as root")
     if args.push and not args.tag:  # before building, not after
         raise BuildError("--push needs a name to push to: add -t NAME[:TAG]")
+    if args.push:
+        from builder.distcmd import require_registry
+
+        for tag in args.tag:
+            require_registry(tag, "--push")
     context_dir = _context(args.context)
     if args.file == "-":  # `-f -`: the Dockerfile on stdin, named Dockerfile as Docker does
         path, text = os.path.join(context_dir, "Dockerfile"), sys.stdin.read()

@@ -118,6 +118,12 @@ CASES = [
         "from builds; download it into the context and COPY it"),
     Bad("missing-target", "FROM busybox:test AS build\n",
         'error: target stage "tset" could not be found', args=("--target", "tset")),
+    # Decided: a --push name without a registry would go to Docker Hub; refused before
+    # building (write docker.io/NAME to mean it).
+    Bad("push-without-registry", "FROM busybox:test\nRUN true\n",
+        "error: --push: 'web:1' names no registry, so it would go to Docker Hub: name one "
+        "(REGISTRY[:PORT]/web:1), or write docker.io/web:1 to mean Docker Hub",
+        args=("-t", "web:1")),
     Bad("chown-unknown-user", "FROM busybox:test\nCOPY --chown=nobodyhere a /a\n",
         "error: Dockerfile:2: unable to convert uid/gid chown string to host mapping: can't "
         "find uid for 'nobodyhere': no such entry in the image's /etc/passwd",
@@ -200,7 +206,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(root, registry, case):
         root.write(rel, text)
     before = root.records()
     name = f"{registry.host}/moortest/bad:1"
-    proc = root.build(os.path.join(root.dir, case.context), "-t", name, "-t", "bad:local",
+    proc = root.build(os.path.join(root.dir, case.context), "-t", name, "-t", name + "-again",
                       "--push", "--insecure-registry", registry.host, *case.args)
     assert proc.returncode != 0, proc.stdout
     lines = proc.stderr.splitlines()
