@@ -340,7 +340,7 @@ class Steps:
             if from_lowers is None:
                 self._copy_context(root, kw, matched, srcs, dest, owner, chmod)
             else:
-                self._copy_from(root, from_lowers, srcs, dest, owner, chmod, kw)
+                self._copy_from(root, from_lowers, srcs, dest, owner, chmod, kw, spec.from_)
 
         layer = self._fresh_layer(st, fill)
         if key is None:
@@ -372,11 +372,12 @@ class Steps:
             finally:
                 shutil.rmtree(unpacked, ignore_errors=True)
 
-    def _copy_from(self, root, lowers, srcs, dest, owner, chmod, kw) -> None:
+    def _copy_from(self, root, lowers, srcs, dest, owner, chmod, kw, name: str) -> None:
         view = os.path.join(self._dir("from"), "merged")
         with rootview.mounted(lowers, view) as from_root:
             ctx = Context(from_root)
-            matched = [ctx.sources(s, kw) for s in srcs]
+            matched = [ctx.sources(s, f"{kw} --from={name}", "that stage or image")
+                       for s in srcs]
             flat = [s for group in matched for s in group]
             many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
             copier = Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0)))

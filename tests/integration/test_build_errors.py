@@ -72,6 +72,10 @@ CASES = [
         "FROM busybox:test AS build\nRUN true\nFROM busybox:test\nCOPY --from=buidl /x /x\n",
         "error: Dockerfile:4: COPY --from=buidl: no stage of that name, and the image: pulling "
         "docker.io/library/buidl:latest: ..."),
+    Bad("from-stage-missing-path",
+        "FROM busybox:test AS build\nFROM busybox:test\nCOPY --from=build /etc/nothere /x\n",
+        "error: Dockerfile:3: COPY --from=build failed: file not found in that stage or image: "
+        "stat /etc/nothere: file does not exist"),
     Bad("from-stage-index", "FROM busybox:test\nCOPY --from=3 /x /x\n",
         "error: Dockerfile:2: COPY --from=3: there is no stage 3 (the Dockerfile has 1)"),
     Bad("cycle-later-stage",
