@@ -207,10 +207,24 @@ class Build:
         finally:
             steps.close()
             shutil.rmtree(work, ignore_errors=True)
+            self._forget_stages(results, stages[-1].stage.index)
         image = results[stages[-1].stage.index].image
         from builder import images
         progress.finished(images.image_id(image), [_display(t) for t in tags])
         return image
+
+    def _forget_stages(self, results: dict[int, StageResult], final: int) -> None:
+        """Drops the ID records of the stages before the target (as BuildKit, no `<none>`
+        image per stage; nor one left by a build that failed): their layers stay for the
+        cache until something frees them. An ID another record names is kept."""
+        from builder import images
+
+        keep = {r.config_digest for r in self.store.list() if not images.is_id_record(r)}
+        if final in results:
+            keep.add(results[final].image.config_digest)
+        for index, res in results.items():
+            if index != final and res.image.config_digest not in keep:
+                self.store.remove(images.image_id(res.image))
 
     def _start_stage(self, dockerfile, rs, results: dict[int, StageResult], build_args,
                      label: str, progress: Progress, total: int, created: str) -> StageRun:
