@@ -189,8 +189,8 @@ class Build:
                 dep.result()  # raises what failed it
             stage = rs.stage
             label = stage.display_name if multi else ""
-            total = (rs.base_stage is None) + sum(1 for x in stage.instructions
-                                                  if x.keyword in LAYER_STEPS)
+            total = (rs.base_stage is None and not rs.is_scratch) + sum(
+                1 for x in stage.instructions if x.keyword in LAYER_STEPS)
             if steps.cancel.is_set():
                 raise Cancelled()
             st = self._start_stage(dockerfile, rs, results, build_args, label, progress,
@@ -232,11 +232,11 @@ class Build:
 
         stage = rs.stage
         where = f"{dockerfile.path}:{stage.line}"
-        # FROM an earlier stage is no step of its own (BuildKit shows none: `[final 1/1] RUN`).
-        from_step = rs.base_stage is None
+        # FROM an earlier stage or scratch is no step of its own (BuildKit shows none:
+        # `[final 1/1] RUN ...`).
+        from_step = rs.base_stage is None and not rs.is_scratch
         if from_step:
-            progress.step(label, 1, total, f"FROM {rs.base}" if rs.is_scratch
-                          else f"FROM {_display_ref(rs.base)}")
+            progress.step(label, 1, total, f"FROM {_display_ref(rs.base)}")
         arch = host_architecture()
         if rs.platform and rs.platform.split("/")[:2] != ["linux", arch]:
             raise BuildError(f"{where}: FROM --platform={rs.platform}: only the build "

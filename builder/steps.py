@@ -95,7 +95,7 @@ class Steps:
         from builder.dockerfile import DockerfileError
 
         stage = rs.stage
-        n = int(rs.base_stage is None)  # the FROM step, unless FROM an earlier stage
+        n = int(rs.base_stage is None and not rs.is_scratch)  # the FROM step, if an image
         total = n + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
         for pos, instr in enumerate(stage.instructions):
             if instr.keyword not in LAYER_STEPS:
