@@ -35,8 +35,7 @@ def run(args) -> int:
     if args.file == "-":  # `-f -`: the Dockerfile on stdin, named Dockerfile as Docker does
         path, text = os.path.join(context_dir, "Dockerfile"), sys.stdin.read()
     else:
-        path = os.path.abspath(args.file) if args.file else os.path.join(context_dir,
-                                                                          "Dockerfile")
+        path = os.path.abspath(args.file) if args.file else _default_dockerfile(context_dir)
         text = _read_dockerfile(path)
     from builder import dockerfile as df
 
@@ -69,6 +68,13 @@ def run(args) -> int:
     if args.push:
         push_tags(build.store, image, tags, build.registry_config(), args.quiet)
     return 0
+
+
+def _default_dockerfile(context_dir: str) -> str:
+    """CONTEXT/Dockerfile, else CONTEXT/dockerfile when only that is there (as docker)."""
+    path = os.path.join(context_dir, "Dockerfile")
+    lower = os.path.join(context_dir, "dockerfile")
+    return lower if not os.path.lexists(path) and os.path.lexists(lower) else path
 
 
 def _read_dockerfile(path: str) -> str:
