@@ -351,7 +351,9 @@ class Steps:
 
     def _copy_context(self, root, kw, matched, srcs, dest, owner, chmod) -> None:
         flat = [s for group in matched for s in group]
-        many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
+        # One file, even through a wildcard, follows dest's form (`COPY target/*.jar
+        # app.jar` makes the file app.jar, in both of Docker's builders); several go into it.
+        many = len(flat) > 1
         copier = Copier(root, CopyOptions(owner or Owner(0, 0), chmod, owner or Owner(0, 0)),
                         on_digest=self.context.sums.record)
         plain, archives = [], []
@@ -379,7 +381,7 @@ class Steps:
             matched = [ctx.sources(s, f"{kw} --from={name}", "that stage or image")
                        for s in srcs]
             flat = [s for group in matched for s in group]
-            many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
+            many = len(flat) > 1  # as above
             copier = Copier(root, CopyOptions(owner, chmod, owner or Owner(0, 0)))
             copier.copy([CopySource(_name(s), s.is_dir, ctx.walk(s), s.host) for s in flat],
                         dest, as_dir=True if many else None)
@@ -420,11 +422,6 @@ def _read(root: str, path: str) -> str:
 
 def _name(src: Source) -> str:
     return posixpath.basename(src.rel.rstrip("/")) or "."
-
-
-def _has_wild(text: str) -> bool:
-    from builder.context import has_wildcard
-    return has_wildcard(text)
 
 
 def _now() -> str:
