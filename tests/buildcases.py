@@ -316,5 +316,20 @@ ESCAPE = Case("escape", f"# escape=`\r\nFROM {BASE}\r\nRUN echo a > /a `\r\n"
               "COPY [\"conf.ini\", \"/conf/\"]\r\nENV DIR=C:\\data\r\nWORKDIR /w\r\n",
               files={"conf.ini": "[a]\r\nb=1\r\n"})
 
+# A wildcard matching one file copies it under dest's name (`COPY target/*.jar app.jar`, from
+# the context or a stage); several go into a dir.
+WILDCARD_ONE = Case("wildcard-one", f"""\
+FROM {BASE} AS build
+RUN mkdir /t && echo built > /t/app-2.0.jar
+FROM {BASE}
+WORKDIR /srv
+COPY target/*.jar app.jar
+COPY --from=build /t/*.jar /opt/built.jar
+COPY conf/*.ini /etc/app/
+COPY target/*.jar conf/*.ini /many/
+""", files={"target/app-1.0.jar": "jar\n", "target/app-1.0.pom": "pom\n", "conf/a.ini": "a\n",
+            "conf/b.ini": "b\n"})
+
 CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, ARGS_AFTER_ENV,
-         DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES, RUN_CHANGES, BASES, REALISTIC, ESCAPE)
+         DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES, RUN_CHANGES, BASES, REALISTIC, ESCAPE,
+         WILDCARD_ONE)
