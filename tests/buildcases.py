@@ -330,6 +330,22 @@ COPY target/*.jar conf/*.ini /many/
 """, files={"target/app-1.0.jar": "jar\n", "target/app-1.0.pom": "pom\n", "conf/a.ini": "a\n",
             "conf/b.ini": "b\n"})
 
+# The COPY/ADD forms Dockerfiles use most: a file to "." and to an existing dir without a
+# slash, a dir to a new path, a tarball ADDed to a dir without a slash, a file that only looks
+# like an archive (copied as it is).
+COPY_FORMS = Case("copy-forms", f"""\
+FROM {BASE}
+WORKDIR /app
+COPY requirements.txt .
+COPY requirements.txt /etc
+COPY src /app/src
+COPY src/ /app/src2
+ADD pkg.tar.gz /opt
+ADD fake.tar.gz /opt/fake/
+COPY ["requirements.txt", "./copied.txt"]
+""", files={"requirements.txt": "flask\n", "src/main.py": "print()\n", "src/lib/x.py": "x\n",
+            "pkg.tar.gz": _tarball(), "fake.tar.gz": "not gzip at all\n"})
+
 CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, ARGS_AFTER_ENV,
          DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES, RUN_CHANGES, BASES, REALISTIC, ESCAPE,
-         WILDCARD_ONE)
+         WILDCARD_ONE, COPY_FORMS)
