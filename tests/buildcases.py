@@ -346,6 +346,17 @@ COPY ["requirements.txt", "./copied.txt"]
 """, files={"requirements.txt": "flask\n", "src/main.py": "print()\n", "src/lib/x.py": "x\n",
             "pkg.tar.gz": _tarball(), "fake.tar.gz": "not gzip at all\n"})
 
+# .dockerignore lines as projects write them: a leading "/" or "./", dirs at any depth, the
+# Dockerfile itself, trailing slashes and spaces, an exception under an excluded dir's glob.
+DOCKERIGNORE_FORMS = Case("dockerignore-forms", f"""\
+FROM {BASE}
+COPY . /ctx/
+""", files={".dockerignore": "/build\n./tmp\n**/__pycache__\nnode_modules/\nDockerfile*\n"
+                             "*.swp  \nlogs/*\n!logs/keep.log\n",
+            "build/out": "o", "tmp/t": "t", "src/__pycache__/a.pyc": "c", "src/a.py": "a",
+            "__pycache__/b.pyc": "b", "node_modules/x/index.js": "n", "a.swp": "s",
+            "logs/a.log": "l", "logs/keep.log": "k", "sub/build/kept": "k", "sub/tmp/kept": "k"})
+
 CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, ARGS_AFTER_ENV,
          DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES, RUN_CHANGES, BASES, REALISTIC, ESCAPE,
-         WILDCARD_ONE, COPY_FORMS)
+         WILDCARD_ONE, COPY_FORMS, DOCKERIGNORE_FORMS)
