@@ -24,14 +24,19 @@ sys.dont_write_bytecode = False
 def run(args) -> int:
     if os.geteuid() != 0:
         raise BuildError("moor build runs containers and mounts overlays: run it as root")
+    if args.push and not args.tag:  # before building, not after
+        raise BuildError("--push needs a name to push to: add -t NAME[:TAG]")
+    if args.push:
+        from builder.distcmd import require_registry
+
+        for tag in args.tag:
+            require_registry(tag, "--push")
     context_dir = _context(args.context)
-    path = os.path.abspath(args.file) if args.file else os.path.join(context_dir, "Dockerfile")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BuildError(f"unable to prepare context: the Dockerfile {path!r} cannot be read: "
-                         f"{getattr(e, 'strerror', None) or e}") from None
+    if args.file == "-":  # `-f -`: the Dockerfile on stdin, named Dockerfile as Docker does
+        path, text = os.path.join(context_dir, "Dockerfile"), sys.stdin.read()
+    else:
+        path = os.path.abspath(args.file) if args.file else _default_dockerfile(context_dir)
+        text = _read_dockerfile(path)
     from builder import dockerfile as df
 
     try:
@@ -64,6 +69,22 @@ def run(args) -> int:
     if args.push:
         push_tags(build.store, image, tags, build.registry_config(), args.quiet)
     return 0
+
+
+def _default_dockerfile(context_dir: str) -> str:
+    """CONTEXT/Dockerfile, else CONTEXT/dockerfile when only that is there (as docker)."""
+    path = os.path.join(context_dir, "Dockerfile")
+    lower = os.path.join(context_dir, "dockerfile")
+    return lower if not os.path.lexists(path) and os.path.lexists(lower) else path
+
+
+def _read_dockerfile(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BuildError(f"unable to prepare context: the Dockerfile {path!r} cannot be read: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
 
 
 def _interrupt(signum, frame):

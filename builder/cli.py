@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("images", "list the build machine's images")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--digests", action="store_true", help="show manifest digests")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="also the untagged images others were built on")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE] "
+                        "(repeatable)")
     p.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
 
     p = command("save", "write images to a tar archive (docker save's layout: OCI + manifest.json)")

@@ -143,7 +143,8 @@ class Context:
 
     # ---- sources ----
 
-    def sources(self, pattern: str, what: str = "COPY") -> list[Source]:
+    def sources(self, pattern: str, what: str = "COPY",
+                where: str = "build context or excluded by .dockerignore") -> list[Source]:
         """What one COPY/ADD source names: a path or a wildcard pattern, relative to the
         context root; refuses paths leading outside it and names matching nothing."""
         clean = _clean(pattern, what)
@@ -155,8 +156,8 @@ class Context:
         else:
             found = [self._named(clean)] if self._named(clean) else []
         if not found:
-            raise BuildError(f"{what} failed: file not found in build context or excluded by "
-                             f".dockerignore: stat {pattern}: file does not exist")
+            raise BuildError(f"{what} failed: file not found in {where}: stat {pattern}: file "
+                             "does not exist")
         return found
 
     def _named(self, rel: str) -> Source | None:

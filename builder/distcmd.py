@@ -36,6 +36,18 @@ def _normal(name: str, what: str) -> str:
         raise BuildError(f"{what}: {e}") from None
 
 
+def require_registry(name: str, what: str) -> None:
+    """A push needs the registry in the name: one without (`web:1`) would go to Docker Hub,
+    which a build machine without Internet cannot reach and an operator rarely means (the
+    cluster's registry is the usual target); `docker.io/web:1` says Docker Hub on purpose."""
+    first, slash, _ = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return
+    raise BuildError(f"{what}: {name!r} names no registry, so it would go to Docker Hub: "
+                     f"name one (REGISTRY[:PORT]/{name}), or write docker.io/{name} to mean "
+                     "Docker Hub")
+
+
 def push(args) -> int:
     root = BuildRoot.from_args(args.root)
     what = f"push {args.name}"
@@ -44,8 +56,12 @@ def push(args) -> int:
     store = _store(root, what)
     image = store.get(ref)
     if image is None:
-        raise BuildError(f"{what}: no image {ref} on this machine (`moor images` lists them, "
-                         "`moor tag` names one)")
+        # Docker's words, with the repository as Docker shows it (`web`, `reg:5000/web`).
+        from builder.imagecmd import familiar
+
+        raise BuildError("An image does not exist locally with the tag: "
+                         + familiar(parse_reference(ref).name))
+    require_registry(args.name, what)
     distribution.push(store, image, ref, config, None if args.quiet else _say)
     if args.quiet:
         _say(ref)

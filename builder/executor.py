@@ -176,7 +176,8 @@ class Build:
                 dep.result()  # raises what failed it
             stage = rs.stage
             label = stage.display_name if multi else ""
-            total = 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
+            total = (rs.base_stage is None and not rs.is_scratch) + sum(
+                1 for x in stage.instructions if x.keyword in LAYER_STEPS)
             if steps.cancel.is_set():
                 raise Cancelled()
             st = self._start_stage(dockerfile, rs, results, build_args, label, progress,
@@ -193,6 +194,7 @@ class Build:
         finally:
             steps.close()
             shutil.rmtree(work, ignore_errors=True)
+            self._forget_stages(results, stages[-1].stage.index)
         image = results[stages[-1].stage.index].image
         from builder import images
         unused = df.unused_build_args(dockerfile, stages, build_args)
@@ -202,14 +204,30 @@ class Build:
         progress.finished(images.image_id(image), [_display(t) for t in tags])
         return image
 
+    def _forget_stages(self, results: dict[int, StageResult], final: int) -> None:
+        """Drops the ID records of the stages before the target (as BuildKit, no `<none>`
+        image per stage; nor one left by a build that failed): their layers stay for the
+        cache until something frees them. An ID another record names is kept."""
+        from builder import images
+
+        keep = {r.config_digest for r in self.store.list() if not images.is_id_record(r)}
+        if final in results:
+            keep.add(results[final].image.config_digest)
+        for index, res in results.items():
+            if index != final and res.image.config_digest not in keep:
+                self.store.remove(images.image_id(res.image))
+
     def _start_stage(self, dockerfile, rs, results: dict[int, StageResult], build_args,
                      label: str, progress: Progress, total: int, created: str) -> StageRun:
         from builder import stageconfig
 
         stage = rs.stage
         where = f"{dockerfile.path}:{stage.line}"
-        progress.step(label, 1, total, f"FROM {rs.base}" if rs.base_stage is not None
-                      or rs.is_scratch else f"FROM {_display_ref(rs.base)}")
+        # FROM an earlier stage or scratch is no step of its own (BuildKit shows none:
+        # `[final 1/1] RUN ...`).
+        from_step = rs.base_stage is None and not rs.is_scratch
+        if from_step:
+            progress.step(label, 1, total, f"FROM {_display_ref(rs.base)}")
         arch = host_architecture()
         if rs.platform and rs.platform.split("/")[:2] != ["linux", arch]:
             raise BuildError(f"{where}: FROM --platform={rs.platform}: only the build "
@@ -232,7 +250,8 @@ class Build:
         if sc.onbuild:
             progress.note(f"warning: {rs.base} has ONBUILD triggers, which this builder does "
                           f"not run: {'; '.join(sc.onbuild)}")
-        progress.done()
+        if from_step:
+            progress.done()
         return StageRun(label, layers, [], sc, key, base)
 
     def _commit(self, st: StageRun, labels: dict[str, str], tags: list[str]) -> StageResult:

@@ -7,7 +7,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from builder import images as img
@@ -144,10 +144,84 @@ def _matches(name: str, want: tuple[str, str | None]) -> bool:
     return ref.name == want[0] and (want[1] is None or ref.tag == want[1])
 
 
+def _glob(pattern: str) -> re.Pattern:
+    """Go's path.Match, as Docker's reference filter uses it: `*` and `?` stop at '/'."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                raise BuildError(f"invalid reference filter {pattern!r}: unclosed '['")
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("^") else re.escape(body)) + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _reference_match(name: str, pattern: str) -> bool:
+    """Docker's `reference=` filter: the pattern against name:tag, else against the name."""
+    repo, tag_ = _split(name)
+    rx = _glob(pattern)
+    return bool(rx.match(f"{repo}:{tag_}") or rx.match(repo))
+
+
+@dataclass
+class _Filters:
+    """`--filter` terms (`dangling=true|false`, `reference=PATTERN`, `label=KEY[=VALUE]`);
+    Docker's rules: terms of one key are alternatives, different keys must all hold."""
+
+    dangling: bool | None = None
+    references: list[str] = field(default_factory=list)
+    labels: list[tuple[str, str | None]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, terms: list[str]) -> _Filters:
+        f = cls()
+        for term in terms:
+            key, sep, value = term.partition("=")
+            if not sep:
+                raise BuildError(f"bad format of filter (expected name=value): {term}")
+            key = key.strip().lower()
+            if key == "dangling":
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise BuildError(f"invalid filter 'dangling={value}'")
+                f.dangling = value.lower() in ("true", "1")
+            elif key == "reference":
+                _glob(value)
+                f.references.append(value)
+            elif key == "label":
+                k, s, v = value.partition("=")
+                f.labels.append((k, v if s else None))
+            else:
+                raise BuildError(f"invalid filter '{key}' (moor images knows dangling, "
+                                 "reference and label)")
+        return f
+
+    def labelled(self, store: Store, image: Image) -> bool:
+        if not self.labels:
+            return True
+        try:
+            have = (img.config_doc(store, image).get("config") or {}).get("Labels") or {}
+        except (BuildError, OSError):
+            return False
+        return all(k in have and (v is None or have[k] == v) for k, v in self.labels)
+
+
 def images(args) -> int:
     store = _store(args)
+    filters = _Filters.parse(getattr(args, "filter", None) or [])
     want = None
-    if args.repository:
+    if args.repository and any(c in args.repository for c in "*?["):
+        filters.references.append(args.repository)  # docker: the argument is a reference=
+    elif args.repository:
         try:
             ref = parse_reference(args.repository)
         except ReferenceError as e:
@@ -158,10 +232,18 @@ def images(args) -> int:
     parents = {item.parent for item in listed if item.parent}
     now = time.time()
     rows = []
+    show_all = getattr(args, "all", False)
     for item in listed:
-        names = [n for n in item.names if want is None or _matches(n, want)]
-        if not item.names and want is None and item.id not in parents:
-            names = [""]  # dangling: untagged and no image was built on it
+        names = [n for n in item.names if (want is None or _matches(n, want))
+                 and (not filters.references
+                      or any(_reference_match(n, p) for p in filters.references))]
+        if not item.names and want is None and not filters.references \
+                and (show_all or item.id not in parents):
+            names = [""]  # dangling: untagged and no image was built on it (-a: any untagged)
+        if filters.dangling is not None and filters.dangling != (names == [""]):
+            continue
+        if names and filters.labels and not filters.labelled(store, img.resolve(store, item.id)):
+            continue
         for name in names:
             repo, tag_ = _split(name) if name else (NONE, NONE)
             age = "N/A" if item.created is None else \

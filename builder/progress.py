@@ -48,7 +48,9 @@ class Progress:
         if len(head) > HEADER_MAX:
             head = head[:HEADER_MAX - 3] + "..."
         step = self._local.step = _Step(next(self._numbers), self.clock())
-        self._write(f"#{step.number} [{label + ' ' if label else ''}{n}/{total}] {head}")
+        # BuildKit pads the index to the total's width: `[ 2/11]`, `[base 10/11]`.
+        index = f"{n:>{len(str(total))}}/{total}"
+        self._write(f"#{step.number} [{label + ' ' if label else ''}{index}] {head}")
 
     def _tagged(self, text: str) -> str:
         step = self._step

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import stat
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from builder import rootview
 from nodeagent.runtime.cgroups import remove_parent
 from nodeagent.runtime.runtime import Runtime, StartError
+from nodeagent.runtime.security import resolve_user
 from nodeagent.runtime.spec import EXITED, ContainerSpec
 
 DEFAULT_CGROUP_ROOT = "moorage-build"
@@ -70,6 +72,7 @@ class Runner:
         cid = f"build-{self.build_id}-{next(self._numbers)}"
         envd = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
         user = user or "0:0"
+        _check_user(lowers, user)
         envd.setdefault("HOME", _home(lowers, user))
         files = tuple((p, p) for p in HOST_FILES if os.path.exists(p))
         spec = ContainerSpec(id=cid, args=tuple(argv), lower_dirs=tuple(lowers) or (empty_lower,),
@@ -86,7 +89,7 @@ class Runner:
         try:
             self.runtime.start(cid)
         except StartError as e:
-            raise RunError(str(e).split(": ", 1)[-1]) from None
+            raise RunError(_start_reason(str(e).split(": ", 1)[-1], spec.args[0])) from None
         killed = False
 
         def exited() -> bool:
@@ -175,6 +178,24 @@ def _stream(log: str, exited: Callable[[], bool], on_output: Callable[[str], Non
             f.close()
 
 
+def _check_user(lowers: Sequence[str], user: str) -> None:
+    """A USER the image does not know fails the RUN with Docker's words, before any container
+    (whose init would fail with them too, but its message is lost on the way)."""
+    passwd, group = rootview.read_file(lowers, "/etc/passwd"), rootview.read_file(lowers,
+                                                                                  "/etc/group")
+    try:
+        resolve_user(user, passwd, group)
+    except (LookupError, ValueError):
+        name, _, grp = user.partition(":")
+        try:
+            resolve_user(name, passwd, group)
+        except (LookupError, ValueError):
+            raise RunError(f"unable to find user {name}: no matching entries in passwd file"
+                           ) from None
+        raise RunError(f"unable to find group {grp}: no matching entries in group file"
+                       ) from None
+
+
 def _home(lowers: Sequence[str], user: str) -> str:
     """HOME for the user, from the image's /etc/passwd, as Docker sets it ("/" if unlisted)."""
     name = user.partition(":")[0]
@@ -240,3 +261,13 @@ def _remove_stubs(upper: str, lowers: Sequence[str], stubs: list[str], files: li
                 os.rmdir(host)
             except OSError:
                 pass
+
+
+_ERRNO_RE = re.compile(r"^\w+Error: \[Errno \d+\] ([^:]+)(?::.*)?$")
+
+
+def _start_reason(reason: str, program: str) -> str:
+    """The init's `FileNotFoundError: [Errno 2] No such file or directory: '/x'` as Docker
+    words it: `exec: "/x": no such file or directory`."""
+    m = _ERRNO_RE.match(reason)
+    return f'exec: "{program}": {m.group(1).lower()}' if m else reason

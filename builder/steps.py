@@ -116,7 +116,8 @@ class Steps:
         from builder.dockerfile import DockerfileError
 
         stage = rs.stage
-        n, total = 1, 1 + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
+        n = int(rs.base_stage is None and not rs.is_scratch)  # the FROM step, if an image
+        total = n + sum(1 for x in stage.instructions if x.keyword in LAYER_STEPS)
         for pos, instr in enumerate(stage.instructions):
             if instr.keyword not in LAYER_STEPS:
                 self._meta(st, instr)
@@ -369,7 +370,9 @@ class Steps:
                 view = stack.enter_context(rootview.mounted(
                     from_lowers, os.path.join(self._dir("from"), "merged")))
                 ctx = Context(view)
-                flat = [s for pattern in srcs for s in ctx.sources(pattern, kw)]
+                flat = [s for pattern in srcs
+                        for s in ctx.sources(pattern, f"{kw} --from={spec.from_}",
+                                             "that stage or image")]
                 keep = None  # another image's files keep their owners
             sources, archives = [], []
             for src in flat:
@@ -378,7 +381,9 @@ class Steps:
                 else:
                     sources.append(CopySource(_name(src), src.is_dir, list(ctx.walk(src)),
                                               src.host))
-            many = len(flat) > 1 or any(_has_wild(s) for s in srcs)
+            # One file, even through a wildcard, follows dest's form (`COPY target/*.jar
+            # app.jar` makes the file app.jar, in both of Docker's builders); several go into it.
+            many = len(flat) > 1
             direct = None if archives else direct_dest(st.lowers, dest, sources)
             digest = self.context.sums.record if from_lowers is None else None
             # Unchanged files of another image's layers are linked, not copied: those layers
@@ -422,7 +427,11 @@ class Steps:
                 raise BuildError(f"COPY --from: stage {source} was not built before this one")
             res = results[source]
             return res.lowers, res.base_key
-        image = self.build.image(source)
+        try:
+            image = self.build.image(source)
+        except BuildError as e:  # most often a mistyped stage name: say it is none
+            raise BuildError(f"COPY --from={source}: no stage of that name, and the image: {e}",
+                             e.code) from None
         lowers = [os.path.join(self.store.layer_path(d), "rootfs")
                   for d in reversed(image.diff_ids)]
         return lowers, cachemod.image_base_key(image.config_digest)
@@ -465,11 +474,6 @@ def _layer_file(lowers: list[str], view: str):
 
 def _name(src: Source) -> str:
     return posixpath.basename(src.rel.rstrip("/")) or "."
-
-
-def _has_wild(text: str) -> bool:
-    from builder.context import has_wildcard
-    return has_wildcard(text)
 
 
 def _now() -> str:

@@ -260,5 +260,103 @@ ENV SCRATCH=yes
 CMD ["/bin/sh"]
 """, files={"hard-a": "shared\n"}, hardlinks={"hard-b": "hard-a"}, target="minimal")
 
+def _app_tarball() -> bytes:
+    import gzip
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("app/VERSION", b"1.0\n"), ("app/lib/util.sh", b"echo util\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1
+            tf.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+# A Dockerfile as people write them: comments inside a continued RUN, `WORKDIR /app` +
+# `COPY --chown . .` under a .dockerignore with an exception, a USER writing in its home, PATH
+# extended, ARG into LABEL, every metadata instruction a service image has, ADD of a tarball.
+REALISTIC = Case("realistic", f"""\
+# syntax is not a directive here: a plain comment
+ARG VERSION=1.0
+FROM {BASE}
+ARG VERSION
+LABEL org.opencontainers.image.version=$VERSION maintainer="ops team"
+SHELL ["/bin/sh", "-ec"]
+RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd \\
+    # the group too
+    && echo 'app:x:1000:' >> /etc/group \\
+
+    && mkdir -p /home/app \\
+    # and its home
+    && chown 1000:1000 /home/app
+ENV PATH=/app/bin:$PATH APP_ENV=production
+WORKDIR /app
+COPY --chown=1000:1000 . .
+ADD app.tar.gz /opt/
+USER 1000
+RUN echo "$HOME $(id -u) $PATH" > $HOME/whoami && tool > $HOME/tool.out && mkdir $HOME/.cache
+HEALTHCHECK --interval=30s CMD wget -q -O- http://localhost:8080/ || exit 1
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/app/entry.sh"]
+CMD ["serve"]
+""", files={".dockerignore": ".git\n**/*.pyc\n!pkg/keep.pyc\n*.md\n",
+            ".git/HEAD": "ref: refs/heads/main\n", ".git/objects/ab/cd": "x",
+            "README.md": "readme\n", "pkg/a.py": "a\n", "pkg/a.pyc": "c", "pkg/keep.pyc": "k",
+            "pkg/sub/b.pyc": "b", "pkg/sub/b.py": "b\n",
+            "entry.sh": "#!/bin/sh\necho \"entry $@\"\n", "bin/tool": "#!/bin/sh\necho tool\n",
+            "app.tar.gz": _app_tarball()},
+    modes={"entry.sh": 0o755, "bin/tool": 0o755}, build_args={"VERSION": "2.1"})
+
+# A Windows-style Dockerfile: CRLF line ends, the backtick escape, backslashes kept in words.
+ESCAPE = Case("escape", f"# escape=`\r\nFROM {BASE}\r\nRUN echo a > /a `\r\n"
+              "    && echo 'C:\\path\\x' > /win\r\n"
+              "COPY [\"conf.ini\", \"/conf/\"]\r\nENV DIR=C:\\data\r\nWORKDIR /w\r\n",
+              files={"conf.ini": "[a]\r\nb=1\r\n"})
+
+# A wildcard matching one file copies it under dest's name (`COPY target/*.jar app.jar`, from
+# the context or a stage); several go into a dir.
+WILDCARD_ONE = Case("wildcard-one", f"""\
+FROM {BASE} AS build
+RUN mkdir /t && echo built > /t/app-2.0.jar
+FROM {BASE}
+WORKDIR /srv
+COPY target/*.jar app.jar
+COPY --from=build /t/*.jar /opt/built.jar
+COPY conf/*.ini /etc/app/
+COPY target/*.jar conf/*.ini /many/
+""", files={"target/app-1.0.jar": "jar\n", "target/app-1.0.pom": "pom\n", "conf/a.ini": "a\n",
+            "conf/b.ini": "b\n"})
+
+# The COPY/ADD forms Dockerfiles use most: a file to "." and to an existing dir without a
+# slash, a dir to a new path, a tarball ADDed to a dir without a slash, a file that only looks
+# like an archive (copied as it is).
+COPY_FORMS = Case("copy-forms", f"""\
+FROM {BASE}
+WORKDIR /app
+COPY requirements.txt .
+COPY requirements.txt /etc
+COPY src /app/src
+COPY src/ /app/src2
+ADD pkg.tar.gz /opt
+ADD fake.tar.gz /opt/fake/
+COPY ["requirements.txt", "./copied.txt"]
+""", files={"requirements.txt": "flask\n", "src/main.py": "print()\n", "src/lib/x.py": "x\n",
+            "pkg.tar.gz": _tarball(), "fake.tar.gz": "not gzip at all\n"})
+
+# .dockerignore lines as projects write them: a leading "/" or "./", dirs at any depth, the
+# Dockerfile itself, trailing slashes and spaces, an exception under an excluded dir's glob.
+DOCKERIGNORE_FORMS = Case("dockerignore-forms", f"""\
+FROM {BASE}
+COPY . /ctx/
+""", files={".dockerignore": "/build\n./tmp\n**/__pycache__\nnode_modules/\nDockerfile*\n"
+                             "*.swp  \nlogs/*\n!logs/keep.log\n",
+            "build/out": "o", "tmp/t": "t", "src/__pycache__/a.pyc": "c", "src/a.py": "a",
+            "__pycache__/b.pyc": "b", "node_modules/x/index.js": "n", "a.swp": "s",
+            "logs/a.log": "l", "logs/keep.log": "k", "sub/build/kept": "k", "sub/tmp/kept": "k"})
+
 CASES = (SINGLE, MULTISTAGE, WHITEOUTS, USERS_RUN, USERS_COPY, ARGS, ARGS_AFTER_ENV,
-         DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES, RUN_CHANGES, BASES)
+         DOCKERIGNORE, CONFIGS, SYMLINKS, COPY_RULES, RUN_CHANGES, BASES, REALISTIC, ESCAPE,
+         WILDCARD_ONE, COPY_FORMS, DOCKERIGNORE_FORMS)

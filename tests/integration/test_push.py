@@ -256,9 +256,14 @@ def test_errors_are_one_line(registry, roots):
     root = roots()
     missing = builder(root, "push", f"{registry.host}/test/none:1")
     assert missing.returncode == 1
-    assert missing.stderr == (f"error: push {registry.host}/test/none:1: no image "
-                              f"{registry.host}/test/none:1 on this machine (`moor images` "
-                              "lists them, `moor tag` names one)\n")
+    assert missing.stderr == ("error: An image does not exist locally with the tag: "
+                              f"{registry.host}/test/none\n")
+    assert builder(root, "push", "none:1").stderr == (
+        "error: An image does not exist locally with the tag: none\n")
+    add_image(root, ib.make_image(), "nohost:1")  # no registry: refused, not sent to docker.io
+    assert builder(root, "push", "nohost:1").stderr == (
+        "error: push nohost:1: 'nohost:1' names no registry, so it would go to Docker Hub: "
+        "name one (REGISTRY[:PORT]/nohost:1), or write docker.io/nohost:1 to mean Docker Hub\n")
     add_image(root, ib.make_image(), "127.0.0.1:1/test/down:1")
     down = builder(root, "push", "127.0.0.1:1/test/down:1")
     assert down.stderr == "error: push 127.0.0.1:1/test/down:1: connection refused by 127.0.0.1:1\n"

@@ -305,3 +305,28 @@ def test_layer_size_is_remembered(store, base):
     with open(os.path.join(store.layer_path(diff_id), "size")) as f:
         assert int(f.read()) == size
     assert store.layer_size(diff_id) == size
+
+
+def test_images_filters(store, base, root, capsys):
+    images.commit(store, config(cmd=("l",), Labels={"team": "ops"}),
+                             [step(root, {"l": b"1"})], base, tags=["web:1", "reg:5000/web:1"])
+    images.commit(store, config(cmd=("d",)), [step(root, {"d": b"2"})], base)
+
+    def shown(*filters, repository=None, all_=False) -> list[list[str]]:
+        assert imagecmd.images(args(root, repository=repository, quiet=False, digests=False,
+                                    filter=list(filters), all=all_)) == 0
+        return [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
+
+    assert shown("dangling=true") == [["<none>", "<none>"]]
+    assert ["<none>", "<none>"] not in shown("dangling=false")
+    assert shown("label=team=ops") == [["reg:5000/web", "1"], ["web", "1"]]
+    assert shown("label=team") == shown("label=team=ops")
+    assert shown("label=team=dev") == []
+    assert shown("reference=web") == [["web", "1"]]           # '*' stops at '/', as Go's
+    assert shown("reference=*/web:*") == [["reg:5000/web", "1"]]
+    assert shown(repository="w*") == [["web", "1"]]
+    assert shown("reference=busy*", "reference=web:1") == [["web", "1"], ["busybox", "test"]]
+    for bad, message in (("x", "bad format of filter"), ("since=web", "invalid filter 'since'"),
+                         ("dangling=maybe", "invalid filter 'dangling=maybe'")):
+        with pytest.raises(BuildError, match=message):
+            shown(bad)
