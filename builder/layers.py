@@ -345,7 +345,8 @@ def ustar_header(info: tarfile.TarInfo) -> bytes | None:
     """The header block tarfile's PAX writer makes for info, when it needs no PAX record
     (ASCII names and links of at most 100 bytes, numbers that fit): ~10x faster, which is most
     of the cost of a layer of many small files. None: let tarfile write it."""
-    name = info.name + "/" if info.type == tarfile.DIRTYPE else info.name
+    name = info.name + "/" if info.type == tarfile.DIRTYPE and not info.name.endswith("/") \
+        else info.name
     link = info.linkname
     if not (name.isascii() and link.isascii() and len(name) <= 100 and len(link) <= 100 and
             0 <= info.uid < _MAX7 and 0 <= info.gid < _MAX7 and 0 <= info.size < _MAX11 and
