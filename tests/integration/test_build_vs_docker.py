@@ -53,13 +53,6 @@ from tests.dockerref import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The builder's parts land on their own branches; these tests wait for them.
-BUILDER = os.path.exists(os.path.join(REPO, "builder", "executor.py"))
-PUSH = os.path.exists(os.path.join(REPO, "builder", "distribution.py"))
-needs_builder = pytest.mark.skipif(not BUILDER, reason="moor build is not built yet "
-                                                       "(builder/executor.py)")
-needs_push = pytest.mark.skipif(not (BUILDER and PUSH), reason="moor push is not built yet "
-                                                               "(builder/distribution.py)")
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="builds run containers as root")]
@@ -160,7 +153,6 @@ def test_store_reads_a_docker_image_as_docker_does(engine, work):
 
 # ---- moor build against docker build ----
 
-@needs_builder
 @pytest.mark.parametrize("case", buildcases.CASES, ids=lambda c: c.name)
 def test_moor_build_matches_docker(engine, moor_root, work, case):
     ctx = context(work, case)
@@ -177,7 +169,6 @@ def test_moor_build_matches_docker(engine, moor_root, work, case):
 
 # ---- push, then docker pull ----
 
-@needs_push
 @pytest.mark.parametrize("media", ["docker", "oci"])
 def test_docker_pulls_what_moor_pushed(engine, moor_root, work, media):
     from tests.integration.test_images import Registry, stop

@@ -84,7 +84,6 @@ def test_a_failed_build_deploys_nothing(controlplane, tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="builds and runs real containers: needs root")
 @pytest.mark.skipif(not os.path.exists(REGISTRY_BIN), reason="needs docker-registry")
 def test_a_stack_with_build_runs_on_the_cluster(etcd_endpoint, tmp_path):
-    pytest.importorskip("builder.executor", reason="needs moor build (builder/executor.py)")
     root = tempfile.mkdtemp(prefix=TEST_PREFIX + "cbcluster-")
     os.makedirs(os.path.join(root, "registry"))
     reg = Registry(os.path.join(root, "registry"))

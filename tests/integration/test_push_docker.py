@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
+from tests import dockerref
 from tests import imagebuild as ib
 from tests.conftest import stop_process
 from tests.integration.test_images import REGISTRY_BIN, Registry
 from tests.integration.test_push import _tmp, add_image, builder, ok
 
-dockerref = pytest.importorskip("tests.dockerref", reason="needs tests/dockerref.py")
 docker_engine = dockerref.docker_engine
 
 pytestmark = [

@@ -5,13 +5,8 @@ an image pushed to its NodePort from this machine (the build machine) runs, name
 registry's pod, deleted, comes back on the same node with its images, and a node pulls a tag
 pushed before the restart from it. A second deploy changes nothing.
 
-Where the builder's `build` and `push` are not there yet (placeholders that say "not built
-yet"), the registry image is made here from the same build context `moor registry deploy`
-would build (moorage/cli/registryobjects.py context_files) with tests/imagebuild.py's writers
-and passed as --image-archive, and the app image is pushed with tests/imagebuild.py's push to
-the node port; once they are, the deploy builds its image with `moor build` and the app goes
-up with `moor push registry.cluster.local:5000/...` and no flags, and the tests that need them
-stop skipping.
+The registry's image is built by the deploy itself with `moor build`, and the app image is
+pushed with `moor push registry.cluster.local:5000/...` and no flags.
 """
 
 from __future__ import annotations
@@ -42,43 +37,15 @@ APP = "moortest/app"
 MARK = "moortest registry image"
 
 
-def registry_image_archive(directory: str, tag: str) -> str:
-    """The registry image (the deploy's build context as one layer) as a docker save tar."""
-    entries = [imagebuild.TarEntry(d, kind="dir") for d in (
-        "etc", "etc/docker", "etc/docker/registry", "lib", "lib/x86_64-linux-gnu", "lib64",
-        "usr", "usr/bin", "var", "var/lib", "var/lib/registry")]
-    entries.append(imagebuild.TarEntry("tmp", kind="dir", mode=0o1777))
-    for source in sorted(filter(None, ro.context_files().values())):
-        with open(os.path.realpath(source), "rb") as f:
-            entries.append(imagebuild.TarEntry(source.lstrip("/"), f.read(), mode=0o755))
-    entries.append(imagebuild.TarEntry(ro.CONFIG_PATH.lstrip("/"), ro.CONFIG_YML.encode()))
-    image = imagebuild.make_image(
-        [entries], entrypoint=[ro.BINARY], cmd=["serve", ro.CONFIG_PATH], env=(),
-        exposed_ports=["5000/tcp"], compress=False)
-    path = os.path.join(directory, "registry.tar")
-    imagebuild.write_docker_save(path, image, [ro.image_ref(tag)])
-    return path
-
-
 def app_image(mark: str):
     return imagebuild.make_image([imagebuild.busybox_rootfs(), [
         imagebuild.TarEntry("etc", kind="dir"),
         imagebuild.TarEntry("etc/moortest-mark", mark.encode() + b"\n")]])
 
 
-def builder_has(lab, command: str, *args: str) -> bool:
-    """Whether the builder's `command` is more than its placeholder."""
-    out = subprocess.run([sys.executable, "-m", "builder", command, *args], env=lab.env,
-                         capture_output=True, text=True, timeout=60)
-    return "not built yet" not in out.stderr
-
-
 def push(lab, name: str, tag: str, image) -> None:
     """`moor push registry.cluster.local:5000/<name>:<tag>` from the build machine's store,
-    with no flags; until the builder pushes, the same image straight to the node port."""
-    if not lab.has_push:
-        imagebuild.push(lab.registry_url, name, tag, image)
-        return
+    with no flags (the address comes from the registries.json the deploy wrote)."""
     from nodeagent.runtime.images.archive import import_archive
     from nodeagent.runtime.images.store import Store
 
@@ -139,7 +106,6 @@ def lab():
     try:
         out = t.lab("up", "--nodes", "3", "--underlay-cidr", t.cidr)
         assert out.returncode == 0, f"lab up failed:\n{out.stdout}\n{out.stderr}"
-        t.archive = registry_image_archive(root, "2.8.2")
         yield t
     finally:
         for i in (1, 2, 3):
@@ -227,13 +193,8 @@ def test_a_load_that_stops_before_its_last_frame_loads_nothing(lab):
 
 @pytest.fixture(scope="module")
 def deployed(lab):
-    lab.has_build = builder_has(lab, "build", "--root", os.path.join(lab.root, "probe"),
-                                lab.root)
-    lab.has_push = builder_has(lab, "push", "--root", os.path.join(lab.root, "probe"),
-                               "moortest/probe:1")
-    # With the builder, the deploy's own path: its Dockerfile built by `moor build`.
-    lab.source = () if lab.has_build else ("--image-archive", lab.archive)
-    out = moor(lab, "registry", "deploy", "--storage", "1Gi", *lab.source)
+    # The deploy's own path: its Dockerfile built by `moor build`.
+    out = moor(lab, "registry", "deploy", "--storage", "1Gi")
     assert out.returncode == 0, f"deploy failed:\n{out.stdout}\n{out.stderr}"
     lab.deploy_output = out.stdout
     sts = get_json(lab, "statefulset", ro.NAME, "-n", NS)
@@ -308,27 +269,19 @@ def test_the_registry_keeps_its_images_across_its_pods_restart(deployed):
 
 
 def test_the_deploy_built_its_image_with_moor_build(deployed):
-    if not deployed.has_build:
-        pytest.skip("the builder's `build` is a placeholder on this branch")
     assert f"building {ro.image_ref('2.8.2')}" in deployed.deploy_output
-
-
-def test_the_build_machine_pushed_with_no_flags(deployed):
-    """A marker: the pushes above went through `moor push` and registries.json."""
-    if not deployed.has_push:
-        pytest.skip("the builder's `push` is a placeholder on this branch")
 
 
 def test_a_second_deploy_changes_nothing(deployed):
     lab = deployed
-    out = moor(lab, "registry", "deploy", "--storage", "1Gi", *lab.source)
+    out = moor(lab, "registry", "deploy", "--storage", "1Gi", )
     assert out.returncode == 0, f"deploy failed:\n{out.stdout}\n{out.stderr}"
     actions = [line.split()[-1] for line in out.stdout.splitlines()
                if line.startswith(("namespace/", "service/", "statefulset/"))]
     assert actions == ["unchanged"] * 4, out.stdout
     out = moor(lab, "registry", "deploy", "--node", next(
         f"{lab.name}-h{i}" for i in (1, 2, 3) if f"{lab.name}-h{i}" != lab.registry_node),
-        *lab.source)
+        )
     assert out.returncode == 1 and "the registry's data is on node" in out.stderr
 
 
